@@ -1,0 +1,14 @@
+//! DCDN node library: the parts of an origin, relay or edge node.
+//!
+//! Each module owns one part of `ARCHITECTURE.md`. The protocol cores
+//! (`fec`, `crypto`, `p2p`, `store`) take time and randomness as arguments and
+//! do no I/O, so they are driven deterministically by tests and by the
+//! simulator; the transport and HTTP servers are thin shells around them.
+
+pub mod bench;
+pub mod chunk;
+pub mod config;
+pub mod crypto;
+pub mod fec;
+pub mod p2p;
+pub mod store;
