@@ -100,6 +100,33 @@ impl fmt::Display for KeyId {
     }
 }
 
+/// A node's identity in the mesh, derived from its certificate's public key
+/// by the transport. Reputation, the choker and the swarm key on it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// The id of the peer whose certificate's public key (DER) is `spki`.
+    pub fn of_public_key(spki: &[u8]) -> Self {
+        let hash = blake3::hash(spki);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        Self(u64::from_be_bytes(first))
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({:016x})", self.0)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// BLAKE3 digest of a payload.
 pub type Digest = [u8; 32];
 
