@@ -10,5 +10,6 @@ pub mod chunk;
 pub mod config;
 pub mod crypto;
 pub mod fec;
+pub mod metrics;
 pub mod p2p;
 pub mod store;

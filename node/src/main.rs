@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "dcdn", version, about = "DCDN node: origin, relay and edge roles")]
+#[command(
+    name = "dcdn",
+    version,
+    about = "DCDN node: origin, relay and edge roles"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

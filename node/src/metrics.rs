@@ -1,0 +1,327 @@
+//! The node's Prometheus registry: every metric's name, labels and help text.
+//!
+//! One [`Metrics`] value per node, shared by every part that counts something.
+//! Names follow Prometheus conventions (`dcdn_` prefix, `_total` for counters,
+//! `_bytes` and `_seconds` units). Values that other parts already keep (store
+//! statistics, peer states, the key-ring generation) are copied in at scrape
+//! time by the caller through the `set_*` methods, so the hot paths keep one
+//! source of truth and pay nothing per chunk for them. Serving `/metrics` is
+//! the admin module's job.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why the registry could not be built or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    #[error("encoding metrics")]
+    Encode(#[source] prometheus::Error),
+}
+
+/// Every metric a node exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Chunks moved, by `direction` (in/out) and `path` (push/pull/http/ingest).
+    pub chunks: IntCounterVec,
+    /// Bytes moved, by `direction` and `path`.
+    pub bytes: IntCounterVec,
+    /// Chunks that passed verification.
+    pub chunks_verified: IntCounterVec,
+    /// Chunks refused, by `reason` (signature, digest, revoked, replay, expired, ...).
+    pub chunks_rejected: IntCounterVec,
+    /// FEC groups by `outcome` (complete, rebuilt, failed, dropped).
+    pub fec_groups: IntCounterVec,
+    /// Parity shards currently sent per group, by downstream `peer`.
+    pub fec_parity: IntGaugeVec,
+    /// Repair fetches by `outcome` (ok, failed).
+    pub repairs: IntCounterVec,
+    /// Store gauges copied from the store's stats at scrape time.
+    pub store_bytes: IntGauge,
+    pub store_chunks: IntGauge,
+    pub store_evictions: IntGauge,
+    pub store_expirations: IntGauge,
+    pub store_hits: IntGauge,
+    pub store_misses: IntGauge,
+    /// Connected peers by `state` (choked, unchoked, banned).
+    pub peers: IntGaugeVec,
+    /// Smoothed QUIC round-trip time by `peer_class` (origin, relay, edge).
+    pub quic_rtt_seconds: prometheus::GaugeVec,
+    /// QUIC packets lost by `peer_class`.
+    pub quic_lost_packets: IntGaugeVec,
+    /// Mesh handshakes refused, by `reason`.
+    pub handshakes_refused: IntCounterVec,
+    /// HTTP requests by `route` and `status`.
+    pub http_requests: IntCounterVec,
+    /// HTTP latency by `route`.
+    pub http_duration: HistogramVec,
+    /// Bytes this origin sent to the mesh divided by bytes ingested (origin only).
+    pub origin_offload_ratio: prometheus::Gauge,
+    /// The key ring's generation.
+    pub keyring_generation: IntGauge,
+    /// Peer frames that could not be decoded, by `kind` of failure.
+    pub frames_malformed: IntCounterVec,
+}
+
+impl Metrics {
+    /// Builds the registry with every metric registered; `role` becomes a
+    /// constant label on all of them.
+    pub fn new(role: &str) -> Result<Self, MetricsError> {
+        let registry = Registry::new_custom(
+            None,
+            Some(std::iter::once(("role".to_owned(), role.to_owned())).collect()),
+        )
+        .map_err(|source| MetricsError::Register {
+            name: "registry",
+            source,
+        })?;
+        let r = &registry;
+        Ok(Self {
+            chunks: counter(
+                r,
+                "dcdn_chunks_total",
+                "Chunks moved by direction and path.",
+                &["direction", "path"],
+            )?,
+            bytes: counter(
+                r,
+                "dcdn_bytes_total",
+                "Payload bytes moved by direction and path.",
+                &["direction", "path"],
+            )?,
+            chunks_verified: counter(
+                r,
+                "dcdn_chunks_verified_total",
+                "Chunks that passed signature, digest and key-state checks.",
+                &["source"],
+            )?,
+            chunks_rejected: counter(
+                r,
+                "dcdn_chunks_rejected_total",
+                "Chunks refused, by reason.",
+                &["reason"],
+            )?,
+            fec_groups: counter(
+                r,
+                "dcdn_fec_groups_total",
+                "FEC groups by outcome: complete (no loss), rebuilt (parity used), failed, dropped.",
+                &["outcome"],
+            )?,
+            fec_parity: gauge_vec(
+                r,
+                "dcdn_fec_parity_shards",
+                "Parity shards per FEC group currently sent, per downstream peer.",
+                &["peer"],
+            )?,
+            repairs: counter(
+                r,
+                "dcdn_repairs_total",
+                "Chunks fetched over a reliable stream because push did not deliver them.",
+                &["outcome"],
+            )?,
+            store_bytes: gauge(r, "dcdn_store_bytes", "Bytes held in the chunk store.")?,
+            store_chunks: gauge(r, "dcdn_store_chunks", "Chunks held in the chunk store.")?,
+            store_evictions: gauge(
+                r,
+                "dcdn_store_evictions_total",
+                "Chunks evicted to stay within the store budget.",
+            )?,
+            store_expirations: gauge(
+                r,
+                "dcdn_store_expirations_total",
+                "Chunks removed because their TTL passed.",
+            )?,
+            store_hits: gauge(
+                r,
+                "dcdn_store_hits_total",
+                "Store lookups that found the chunk.",
+            )?,
+            store_misses: gauge(
+                r,
+                "dcdn_store_misses_total",
+                "Store lookups that did not find the chunk.",
+            )?,
+            peers: gauge_vec(
+                r,
+                "dcdn_peers",
+                "Connected peers by choke state.",
+                &["state"],
+            )?,
+            quic_rtt_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "dcdn_quic_rtt_seconds",
+                        "Smoothed QUIC round-trip time, mean over peers of a class.",
+                    ),
+                    &["peer_class"],
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "dcdn_quic_rtt_seconds",
+                    source,
+                })?;
+                register(r, "dcdn_quic_rtt_seconds", g)?
+            },
+            quic_lost_packets: gauge_vec(
+                r,
+                "dcdn_quic_lost_packets",
+                "QUIC packets lost on current connections, by peer class.",
+                &["peer_class"],
+            )?,
+            handshakes_refused: counter(
+                r,
+                "dcdn_handshakes_refused_total",
+                "Mesh connections refused during the handshake, by reason.",
+                &["reason"],
+            )?,
+            http_requests: counter(
+                r,
+                "dcdn_http_requests_total",
+                "HTTP requests by route and status.",
+                &["route", "status"],
+            )?,
+            http_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "dcdn_http_request_duration_seconds",
+                        "HTTP request latency by route.",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 4.0, 10).map_err(|source| {
+                            MetricsError::Register {
+                                name: "dcdn_http_request_duration_seconds",
+                                source,
+                            }
+                        })?,
+                    ),
+                    &["route"],
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "dcdn_http_request_duration_seconds",
+                    source,
+                })?;
+                register(r, "dcdn_http_request_duration_seconds", h)?
+            },
+            origin_offload_ratio: {
+                let g = prometheus::Gauge::new(
+                    "dcdn_origin_offload_ratio",
+                    "Bytes the origin sent to the mesh divided by bytes it ingested.",
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "dcdn_origin_offload_ratio",
+                    source,
+                })?;
+                register(r, "dcdn_origin_offload_ratio", g)?
+            },
+            keyring_generation: gauge(
+                r,
+                "dcdn_keyring_generation",
+                "Generation of the key ring; bumps on every key change.",
+            )?,
+            frames_malformed: counter(
+                r,
+                "dcdn_frames_malformed_total",
+                "Peer frames that failed to decode, by error kind.",
+                &["kind"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(MetricsError::Encode)?;
+        String::from_utf8(out).map_err(|e| {
+            MetricsError::Encode(prometheus::Error::Msg(format!("non-UTF-8 exposition: {e}")))
+        })
+    }
+
+    /// The registry, for parts that register collectors of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &'static str,
+    collector: C,
+) -> Result<C, MetricsError> {
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|source| MetricsError::Register { name, source })?;
+    Ok(collector)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &'static str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .map_err(|source| MetricsError::Register { name, source })?;
+    register(registry, name, c)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &'static str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricsError> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .map_err(|source| MetricsError::Register { name, source })?;
+    register(registry, name, g)
+}
+
+fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
+    let g = IntGauge::new(name, help).map_err(|source| MetricsError::Register { name, source })?;
+    register(registry, name, g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_help_and_role_label() {
+        let m = Metrics::new("edge").unwrap();
+        m.chunks.with_label_values(&["in", "push"]).inc_by(3);
+        m.chunks_rejected.with_label_values(&["signature"]).inc();
+        m.keyring_generation.set(7);
+        let text = m.render().unwrap();
+        assert!(text.contains("# HELP dcdn_chunks_total Chunks moved"));
+        assert!(text.contains(r#"dcdn_chunks_total{direction="in",path="push",role="edge"} 3"#));
+        assert!(text.contains(r#"dcdn_chunks_rejected_total{reason="signature",role="edge"} 1"#));
+        assert!(text.contains(r#"dcdn_keyring_generation{role="edge"} 7"#));
+    }
+
+    #[test]
+    fn two_nodes_in_one_process_have_separate_registries() {
+        let a = Metrics::new("relay").unwrap();
+        let b = Metrics::new("edge").unwrap();
+        a.keyring_generation.set(1);
+        b.keyring_generation.set(2);
+        assert!(
+            a.render()
+                .unwrap()
+                .contains(r#"dcdn_keyring_generation{role="relay"} 1"#)
+        );
+        assert!(
+            b.render()
+                .unwrap()
+                .contains(r#"dcdn_keyring_generation{role="edge"} 2"#)
+        );
+    }
+}
