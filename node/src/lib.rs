@@ -12,4 +12,5 @@ pub mod crypto;
 pub mod fec;
 pub mod metrics;
 pub mod p2p;
+pub mod roles;
 pub mod store;

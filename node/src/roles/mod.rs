@@ -1,0 +1,3 @@
+//! Origin, relay and edge: the wiring of the node's parts into running roles.
+
+pub mod flight;
