@@ -1,3 +1,4 @@
 //! Origin, relay and edge: the wiring of the node's parts into running roles.
 
 pub mod flight;
+pub mod serve;

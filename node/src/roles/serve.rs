@@ -1,0 +1,686 @@
+//! The edge's client-facing HTTP: objects with Range and ETag, live chunks by
+//! sequence number.
+//!
+//! This layer only speaks HTTP. Where bytes come from — the local store, a
+//! peer, a relay — is the [`Content`] implementation's business; everything it
+//! hands over has been verified already, so nothing unverified can reach a
+//! client through here. Bodies are streamed chunk by chunk as chunks become
+//! available, so a client starts receiving before the object is complete.
+
+use crate::chunk::{Chunk, ChunkId, Digest, StreamId};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What an edge knows about a static object, from its verified manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub stream: StreamId,
+    pub len: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u64,
+    /// BLAKE3 of the whole object; the ETag.
+    pub digest: Digest,
+}
+
+impl ObjectInfo {
+    fn etag(&self) -> String {
+        format!("\"{}\"", hex::encode(self.digest))
+    }
+}
+
+/// Why content could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} is not available yet")]
+    NotYet(String),
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where served bytes come from. Implementations return only verified chunks.
+pub trait Content: Send + Sync + 'static {
+    /// The object called `name`, fetching its manifest upstream if needed.
+    fn object(&self, name: &str) -> impl Future<Output = Result<ObjectInfo, ContentError>> + Send;
+    /// The chunk `id`, waiting up to `wait` for it to arrive or be fetched.
+    fn chunk(
+        &self,
+        id: ChunkId,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Chunk, ContentError>> + Send;
+    /// The newest sequence number held for a live stream.
+    fn stream_head(&self, stream: StreamId) -> Option<u64>;
+}
+
+/// Tunables of the client HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// How long one chunk of an object may take to arrive before the
+    /// response fails (503 before the first byte, an aborted body after).
+    pub chunk_wait: Duration,
+    /// How long a request for a live chunk just past the head waits for it.
+    pub live_wait: Duration,
+    /// Chunks fetched ahead of the one being sent.
+    pub read_ahead: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            chunk_wait: Duration::from_secs(10),
+            live_wait: Duration::from_secs(2),
+            read_ahead: 4,
+        }
+    }
+}
+
+struct ServeState<C> {
+    content: Arc<C>,
+    config: ServeConfig,
+}
+
+/// The client router: `GET|HEAD /v1/objects/{name}`, `GET /v1/streams/{name}`
+/// and `GET /v1/streams/{name}/{seq}`.
+pub fn router<C: Content>(content: Arc<C>, config: ServeConfig) -> Router {
+    let state = Arc::new(ServeState { content, config });
+    Router::new()
+        .route(
+            "/v1/objects/{*name}",
+            get(get_object::<C>).head(get_object::<C>),
+        )
+        .route("/v1/streams/{name}", get(get_stream_head::<C>))
+        .route("/v1/streams/{name}/{seq}", get(get_live_chunk::<C>))
+        .with_state(state)
+}
+
+/// A JSON error body with a stable `code` and a human `message`.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<ContentError> for HttpError {
+    fn from(e: ContentError) -> Self {
+        match e {
+            ContentError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ContentError::NotYet(_) => Self::new(StatusCode::NOT_FOUND, "not_yet", e.to_string()),
+            ContentError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let mut resp = (self.status, Json(body)).into_response();
+        for (k, v) in self.headers {
+            resp.headers_mut().insert(k, v);
+        }
+        resp
+    }
+}
+
+/// A byte range `[start, end)` of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Parses a `Range` header against an object of `len` bytes. `Ok(None)`
+/// means "serve the whole object": no header, a unit other than bytes, or
+/// several ranges (RFC 9110 lets a server ignore Range; multipart responses
+/// are not worth their complexity here). `Err(())` means 416.
+#[allow(clippy::result_unit_err)]
+pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Err(());
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        // Suffix range: the last N bytes.
+        let n: u64 = last.parse().map_err(|_| ())?;
+        if n == 0 || len == 0 {
+            return Err(());
+        }
+        ByteRange {
+            start: len.saturating_sub(n),
+            end: len,
+        }
+    } else {
+        let start: u64 = first.parse().map_err(|_| ())?;
+        let end = if last.is_empty() {
+            len
+        } else {
+            let last: u64 = last.parse().map_err(|_| ())?;
+            if last < start {
+                return Err(());
+            }
+            last.saturating_add(1).min(len)
+        };
+        if start >= len {
+            return Err(());
+        }
+        ByteRange { start, end }
+    };
+    Ok(Some(range))
+}
+
+async fn get_object<C: Content>(
+    State(state): State<Arc<ServeState<C>>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let info = state.content.object(&name).await?;
+    let etag = info.etag();
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        }
+    }
+    // If-Range with a stale ETag means "send the whole thing".
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) if if_range_ok => parse_range(v, info.len).map_err(|()| {
+            let mut e = HttpError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("range {v:?} is outside the object's {} bytes", info.len),
+            );
+            if let Ok(h) = HeaderValue::from_str(&format!("bytes */{}", info.len)) {
+                e.headers.push((header::CONTENT_RANGE, h));
+            }
+            e
+        })?,
+        _ => None,
+    };
+    let (status, span) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r),
+        None => (
+            StatusCode::OK,
+            ByteRange {
+                start: 0,
+                end: info.len,
+            },
+        ),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header(header::CONTENT_LENGTH, span.end - span.start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", span.start, span.end - 1, info.len),
+        );
+    }
+    if method == Method::HEAD || span.start == span.end {
+        return builder.body(Body::empty()).map_err(|e| {
+            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        });
+    }
+    let chunk_size = u64::from(info.chunk_size.max(1));
+    let first = span.start / chunk_size;
+    let last = (span.end - 1) / chunk_size;
+    // Fetch the first chunk before committing to a status line, so an object
+    // whose chunks cannot be had yields a 503, not a truncated 200.
+    let first_chunk = state
+        .content
+        .chunk(ChunkId::new(info.stream, first), state.config.chunk_wait)
+        .await?;
+    check_chunk_len(&info, first, &first_chunk)?;
+    let body = object_body(state.clone(), info, span, first, last, first_chunk);
+    builder
+        .body(body)
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+fn expected_chunk_len(info: &ObjectInfo, seq: u64) -> u64 {
+    let size = u64::from(info.chunk_size.max(1));
+    let start = seq * size;
+    (info.len - start).min(size)
+}
+
+fn check_chunk_len(info: &ObjectInfo, seq: u64, chunk: &Chunk) -> Result<(), HttpError> {
+    let want = expected_chunk_len(info, seq);
+    if chunk.payload.len() as u64 != want {
+        return Err(HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            "manifest_mismatch",
+            format!(
+                "chunk {seq} of {} has {} bytes, its manifest says {want}",
+                info.name,
+                chunk.payload.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams the chunks `first..=last` of `info`, cut to `span`, fetching up to
+/// `read_ahead` chunks ahead of the one being written.
+fn object_body<C: Content>(
+    state: Arc<ServeState<C>>,
+    info: ObjectInfo,
+    span: ByteRange,
+    first: u64,
+    last: u64,
+    first_chunk: Chunk,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let chunk_size = u64::from(info.chunk_size.max(1));
+        let info = Arc::new(info);
+        let mut pending = std::collections::VecDeque::new();
+        let mut next_to_fetch = first + 1;
+        let spawn_fetch = |seq: u64| {
+            let state = state.clone();
+            let stream = info.stream;
+            tokio::spawn(async move {
+                state
+                    .content
+                    .chunk(ChunkId::new(stream, seq), state.config.chunk_wait)
+                    .await
+            })
+        };
+        let mut current = Some(first_chunk);
+        let mut seq = first;
+        loop {
+            while next_to_fetch <= last && pending.len() < state.config.read_ahead {
+                pending.push_back(spawn_fetch(next_to_fetch));
+                next_to_fetch += 1;
+            }
+            let chunk = match current.take() {
+                Some(c) => c,
+                None => {
+                    let Some(handle) = pending.pop_front() else {
+                        break;
+                    };
+                    match handle.await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            break;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = check_chunk_len(&info, seq, &chunk) {
+                let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                break;
+            }
+            let chunk_start = seq * chunk_size;
+            let from = span.start.saturating_sub(chunk_start) as usize;
+            let to = (span.end - chunk_start).min(chunk.payload.len() as u64) as usize;
+            if tx.send(Ok(chunk.payload.slice(from..to))).await.is_err() {
+                break; // client went away
+            }
+            if seq == last {
+                break;
+            }
+            seq += 1;
+        }
+        for handle in pending {
+            handle.abort();
+        }
+    });
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+async fn get_stream_head<C: Content>(
+    State(state): State<Arc<ServeState<C>>>,
+    Path(name): Path<String>,
+) -> Result<Response, HttpError> {
+    let stream = StreamId::from_name(&name);
+    let head = state.content.stream_head(stream).ok_or_else(|| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no chunks of stream {name} are held here"),
+        )
+    })?;
+    Ok(
+        Json(serde_json::json!({ "stream": name, "id": stream.to_string(), "head": head }))
+            .into_response(),
+    )
+}
+
+async fn get_live_chunk<C: Content>(
+    State(state): State<Arc<ServeState<C>>>,
+    Path((name, seq)): Path<(String, String)>,
+) -> Result<Response, HttpError> {
+    let seq: u64 = seq.parse().map_err(|_| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sequence",
+            format!("sequence {seq:?} is not a non-negative integer"),
+        )
+    })?;
+    let stream = StreamId::from_name(&name);
+    let chunk = state
+        .content
+        .chunk(ChunkId::new(stream, seq), state.config.live_wait)
+        .await?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, chunk.payload.len())
+        .header(
+            header::ETAG,
+            format!("\"{}\"", hex::encode(chunk.header.digest)),
+        )
+        .header("x-dcdn-seq", seq)
+        .header("x-dcdn-timestamp-ms", chunk.header.timestamp_ms)
+        .header(header::CACHE_CONTROL, "public, max-age=60, immutable")
+        .body(Body::from(chunk.payload))
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{ChunkHeader, KeyId, digest};
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use std::collections::HashMap;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct Fake {
+        objects: HashMap<String, ObjectInfo>,
+        chunks: HashMap<ChunkId, Chunk>,
+    }
+
+    impl Content for Fake {
+        async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
+            self.objects
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ContentError::NotFound(format!("object {name}")))
+        }
+        async fn chunk(&self, id: ChunkId, _wait: Duration) -> Result<Chunk, ContentError> {
+            self.chunks
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| ContentError::Unavailable(format!("chunk {id}")))
+        }
+        fn stream_head(&self, stream: StreamId) -> Option<u64> {
+            self.chunks
+                .keys()
+                .filter(|k| k.stream == stream)
+                .map(|k| k.seq)
+                .max()
+        }
+    }
+
+    fn chunk_of(stream: StreamId, seq: u64, payload: &[u8]) -> Chunk {
+        Chunk {
+            header: ChunkHeader {
+                id: ChunkId::new(stream, seq),
+                len: payload.len() as u32,
+                digest: digest(payload),
+                key_id: KeyId(1),
+                timestamp_ms: 5,
+            },
+            signature: [0; 64],
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    fn fake_with_object(data: &[u8], chunk_size: usize) -> Fake {
+        let stream = StreamId::from_name("big.bin");
+        let mut fake = Fake::default();
+        for (i, piece) in data.chunks(chunk_size).enumerate() {
+            let c = chunk_of(stream, i as u64, piece);
+            fake.chunks.insert(c.id(), c);
+        }
+        fake.objects.insert(
+            "big.bin".into(),
+            ObjectInfo {
+                name: "big.bin".into(),
+                stream,
+                len: data.len() as u64,
+                chunk_size: chunk_size as u32,
+                chunk_count: data.len().div_ceil(chunk_size) as u64,
+                digest: digest(data),
+            },
+        );
+        fake
+    }
+
+    async fn call(fake: Fake, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let resp = router(Arc::new(fake), ServeConfig::default())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec());
+        (status, headers, body.unwrap_or_default())
+    }
+
+    fn data() -> Vec<u8> {
+        (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn whole_object_is_served_with_length_and_etag() {
+        let d = data();
+        let (status, headers, body) = call(
+            fake_with_object(&d, 1000),
+            Request::get("/v1/objects/big.bin")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, d);
+        assert_eq!(headers[header::CONTENT_LENGTH], "10000");
+        assert_eq!(
+            headers[header::ETAG],
+            format!("\"{}\"", hex::encode(digest(&d)))
+        );
+    }
+
+    #[tokio::test]
+    async fn ranges_across_chunk_boundaries_are_exact() {
+        let d = data();
+        for (range, want) in [
+            ("bytes=0-0", &d[0..1]),
+            ("bytes=999-1000", &d[999..1001]),
+            ("bytes=1500-", &d[1500..]),
+            ("bytes=-10", &d[9990..]),
+            ("bytes=9000-20000", &d[9000..]),
+        ] {
+            let (status, headers, body) = call(
+                fake_with_object(&d, 1000),
+                Request::get("/v1/objects/big.bin")
+                    .header(header::RANGE, range)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+            assert_eq!(body, want, "{range}");
+            assert!(
+                headers[header::CONTENT_RANGE]
+                    .to_str()
+                    .unwrap()
+                    .ends_with("/10000")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unsatisfiable_range_is_416_with_content_range() {
+        let (status, headers, body) = call(
+            fake_with_object(&data(), 1000),
+            Request::get("/v1/objects/big.bin")
+                .header(header::RANGE, "bytes=10000-")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(headers[header::CONTENT_RANGE], "bytes */10000");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "range_not_satisfiable");
+    }
+
+    #[tokio::test]
+    async fn unknown_object_is_404_and_missing_chunks_503() {
+        let (status, _, body) = call(
+            Fake::default(),
+            Request::get("/v1/objects/nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "not_found");
+
+        let mut fake = fake_with_object(&data(), 1000);
+        fake.chunks.clear();
+        let (status, _, _) = call(
+            fake,
+            Request::get("/v1/objects/big.bin")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn matching_if_none_match_is_304_and_head_has_no_body() {
+        let d = data();
+        let etag = format!("\"{}\"", hex::encode(digest(&d)));
+        let (status, _, body) = call(
+            fake_with_object(&d, 1000),
+            Request::get("/v1/objects/big.bin")
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert!(body.is_empty());
+        let (status, headers, body) = call(
+            fake_with_object(&d, 1000),
+            Request::head("/v1/objects/big.bin")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_LENGTH], "10000");
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn live_chunks_by_sequence_and_head() {
+        let stream = StreamId::from_name("cam");
+        let mut fake = Fake::default();
+        for seq in 0..3 {
+            let c = chunk_of(stream, seq, format!("frame{seq}").as_bytes());
+            fake.chunks.insert(c.id(), c);
+        }
+        let (status, headers, body) = call(
+            fake,
+            Request::get("/v1/streams/cam/2")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, b"frame2");
+        assert_eq!(headers["x-dcdn-seq"], "2");
+        let (status, _, body) = call(
+            Fake::default(),
+            Request::get("/v1/streams/cam/x")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&body).contains("bad_sequence"));
+    }
+
+    #[test]
+    fn range_parser_edge_cases() {
+        assert_eq!(
+            parse_range("bytes=0-", 10),
+            Ok(Some(ByteRange { start: 0, end: 10 }))
+        );
+        assert_eq!(
+            parse_range("bytes=-3", 10),
+            Ok(Some(ByteRange { start: 7, end: 10 }))
+        );
+        assert_eq!(
+            parse_range("bytes=-30", 10),
+            Ok(Some(ByteRange { start: 0, end: 10 }))
+        );
+        assert_eq!(parse_range("bytes=5-2", 10), Err(()));
+        assert_eq!(parse_range("bytes=10-", 10), Err(()));
+        assert_eq!(parse_range("bytes=a-b", 10), Err(()));
+        assert_eq!(parse_range("bytes=-0", 10), Err(()));
+        assert_eq!(parse_range("items=0-1", 10), Ok(None));
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Ok(None));
+    }
+}
