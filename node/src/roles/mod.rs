@@ -1,4 +1,5 @@
 //! Origin, relay and edge: the wiring of the node's parts into running roles.
 
 pub mod flight;
+pub mod ingest;
 pub mod serve;

@@ -1,0 +1,419 @@
+//! The origin's publisher-facing HTTP: objects and live streams come in here.
+//!
+//! A request body is cut into chunks as it arrives — a whole object into
+//! `chunk_size` pieces, a live stream into one chunk per body piece (split if
+//! larger than `chunk_size`) so latency does not wait for a full chunk — and
+//! each chunk is handed to the [`Publish`] sink, which signs, stores and
+//! pushes it. Distribution therefore starts before the whole body has been
+//! read; an object's manifest follows its last chunk. Every route needs the
+//! ingest bearer token.
+
+use crate::chunk::StreamId;
+use crate::roles::serve::HttpError;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+
+/// What the ingest side needs from the origin: sign, store and push.
+pub trait Publish: Send + Sync + 'static {
+    /// Signs and distributes chunk `seq` of `stream`.
+    fn publish_chunk(
+        &self,
+        stream: StreamId,
+        seq: u64,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Signs and distributes the manifest of a complete object.
+    fn publish_manifest(
+        &self,
+        object: &Published,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// The sequence number the next chunk of live `stream` gets.
+    fn next_live_seq(&self, stream: StreamId) -> u64;
+}
+
+/// A published object or stream segment, as reported to the publisher.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Published {
+    pub name: String,
+    pub stream: String,
+    #[serde(skip)]
+    pub stream_id: StreamId,
+    pub len: u64,
+    pub chunk_size: u32,
+    pub first_seq: u64,
+    pub chunks: u64,
+    /// BLAKE3 of the bytes received, hex.
+    pub digest: String,
+    #[serde(skip)]
+    pub digest_bytes: [u8; 32],
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub chunk_size: usize,
+    /// Bearer token publishers must present; requests without it get 401.
+    pub token: String,
+    /// Largest object accepted, bytes.
+    pub max_object_bytes: u64,
+}
+
+struct IngestState<P> {
+    publisher: Arc<P>,
+    config: IngestConfig,
+}
+
+/// `PUT /v1/objects/{name}` and `PUT|POST /v1/streams/{name}`.
+pub fn router<P: Publish>(publisher: Arc<P>, config: IngestConfig) -> Router {
+    let state = Arc::new(IngestState { publisher, config });
+    Router::new()
+        .route("/v1/objects/{*name}", put(put_object::<P>))
+        .route("/v1/streams/{name}", post(put_live::<P>).put(put_live::<P>))
+        .with_state(state)
+}
+
+/// Object and stream names are path segments clients will type; keep them
+/// printable and bounded.
+fn check_name(name: &str) -> Result<(), HttpError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        && !name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!(
+                "name {name:?} must be 1-255 chars of [A-Za-z0-9-_./] without empty, . or .. segments"
+            ),
+        ))
+    }
+}
+
+fn check_token(headers: &HeaderMap, token: &str) -> Result<(), HttpError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+            "the bearer token is not valid for ingest",
+        )),
+        None => Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_token",
+            "ingest needs an Authorization: Bearer token",
+        )),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn put_object<P: Publish>(
+    State(state): State<Arc<IngestState<P>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    check_token(&headers, &state.config.token)?;
+    check_name(&name)?;
+    let stream = StreamId::from_name(&name);
+    let chunk_size = state.config.chunk_size;
+    let mut hasher = blake3::Hasher::new();
+    let mut pending = BytesMut::with_capacity(chunk_size);
+    let mut seq = 0u64;
+    let mut len = 0u64;
+    let mut body = body.into_data_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("reading the body: {e}"),
+            )
+        })?;
+        len += piece.len() as u64;
+        if len > state.config.max_object_bytes {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "objects are limited to {} bytes",
+                    state.config.max_object_bytes
+                ),
+            ));
+        }
+        hasher.update(&piece);
+        let mut piece: &[u8] = &piece;
+        while !piece.is_empty() {
+            let take = (chunk_size - pending.len()).min(piece.len());
+            pending.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if pending.len() == chunk_size {
+                let payload = pending.split().freeze();
+                publish(&*state.publisher, stream, seq, payload).await?;
+                seq += 1;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        publish(&*state.publisher, stream, seq, pending.split().freeze()).await?;
+        seq += 1;
+    }
+    let digest = *hasher.finalize().as_bytes();
+    let published = Published {
+        name: name.clone(),
+        stream: stream.to_string(),
+        stream_id: stream,
+        len,
+        chunk_size: chunk_size as u32,
+        first_seq: 0,
+        chunks: seq,
+        digest: hex::encode(digest),
+        digest_bytes: digest,
+    };
+    state
+        .publisher
+        .publish_manifest(&published)
+        .await
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))?;
+    Ok((StatusCode::CREATED, Json(published)).into_response())
+}
+
+async fn publish<P: Publish>(
+    publisher: &P,
+    stream: StreamId,
+    seq: u64,
+    payload: Bytes,
+) -> Result<(), HttpError> {
+    publisher
+        .publish_chunk(stream, seq, payload)
+        .await
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))
+}
+
+async fn put_live<P: Publish>(
+    State(state): State<Arc<IngestState<P>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    check_token(&headers, &state.config.token)?;
+    check_name(&name)?;
+    let stream = StreamId::from_name(&name);
+    let first_seq = state.publisher.next_live_seq(stream);
+    let mut seq = first_seq;
+    let mut len = 0u64;
+    let mut hasher = blake3::Hasher::new();
+    let mut body = body.into_data_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|e| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("reading the body: {e}"),
+            )
+        })?;
+        hasher.update(&piece);
+        len += piece.len() as u64;
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let take = rest.len().min(state.config.chunk_size);
+            let payload = rest.split_to(take);
+            publish(&*state.publisher, stream, seq, payload).await?;
+            seq += 1;
+        }
+    }
+    let digest = *hasher.finalize().as_bytes();
+    Ok((
+        StatusCode::OK,
+        Json(Published {
+            name,
+            stream: stream.to_string(),
+            stream_id: stream,
+            len,
+            chunk_size: state.config.chunk_size as u32,
+            first_seq,
+            chunks: seq - first_seq,
+            digest: hex::encode(digest),
+            digest_bytes: digest,
+        }),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct Recorder {
+        chunks: Mutex<Vec<(StreamId, u64, Bytes)>>,
+        manifests: Mutex<Vec<Published>>,
+        heads: Mutex<HashMap<StreamId, u64>>,
+    }
+
+    impl Publish for Recorder {
+        async fn publish_chunk(
+            &self,
+            stream: StreamId,
+            seq: u64,
+            payload: Bytes,
+        ) -> Result<(), String> {
+            self.heads.lock().insert(stream, seq + 1);
+            self.chunks.lock().push((stream, seq, payload));
+            Ok(())
+        }
+        async fn publish_manifest(&self, object: &Published) -> Result<(), String> {
+            self.manifests.lock().push(object.clone());
+            Ok(())
+        }
+        fn next_live_seq(&self, stream: StreamId) -> u64 {
+            self.heads.lock().get(&stream).copied().unwrap_or(0)
+        }
+    }
+
+    fn app(rec: Arc<Recorder>) -> Router {
+        router(
+            rec,
+            IngestConfig {
+                chunk_size: 1000,
+                token: "s3cret".into(),
+                max_object_bytes: 1 << 20,
+            },
+        )
+    }
+
+    fn streamed(pieces: Vec<Vec<u8>>) -> Body {
+        Body::from_stream(futures_util::stream::iter(
+            pieces
+                .into_iter()
+                .map(|p| Ok::<_, std::io::Error>(Bytes::from(p))),
+        ))
+    }
+
+    #[tokio::test]
+    async fn object_is_cut_into_chunks_and_manifest_follows() {
+        let rec = Arc::new(Recorder::default());
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let resp = app(rec.clone())
+            .oneshot(
+                Request::put("/v1/objects/dir/file.bin")
+                    .header(header::AUTHORIZATION, "Bearer s3cret")
+                    .body(streamed(vec![data[..700].to_vec(), data[700..].to_vec()]))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let chunks = rec.chunks.lock().clone();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            chunks.iter().map(|c| c.2.len()).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.2.to_vec()).collect();
+        assert_eq!(joined, data);
+        let m = &rec.manifests.lock()[0];
+        assert_eq!((m.len, m.chunks), (2500, 3));
+        assert_eq!(m.digest_bytes, crate::chunk::digest(&data));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["chunks"], 3);
+    }
+
+    #[tokio::test]
+    async fn live_pieces_become_chunks_as_they_arrive_and_seq_continues() {
+        let rec = Arc::new(Recorder::default());
+        for _ in 0..2 {
+            let resp = app(rec.clone())
+                .oneshot(
+                    Request::post("/v1/streams/cam")
+                        .header(header::AUTHORIZATION, "Bearer s3cret")
+                        .body(streamed(vec![vec![1; 10], vec![2; 2500]]))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        let chunks = rec.chunks.lock().clone();
+        let seqs: Vec<u64> = chunks.iter().map(|c| c.1).collect();
+        assert_eq!(seqs, (0..8).collect::<Vec<_>>());
+        assert_eq!(chunks[0].2.len(), 10);
+        assert_eq!(chunks[1].2.len(), 1000);
+        assert_eq!(chunks[3].2.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn ingest_without_or_with_wrong_token_is_401_and_publishes_nothing() {
+        let rec = Arc::new(Recorder::default());
+        for auth in [None, Some("Bearer nope")] {
+            let mut req = Request::put("/v1/objects/a");
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let resp = app(rec.clone())
+                .oneshot(req.body(Body::from("x")).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        assert!(rec.chunks.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_oversize_objects_are_refused() {
+        let rec = Arc::new(Recorder::default());
+        let resp = app(rec.clone())
+            .oneshot(
+                Request::put("/v1/objects/a/../b")
+                    .header(header::AUTHORIZATION, "Bearer s3cret")
+                    .body(Body::from("x"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let resp = app(rec.clone())
+            .oneshot(
+                Request::put("/v1/objects/big")
+                    .header(header::AUTHORIZATION, "Bearer s3cret")
+                    .body(Body::from(vec![0u8; (1 << 20) + 1]))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
