@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod chunk;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod fec;

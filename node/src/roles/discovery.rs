@@ -45,8 +45,9 @@ pub async fn resolve_once(config: &DiscoveryConfig) -> (Vec<SocketAddr>, Vec<Dis
     let mut found = BTreeSet::new();
     let mut errors = Vec::new();
     for name in names {
-        let resolved: std::io::Result<Vec<SocketAddr>> =
-            tokio::net::lookup_host(name.clone()).await.map(Iterator::collect);
+        let resolved: std::io::Result<Vec<SocketAddr>> = tokio::net::lookup_host(name.clone())
+            .await
+            .map(Iterator::collect);
         match resolved {
             Ok(addrs) => found.extend(addrs),
             Err(e) => errors.push(DiscoveryError::Resolve {

@@ -1,0 +1,147 @@
+//! A UDP impairment proxy for tests: sits between a QUIC client and server
+//! and drops, delays or corrupts packets by seeded chance, because the
+//! kernel's netem is not available on these machines.
+
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+
+/// What to do to packets, per direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Impairment {
+    /// Probability in [0, 1] that a packet is dropped.
+    pub loss: f64,
+    /// Added one-way delay.
+    pub delay: Duration,
+    /// Probability that one byte of a packet is flipped.
+    pub corrupt: f64,
+}
+
+/// Counters, readable while the proxy runs.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub forwarded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub corrupted: AtomicU64,
+}
+
+/// A running proxy: clients send to `addr`, the proxy relays to `upstream`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub stats: Arc<ProxyStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy on 127.0.0.1 in front of `upstream`, impairing packets
+    /// going to the upstream (`to_server`) and coming back (`to_client`).
+    pub async fn start(
+        upstream: SocketAddr,
+        to_server: Impairment,
+        to_client: Impairment,
+        seed: u64,
+    ) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let stats = Arc::new(ProxyStats::default());
+        let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
+        let task = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                // One upstream socket per client, so replies find their way back.
+                let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                        return;
+                    };
+                    let back = match clients.get(&from) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+                                continue;
+                            };
+                            if sock.connect(upstream).await.is_err() {
+                                continue;
+                            }
+                            let sock = Arc::new(sock);
+                            clients.insert(from, sock.clone());
+                            let (front, sock2, stats, rng) =
+                                (front.clone(), sock.clone(), stats.clone(), rng.clone());
+                            tokio::spawn(async move {
+                                let mut buf = vec![0u8; 65536];
+                                while let Ok(n) = sock2.recv(&mut buf).await {
+                                    let pkt = buf[..n].to_vec();
+                                    forward(&front, Some(from), pkt, to_client, &stats, &rng).await;
+                                }
+                            });
+                            sock
+                        }
+                    };
+                    let pkt = buf[..n].to_vec();
+                    forward(&back, None, pkt, to_server, &stats, &rng).await;
+                }
+            })
+        };
+        Ok(Self { addr, stats, task })
+    }
+}
+
+async fn forward(
+    sock: &Arc<UdpSocket>,
+    to: Option<SocketAddr>,
+    mut pkt: Vec<u8>,
+    imp: Impairment,
+    stats: &ProxyStats,
+    rng: &Mutex<ChaCha8Rng>,
+) {
+    let (drop_it, corrupt_at) = {
+        let mut rng = rng.lock().await;
+        let drop_it = imp.loss > 0.0 && rng.gen_bool(imp.loss.min(1.0));
+        let corrupt_at = (imp.corrupt > 0.0 && rng.gen_bool(imp.corrupt.min(1.0)))
+            .then(|| rng.gen_range(0..pkt.len().max(1)));
+        (drop_it, corrupt_at)
+    };
+    if drop_it {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if let Some(i) = corrupt_at {
+        if let Some(b) = pkt.get_mut(i) {
+            *b ^= 0x5a;
+            stats.corrupted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let send = {
+        let sock = sock.clone();
+        async move {
+            let _ = match to {
+                Some(addr) => sock.send_to(&pkt, addr).await,
+                None => sock.send(&pkt).await,
+            };
+        }
+    };
+    if imp.delay.is_zero() {
+        send.await;
+    } else {
+        tokio::spawn(async move {
+            tokio::time::sleep(imp.delay).await;
+            send.await;
+        });
+    }
+}
