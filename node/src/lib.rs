@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod p2p;
 pub mod roles;
 pub mod store;
+pub mod up;

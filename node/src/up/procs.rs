@@ -1,0 +1,218 @@
+//! Child processes of `dcdn up`: start them, wait until ready, stop them.
+//!
+//! Each node is a separate `dcdn run` process with its own log file, so one
+//! machine runs a real multi-process cluster talking real QUIC over loopback.
+//! Children are stopped on every way out — success, error, Ctrl-C, panic —
+//! because [`Cluster`]'s `Drop` kills what is still running.
+
+use crate::client::Client;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// Why a child could not be started or did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("starting {name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited during startup ({status}); last log lines:\n{log}")]
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+    },
+    #[error("{name} not ready after {after:?} ({url}); last log lines:\n{log}")]
+    NotReady {
+        name: String,
+        url: String,
+        after: Duration,
+        log: String,
+    },
+}
+
+/// One node process to start.
+#[derive(Debug, Clone)]
+pub struct NodeProc {
+    pub name: String,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    /// `GET` this until it answers 2xx.
+    pub ready_url: String,
+}
+
+/// A running child.
+#[derive(Debug)]
+pub struct Running {
+    pub spec: NodeProc,
+    child: Child,
+}
+
+/// Every child of one `dcdn up`.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub nodes: Vec<Running>,
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Cluster {
+    /// Starts `spec` running `program`, stdout and stderr to its log file.
+    pub fn spawn(&mut self, program: &std::path::Path, spec: NodeProc) -> Result<(), ProcError> {
+        let log = std::fs::File::create(&spec.log).map_err(|source| ProcError::Spawn {
+            name: spec.name.clone(),
+            source,
+        })?;
+        let err_log = log.try_clone().map_err(|source| ProcError::Spawn {
+            name: spec.name.clone(),
+            source,
+        })?;
+        let child = Command::new(program)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ProcError::Spawn {
+                name: spec.name.clone(),
+                source,
+            })?;
+        self.nodes.push(Running { spec, child });
+        Ok(())
+    }
+
+    /// Waits until every child answers its readiness URL, failing early when
+    /// one exits.
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), ProcError> {
+        let client = Client::new(Duration::from_secs(2));
+        let start = Instant::now();
+        for node in &mut self.nodes {
+            loop {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    return Err(ProcError::Exited {
+                        name: node.spec.name.clone(),
+                        status: status.to_string(),
+                        log: tail(&node.spec.log, 20),
+                    });
+                }
+                if client.get(&node.spec.ready_url, None).await.is_ok() {
+                    break;
+                }
+                if start.elapsed() > deadline {
+                    return Err(ProcError::NotReady {
+                        name: node.spec.name.clone(),
+                        url: node.spec.ready_url.clone(),
+                        after: deadline,
+                        log: tail(&node.spec.log, 20),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Children that have exited, with their status.
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| match n.child.try_wait() {
+                Ok(Some(status)) => Some((n.spec.name.clone(), status.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asks every child to drain (SIGTERM), waits up to `grace`, then kills
+    /// what is left. Edges go first so clients lose the leaves before the
+    /// trunk.
+    pub async fn stop(&mut self, grace: Duration) {
+        for node in self.nodes.iter().rev() {
+            if let Some(pid) = node.child.id() {
+                terminate(pid);
+            }
+        }
+        let start = Instant::now();
+        for node in self.nodes.iter_mut().rev() {
+            let left = grace.saturating_sub(start.elapsed());
+            if tokio::time::timeout(left, node.child.wait()).await.is_err() {
+                let _ = node.child.kill().await;
+            }
+        }
+        self.nodes.clear();
+    }
+}
+
+/// Sends SIGTERM without `unsafe` or a libc binding: the `kill` command is on
+/// every system `dcdn up` runs on.
+fn terminate(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_that_exits_during_startup_is_reported_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("dcdn-procs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Cluster::default();
+        cluster
+            .spawn(
+                std::path::Path::new("/bin/sh"),
+                NodeProc {
+                    name: "bad".into(),
+                    args: vec!["-c".into(), "echo boom-marker; exit 3".into()],
+                    log: dir.join("bad.log"),
+                    ready_url: "http://127.0.0.1:1/readyz".into(),
+                },
+            )
+            .unwrap();
+        let err = cluster
+            .wait_ready(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bad exited"), "{text}");
+        assert!(text.contains("boom-marker"), "{text}");
+        cluster.stop(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_running_children() {
+        let dir = std::env::temp_dir().join(format!("dcdn-procs2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Cluster::default();
+        cluster
+            .spawn(
+                std::path::Path::new("/bin/sleep"),
+                NodeProc {
+                    name: "sleeper".into(),
+                    args: vec!["60".into()],
+                    log: dir.join("s.log"),
+                    ready_url: String::new(),
+                },
+            )
+            .unwrap();
+        let start = Instant::now();
+        cluster.stop(Duration::from_secs(5)).await;
+        assert!(start.elapsed() < Duration::from_secs(4));
+        assert!(cluster.nodes.is_empty());
+    }
+}
