@@ -1,0 +1,225 @@
+//! `dcdn up --check`: publish a sample object and a short live stream at the
+//! origin, fetch both through every edge, and compare bytes and digests.
+//!
+//! Everything goes through the same public HTTP interfaces a user would use,
+//! so a pass means the whole path — ingest, signing, QUIC push and pull,
+//! verification, storage, serving — worked end to end.
+
+use crate::client::Client;
+use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+use std::time::{Duration, Instant};
+
+/// Where the check publishes and fetches.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// Origin ingest base URL, e.g. `http://127.0.0.1:7100`.
+    pub origin: String,
+    pub ingest_token: String,
+    /// Edge client base URLs.
+    pub edges: Vec<String>,
+}
+
+/// One line of the summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The check's sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckSizes {
+    pub object_bytes: usize,
+    pub live_pieces: usize,
+    pub live_piece_bytes: usize,
+}
+
+impl Default for CheckSizes {
+    fn default() -> Self {
+        Self {
+            object_bytes: 8 * 1024 * 1024 + 12_345,
+            live_pieces: 40,
+            live_piece_bytes: 16 * 1024,
+        }
+    }
+}
+
+fn sample(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// Retries `f` until it succeeds or `deadline` passes; returns the last error.
+async fn retry<T, E, F, Fut>(deadline: Duration, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Runs the check and returns one outcome per step.
+pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
+    let client = Client::new(Duration::from_secs(30));
+    let mut out = Vec::new();
+
+    // A static object.
+    let object = sample(sizes.object_bytes, 1);
+    let object_digest = hex::encode(blake3::hash(&object).as_bytes());
+    let name = format!("check/sample-{}.bin", std::process::id());
+    let started = Instant::now();
+    let body = futures_util::stream::iter(
+        object
+            .chunks(256 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let put = client
+        .put_stream(
+            &format!("{}/v1/objects/{name}", targets.origin),
+            Some(&targets.ingest_token),
+            body,
+        )
+        .await;
+    match &put {
+        Ok(resp) => {
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+            let ok = v["digest"] == object_digest.as_str();
+            out.push(Outcome {
+                what: format!("publish object {name} ({} bytes)", object.len()),
+                ok,
+                detail: format!("{} chunks, digest {}", v["chunks"], &object_digest[..16]),
+            });
+        }
+        Err(e) => out.push(Outcome {
+            what: format!("publish object {name}"),
+            ok: false,
+            detail: e.to_string(),
+        }),
+    }
+    if put.is_ok() {
+        for edge in &targets.edges {
+            let url = format!("{edge}/v1/objects/{name}");
+            let got = retry(Duration::from_secs(15), || client.get(&url, None)).await;
+            out.push(match got {
+                Ok(resp) => {
+                    let digest = hex::encode(blake3::hash(&resp.body).as_bytes());
+                    let etag_ok = resp
+                        .headers
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.trim_matches('"') == object_digest);
+                    let ok = resp.body.len() == object.len() && digest == object_digest && etag_ok;
+                    Outcome {
+                        what: format!("fetch object via {edge}"),
+                        ok,
+                        detail: format!(
+                            "{} bytes, digest {}, etag {}, {:.0} ms after publish",
+                            resp.body.len(),
+                            if digest == object_digest {
+                                "matches"
+                            } else {
+                                "DIFFERS"
+                            },
+                            if etag_ok { "matches" } else { "DIFFERS" },
+                            started.elapsed().as_secs_f64() * 1000.0
+                        ),
+                    }
+                }
+                Err(e) => Outcome {
+                    what: format!("fetch object via {edge}"),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            });
+        }
+    }
+
+    // A live stream: pieces arrive over time, each becomes a chunk at once.
+    let stream = format!("check-live-{}", std::process::id());
+    let pieces: Vec<Vec<u8>> = (0..sizes.live_pieces)
+        .map(|i| sample(sizes.live_piece_bytes, 100 + i as u64))
+        .collect();
+    let paced = futures_util::stream::unfold(pieces.clone().into_iter(), |mut it| async move {
+        let next = it.next()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(next)), it))
+    });
+    let live = client
+        .put_stream(
+            &format!("{}/v1/streams/{stream}", targets.origin),
+            Some(&targets.ingest_token),
+            paced,
+        )
+        .await;
+    let first_seq = match &live {
+        Ok(resp) => {
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+            let chunks = v["chunks"].as_u64().unwrap_or(0);
+            out.push(Outcome {
+                what: format!("publish live stream {stream}"),
+                ok: chunks == pieces.len() as u64,
+                detail: format!("{chunks} chunks of {} bytes", sizes.live_piece_bytes),
+            });
+            v["first_seq"].as_u64()
+        }
+        Err(e) => {
+            out.push(Outcome {
+                what: format!("publish live stream {stream}"),
+                ok: false,
+                detail: e.to_string(),
+            });
+            None
+        }
+    };
+    if let Some(first) = first_seq {
+        for edge in &targets.edges {
+            let mut good = 0usize;
+            let mut problems = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                let url = format!("{edge}/v1/streams/{stream}/{}", first + i as u64);
+                match retry(Duration::from_secs(10), || client.get(&url, None)).await {
+                    Ok(resp) if resp.body[..] == piece[..] => good += 1,
+                    Ok(_) => problems.push(format!("seq {} differs", first + i as u64)),
+                    Err(e) => problems.push(format!("seq {}: {e}", first + i as u64)),
+                }
+            }
+            out.push(Outcome {
+                what: format!("fetch live chunks via {edge}"),
+                ok: good == pieces.len(),
+                detail: if problems.is_empty() {
+                    format!("{good}/{} chunks byte-identical", pieces.len())
+                } else {
+                    format!("{good}/{} ok; {}", pieces.len(), problems.join("; "))
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Prints the outcomes and says whether all passed.
+pub fn report(outcomes: &[Outcome]) -> bool {
+    for o in outcomes {
+        println!(
+            "{} {:<60} {}",
+            if o.ok { "PASS" } else { "FAIL" },
+            o.what,
+            o.detail
+        );
+    }
+    let passed = outcomes.iter().filter(|o| o.ok).count();
+    let failed = outcomes.len() - passed;
+    println!("{passed} passed, {failed} failed");
+    failed == 0 && passed > 0
+}
