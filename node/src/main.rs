@@ -96,6 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn config_check(_file: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::bail!("config check is not wired yet")
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())?;
+    println!("# {}: valid (config hash {})", file.display(), config.config_hash());
+    print!("{}", config.to_toml());
+    Ok(())
 }
