@@ -98,7 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let config = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())?;
-    println!("# {}: valid (config hash {})", file.display(), config.config_hash());
+    println!(
+        "# {}: valid (config hash {})",
+        file.display(),
+        config.config_hash()
+    );
     print!("{}", config.to_toml());
     Ok(())
 }
