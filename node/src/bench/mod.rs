@@ -5,6 +5,8 @@
 //! shared and noisy: the ratio is what is comparable across runs, the
 //! absolute numbers are not.
 
+mod parts;
+
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,13 @@ pub fn run_all(options: BenchOptions, filter: impl Fn(&str) -> bool) -> Vec<Benc
     out
 }
 
-fn run_one(_name: &str, _options: BenchOptions) -> Option<BenchResult> {
-    // Each part's benchmark is wired in here as it lands.
-    None
+fn run_one(name: &str, options: BenchOptions) -> Vec<BenchResult> {
+    match name {
+        "fec_encode" => parts::fec_encode(options),
+        "fec_decode" => parts::fec_decode(options),
+        "verify_batch" => parts::verify_batch(options),
+        "store_insert" => parts::store_insert(options),
+        "store_get" => parts::store_get(options),
+        _ => Vec::new(),
+    }
 }

@@ -12,8 +12,9 @@ use super::{
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Most shards (data + parity) one FEC group may have.
-pub const MAX_SHARDS_PER_GROUP: u16 = 1024;
+/// Most shards (data + parity) one FEC group may have: Reed–Solomon over
+/// GF(2^8) allows 256.
+pub const MAX_SHARDS_PER_GROUP: u16 = 256;
 /// Largest shard payload a frame may carry.
 pub const MAX_SHARD_LEN: usize = 16 * 1024;
 /// Longest object or node name.
@@ -751,7 +752,7 @@ mod tests {
     }
 
     fn any_shard() -> impl Strategy<Value = ShardFrame> {
-        (any_id(), 1u16..64, 1u16..64, 0u16..32, 0usize..1500).prop_flat_map(
+        (any_id(), 1u16..64, 1u16..200, 0u16..56, 0usize..1500).prop_flat_map(
             |(chunk, blocks, k, m, len)| {
                 (
                     0..blocks,
@@ -976,7 +977,7 @@ mod tests {
         ));
         assert!(matches!(
             bad(&|s| {
-                s.k = 1000;
+                s.k = 200;
                 s.m = 100;
             }),
             Err(WireError::TooLong { .. })
