@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod p2p;
 pub mod roles;
 pub mod store;
+pub mod transport;
 pub mod up;
