@@ -24,12 +24,14 @@ use std::sync::Arc;
 
 /// What the ingest side needs from the origin: sign, store and push.
 pub trait Publish: Send + Sync + 'static {
-    /// Signs and distributes chunk `seq` of `stream`.
+    /// Signs and distributes chunk `seq` of `stream`; `live` chunks are
+    /// pushed downstream at once, object chunks wait to be pulled.
     fn publish_chunk(
         &self,
         stream: StreamId,
         seq: u64,
         payload: Bytes,
+        live: bool,
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Signs and distributes the manifest of a complete object.
     fn publish_manifest(
@@ -176,13 +178,13 @@ async fn put_object<P: Publish>(
             piece = &piece[take..];
             if pending.len() == chunk_size {
                 let payload = pending.split().freeze();
-                publish(&*state.publisher, stream, seq, payload).await?;
+                publish(&*state.publisher, stream, seq, payload, false).await?;
                 seq += 1;
             }
         }
     }
     if !pending.is_empty() {
-        publish(&*state.publisher, stream, seq, pending.split().freeze()).await?;
+        publish(&*state.publisher, stream, seq, pending.split().freeze(), false).await?;
         seq += 1;
     }
     let digest = *hasher.finalize().as_bytes();
@@ -210,9 +212,10 @@ async fn publish<P: Publish>(
     stream: StreamId,
     seq: u64,
     payload: Bytes,
+    live: bool,
 ) -> Result<(), HttpError> {
     publisher
-        .publish_chunk(stream, seq, payload)
+        .publish_chunk(stream, seq, payload, live)
         .await
         .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))
 }
@@ -245,7 +248,7 @@ async fn put_live<P: Publish>(
         while !rest.is_empty() {
             let take = rest.len().min(state.config.chunk_size);
             let payload = rest.split_to(take);
-            publish(&*state.publisher, stream, seq, payload).await?;
+            publish(&*state.publisher, stream, seq, payload, true).await?;
             seq += 1;
         }
     }
@@ -289,6 +292,7 @@ mod tests {
             stream: StreamId,
             seq: u64,
             payload: Bytes,
+            _live: bool,
         ) -> Result<(), String> {
             self.heads.lock().insert(stream, seq + 1);
             self.chunks.lock().push((stream, seq, payload));

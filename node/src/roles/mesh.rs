@@ -1,0 +1,603 @@
+//! Per-peer sessions on the mesh: the hello exchange, then one task each for
+//! control frames, push datagrams, pull requests and, downstream, loss
+//! reports. Sessions hold no state of their own beyond the connection; what
+//! they learn goes into [`Shared`], where the next session finds it.
+
+use crate::chunk::wire::{Frame, ShardFrame};
+use crate::chunk::{ChunkId, PeerId, StreamId};
+use crate::fec::Shard;
+use crate::roles::framing::{self, FramingError};
+use crate::roles::node::{HaveSet, HaveWindow, Path, Peer, Role, Shared};
+use crate::transport::PeerConnection;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::node::{CONTROL_QUEUE, MAX_CONTROL_FRAME, PUSH_QUEUE, SHARD_FRAME_OVERHEAD};
+
+/// How long a peer has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control streams are long-lived; keep-alives, not this, detect dead peers.
+const CONTROL_IDLE: Duration = Duration::from_secs(24 * 3600);
+/// How often a downstream node tells its upstream what it lost.
+const LOSS_REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs one peer session to its end. `outbound` is true when we dialled.
+pub(crate) async fn run(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) {
+    let conn = pc.connection.clone();
+    let name = pc.name.clone();
+    match session(shared.clone(), pc, outbound).await {
+        Ok(()) => tracing::debug!(peer = %name, "session ended"),
+        Err(e) => {
+            tracing::info!(peer = %name, error = %e, "session ended");
+            conn.close(quinn::VarInt::from_u32(1), e.kind().as_bytes());
+        }
+    }
+}
+
+async fn session(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) -> Result<(), FramingError> {
+    let conn = pc.connection.clone();
+    let (mut ctl_send, mut ctl_recv) = if outbound {
+        conn.open_bi().await.map_err(|e| FramingError::Write(e.to_string()))?
+    } else {
+        tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+            .await
+            .map_err(|_| FramingError::Timeout(HELLO_TIMEOUT))?
+            .map_err(|e| FramingError::Read(e.to_string()))?
+    };
+    let hello = shared.hello();
+    if outbound {
+        framing::write_frame(&mut ctl_send, &hello).await?;
+    }
+    match framing::read_frame(&mut ctl_recv, MAX_CONTROL_FRAME, HELLO_TIMEOUT).await? {
+        Frame::Hello { .. } => {}
+        other => {
+            return Err(FramingError::Read(format!(
+                "expected hello, got {}",
+                other.kind()
+            )));
+        }
+    }
+    if !outbound {
+        framing::write_frame(&mut ctl_send, &hello).await?;
+    }
+    // The role comes from the peer's certificate, which the cluster CA
+    // signed; the hello only confirms the peer speaks our protocol version.
+    let role = Role::from(pc.role);
+    let (control_tx, mut control_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
+    let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
+    let peer = Arc::new(Peer {
+        id: pc.peer_id,
+        name: pc.name.clone(),
+        role,
+        conn: conn.clone(),
+        control: control_tx,
+        subscribed: AtomicBool::new(false),
+        push: push_tx,
+        parity: Mutex::new(shared.settings.parity_policy()),
+        current_parity: AtomicU16::new(shared.settings.fec_parity),
+        unchoked_us: AtomicBool::new(false),
+        have: Mutex::new(HaveSet::default()),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
+        shards_received: AtomicU64::new(0),
+        shards_expected: AtomicU64::new(0),
+        groups_seen: Mutex::new(HaveWindow::default()),
+    });
+    if let Some(old) = shared.peers.write().insert(peer.id, peer.clone()) {
+        old.conn
+            .close(quinn::VarInt::from_u32(2), b"replaced by a newer connection");
+    }
+    if role == Role::Edge && shared.settings.role == Role::Edge {
+        shared.choker.lock().add_peer(peer.id, Instant::now()).ok();
+        shared.choker.lock().set_interested(peer.id, true);
+    }
+    if outbound && role.is_upstream_of(shared.settings.role) {
+        let _ = peer.control.try_send(Frame::Subscribe);
+    }
+    tracing::info!(peer = %peer.name, role = ?role, addr = %conn.remote_address(), "peer connected");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // Control writer.
+    tasks.spawn(async move {
+        while let Some(frame) = control_rx.recv().await {
+            if framing::write_frame(&mut ctl_send, &frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Control reader.
+    {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        tasks.spawn(async move {
+            loop {
+                match framing::read_frame(&mut ctl_recv, MAX_CONTROL_FRAME, CONTROL_IDLE).await {
+                    Ok(frame) => on_control(&shared, &peer, frame),
+                    Err(FramingError::Finished) => break,
+                    Err(e) => {
+                        shared
+                            .metrics
+                            .frames_malformed
+                            .with_label_values(&[e.kind()])
+                            .inc();
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    // Datagrams in.
+    {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        tasks.spawn(async move {
+            while let Ok(datagram) = peer.conn.read_datagram().await {
+                on_datagram(&shared, &peer, &datagram);
+            }
+        });
+    }
+    // Pull requests in.
+    {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        tasks.spawn(async move {
+            while let Ok((send, recv)) = peer.conn.accept_bi().await {
+                let (shared, peer) = (shared.clone(), peer.clone());
+                tokio::spawn(async move { serve_request(&shared, &peer, send, recv).await });
+            }
+        });
+    }
+    // Pushes out.
+    {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        tasks.spawn(async move {
+            while let Some(chunk) = push_rx.recv().await {
+                if let Err(e) = push_chunk(&shared, &peer, &chunk).await {
+                    tracing::debug!(peer = %peer.name, error = %e, "push stopped");
+                    break;
+                }
+            }
+        });
+    }
+    // Loss reports to our upstream.
+    if outbound && role.is_upstream_of(shared.settings.role) {
+        let peer = peer.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(LOSS_REPORT_EVERY);
+            loop {
+                tick.tick().await;
+                let expected = peer.shards_expected.swap(0, Ordering::Relaxed);
+                let received = peer.shards_received.swap(0, Ordering::Relaxed);
+                if expected == 0 {
+                    continue;
+                }
+                let report = Frame::LossReport {
+                    stream: StreamId::default(),
+                    window_start: 0,
+                    expected_shards: expected.min(u64::from(u32::MAX)) as u32,
+                    received_shards: received.min(expected).min(u64::from(u32::MAX)) as u32,
+                    rebuilt: 0,
+                    failed: 0,
+                };
+                if peer.control.send(report).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut shutdown = shared.shutdown_signal();
+    tokio::select! {
+        _ = conn.closed() => {}
+        _ = shutdown.changed() => {
+            conn.close(quinn::VarInt::from_u32(0), b"shutting down");
+        }
+    }
+    tasks.abort_all();
+    {
+        let mut peers = shared.peers.write();
+        if peers
+            .get(&peer.id)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            peers.remove(&peer.id);
+        }
+    }
+    if role == Role::Edge && shared.settings.role == Role::Edge {
+        shared.choker.lock().remove_peer(peer.id);
+    }
+    tracing::info!(peer = %peer.name, "peer disconnected");
+    Ok(())
+}
+
+fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
+    match frame {
+        Frame::Subscribe => peer.subscribed.store(true, Ordering::Relaxed),
+        Frame::Have { id } => peer.have.lock().insert(id),
+        Frame::Bitfield {
+            stream,
+            base_seq,
+            bits,
+        } => {
+            let mut have = peer.have.lock();
+            for (i, byte) in bits.iter().enumerate() {
+                for bit in 0..8 {
+                    if byte & (0x80 >> bit) != 0 {
+                        let seq = base_seq.saturating_add((i * 8 + bit) as u64);
+                        have.insert(ChunkId::new(stream, seq));
+                    }
+                }
+            }
+        }
+        Frame::Choke => peer.unchoked_us.store(false, Ordering::Relaxed),
+        Frame::Unchoke => peer.unchoked_us.store(true, Ordering::Relaxed),
+        Frame::Interested { .. } => shared.choker.lock().set_interested(peer.id, true),
+        Frame::NotInterested { .. } => shared.choker.lock().set_interested(peer.id, false),
+        Frame::LossReport {
+            expected_shards,
+            received_shards,
+            ..
+        } => {
+            let m = peer.parity.lock().handle_report(
+                u64::from(expected_shards),
+                u64::from(received_shards),
+            );
+            peer.current_parity.store(m, Ordering::Relaxed);
+            shared
+                .metrics
+                .fec_parity
+                .with_label_values(&[&peer.name])
+                .set(i64::from(m));
+        }
+        Frame::Manifest(m) => {
+            if let Err(e) = shared.accept_manifest(m, Some(peer.id)) {
+                tracing::warn!(peer = %peer.name, error = %e, "manifest refused");
+            }
+        }
+        other => {
+            shared
+                .metrics
+                .frames_malformed
+                .with_label_values(&["unexpected_on_control"])
+                .inc();
+            tracing::debug!(peer = %peer.name, kind = other.kind(), "unexpected control frame");
+        }
+    }
+}
+
+fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
+    let shard = match Frame::decode(datagram) {
+        Ok(Frame::Shard(s)) => s,
+        Ok(other) => {
+            tracing::debug!(peer = %peer.name, kind = other.kind(), "unexpected datagram");
+            shared
+                .metrics
+                .frames_malformed
+                .with_label_values(&["unexpected_datagram"])
+                .inc();
+            return;
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .frames_malformed
+                .with_label_values(&["datagram"])
+                .inc();
+            tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+            return;
+        }
+    };
+    peer.shards_received.fetch_add(1, Ordering::Relaxed);
+    {
+        // Count what each group promised once, when its first shard shows up.
+        let group = ChunkId::new(shard.chunk.stream, shard.chunk.seq ^ (u64::from(shard.block) << 48));
+        let mut seen = peer.groups_seen.lock();
+        if !seen.inner_contains(&group) {
+            seen.inner_insert(group);
+            peer.shards_expected
+                .fetch_add(u64::from(shard.k) + u64::from(shard.m), Ordering::Relaxed);
+        }
+    }
+    if shared.store.contains(&shard.chunk, Instant::now()) {
+        return;
+    }
+    let outcome = shared.assembler.lock().insert(Shard::from(shard), Instant::now());
+    match outcome {
+        Ok(Some(done)) => {
+            shared
+                .metrics
+                .fec_groups
+                .with_label_values(&[if done.recovered { "rebuilt" } else { "complete" }])
+                .inc();
+            match Frame::decode(&done.bytes) {
+                Ok(Frame::Chunk(chunk)) => {
+                    shared.accept_chunk(chunk, Some(peer.id), Path::Push);
+                }
+                _ => {
+                    // The rebuilt bytes are not a chunk: a corrupt or forged
+                    // shard. Count it against the sender like a bad signature.
+                    shared
+                        .metrics
+                        .chunks_rejected
+                        .with_label_values(&["malformed"])
+                        .inc();
+                    shared.strike(peer.id, crate::crypto::Rejection::Malformed);
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            shared
+                .metrics
+                .fec_groups
+                .with_label_values(&["refused"])
+                .inc();
+            tracing::debug!(peer = %peer.name, error = %e, "shard refused");
+        }
+    }
+}
+
+async fn push_chunk(shared: &Arc<Shared>, peer: &Arc<Peer>, chunk: &crate::chunk::Chunk) -> Result<(), String> {
+    let max = peer
+        .conn
+        .max_datagram_size()
+        .ok_or("peer does not accept datagrams")?;
+    let shard_len = max.saturating_sub(SHARD_FRAME_OVERHEAD);
+    if shard_len < 256 {
+        return Err(format!("datagram size {max} too small for FEC shards"));
+    }
+    let bytes = framing::encode(&Frame::Chunk(chunk.clone()));
+    let m = peer.current_parity.load(Ordering::Relaxed);
+    let shards = shared
+        .encoder
+        .lock()
+        .encode_chunk(chunk.id(), &bytes, shard_len, shared.settings.fec_k, m)
+        .map_err(|e| e.to_string())?;
+    let mut sent = 0u64;
+    for shard in shards {
+        let frame = framing::encode(&Frame::Shard(ShardFrame::from(shard)));
+        sent += frame.len() as u64;
+        peer.conn
+            .send_datagram_wait(frame)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    peer.bytes_out.fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+    shared.mesh_bytes_out.fetch_add(sent, Ordering::Relaxed);
+    shared.metrics.chunks.with_label_values(&["out", "push"]).inc();
+    shared
+        .metrics
+        .bytes
+        .with_label_values(&["out", "push"])
+        .inc_by(chunk.payload.len() as u64);
+    Ok(())
+}
+
+async fn serve_request(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let timeout = shared.settings.request_timeout;
+    let request = match framing::read_frame(&mut recv, MAX_CONTROL_FRAME, timeout).await {
+        Ok(f) => f,
+        Err(e) => {
+            shared
+                .metrics
+                .frames_malformed
+                .with_label_values(&[e.kind()])
+                .inc();
+            return;
+        }
+    };
+    let reply = answer(shared, peer, request).await;
+    let len = match &reply {
+        Frame::Chunk(c) => c.payload.len() as u64,
+        _ => 0,
+    };
+    if framing::write_frame(&mut send, &reply).await.is_ok() {
+        let _ = send.finish();
+        if len > 0 {
+            shared.metrics.chunks.with_label_values(&["out", "pull"]).inc();
+            shared
+                .metrics
+                .bytes
+                .with_label_values(&["out", "pull"])
+                .inc_by(len);
+            shared
+                .mesh_bytes_out
+                .fetch_add(len, Ordering::Relaxed);
+            peer.bytes_out.fetch_add(len, Ordering::Relaxed);
+            if peer.role == Role::Edge && shared.settings.role == Role::Edge {
+                shared
+                    .choker
+                    .lock()
+                    .record_uploaded(peer.id, len, Instant::now());
+            }
+        }
+    }
+}
+
+/// Error codes in `Frame::Error` replies.
+pub(crate) const CODE_CHOKED: u16 = 429;
+pub(crate) const CODE_BANNED: u16 = 403;
+
+async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame {
+    if shared.reputation.lock().is_banned(peer.id, Instant::now()) {
+        return Frame::Error {
+            code: CODE_BANNED,
+            message: "banned".into(),
+        };
+    }
+    match request {
+        Frame::Request { id } => {
+            if peer.role == Role::Edge
+                && shared.settings.role == Role::Edge
+                && !shared.choker.lock().is_unchoked(peer.id)
+            {
+                return Frame::Error {
+                    code: CODE_CHOKED,
+                    message: "choked".into(),
+                };
+            }
+            if let Some(c) = shared.store.get(&id, Instant::now()) {
+                return Frame::Chunk(c);
+            }
+            // A relay answers what it lacks by fetching upstream once; an
+            // edge asked by a peer only offers what it holds.
+            if shared.settings.role == Role::Relay {
+                if let Ok(c) = shared.fetch(id).await {
+                    return Frame::Chunk(c);
+                }
+            }
+            Frame::NotFound { id }
+        }
+        Frame::ManifestRequest { stream } => {
+            if let Some(m) = shared.manifests.lock().get(stream) {
+                return Frame::Manifest(m);
+            }
+            if shared.settings.role == Role::Relay {
+                if let Ok(m) = shared.fetch_manifest(stream).await {
+                    return Frame::Manifest(m);
+                }
+            }
+            Frame::NotFound {
+                id: ChunkId::new(stream, u64::MAX),
+            }
+        }
+        other => {
+            shared
+                .metrics
+                .frames_malformed
+                .with_label_values(&["unexpected_request"])
+                .inc();
+            Frame::Error {
+                code: 400,
+                message: format!("{} is not a request", other.kind()),
+            }
+        }
+    }
+}
+
+/// Keeps a connection to every address in `wanted`, re-dialling with backoff.
+pub(crate) async fn dial_loop(
+    shared: Arc<Shared>,
+    mut wanted: tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>,
+    only_if_greater: bool,
+) {
+    use std::collections::HashMap;
+    let own = shared.settings.mesh_advertise;
+    let mut attempts: HashMap<std::net::SocketAddr, (Instant, u32)> = HashMap::new();
+    let connected: Arc<Mutex<HashMap<std::net::SocketAddr, PeerId>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wanted.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+        let addrs = wanted.borrow().clone();
+        for addr in addrs {
+            // Edges dial only peers "above" them, so two edges make one
+            // connection between them, not two.
+            if only_if_greater && addr <= own {
+                continue;
+            }
+            let live = connected
+                .lock()
+                .get(&addr)
+                .is_some_and(|id| shared.peers.read().contains_key(id));
+            if live {
+                continue;
+            }
+            let now = Instant::now();
+            let (next_at, failures) = attempts.get(&addr).copied().unwrap_or((now, 0));
+            if now < next_at {
+                continue;
+            }
+            // Back off exponentially to 5 s so a dead peer costs little.
+            let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
+            attempts.insert(addr, (now + backoff, failures.saturating_add(1)));
+            let (shared, connected) = (shared.clone(), connected.clone());
+            tokio::spawn(async move {
+                match shared.endpoint.connect(addr).await {
+                    Ok(pc) => {
+                        connected.lock().insert(addr, pc.peer_id);
+                        run(shared, pc, true).await;
+                    }
+                    Err(e) => tracing::debug!(%addr, error = %e, "dial failed"),
+                }
+            });
+        }
+        attempts.retain(|_, (_, failures)| *failures > 0);
+        // A peer that connected resets its backoff.
+        for (addr, id) in connected.lock().iter() {
+            if shared.peers.read().contains_key(id) {
+                attempts.remove(addr);
+            }
+        }
+    }
+}
+
+/// Accepts authenticated peers until shutdown.
+pub(crate) async fn accept_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            a = shared.endpoint.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Some(Ok(pc)) => {
+                tokio::spawn(run(shared.clone(), pc, false));
+            }
+            Some(Err(e)) => {
+                shared
+                    .metrics
+                    .handshakes_refused
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                tracing::info!(error = %e, "connection refused");
+            }
+            None => return,
+        }
+    }
+}
+
+/// Runs the choker every unchoke interval and tells peers what changed (edges).
+pub(crate) async fn choke_loop(shared: Arc<Shared>) {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::from_entropy();
+    let mut tick = tokio::time::interval(shared.settings.unchoke_interval);
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let changes = shared.choker.lock().handle_tick(Instant::now(), &mut rng);
+        let peers = shared.peers.read().clone();
+        for change in changes {
+            if let Some(peer) = peers.get(&change.peer) {
+                let frame = if change.unchoked { Frame::Unchoke } else { Frame::Choke };
+                let _ = peer.control.try_send(frame);
+            }
+        }
+    }
+}
+
+impl HaveWindow {
+    fn inner_contains(&self, id: &ChunkId) -> bool {
+        self.inner.contains(id)
+    }
+    fn inner_insert(&mut self, id: ChunkId) {
+        self.inner.insert(id);
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(b: Bytes) -> Bytes {
+    b
+}

@@ -1,0 +1,641 @@
+//! The running node: the parts wired into origin, relay or edge behaviour.
+//!
+//! One [`Node`] owns the store, the key ring and verifier, the FEC assembler,
+//! the choker and the mesh endpoint; each peer connection runs a small set of
+//! tasks (control frames, datagrams, pull requests) that call back into the
+//! shared state. The rule that holds everything together is
+//! [`Shared::accept_chunk`]: every chunk from the network passes through it,
+//! and nothing reaches the store — and therefore nothing is forwarded or
+//! served — without passing verification there.
+
+use crate::chunk::wire::{Frame, ManifestFrame};
+use crate::chunk::{Chunk, ChunkId, KeyId, PeerId, StreamId};
+use crate::crypto::{KeyRing, Rejection, ReplayGuard, Reputation, Signer, Verifier};
+use crate::fec::{Assembler, Encoder, ParityPolicy};
+use crate::metrics::Metrics;
+use crate::p2p::Choker;
+use crate::roles::flight::{FlightError, SingleFlight};
+use crate::roles::framing::{self, FramingError};
+use crate::roles::serve::{Content, ContentError, ObjectInfo};
+use crate::store::ChunkStore;
+use crate::transport::{MeshEndpoint, PeerConnection};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub use crate::roles::settings::{NodeSettings, Role};
+
+/// Largest request or control frame a peer may send on a stream.
+const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Largest reply (a chunk frame) a peer may send.
+const MAX_REPLY_FRAME: usize = crate::chunk::MAX_CHUNK_LEN as usize + 4096;
+/// Bytes of a datagram taken by the shard frame's own fields.
+const SHARD_FRAME_OVERHEAD: usize = 64;
+/// Chunks queued for push to one downstream peer before new ones are dropped
+/// (the peer then repairs them over a stream).
+const PUSH_QUEUE: usize = 512;
+/// Control frames queued for one peer.
+const CONTROL_QUEUE: usize = 1024;
+/// How many "has" announcements are remembered per peer.
+const HAVE_MEMORY: usize = 65_536;
+/// Manifests a node keeps.
+const MAX_MANIFESTS: usize = 4096;
+/// Streams whose newest sequence number a node tracks.
+const MAX_TRACKED_STREAMS: usize = 4096;
+
+/// Milliseconds since the Unix epoch: the time base of chunk timestamps.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("binding the mesh endpoint on {addr}: {message}")]
+    Mesh { addr: SocketAddr, message: String },
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading {what} from {path}: {message}")]
+    Load {
+        what: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// A connected peer.
+pub(crate) struct Peer {
+    pub id: PeerId,
+    pub name: String,
+    pub role: Role,
+    pub conn: quinn::Connection,
+    pub control: mpsc::Sender<Frame>,
+    /// The peer asked for our pushes.
+    pub subscribed: AtomicBool,
+    pub push: mpsc::Sender<Chunk>,
+    pub parity: Mutex<ParityPolicy>,
+    pub current_parity: AtomicU16,
+    /// The peer unchoked us (edge trade): we may request from it.
+    pub unchoked_us: AtomicBool,
+    pub have: Mutex<HaveSet>,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Shards received from this peer and shards its groups promised,
+    /// since the last loss report.
+    pub shards_received: AtomicU64,
+    pub shards_expected: AtomicU64,
+    pub groups_seen: Mutex<HaveWindow>,
+}
+
+/// A bounded memory of which chunks a peer announced.
+#[derive(Default)]
+pub(crate) struct HaveSet {
+    set: HashSet<ChunkId>,
+    order: VecDeque<ChunkId>,
+}
+
+impl HaveSet {
+    fn insert(&mut self, id: ChunkId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > HAVE_MEMORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.set.contains(id)
+    }
+}
+
+/// Which FEC groups were already counted for loss accounting (bounded).
+#[derive(Default)]
+pub(crate) struct HaveWindow {
+    inner: HaveSet,
+}
+
+/// Shared state of a running node.
+pub struct Shared {
+    pub settings: NodeSettings,
+    pub store: ChunkStore,
+    pub keys: Arc<RwLock<KeyRing>>,
+    pub verifier: Verifier,
+    pub replay: Mutex<ReplayGuard>,
+    pub reputation: Mutex<Reputation>,
+    /// Secret keys this origin may sign with, by key id.
+    pub signers: RwLock<HashMap<KeyId, Signer>>,
+    pub manifests: Mutex<Manifests>,
+    pub arrivals: broadcast::Sender<ChunkId>,
+    pub flight: SingleFlight<ChunkId, Chunk, String>,
+    pub manifest_flight: SingleFlight<StreamId, ManifestFrame, String>,
+    pub(crate) peers: RwLock<HashMap<PeerId, Arc<Peer>>>,
+    pub metrics: Metrics,
+    pub endpoint: MeshEndpoint,
+    pub assembler: Mutex<Assembler>,
+    pub encoder: Mutex<Encoder>,
+    pub choker: Mutex<Choker>,
+    heads: Mutex<HashMap<StreamId, u64>>,
+    pub started: Instant,
+    /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
+    pub ingested_bytes: AtomicU64,
+    pub mesh_bytes_out: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Verified manifests by stream id and by name, bounded.
+#[derive(Default)]
+pub struct Manifests {
+    by_stream: HashMap<StreamId, ManifestFrame>,
+    order: VecDeque<StreamId>,
+}
+
+impl Manifests {
+    pub fn insert(&mut self, m: ManifestFrame) {
+        if self.by_stream.insert(m.stream, m.clone()).is_none() {
+            self.order.push_back(m.stream);
+            if self.order.len() > MAX_MANIFESTS {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_stream.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, stream: StreamId) -> Option<ManifestFrame> {
+        self.by_stream.get(&stream).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_stream.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_stream.is_empty()
+    }
+}
+
+/// Where a chunk came from, for metrics and for deciding what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Push,
+    Pull,
+    /// A live chunk published here: pushed downstream.
+    IngestLive,
+    /// A chunk of a static object published here: pulled on demand, so an
+    /// object nobody asks for costs the mesh nothing.
+    IngestObject,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Pull => "pull",
+            Self::IngestLive | Self::IngestObject => "ingest",
+        }
+    }
+}
+
+/// What happened to a chunk offered to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Stored,
+    Duplicate,
+    Rejected(String),
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        unix_ms()
+    }
+
+    /// The one way into the store from the network: verify, check replay,
+    /// store, then forward and announce. Rejections are counted by reason and
+    /// cost the sending peer reputation.
+    pub fn accept_chunk(self: &Arc<Self>, chunk: Chunk, from: Option<PeerId>, path: Path) -> Accepted {
+        let id = chunk.id();
+        let now = Instant::now();
+        if self.store.contains(&id, now) {
+            return Accepted::Duplicate;
+        }
+        if let Err(rejection) = self.verifier.verify(&chunk, self.now_ms()) {
+            self.reject(from, &rejection);
+            return Accepted::Rejected(rejection.to_string());
+        }
+        // A replayed live chunk is one we accepted before and no longer hold;
+        // only unsolicited pushes are held to that, since a pull answers our
+        // own request.
+        if path == Path::Push {
+            if let Err(rejection) = self.replay.lock().check_and_record(id) {
+                self.reject(from, &rejection);
+                return Accepted::Rejected(rejection.to_string());
+            }
+        }
+        let len = chunk.payload.len() as u64;
+        match self.store.insert(chunk.clone(), now) {
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.chunks_rejected.with_label_values(&["store"]).inc();
+                return Accepted::Rejected(e.to_string());
+            }
+        }
+        let source = from.map_or("local", |_| "peer");
+        self.metrics.chunks_verified.with_label_values(&[source]).inc();
+        self.metrics.chunks.with_label_values(&["in", path.label()]).inc();
+        self.metrics.bytes.with_label_values(&["in", path.label()]).inc_by(len);
+        if let Some(peer) = from.and_then(|p| self.peers.read().get(&p).cloned()) {
+            peer.bytes_in.fetch_add(len, Ordering::Relaxed);
+            if peer.role == Role::Edge {
+                self.choker.lock().record_downloaded(peer.id, len, now);
+            }
+        }
+        self.note_head(id);
+        let _ = self.arrivals.send(id);
+        self.forward(&chunk, from, matches!(path, Path::Push | Path::IngestLive));
+        Accepted::Stored
+    }
+
+    fn reject(&self, from: Option<PeerId>, rejection: &Rejection) {
+        self.metrics
+            .chunks_rejected
+            .with_label_values(&[rejection.reason()])
+            .inc();
+        tracing::warn!(?from, reason = rejection.reason(), "chunk rejected");
+        if let Some(peer_id) = from {
+            let verdict = self.reputation.lock().record(peer_id, rejection, Instant::now());
+            if verdict.is_banned() {
+                if let Some(peer) = self.peers.read().get(&peer_id) {
+                    tracing::warn!(peer = %peer.name, "peer banned: closing its connection");
+                    peer.conn.close(quinn::VarInt::from_u32(403), b"banned");
+                }
+            }
+        }
+    }
+
+    fn note_head(&self, id: ChunkId) {
+        let mut heads = self.heads.lock();
+        if heads.len() >= MAX_TRACKED_STREAMS && !heads.contains_key(&id.stream) {
+            return;
+        }
+        let head = heads.entry(id.stream).or_insert(id.seq);
+        *head = (*head).max(id.seq);
+    }
+
+    /// The newest sequence number held for `stream`.
+    pub fn head(&self, stream: StreamId) -> Option<u64> {
+        self.heads.lock().get(&stream).copied()
+    }
+
+    /// Pushes a newly stored chunk to subscribed downstream peers and tells
+    /// edge peers we have it.
+    fn forward(&self, chunk: &Chunk, from: Option<PeerId>, push: bool) {
+        let peers: Vec<Arc<Peer>> = self.peers.read().values().cloned().collect();
+        for peer in peers {
+            if Some(peer.id) == from {
+                continue;
+            }
+            if push && peer.subscribed.load(Ordering::Relaxed) {
+                if peer.push.try_send(chunk.clone()).is_err() {
+                    self.metrics.chunks.with_label_values(&["dropped", "push"]).inc();
+                }
+            }
+            if self.settings.role == Role::Edge && peer.role == Role::Edge {
+                let _ = peer.control.try_send(Frame::Have { id: chunk.id() });
+            }
+        }
+    }
+
+    /// Stores and forwards a verified manifest.
+    pub fn accept_manifest(&self, m: ManifestFrame, from: Option<PeerId>) -> Result<(), String> {
+        self.verify_manifest(&m)?;
+        let known = self.manifests.lock().get(m.stream).is_some();
+        self.manifests.lock().insert(m.clone());
+        if !known {
+            for peer in self.peers.read().values() {
+                if Some(peer.id) != from && peer.subscribed.load(Ordering::Relaxed) {
+                    let _ = peer.control.try_send(Frame::Manifest(m.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_manifest(&self, m: &ManifestFrame) -> Result<(), String> {
+        if crate::chunk::StreamId::from_name(&m.name) != m.stream {
+            return Err(format!("manifest for {} names the wrong stream id", m.name));
+        }
+        self.verifier
+            .verify_signature(m.key_id, &m.signing_bytes(), &m.signature)
+            .map_err(|e| {
+                self.metrics
+                    .chunks_rejected
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                format!("manifest for {}: {e}", m.name)
+            })
+    }
+
+    /// Waits up to `wait` for chunk `id` to arrive in the store.
+    pub async fn wait_for(&self, id: ChunkId, wait: Duration) -> Option<Chunk> {
+        let mut rx = self.arrivals.subscribe();
+        if let Some(c) = self.store.get(&id, Instant::now()) {
+            return Some(c);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return None,
+                Ok(Ok(got)) if got == id => return self.store.get(&id, Instant::now()),
+                Ok(Ok(_)) => {}
+                // Lagged: we may have missed it; look.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    if let Some(c) = self.store.get(&id, Instant::now()) {
+                        return Some(c);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    }
+
+    /// Upstream peers in preference order: edges that said they have `id`
+    /// and unchoked us first (they are the cheap source), then relays and
+    /// origins.
+    fn sources_for(&self, id: ChunkId) -> Vec<Arc<Peer>> {
+        let peers = self.peers.read();
+        let mut edges: Vec<Arc<Peer>> = peers
+            .values()
+            .filter(|p| {
+                p.role == Role::Edge
+                    && self.settings.role == Role::Edge
+                    && p.unchoked_us.load(Ordering::Relaxed)
+                    && p.have.lock().contains(&id)
+            })
+            .cloned()
+            .collect();
+        let mut upstream: Vec<Arc<Peer>> = peers
+            .values()
+            .filter(|p| p.role.is_upstream_of(self.settings.role))
+            .cloned()
+            .collect();
+        // Spread load: a different first upstream for different chunks.
+        if !upstream.is_empty() {
+            let r = (id.seq as usize) % upstream.len();
+            upstream.rotate_left(r);
+        }
+        edges.append(&mut upstream);
+        edges
+    }
+
+    /// Fetches chunk `id` over a reliable stream from the best source,
+    /// once however many callers ask at the same time.
+    pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+        if let Some(c) = self.store.get(&id, Instant::now()) {
+            return Ok(c);
+        }
+        let shared = self.clone();
+        let result = self
+            .flight
+            .run(id, || async move { shared.fetch_uncached(id).await })
+            .await;
+        match result {
+            Ok(c) => Ok(c),
+            Err(FlightError::Failed(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn fetch_uncached(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+        let sources = self.sources_for(id);
+        if sources.is_empty() {
+            return Err(format!("no upstream connected to fetch {id} from"));
+        }
+        let mut last = String::new();
+        for peer in sources {
+            match request(&peer.conn, &Frame::Request { id }, self.settings.request_timeout).await {
+                Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
+                    match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
+                        Accepted::Stored | Accepted::Duplicate => {
+                            self.metrics.repairs.with_label_values(&["ok"]).inc();
+                            if let Some(c) = self.store.get(&id, Instant::now()) {
+                                return Ok(c);
+                            }
+                            last = format!("{id} was evicted as soon as it arrived");
+                        }
+                        Accepted::Rejected(why) => last = format!("{} sent a bad {id}: {why}", peer.name),
+                    }
+                }
+                Ok(Frame::Chunk(other)) => {
+                    last = format!("{} answered {id} with {}", peer.name, other.id());
+                }
+                Ok(Frame::NotFound { .. }) => last = format!("{} does not have {id}", peer.name),
+                Ok(Frame::Error { message, .. }) => last = format!("{}: {message}", peer.name),
+                Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
+                Err(e) => last = format!("{}: {e}", peer.name),
+            }
+        }
+        self.metrics.repairs.with_label_values(&["failed"]).inc();
+        Err(last)
+    }
+
+    /// The manifest of `stream`, fetched from upstream if not known.
+    pub async fn fetch_manifest(self: &Arc<Self>, stream: StreamId) -> Result<ManifestFrame, String> {
+        if let Some(m) = self.manifests.lock().get(stream) {
+            return Ok(m);
+        }
+        let shared = self.clone();
+        let got = self
+            .manifest_flight
+            .run(stream, || async move {
+                let upstream: Vec<Arc<Peer>> = shared
+                    .peers
+                    .read()
+                    .values()
+                    .filter(|p| p.role.is_upstream_of(shared.settings.role))
+                    .cloned()
+                    .collect();
+                let mut last = format!("no upstream connected to ask for manifest {stream}");
+                for peer in upstream {
+                    match request(
+                        &peer.conn,
+                        &Frame::ManifestRequest { stream },
+                        shared.settings.request_timeout,
+                    )
+                    .await
+                    {
+                        Ok(Frame::Manifest(m)) if m.stream == stream => {
+                            shared.accept_manifest(m.clone(), Some(peer.id))?;
+                            return Ok(m);
+                        }
+                        Ok(Frame::NotFound { .. }) => last = format!("{} has no manifest for {stream}", peer.name),
+                        Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
+                        Err(e) => last = format!("{}: {e}", peer.name),
+                    }
+                }
+                Err(last)
+            })
+            .await;
+        match got {
+            Ok(m) => Ok(m),
+            Err(FlightError::Failed(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Signs and distributes a chunk (origin).
+    pub fn publish(
+        self: &Arc<Self>,
+        stream: StreamId,
+        seq: u64,
+        payload: Bytes,
+        live: bool,
+    ) -> Result<(), String> {
+        let active = self.keys.read().active().ok_or("no active signing key")?;
+        let chunk = {
+            let signers = self.signers.read();
+            let signer = signers
+                .get(&active)
+                .ok_or_else(|| format!("the active key {active} has no secret key on this node"))?;
+            signer.sign_chunk(ChunkId::new(stream, seq), payload, self.now_ms())
+        };
+        self.ingested_bytes
+            .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+        let path = if live { Path::IngestLive } else { Path::IngestObject };
+        match self.accept_chunk(chunk, None, path) {
+            Accepted::Stored | Accepted::Duplicate => Ok(()),
+            Accepted::Rejected(why) => Err(why),
+        }
+    }
+
+    /// Signs and distributes an object's manifest (origin).
+    pub fn publish_manifest(&self, p: &crate::roles::ingest::Published) -> Result<(), String> {
+        let active = self.keys.read().active().ok_or("no active signing key")?;
+        let signers = self.signers.read();
+        let signer = signers
+            .get(&active)
+            .ok_or_else(|| format!("the active key {active} has no secret key on this node"))?;
+        let mut m = ManifestFrame {
+            name: p.name.clone(),
+            stream: p.stream_id,
+            object_len: p.len,
+            chunk_size: p.chunk_size,
+            chunk_count: p.chunks,
+            digest: p.digest_bytes,
+            key_id: active,
+            timestamp_ms: self.now_ms(),
+            signature: [0; 64],
+        };
+        m.signature = signer.sign(&m.signing_bytes());
+        drop(signers);
+        self.accept_manifest(m, None)
+    }
+
+    pub(crate) fn peer_list(&self) -> Vec<Arc<Peer>> {
+        self.peers.read().values().cloned().collect()
+    }
+
+    /// Asks every task to stop.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// One request on a fresh bidirectional stream; one frame back.
+pub(crate) async fn request(
+    conn: &quinn::Connection,
+    frame: &Frame,
+    timeout: Duration,
+) -> Result<Frame, FramingError> {
+    let fut = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| FramingError::Write(e.to_string()))?;
+        framing::write_frame(&mut send, frame).await?;
+        let _ = send.finish();
+        framing::read_frame(&mut recv, MAX_REPLY_FRAME, timeout).await
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| FramingError::Timeout(timeout))?
+}
+
+fn object_info(m: &ManifestFrame) -> ObjectInfo {
+    ObjectInfo {
+        name: m.name.clone(),
+        stream: m.stream,
+        len: m.object_len,
+        chunk_size: m.chunk_size,
+        chunk_count: m.chunk_count,
+        digest: m.digest,
+    }
+}
+
+/// What the edge's HTTP server reads from: local store first, then peers and
+/// relays.
+pub struct EdgeContent(pub Arc<Shared>);
+
+impl Content for EdgeContent {
+    async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
+        let stream = StreamId::from_name(name);
+        match self.0.fetch_manifest(stream).await {
+            Ok(m) => Ok(object_info(&m)),
+            Err(e) if e.contains("has no manifest") => {
+                Err(ContentError::NotFound(format!("object {name}")))
+            }
+            Err(e) => Err(ContentError::Unavailable(e)),
+        }
+    }
+
+    async fn chunk(&self, id: ChunkId, wait: Duration) -> Result<Chunk, ContentError> {
+        let shared = &self.0;
+        if let Some(c) = shared.store.get(&id, Instant::now()) {
+            return Ok(c);
+        }
+        let is_object = shared.manifests.lock().get(id.stream).is_some();
+        if !is_object {
+            // Live: the chunk is probably on its way by push; give FEC a
+            // moment before paying for a repair round trip.
+            let head = shared.head(id.stream);
+            let grace = shared.settings.repair_delay.min(wait);
+            if let Some(c) = shared.wait_for(id, grace).await {
+                return Ok(c);
+            }
+            if head.is_none_or(|h| id.seq > h) {
+                // Not published yet as far as we know: wait for it to arrive.
+                return shared
+                    .wait_for(id, wait.saturating_sub(grace))
+                    .await
+                    .ok_or_else(|| ContentError::NotYet(format!("chunk {id}")));
+            }
+        }
+        match tokio::time::timeout(wait, shared.fetch(id)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) if e.contains("does not have") => Err(ContentError::NotFound(e)),
+            Ok(Err(e)) => Err(ContentError::Unavailable(e)),
+            Err(_) => Err(ContentError::Unavailable(format!("chunk {id}: timed out"))),
+        }
+    }
+
+    fn stream_head(&self, stream: StreamId) -> Option<u64> {
+        self.0.head(stream)
+    }
+}

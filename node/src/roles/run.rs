@@ -1,0 +1,237 @@
+//! Starting and stopping a node: load credentials, bind the mesh endpoint and
+//! the HTTP listeners, spawn the loops, and drain on shutdown.
+
+use crate::crypto::{KeyRing, ReplayGuard, Reputation, Signer, Verifier};
+use crate::fec::{Assembler, Encoder};
+use crate::metrics::Metrics;
+use crate::p2p::Choker;
+use crate::roles::discovery;
+use crate::roles::flight::SingleFlight;
+use crate::roles::ingest::{self, IngestConfig, Publish, Published};
+use crate::roles::mesh;
+use crate::roles::node::{EdgeContent, Manifests, NodeError, Shared};
+use crate::roles::serve::{self, ServeConfig};
+use crate::roles::settings::{NodeSettings, Role};
+use crate::store::ChunkStore;
+use crate::transport::{MeshEndpoint, NodeIdentity};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+/// Credentials a node starts with.
+pub struct Credentials {
+    pub identity: NodeIdentity,
+    pub ca_pem: String,
+    pub keys: KeyRing,
+    /// Secret keys (origin only).
+    pub signers: Vec<Signer>,
+    /// Token publishers present to the origin's ingest API.
+    pub ingest_token: String,
+}
+
+/// A started node: its shared state and the addresses it actually bound.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub mesh_addr: std::net::SocketAddr,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub admin_addr: std::net::SocketAddr,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight work finish for up to `grace`, then
+    /// stops every task.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.shared.shutdown();
+        let _ = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        self.shared.endpoint.close();
+    }
+}
+
+/// Starts a node.
+pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running, NodeError> {
+    let metrics = Metrics::new(settings.role.as_str())?;
+    let endpoint = MeshEndpoint::bind(
+        settings.mesh_listen,
+        &creds.identity,
+        &creds.ca_pem,
+        settings.mesh_limits(),
+    )
+    .map_err(|e| NodeError::Mesh {
+        addr: settings.mesh_listen,
+        message: e.to_string(),
+    })?;
+    let mesh_addr = endpoint.local_addr().map_err(|e| NodeError::Mesh {
+        addr: settings.mesh_listen,
+        message: e.to_string(),
+    })?;
+    let mut settings = settings;
+    if settings.mesh_advertise.port() == 0 {
+        settings.mesh_advertise = mesh_addr;
+    }
+    let keys = Arc::new(RwLock::new(creds.keys));
+    let verifier = Verifier::new(keys.clone(), settings.verify_config());
+    let signers = creds
+        .signers
+        .into_iter()
+        .map(|s| (s.key_id(), s))
+        .collect::<HashMap<_, _>>();
+    let (shutdown, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        store: ChunkStore::new(settings.store_config()),
+        verifier,
+        keys,
+        replay: Mutex::new(ReplayGuard::new(settings.replay_config())),
+        reputation: Mutex::new(Reputation::new(settings.reputation_config())),
+        signers: RwLock::new(signers),
+        manifests: Mutex::new(Manifests::default()),
+        arrivals: broadcast::channel(4096).0,
+        flight: SingleFlight::new(4096),
+        manifest_flight: SingleFlight::new(1024),
+        peers: RwLock::new(HashMap::new()),
+        metrics,
+        endpoint,
+        assembler: Mutex::new(Assembler::new(settings.assembler_config())),
+        encoder: Mutex::new(Encoder::new()),
+        choker: Mutex::new(Choker::new(settings.choker_config())),
+        heads: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+        ingested_bytes: AtomicU64::new(0),
+        mesh_bytes_out: AtomicU64::new(0),
+        shutdown,
+        settings,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(mesh::accept_loop(shared.clone()));
+    if let Some(up) = shared.settings.upstreams.clone() {
+        tasks.spawn(mesh::dial_loop(shared.clone(), discovery::spawn(up), false));
+    }
+    if let Some(peers) = shared.settings.peers.clone() {
+        tasks.spawn(mesh::dial_loop(shared.clone(), discovery::spawn(peers), true));
+    }
+    if shared.settings.role == Role::Edge {
+        tasks.spawn(mesh::choke_loop(shared.clone()));
+    }
+    tasks.spawn(housekeeping(shared.clone()));
+
+    let http_addr = match shared.settings.role {
+        Role::Origin => {
+            let router = ingest::router(
+                Arc::new(OriginPublisher(shared.clone())),
+                IngestConfig {
+                    chunk_size: shared.settings.chunk_size,
+                    token: creds.ingest_token.clone(),
+                    max_object_bytes: shared.settings.max_object_bytes,
+                },
+            );
+            Some(serve_http(&mut tasks, &shared, "http", shared.settings.http_listen, router).await?)
+        }
+        Role::Edge => {
+            let router = serve::router(Arc::new(EdgeContent(shared.clone())), ServeConfig::default());
+            Some(serve_http(&mut tasks, &shared, "http", shared.settings.http_listen, router).await?)
+        }
+        Role::Relay => None,
+    };
+    let admin_router = crate::admin::router(shared.clone());
+    let admin_addr =
+        serve_http(&mut tasks, &shared, "admin", shared.settings.admin_listen, admin_router).await?;
+    tracing::info!(
+        role = %shared.settings.role,
+        name = %shared.settings.name,
+        %mesh_addr,
+        ?http_addr,
+        %admin_addr,
+        "node started"
+    );
+    Ok(Running {
+        shared,
+        mesh_addr,
+        http_addr,
+        admin_addr,
+        tasks,
+    })
+}
+
+async fn serve_http(
+    tasks: &mut tokio::task::JoinSet<()>,
+    shared: &Arc<Shared>,
+    what: &'static str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) -> Result<std::net::SocketAddr, NodeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind { what, addr, source })?;
+    let mut shutdown = shared.shutdown_signal();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, what, "http server failed");
+        }
+    });
+    Ok(bound)
+}
+
+/// Periodic upkeep: expire the store and stale FEC groups, refresh gauges.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        shared.store.expire(now);
+        let failed = shared.assembler.lock().expire(now);
+        if failed > 0 {
+            shared
+                .metrics
+                .fec_groups
+                .with_label_values(&["failed"])
+                .inc_by(failed as u64);
+        }
+        shared.refresh_gauges();
+    }
+}
+
+/// The origin's side of ingest: sign, store, push.
+struct OriginPublisher(Arc<Shared>);
+
+impl Publish for OriginPublisher {
+    fn publish_chunk(
+        &self,
+        stream: crate::chunk::StreamId,
+        seq: u64,
+        payload: Bytes,
+        live: bool,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        let shared = self.0.clone();
+        async move { shared.publish(stream, seq, payload, live) }
+    }
+
+    fn publish_manifest(&self, object: &Published) -> impl Future<Output = Result<(), String>> + Send {
+        let result = self.0.publish_manifest(object);
+        async move { result }
+    }
+
+    fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
+        self.0.head(stream).map_or(0, |h| h + 1)
+    }
+}
