@@ -118,6 +118,30 @@ pub enum Role {
     Edge,
 }
 
+impl Role {
+    /// Whether a node of this role feeds nodes of role `me`.
+    pub fn is_upstream_of(self, me: Role) -> bool {
+        matches!(
+            (self, me),
+            (Role::Origin, Role::Relay) | (Role::Origin, Role::Edge) | (Role::Relay, Role::Edge)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Relay => "relay",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// QUIC congestion controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -5,6 +5,7 @@
 //! do no I/O, so they are driven deterministically by tests and by the
 //! simulator; the transport and HTTP servers are thin shells around them.
 
+pub mod admin;
 pub mod bench;
 pub mod chunk;
 pub mod client;

@@ -7,9 +7,8 @@ use crate::chunk::wire::{Frame, ShardFrame};
 use crate::chunk::{ChunkId, PeerId, StreamId};
 use crate::fec::Shard;
 use crate::roles::framing::{self, FramingError};
-use crate::roles::node::{HaveSet, HaveWindow, Path, Peer, Role, Shared};
+use crate::roles::node::{HaveSet, Path, Peer, Role, Shared};
 use crate::transport::PeerConnection;
-use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -85,7 +84,7 @@ async fn session(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) -> Res
         bytes_out: AtomicU64::new(0),
         shards_received: AtomicU64::new(0),
         shards_expected: AtomicU64::new(0),
-        groups_seen: Mutex::new(HaveWindow::default()),
+        groups_seen: Mutex::new(HaveSet::default()),
     });
     if let Some(old) = shared.peers.write().insert(peer.id, peer.clone()) {
         old.conn
@@ -292,8 +291,8 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
         // Count what each group promised once, when its first shard shows up.
         let group = ChunkId::new(shard.chunk.stream, shard.chunk.seq ^ (u64::from(shard.block) << 48));
         let mut seen = peer.groups_seen.lock();
-        if !seen.inner_contains(&group) {
-            seen.inner_insert(group);
+        if !seen.contains(&group) {
+            seen.insert(group);
             peer.shards_expected
                 .fetch_add(u64::from(shard.k) + u64::from(shard.m), Ordering::Relaxed);
         }
@@ -588,16 +587,3 @@ pub(crate) async fn choke_loop(shared: Arc<Shared>) {
     }
 }
 
-impl HaveWindow {
-    fn inner_contains(&self, id: &ChunkId) -> bool {
-        self.inner.contains(id)
-    }
-    fn inner_insert(&mut self, id: ChunkId) {
-        self.inner.insert(id);
-    }
-}
-
-#[allow(dead_code)]
-fn _assert_send(b: Bytes) -> Bytes {
-    b
-}

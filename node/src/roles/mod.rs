@@ -1,6 +1,16 @@
 //! Origin, relay and edge: the wiring of the node's parts into running roles.
+//!
+//! `node` holds the shared state and the one gate every chunk passes
+//! (`Shared::accept_chunk`); `mesh` runs peer sessions; `run` starts and
+//! stops a node; `ingest` and `serve` are the HTTP faces of origins and
+//! edges; `discovery` finds peers; `flight` keeps fetches single.
 
 pub mod discovery;
 pub mod flight;
+pub mod framing;
 pub mod ingest;
+pub mod mesh;
+pub mod node;
+pub mod run;
 pub mod serve;
+pub mod settings;

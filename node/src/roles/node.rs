@@ -18,7 +18,7 @@ use crate::roles::flight::{FlightError, SingleFlight};
 use crate::roles::framing::{self, FramingError};
 use crate::roles::serve::{Content, ContentError, ObjectInfo};
 use crate::store::ChunkStore;
-use crate::transport::{MeshEndpoint, PeerConnection};
+use crate::transport::MeshEndpoint;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,16 +31,16 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub use crate::roles::settings::{NodeSettings, Role};
 
 /// Largest request or control frame a peer may send on a stream.
-const MAX_CONTROL_FRAME: usize = 64 * 1024;
+pub(crate) const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// Largest reply (a chunk frame) a peer may send.
-const MAX_REPLY_FRAME: usize = crate::chunk::MAX_CHUNK_LEN as usize + 4096;
+pub(crate) const MAX_REPLY_FRAME: usize = crate::chunk::MAX_CHUNK_LEN as usize + 4096;
 /// Bytes of a datagram taken by the shard frame's own fields.
-const SHARD_FRAME_OVERHEAD: usize = 64;
+pub(crate) const SHARD_FRAME_OVERHEAD: usize = 64;
 /// Chunks queued for push to one downstream peer before new ones are dropped
 /// (the peer then repairs them over a stream).
-const PUSH_QUEUE: usize = 512;
+pub(crate) const PUSH_QUEUE: usize = 512;
 /// Control frames queued for one peer.
-const CONTROL_QUEUE: usize = 1024;
+pub(crate) const CONTROL_QUEUE: usize = 1024;
 /// How many "has" announcements are remembered per peer.
 const HAVE_MEMORY: usize = 65_536;
 /// Manifests a node keeps.
@@ -99,7 +99,7 @@ pub(crate) struct Peer {
     /// since the last loss report.
     pub shards_received: AtomicU64,
     pub shards_expected: AtomicU64,
-    pub groups_seen: Mutex<HaveWindow>,
+    pub groups_seen: Mutex<HaveSet>,
 }
 
 /// A bounded memory of which chunks a peer announced.
@@ -110,7 +110,7 @@ pub(crate) struct HaveSet {
 }
 
 impl HaveSet {
-    fn insert(&mut self, id: ChunkId) {
+    pub(crate) fn insert(&mut self, id: ChunkId) {
         if self.set.insert(id) {
             self.order.push_back(id);
             if self.order.len() > HAVE_MEMORY {
@@ -124,12 +124,6 @@ impl HaveSet {
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
         self.set.contains(id)
     }
-}
-
-/// Which FEC groups were already counted for loss accounting (bounded).
-#[derive(Default)]
-pub(crate) struct HaveWindow {
-    inner: HaveSet,
 }
 
 /// Shared state of a running node.
@@ -152,12 +146,12 @@ pub struct Shared {
     pub assembler: Mutex<Assembler>,
     pub encoder: Mutex<Encoder>,
     pub choker: Mutex<Choker>,
-    heads: Mutex<HashMap<StreamId, u64>>,
+    pub(crate) heads: Mutex<HashMap<StreamId, u64>>,
     pub started: Instant,
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
     pub mesh_bytes_out: AtomicU64,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
 }
 
 /// Verified manifests by stream id and by name, bounded.
@@ -556,6 +550,79 @@ impl Shared {
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
+
+    /// Resolves when shutdown is asked for.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// The hello this node sends on every new connection.
+    pub(crate) fn hello(&self) -> Frame {
+        Frame::Hello {
+            node_name: self.settings.name.clone(),
+            role: match self.settings.role {
+                Role::Origin => crate::chunk::wire::WireRole::Origin,
+                Role::Relay => crate::chunk::wire::WireRole::Relay,
+                Role::Edge => crate::chunk::wire::WireRole::Edge,
+            },
+            keyset_generation: self.keys.read().generation(),
+        }
+    }
+
+    /// Counts bad input against a peer outside chunk verification (e.g. a
+    /// FEC group that rebuilt into garbage).
+    pub(crate) fn strike(&self, peer: PeerId, rejection: Rejection) {
+        self.reject(Some(peer), &rejection);
+    }
+
+    /// Copies values other parts keep into the metrics gauges.
+    pub fn refresh_gauges(&self) {
+        let st = self.store.stats();
+        let m = &self.metrics;
+        m.store_bytes.set(st.bytes as i64);
+        m.store_chunks.set(st.chunks as i64);
+        m.store_evictions.set(st.evictions as i64);
+        m.store_expirations.set(st.expirations as i64);
+        m.store_hits.set(st.hits as i64);
+        m.store_misses.set(st.misses as i64);
+        m.keyring_generation.set(self.keys.read().generation() as i64);
+        let ingested = self.ingested_bytes.load(Ordering::Relaxed);
+        if ingested > 0 {
+            m.origin_offload_ratio
+                .set(self.mesh_bytes_out.load(Ordering::Relaxed) as f64 / ingested as f64);
+        }
+        let now = Instant::now();
+        let (mut choked, mut unchoked, mut banned) = (0i64, 0i64, 0i64);
+        let mut rtt: HashMap<&'static str, (f64, u32)> = HashMap::new();
+        let mut lost: HashMap<&'static str, i64> = HashMap::new();
+        let reputation = self.reputation.lock();
+        let choker = self.choker.lock();
+        for p in self.peers.read().values() {
+            if reputation.is_banned(p.id, now) {
+                banned += 1;
+            } else if p.role == Role::Edge && self.settings.role == Role::Edge && !choker.is_unchoked(p.id) {
+                choked += 1;
+            } else {
+                unchoked += 1;
+            }
+            let class = p.role.as_str();
+            let e = rtt.entry(class).or_default();
+            e.0 += p.conn.rtt().as_secs_f64();
+            e.1 += 1;
+            *lost.entry(class).or_default() += p.conn.stats().path.lost_packets as i64;
+        }
+        m.peers.with_label_values(&["choked"]).set(choked);
+        m.peers.with_label_values(&["unchoked"]).set(unchoked);
+        m.peers.with_label_values(&["banned"]).set(banned);
+        for (class, (sum, n)) in rtt {
+            m.quic_rtt_seconds
+                .with_label_values(&[class])
+                .set(sum / f64::from(n.max(1)));
+        }
+        for (class, n) in lost {
+            m.quic_lost_packets.with_label_values(&[class]).set(n);
+        }
+    }
 }
 
 /// One request on a fresh bidirectional stream; one frame back.
@@ -637,5 +704,26 @@ impl Content for EdgeContent {
 
     fn stream_head(&self, stream: StreamId) -> Option<u64> {
         self.0.head(stream)
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.settings.name)
+            .field("role", &self.settings.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Manifests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifests").field("len", &self.len()).finish()
+    }
+}
+
+impl std::fmt::Debug for EdgeContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("EdgeContent").finish()
     }
 }

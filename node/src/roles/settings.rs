@@ -2,43 +2,18 @@
 //! in bytes, discovery resolved into plans. Built from [`NodeConfig`] in one
 //! place, so the rest of `roles` never reads the file format.
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, split_host_port};
+use crate::crypto::{ReplayConfig, ReputationConfig, VerifyConfig};
+use crate::fec::AssemblerConfig;
+use crate::p2p::ChokerConfig;
+use crate::store::StoreConfig;
+use crate::transport::MeshLimits;
 use crate::fec::ParityPolicy;
 use crate::roles::discovery::DiscoveryConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A node's role in the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Origin,
-    Relay,
-    Edge,
-}
-
-impl Role {
-    /// Whether a node of this role feeds nodes of role `me`.
-    pub fn is_upstream_of(self, me: Role) -> bool {
-        matches!(
-            (self, me),
-            (Role::Origin, Role::Relay) | (Role::Origin, Role::Edge) | (Role::Relay, Role::Edge)
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Origin => "origin",
-            Role::Relay => "relay",
-            Role::Edge => "edge",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::Role;
 
 /// Everything the running node needs, resolved.
 #[derive(Debug, Clone)]
@@ -69,6 +44,115 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
+    /// Resolves a validated config.
+    pub fn from_config(config: NodeConfig) -> Self {
+        let c = &config;
+        let discovery = |list: &[String], dns: &Option<String>| {
+            if list.is_empty() && dns.is_none() {
+                return None;
+            }
+            Some(DiscoveryConfig {
+                static_peers: list.to_vec(),
+                dns: dns.as_deref().and_then(|d| split_host_port(d).ok()),
+                interval: Duration::from_secs(c.discovery.resolve_interval_seconds.get()),
+                max_peers: c.discovery.max_peers.get() as usize,
+                exclude: vec![],
+            })
+        };
+        let mesh_advertise = c.network.mesh_advertise.unwrap_or(c.network.mesh_listen);
+        let mut upstreams = discovery(&c.discovery.upstream, &c.discovery.upstream_dns);
+        let mut peers = if c.node.role == Role::Edge {
+            discovery(&c.discovery.peers, &c.discovery.peers_dns)
+        } else {
+            None
+        };
+        for d in [&mut upstreams, &mut peers].into_iter().flatten() {
+            d.exclude.push(mesh_advertise);
+        }
+        Self {
+            name: c.node.name.clone(),
+            role: c.node.role,
+            mesh_listen: c.network.mesh_listen,
+            mesh_advertise,
+            http_listen: c.network.http_listen,
+            admin_listen: c.network.admin_listen,
+            upstreams,
+            peers,
+            store_budget_bytes: (c.storage.ring_buffer_size_mb.get() as usize) << 20,
+            chunk_ttl: Duration::from_secs(c.storage.chunk_ttl_seconds.get()),
+            fec_k: c.fec.default_block_size.get() as u16,
+            fec_parity: c.fec.default_parity_count.get() as u16,
+            fec_min_parity: c.fec.min_parity.get() as u16,
+            fec_max_parity: c.fec.max_parity.get() as u16,
+            fec_adaptive: c.fec.adaptive,
+            chunk_size: (c.origin.chunk_size_kb.get() as usize) << 10,
+            max_object_bytes: c.origin.max_object_mb.get() << 20,
+            request_timeout: Duration::from_secs(10),
+            repair_delay: Duration::from_millis(150),
+            unchoke_interval: Duration::from_secs(c.p2p.unchoke_interval_seconds.get()),
+            config,
+        }
+    }
+
+    pub fn mesh_limits(&self) -> MeshLimits {
+        let q = &self.config.quic;
+        MeshLimits {
+            max_connections: q.max_connections.get() as usize,
+            max_streams_per_peer: q.max_streams_per_peer.get() as u32,
+            idle_timeout: Duration::from_millis(q.idle_timeout_ms.get()),
+            keep_alive: Duration::from_millis(q.keep_alive_ms.get()),
+            handshake_timeout: Duration::from_millis(q.handshake_timeout_ms.get()),
+            socket_buffer_bytes: (q.socket_buffer_kb.get() as usize) << 10,
+            congestion: q.congestion,
+        }
+    }
+
+    pub fn verify_config(&self) -> VerifyConfig {
+        let skew = self.config.crypto.max_clock_skew_ms.get();
+        VerifyConfig {
+            max_age_ms: self.chunk_ttl.as_millis() as u64 + skew,
+            max_skew_ms: skew,
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            budget_bytes: self.store_budget_bytes,
+            ttl: self.chunk_ttl,
+        }
+    }
+
+    pub fn replay_config(&self) -> ReplayConfig {
+        ReplayConfig {
+            window: self.config.crypto.replay_window.get(),
+            max_streams: 4096,
+        }
+    }
+
+    pub fn reputation_config(&self) -> ReputationConfig {
+        ReputationConfig::default()
+    }
+
+    pub fn assembler_config(&self) -> AssemblerConfig {
+        AssemblerConfig {
+            max_bytes: (self.config.storage.reassembly_memory_mb.get() as usize) << 20,
+            max_age: Duration::from_millis(self.config.fec.reassembly_timeout_ms.get()),
+            remember_done: 65_536,
+        }
+    }
+
+    pub fn choker_config(&self) -> ChokerConfig {
+        let p = &self.config.p2p;
+        ChokerConfig {
+            regular_unchoke_count: p.regular_unchoke_count.get() as usize,
+            optimistic_unchoke_count: p.optimistic_unchoke_count.get() as usize,
+            max_upload_bytes_per_sec: p.max_upload_mbps.get() * 125_000,
+            rate_window: Duration::from_secs(p.rate_window_seconds.get()),
+            optimistic_rotation_ticks: 3,
+            max_peers: 1024,
+        }
+    }
+
     /// A fresh parity policy for one downstream link.
     pub fn parity_policy(&self) -> ParityPolicy {
         ParityPolicy::new(
