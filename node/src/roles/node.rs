@@ -551,6 +551,18 @@ impl Shared {
         let _ = self.shutdown.send(true);
     }
 
+    /// Re-reads the trust bundle; true if the key ring changed. An older
+    /// bundle than the ring's generation is refused.
+    pub fn reload_trust_bundle(&self, path: &std::path::Path) -> Result<bool, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bundle = crate::crypto::TrustBundle::from_json(&text).map_err(|e| e.to_string())?;
+        let changed = self.keys.write().apply_bundle(&bundle).map_err(|e| e.to_string())?;
+        self.metrics
+            .keyring_generation
+            .set(self.keys.read().generation() as i64);
+        Ok(changed)
+    }
+
     /// Resolves when shutdown is asked for.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()

@@ -251,3 +251,66 @@ impl std::fmt::Debug for Running {
             .finish_non_exhaustive()
     }
 }
+
+/// Why credentials could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+    #[error("reading {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("an origin needs an ingest token: set origin.ingest_token_file or DCDN_INGEST_TOKEN")]
+    NoIngestToken,
+    #[error("an origin needs at least one signing key in crypto.signing_keys")]
+    NoSigningKey,
+}
+
+fn read_trimmed(path: &std::path::Path) -> Result<String, CredentialsError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| CredentialsError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Reads the node's certificate, the CA, the trust bundle and (origins) the
+/// signing keys and ingest token named by `config`. `env_token` is
+/// `DCDN_INGEST_TOKEN`, which wins over the token file.
+pub fn load_credentials(
+    config: &crate::config::NodeConfig,
+    env_token: Option<String>,
+) -> Result<Credentials, CredentialsError> {
+    let identity = NodeIdentity::load(&config.tls.node_cert, &config.tls.node_key)?;
+    let ca_pem = read_trimmed(&config.tls.ca_cert)?;
+    let bundle = crate::crypto::TrustBundle::from_json(&read_trimmed(&config.crypto.trust_bundle)?)?;
+    let keys = KeyRing::from_bundle(&bundle)?;
+    let signers = config
+        .crypto
+        .signing_keys
+        .iter()
+        .map(|p| Signer::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ingest_token = match (env_token, &config.origin.ingest_token_file) {
+        (Some(t), _) if !t.is_empty() => t,
+        (_, Some(path)) => read_trimmed(path)?,
+        _ => String::new(),
+    };
+    if config.node.role == Role::Origin {
+        if ingest_token.is_empty() {
+            return Err(CredentialsError::NoIngestToken);
+        }
+        if signers.is_empty() {
+            return Err(CredentialsError::NoSigningKey);
+        }
+    }
+    Ok(Credentials {
+        identity,
+        ca_pem,
+        keys,
+        signers,
+        ingest_token,
+    })
+}

@@ -1,0 +1,192 @@
+//! Laying out a local cluster: a throwaway CA, signing key and trust bundle,
+//! free loopback ports, and one config file per node.
+
+use crate::config::{NodeConfig, Role};
+use crate::crypto::{KeyRing, Signer};
+use crate::transport::ClusterCa;
+use rand::RngCore;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+/// Why a cluster could not be laid out.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("finding a free port: {0}")]
+    Port(#[source] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+}
+
+/// One node of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedNode {
+    pub name: String,
+    pub role: Role,
+    pub config_path: PathBuf,
+    pub mesh: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A laid-out cluster.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub dir: PathBuf,
+    pub nodes: Vec<PlannedNode>,
+    pub ingest_token: String,
+    pub admin_token: String,
+}
+
+impl Plan {
+    pub fn origin(&self) -> Option<&PlannedNode> {
+        self.nodes.iter().find(|n| n.role == Role::Origin)
+    }
+
+    pub fn edges(&self) -> impl Iterator<Item = &PlannedNode> {
+        self.nodes.iter().filter(|n| n.role == Role::Edge)
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), PlanError> {
+    std::fs::write(path, text).map_err(|source| PlanError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Secret files are written owner-only.
+fn write_secret(path: &Path, text: &str) -> Result<(), PlanError> {
+    write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| PlanError::Write {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn free_tcp() -> Result<SocketAddr, PlanError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(PlanError::Port)
+}
+
+fn free_udp() -> Result<SocketAddr, PlanError> {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(PlanError::Port)
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Counts of each tier.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub relays: usize,
+    pub edges: usize,
+}
+
+/// Writes credentials and configs for 1 origin, `relays` relays and `edges`
+/// edges under `dir`. `tweak` may adjust each node's config.
+pub fn plan(dir: &Path, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> Result<Plan, PlanError> {
+    std::fs::create_dir_all(dir).map_err(|source| PlanError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let ca = ClusterCa::generate("local")?;
+    write(&dir.join("ca.pem"), ca.cert_pem())?;
+    write_secret(&dir.join("ca.key"), ca.key_pem())?;
+    let signer = Signer::generate(&mut rand::rngs::OsRng);
+    let signing_key = dir.join("signing.key");
+    signer.save(&signing_key)?;
+    let mut ring = KeyRing::new();
+    let id = ring.add_trusted(signer.public_key())?;
+    ring.activate(id)?;
+    let bundle = dir.join("trust-bundle.json");
+    write(&bundle, &ring.to_bundle().to_json())?;
+    let ingest_token = random_token();
+    let admin_token = random_token();
+    write_secret(&dir.join("ingest-token"), &ingest_token)?;
+    write_secret(&dir.join("admin-token"), &admin_token)?;
+
+    let mut nodes = Vec::new();
+    let roles = std::iter::once((Role::Origin, "origin-0".to_owned()))
+        .chain((0..counts.relays).map(|i| (Role::Relay, format!("relay-{i}"))))
+        .chain((0..counts.edges).map(|i| (Role::Edge, format!("edge-{i}"))));
+    for (role, name) in roles {
+        nodes.push(PlannedNode {
+            config_path: dir.join(format!("{name}.toml")),
+            name,
+            role,
+            mesh: free_udp()?,
+            http: free_tcp()?,
+            admin: free_tcp()?,
+        });
+    }
+    let mesh_of = |r: Role| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n.role == r)
+            .map(|n| n.mesh.to_string())
+            .collect()
+    };
+    let (origins, relays, edges) = (mesh_of(Role::Origin), mesh_of(Role::Relay), mesh_of(Role::Edge));
+    for n in &nodes {
+        let identity = ca.issue_node(&n.name, n.role)?;
+        let cert = dir.join(format!("{}.pem", n.name));
+        let key = dir.join(format!("{}.key", n.name));
+        write(&cert, &identity.cert_pem)?;
+        write_secret(&key, &identity.key_pem)?;
+        let mut c = NodeConfig::default();
+        c.node.role = n.role;
+        c.node.name = n.name.clone();
+        c.network.mesh_listen = n.mesh;
+        c.network.http_listen = n.http;
+        c.network.admin_listen = n.admin;
+        c.discovery.upstream = match n.role {
+            Role::Origin => vec![],
+            Role::Relay => origins.clone(),
+            Role::Edge if relays.is_empty() => origins.clone(),
+            Role::Edge => relays.clone(),
+        };
+        if n.role == Role::Edge {
+            c.discovery.peers = edges.iter().filter(|e| **e != n.mesh.to_string()).cloned().collect();
+        }
+        c.discovery.resolve_interval_seconds = crate::config::Bounded::new(1).unwrap_or(c.discovery.resolve_interval_seconds);
+        c.tls.ca_cert = dir.join("ca.pem");
+        c.tls.node_cert = cert;
+        c.tls.node_key = key;
+        c.crypto.trust_bundle = bundle.clone();
+        if n.role == Role::Origin {
+            c.crypto.signing_keys = vec![signing_key.clone()];
+            c.origin.ingest_token_file = Some(dir.join("ingest-token"));
+        }
+        c.admin.token_file = Some(dir.join("admin-token"));
+        c.storage.ring_buffer_size_mb = crate::config::Bounded::new(256).unwrap_or(c.storage.ring_buffer_size_mb);
+        tweak(&mut c);
+        write(&n.config_path, &c.to_toml())?;
+    }
+    Ok(Plan {
+        dir: dir.to_owned(),
+        nodes,
+        ingest_token,
+        admin_token,
+    })
+}
