@@ -30,7 +30,7 @@ async fn healthz() -> &'static str {
 /// Ready when keys are loaded and, below the origin, an upstream is
 /// connected: a node that cannot get content should not get clients.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let keys_loaded = shared.keys.read().len() > 0;
+    let keys_loaded = !shared.keys.read().is_empty();
     let upstream = shared.settings.role == Role::Origin
         || shared
             .peer_list()
@@ -55,7 +55,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.refresh_gauges();
     match shared.metrics.render() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

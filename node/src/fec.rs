@@ -386,19 +386,16 @@ impl Assembler {
                 field: "index",
             });
         }
-        if !self.pending.contains_key(&id) {
-            self.pending.insert(
-                id,
-                Pending {
-                    first_seen: now,
-                    blocks: shard.blocks,
-                    groups: HashMap::new(),
-                    done_blocks: vec![None; usize::from(shard.blocks)],
-                    done_count: 0,
-                    recovered: false,
-                    bytes: 0,
-                },
-            );
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pending.entry(id) {
+            e.insert(Pending {
+                first_seen: now,
+                blocks: shard.blocks,
+                groups: HashMap::new(),
+                done_blocks: vec![None; usize::from(shard.blocks)],
+                done_count: 0,
+                recovered: false,
+                bytes: 0,
+            });
             self.order.push_back((now, id));
         }
         let len = shard.data.len();

@@ -184,7 +184,14 @@ async fn put_object<P: Publish>(
         }
     }
     if !pending.is_empty() {
-        publish(&*state.publisher, stream, seq, pending.split().freeze(), false).await?;
+        publish(
+            &*state.publisher,
+            stream,
+            seq,
+            pending.split().freeze(),
+            false,
+        )
+        .await?;
         seq += 1;
     }
     let digest = *hasher.finalize().as_bytes();
@@ -348,7 +355,7 @@ mod tests {
         );
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.2.to_vec()).collect();
         assert_eq!(joined, data);
-        let m = &rec.manifests.lock()[0];
+        let m = rec.manifests.lock()[0].clone();
         assert_eq!((m.len, m.chunks), (2500, 3));
         assert_eq!(m.digest_bytes, crate::chunk::digest(&data));
         let body = resp.into_body().collect().await.unwrap().to_bytes();

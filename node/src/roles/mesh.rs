@@ -3,9 +3,8 @@
 //! reports. Sessions hold no state of their own beyond the connection; what
 //! they learn goes into [`Shared`], where the next session finds it.
 
-use crate::chunk::wire::{Frame, ShardFrame};
+use crate::chunk::wire::Frame;
 use crate::chunk::{ChunkId, PeerId, StreamId};
-use crate::fec::Shard;
 use crate::roles::framing::{self, FramingError};
 use crate::roles::node::{HaveSet, Path, Peer, Role, Shared};
 use crate::transport::PeerConnection;
@@ -37,10 +36,16 @@ pub(crate) async fn run(shared: Arc<Shared>, pc: PeerConnection, outbound: bool)
     }
 }
 
-async fn session(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) -> Result<(), FramingError> {
+async fn session(
+    shared: Arc<Shared>,
+    pc: PeerConnection,
+    outbound: bool,
+) -> Result<(), FramingError> {
     let conn = pc.connection.clone();
     let (mut ctl_send, mut ctl_recv) = if outbound {
-        conn.open_bi().await.map_err(|e| FramingError::Write(e.to_string()))?
+        conn.open_bi()
+            .await
+            .map_err(|e| FramingError::Write(e.to_string()))?
     } else {
         tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
             .await
@@ -65,7 +70,7 @@ async fn session(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) -> Res
     }
     // The role comes from the peer's certificate, which the cluster CA
     // signed; the hello only confirms the peer speaks our protocol version.
-    let role = Role::from(pc.role);
+    let role = pc.role;
     let (control_tx, mut control_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
     let (push_tx, mut push_rx) = mpsc::channel(PUSH_QUEUE);
     let peer = Arc::new(Peer {
@@ -87,8 +92,10 @@ async fn session(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) -> Res
         groups_seen: Mutex::new(HaveSet::default()),
     });
     if let Some(old) = shared.peers.write().insert(peer.id, peer.clone()) {
-        old.conn
-            .close(quinn::VarInt::from_u32(2), b"replaced by a newer connection");
+        old.conn.close(
+            quinn::VarInt::from_u32(2),
+            b"replaced by a newer connection",
+        );
     }
     if role == Role::Edge && shared.settings.role == Role::Edge {
         shared.choker.lock().add_peer(peer.id, Instant::now()).ok();
@@ -237,10 +244,10 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
             received_shards,
             ..
         } => {
-            let m = peer.parity.lock().handle_report(
-                u64::from(expected_shards),
-                u64::from(received_shards),
-            );
+            let m = peer
+                .parity
+                .lock()
+                .handle_report(u64::from(expected_shards), u64::from(received_shards));
             peer.current_parity.store(m, Ordering::Relaxed);
             shared
                 .metrics
@@ -289,7 +296,10 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
     peer.shards_received.fetch_add(1, Ordering::Relaxed);
     {
         // Count what each group promised once, when its first shard shows up.
-        let group = ChunkId::new(shard.chunk.stream, shard.chunk.seq ^ (u64::from(shard.block) << 48));
+        let group = ChunkId::new(
+            shard.chunk.stream,
+            shard.chunk.seq ^ (u64::from(shard.block) << 48),
+        );
         let mut seen = peer.groups_seen.lock();
         if !seen.contains(&group) {
             seen.insert(group);
@@ -300,13 +310,17 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
     if shared.store.contains(&shard.chunk, Instant::now()) {
         return;
     }
-    let outcome = shared.assembler.lock().insert(Shard::from(shard), Instant::now());
+    let outcome = shared.assembler.lock().insert(shard, Instant::now());
     match outcome {
         Ok(Some(done)) => {
             shared
                 .metrics
                 .fec_groups
-                .with_label_values(&[if done.recovered { "rebuilt" } else { "complete" }])
+                .with_label_values(&[if done.recovered {
+                    "rebuilt"
+                } else {
+                    "complete"
+                }])
                 .inc();
             match Frame::decode(&done.bytes) {
                 Ok(Frame::Chunk(chunk)) => {
@@ -336,7 +350,11 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
     }
 }
 
-async fn push_chunk(shared: &Arc<Shared>, peer: &Arc<Peer>, chunk: &crate::chunk::Chunk) -> Result<(), String> {
+async fn push_chunk(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    chunk: &crate::chunk::Chunk,
+) -> Result<(), String> {
     let max = peer
         .conn
         .max_datagram_size()
@@ -354,16 +372,21 @@ async fn push_chunk(shared: &Arc<Shared>, peer: &Arc<Peer>, chunk: &crate::chunk
         .map_err(|e| e.to_string())?;
     let mut sent = 0u64;
     for shard in shards {
-        let frame = framing::encode(&Frame::Shard(ShardFrame::from(shard)));
+        let frame = framing::encode(&Frame::Shard(shard));
         sent += frame.len() as u64;
         peer.conn
             .send_datagram_wait(frame)
             .await
             .map_err(|e| e.to_string())?;
     }
-    peer.bytes_out.fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+    peer.bytes_out
+        .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
     shared.mesh_bytes_out.fetch_add(sent, Ordering::Relaxed);
-    shared.metrics.chunks.with_label_values(&["out", "push"]).inc();
+    shared
+        .metrics
+        .chunks
+        .with_label_values(&["out", "push"])
+        .inc();
     shared
         .metrics
         .bytes
@@ -398,15 +421,17 @@ async fn serve_request(
     if framing::write_frame(&mut send, &reply).await.is_ok() {
         let _ = send.finish();
         if len > 0 {
-            shared.metrics.chunks.with_label_values(&["out", "pull"]).inc();
+            shared
+                .metrics
+                .chunks
+                .with_label_values(&["out", "pull"])
+                .inc();
             shared
                 .metrics
                 .bytes
                 .with_label_values(&["out", "pull"])
                 .inc_by(len);
-            shared
-                .mesh_bytes_out
-                .fetch_add(len, Ordering::Relaxed);
+            shared.mesh_bytes_out.fetch_add(len, Ordering::Relaxed);
             peer.bytes_out.fetch_add(len, Ordering::Relaxed);
             if peer.role == Role::Edge && shared.settings.role == Role::Edge {
                 shared
@@ -517,7 +542,8 @@ pub(crate) async fn dial_loop(
                 continue;
             }
             // Back off exponentially to 5 s so a dead peer costs little.
-            let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
+            let backoff =
+                Duration::from_millis(200 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
             attempts.insert(addr, (now + backoff, failures.saturating_add(1)));
             let (shared, connected) = (shared.clone(), connected.clone());
             tokio::spawn(async move {
@@ -580,10 +606,13 @@ pub(crate) async fn choke_loop(shared: Arc<Shared>) {
         let peers = shared.peers.read().clone();
         for change in changes {
             if let Some(peer) = peers.get(&change.peer) {
-                let frame = if change.unchoked { Frame::Unchoke } else { Frame::Choke };
+                let frame = if change.unchoked {
+                    Frame::Unchoke
+                } else {
+                    Frame::Choke
+                };
                 let _ = peer.control.try_send(frame);
             }
         }
     }
 }
-

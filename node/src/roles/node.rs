@@ -224,7 +224,12 @@ impl Shared {
     /// The one way into the store from the network: verify, check replay,
     /// store, then forward and announce. Rejections are counted by reason and
     /// cost the sending peer reputation.
-    pub fn accept_chunk(self: &Arc<Self>, chunk: Chunk, from: Option<PeerId>, path: Path) -> Accepted {
+    pub fn accept_chunk(
+        self: &Arc<Self>,
+        chunk: Chunk,
+        from: Option<PeerId>,
+        path: Path,
+    ) -> Accepted {
         let id = chunk.id();
         let now = Instant::now();
         if self.store.contains(&id, now) {
@@ -247,14 +252,26 @@ impl Shared {
         match self.store.insert(chunk.clone(), now) {
             Ok(_) => {}
             Err(e) => {
-                self.metrics.chunks_rejected.with_label_values(&["store"]).inc();
+                self.metrics
+                    .chunks_rejected
+                    .with_label_values(&["store"])
+                    .inc();
                 return Accepted::Rejected(e.to_string());
             }
         }
         let source = from.map_or("local", |_| "peer");
-        self.metrics.chunks_verified.with_label_values(&[source]).inc();
-        self.metrics.chunks.with_label_values(&["in", path.label()]).inc();
-        self.metrics.bytes.with_label_values(&["in", path.label()]).inc_by(len);
+        self.metrics
+            .chunks_verified
+            .with_label_values(&[source])
+            .inc();
+        self.metrics
+            .chunks
+            .with_label_values(&["in", path.label()])
+            .inc();
+        self.metrics
+            .bytes
+            .with_label_values(&["in", path.label()])
+            .inc_by(len);
         if let Some(peer) = from.and_then(|p| self.peers.read().get(&p).cloned()) {
             peer.bytes_in.fetch_add(len, Ordering::Relaxed);
             if peer.role == Role::Edge {
@@ -274,7 +291,10 @@ impl Shared {
             .inc();
         tracing::warn!(?from, reason = rejection.reason(), "chunk rejected");
         if let Some(peer_id) = from {
-            let verdict = self.reputation.lock().record(peer_id, rejection, Instant::now());
+            let verdict = self
+                .reputation
+                .lock()
+                .record(peer_id, rejection, Instant::now());
             if verdict.is_banned() {
                 if let Some(peer) = self.peers.read().get(&peer_id) {
                     tracing::warn!(peer = %peer.name, "peer banned: closing its connection");
@@ -306,10 +326,14 @@ impl Shared {
             if Some(peer.id) == from {
                 continue;
             }
-            if push && peer.subscribed.load(Ordering::Relaxed) {
-                if peer.push.try_send(chunk.clone()).is_err() {
-                    self.metrics.chunks.with_label_values(&["dropped", "push"]).inc();
-                }
+            if push
+                && peer.subscribed.load(Ordering::Relaxed)
+                && peer.push.try_send(chunk.clone()).is_err()
+            {
+                self.metrics
+                    .chunks
+                    .with_label_values(&["dropped", "push"])
+                    .inc();
             }
             if self.settings.role == Role::Edge && peer.role == Role::Edge {
                 let _ = peer.control.try_send(Frame::Have { id: chunk.id() });
@@ -424,7 +448,13 @@ impl Shared {
         }
         let mut last = String::new();
         for peer in sources {
-            match request(&peer.conn, &Frame::Request { id }, self.settings.request_timeout).await {
+            match request(
+                &peer.conn,
+                &Frame::Request { id },
+                self.settings.request_timeout,
+            )
+            .await
+            {
                 Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
                     match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
                         Accepted::Stored | Accepted::Duplicate => {
@@ -434,7 +464,9 @@ impl Shared {
                             }
                             last = format!("{id} was evicted as soon as it arrived");
                         }
-                        Accepted::Rejected(why) => last = format!("{} sent a bad {id}: {why}", peer.name),
+                        Accepted::Rejected(why) => {
+                            last = format!("{} sent a bad {id}: {why}", peer.name)
+                        }
                     }
                 }
                 Ok(Frame::Chunk(other)) => {
@@ -451,7 +483,10 @@ impl Shared {
     }
 
     /// The manifest of `stream`, fetched from upstream if not known.
-    pub async fn fetch_manifest(self: &Arc<Self>, stream: StreamId) -> Result<ManifestFrame, String> {
+    pub async fn fetch_manifest(
+        self: &Arc<Self>,
+        stream: StreamId,
+    ) -> Result<ManifestFrame, String> {
         if let Some(m) = self.manifests.lock().get(stream) {
             return Ok(m);
         }
@@ -479,7 +514,9 @@ impl Shared {
                             shared.accept_manifest(m.clone(), Some(peer.id))?;
                             return Ok(m);
                         }
-                        Ok(Frame::NotFound { .. }) => last = format!("{} has no manifest for {stream}", peer.name),
+                        Ok(Frame::NotFound { .. }) => {
+                            last = format!("{} has no manifest for {stream}", peer.name)
+                        }
                         Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
                         Err(e) => last = format!("{}: {e}", peer.name),
                     }
@@ -512,7 +549,11 @@ impl Shared {
         };
         self.ingested_bytes
             .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
-        let path = if live { Path::IngestLive } else { Path::IngestObject };
+        let path = if live {
+            Path::IngestLive
+        } else {
+            Path::IngestObject
+        };
         match self.accept_chunk(chunk, None, path) {
             Accepted::Stored | Accepted::Duplicate => Ok(()),
             Accepted::Rejected(why) => Err(why),
@@ -556,7 +597,11 @@ impl Shared {
     pub fn reload_trust_bundle(&self, path: &std::path::Path) -> Result<bool, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let bundle = crate::crypto::TrustBundle::from_json(&text).map_err(|e| e.to_string())?;
-        let changed = self.keys.write().apply_bundle(&bundle).map_err(|e| e.to_string())?;
+        let changed = self
+            .keys
+            .write()
+            .apply_bundle(&bundle)
+            .map_err(|e| e.to_string())?;
         self.metrics
             .keyring_generation
             .set(self.keys.read().generation() as i64);
@@ -597,7 +642,8 @@ impl Shared {
         m.store_expirations.set(st.expirations as i64);
         m.store_hits.set(st.hits as i64);
         m.store_misses.set(st.misses as i64);
-        m.keyring_generation.set(self.keys.read().generation() as i64);
+        m.keyring_generation
+            .set(self.keys.read().generation() as i64);
         let ingested = self.ingested_bytes.load(Ordering::Relaxed);
         if ingested > 0 {
             m.origin_offload_ratio
@@ -612,7 +658,10 @@ impl Shared {
         for p in self.peers.read().values() {
             if reputation.is_banned(p.id, now) {
                 banned += 1;
-            } else if p.role == Role::Edge && self.settings.role == Role::Edge && !choker.is_unchoked(p.id) {
+            } else if p.role == Role::Edge
+                && self.settings.role == Role::Edge
+                && !choker.is_unchoked(p.id)
+            {
                 choked += 1;
             } else {
                 unchoked += 1;
@@ -730,7 +779,9 @@ impl std::fmt::Debug for Shared {
 
 impl std::fmt::Debug for Manifests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manifests").field("len", &self.len()).finish()
+        f.debug_struct("Manifests")
+            .field("len", &self.len())
+            .finish()
     }
 }
 

@@ -118,7 +118,11 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         tasks.spawn(mesh::dial_loop(shared.clone(), discovery::spawn(up), false));
     }
     if let Some(peers) = shared.settings.peers.clone() {
-        tasks.spawn(mesh::dial_loop(shared.clone(), discovery::spawn(peers), true));
+        tasks.spawn(mesh::dial_loop(
+            shared.clone(),
+            discovery::spawn(peers),
+            true,
+        ));
     }
     if shared.settings.role == Role::Edge {
         tasks.spawn(mesh::choke_loop(shared.clone()));
@@ -135,17 +139,44 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                     max_object_bytes: shared.settings.max_object_bytes,
                 },
             );
-            Some(serve_http(&mut tasks, &shared, "http", shared.settings.http_listen, router).await?)
+            Some(
+                serve_http(
+                    &mut tasks,
+                    &shared,
+                    "http",
+                    shared.settings.http_listen,
+                    router,
+                )
+                .await?,
+            )
         }
         Role::Edge => {
-            let router = serve::router(Arc::new(EdgeContent(shared.clone())), ServeConfig::default());
-            Some(serve_http(&mut tasks, &shared, "http", shared.settings.http_listen, router).await?)
+            let router = serve::router(
+                Arc::new(EdgeContent(shared.clone())),
+                ServeConfig::default(),
+            );
+            Some(
+                serve_http(
+                    &mut tasks,
+                    &shared,
+                    "http",
+                    shared.settings.http_listen,
+                    router,
+                )
+                .await?,
+            )
         }
         Role::Relay => None,
     };
     let admin_router = crate::admin::router(shared.clone());
-    let admin_addr =
-        serve_http(&mut tasks, &shared, "admin", shared.settings.admin_listen, admin_router).await?;
+    let admin_addr = serve_http(
+        &mut tasks,
+        &shared,
+        "admin",
+        shared.settings.admin_listen,
+        admin_router,
+    )
+    .await?;
     tracing::info!(
         role = %shared.settings.role,
         name = %shared.settings.name,
@@ -226,7 +257,10 @@ impl Publish for OriginPublisher {
         async move { shared.publish(stream, seq, payload, live) }
     }
 
-    fn publish_manifest(&self, object: &Published) -> impl Future<Output = Result<(), String>> + Send {
+    fn publish_manifest(
+        &self,
+        object: &Published,
+    ) -> impl Future<Output = Result<(), String>> + Send {
         let result = self.0.publish_manifest(object);
         async move { result }
     }
@@ -285,7 +319,8 @@ pub fn load_credentials(
 ) -> Result<Credentials, CredentialsError> {
     let identity = NodeIdentity::load(&config.tls.node_cert, &config.tls.node_key)?;
     let ca_pem = read_trimmed(&config.tls.ca_cert)?;
-    let bundle = crate::crypto::TrustBundle::from_json(&read_trimmed(&config.crypto.trust_bundle)?)?;
+    let bundle =
+        crate::crypto::TrustBundle::from_json(&read_trimmed(&config.crypto.trust_bundle)?)?;
     let keys = KeyRing::from_bundle(&bundle)?;
     let signers = config
         .crypto

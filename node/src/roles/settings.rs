@@ -5,11 +5,11 @@
 use crate::config::{NodeConfig, split_host_port};
 use crate::crypto::{ReplayConfig, ReputationConfig, VerifyConfig};
 use crate::fec::AssemblerConfig;
+use crate::fec::ParityPolicy;
 use crate::p2p::ChokerConfig;
+use crate::roles::discovery::DiscoveryConfig;
 use crate::store::StoreConfig;
 use crate::transport::MeshLimits;
-use crate::fec::ParityPolicy;
-use crate::roles::discovery::DiscoveryConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -87,17 +87,27 @@ async fn start_and_serve(
 }
 
 fn print_urls(plan: &plan::Plan, dir: &Path) {
-    println!("DCDN is up ({} nodes); files and logs in {}", plan.nodes.len(), dir.display());
+    println!(
+        "DCDN is up ({} nodes); files and logs in {}",
+        plan.nodes.len(),
+        dir.display()
+    );
     for n in &plan.nodes {
         let http = match n.role {
             crate::config::Role::Origin => format!("ingest http://{}", n.http),
             crate::config::Role::Edge => format!("serve  http://{}", n.http),
             crate::config::Role::Relay => "-".to_owned(),
         };
-        println!("  {:<10} {:<7} mesh {:<21} {:<32} admin http://{}", n.name, n.role, n.mesh, http, n.admin);
+        println!(
+            "  {:<10} {:<7} mesh {:<21} {:<32} admin http://{}",
+            n.name, n.role, n.mesh, http, n.admin
+        );
     }
     if let Some(o) = plan.origin() {
-        println!("\npublish: curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME", plan.ingest_token, o.http);
+        println!(
+            "\npublish: curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME",
+            plan.ingest_token, o.http
+        );
         if let Some(e) = plan.edges().next() {
             println!("fetch:   curl http://{}/v1/objects/NAME", e.http);
         }

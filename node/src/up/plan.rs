@@ -105,7 +105,11 @@ pub struct Counts {
 
 /// Writes credentials and configs for 1 origin, `relays` relays and `edges`
 /// edges under `dir`. `tweak` may adjust each node's config.
-pub fn plan(dir: &Path, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> Result<Plan, PlanError> {
+pub fn plan(
+    dir: &Path,
+    counts: Counts,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Result<Plan, PlanError> {
     std::fs::create_dir_all(dir).map_err(|source| PlanError::Write {
         path: dir.display().to_string(),
         source,
@@ -147,7 +151,11 @@ pub fn plan(dir: &Path, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> Resu
             .map(|n| n.mesh.to_string())
             .collect()
     };
-    let (origins, relays, edges) = (mesh_of(Role::Origin), mesh_of(Role::Relay), mesh_of(Role::Edge));
+    let (origins, relays, edges) = (
+        mesh_of(Role::Origin),
+        mesh_of(Role::Relay),
+        mesh_of(Role::Edge),
+    );
     for n in &nodes {
         let identity = ca.issue_node(&n.name, n.role)?;
         let cert = dir.join(format!("{}.pem", n.name));
@@ -167,9 +175,14 @@ pub fn plan(dir: &Path, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> Resu
             Role::Edge => relays.clone(),
         };
         if n.role == Role::Edge {
-            c.discovery.peers = edges.iter().filter(|e| **e != n.mesh.to_string()).cloned().collect();
+            c.discovery.peers = edges
+                .iter()
+                .filter(|e| **e != n.mesh.to_string())
+                .cloned()
+                .collect();
         }
-        c.discovery.resolve_interval_seconds = crate::config::Bounded::new(1).unwrap_or(c.discovery.resolve_interval_seconds);
+        c.discovery.resolve_interval_seconds =
+            crate::config::Bounded::new(1).unwrap_or(c.discovery.resolve_interval_seconds);
         c.tls.ca_cert = dir.join("ca.pem");
         c.tls.node_cert = cert;
         c.tls.node_key = key;
@@ -179,7 +192,8 @@ pub fn plan(dir: &Path, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> Resu
             c.origin.ingest_token_file = Some(dir.join("ingest-token"));
         }
         c.admin.token_file = Some(dir.join("admin-token"));
-        c.storage.ring_buffer_size_mb = crate::config::Bounded::new(256).unwrap_or(c.storage.ring_buffer_size_mb);
+        c.storage.ring_buffer_size_mb =
+            crate::config::Bounded::new(256).unwrap_or(c.storage.ring_buffer_size_mb);
         tweak(&mut c);
         write(&n.config_path, &c.to_toml())?;
     }
