@@ -506,9 +506,9 @@ impl Assembler {
         }
     }
 
-    /// Gives up on chunks older than the age limit; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let mut n = 0;
+    /// Gives up on chunks older than the age limit; returns their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<ChunkId> {
+        let mut gone = Vec::new();
         while let Some(&(seen, id)) = self.order.front() {
             if now.saturating_duration_since(seen) < self.config.max_age {
                 break;
@@ -516,11 +516,11 @@ impl Assembler {
             self.order.pop_front();
             if self.pending.get(&id).is_some_and(|p| p.first_seen == seen) && self.drop_pending(&id)
             {
-                n += 1;
+                gone.push(id);
             }
         }
-        self.stats.expired += n as u64;
-        n
+        self.stats.expired += gone.len() as u64;
+        gone
     }
 }
 
@@ -792,8 +792,8 @@ mod tests {
             .encode_chunk(id(1), &Bytes::from(data(3000, 7)), 500, 6, 2)
             .unwrap();
         a.insert(shards[0].clone(), t0).unwrap();
-        assert_eq!(a.expire(t0 + Duration::from_millis(50)), 0);
-        assert_eq!(a.expire(t0 + Duration::from_millis(150)), 1);
+        assert!(a.expire(t0 + Duration::from_millis(50)).is_empty());
+        assert_eq!(a.expire(t0 + Duration::from_millis(150)), vec![id(1)]);
         assert_eq!(a.stats().bytes_held, 0);
         assert_eq!(a.stats().expired, 1);
     }

@@ -102,7 +102,13 @@ async fn session(
         shared.choker.lock().set_interested(peer.id, true);
     }
     if outbound && role.is_upstream_of(shared.settings.role) {
-        let _ = peer.control.try_send(Frame::Subscribe);
+        // Pushes come from one upstream at a time, or every chunk would
+        // arrive once per upstream; the others answer pulls.
+        let mut current = shared.push_upstream.lock();
+        if current.is_none_or(|id| !shared.peers.read().contains_key(&id)) {
+            *current = Some(peer.id);
+            let _ = peer.control.try_send(Frame::Subscribe);
+        }
     }
     tracing::info!(peer = %peer.name, role = ?role, addr = %conn.remote_address(), "peer connected");
 
@@ -212,8 +218,30 @@ async fn session(
     if role == Role::Edge && shared.settings.role == Role::Edge {
         shared.choker.lock().remove_peer(peer.id);
     }
+    fail_over_push(&shared, peer.id);
     tracing::info!(peer = %peer.name, "peer disconnected");
     Ok(())
+}
+
+/// If `gone` was our push upstream, subscribe to another connected upstream.
+fn fail_over_push(shared: &Arc<Shared>, gone: PeerId) {
+    let mut current = shared.push_upstream.lock();
+    if *current != Some(gone) {
+        return;
+    }
+    *current = None;
+    let next = shared
+        .peers
+        .read()
+        .values()
+        .find(|p| p.role.is_upstream_of(shared.settings.role))
+        .cloned();
+    if let Some(next) = next {
+        if next.control.try_send(Frame::Subscribe).is_ok() {
+            tracing::info!(peer = %next.name, "taking pushes from another upstream");
+            *current = Some(next.id);
+        }
+    }
 }
 
 fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {

@@ -152,6 +152,8 @@ pub struct Shared {
     pub ingested_bytes: AtomicU64,
     pub mesh_bytes_out: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The one upstream this node takes pushes from; others serve pulls.
+    pub(crate) push_upstream: Mutex<Option<PeerId>>,
 }
 
 /// Verified manifests by stream id and by name, bounded.
@@ -581,6 +583,11 @@ impl Shared {
         m.signature = signer.sign(&m.signing_bytes());
         drop(signers);
         self.accept_manifest(m, None)
+    }
+
+    /// Connected peers.
+    pub fn peer_list_len(&self) -> usize {
+        self.peers.read().len()
     }
 
     pub(crate) fn peer_list(&self) -> Vec<Arc<Peer>> {

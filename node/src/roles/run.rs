@@ -109,6 +109,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         ingested_bytes: AtomicU64::new(0),
         mesh_bytes_out: AtomicU64::new(0),
         shutdown,
+        push_upstream: Mutex::new(None),
         settings,
     });
 
@@ -230,7 +231,12 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         shared.store.expire(now);
-        let failed = shared.assembler.lock().expire(now);
+        let expired = shared.assembler.lock().expire(now);
+        // A group whose chunk arrived some other way (a repair) did not fail.
+        let failed = expired
+            .iter()
+            .filter(|id| !shared.store.contains(id, now))
+            .count();
         if failed > 0 {
             shared
                 .metrics

@@ -33,6 +33,22 @@ pub struct ProxyStats {
     pub corrupted: AtomicU64,
 }
 
+/// A UDP socket on 127.0.0.1 with 4 MiB buffers, so the proxy itself drops
+/// nothing the test did not ask it to.
+fn bind_big() -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<SocketAddr>()
+            .map_err(std::io::Error::other)?
+            .into(),
+    )?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
+
 /// A running proxy: clients send to `addr`, the proxy relays to `upstream`.
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -55,7 +71,7 @@ impl Proxy {
         to_client: Impairment,
         seed: u64,
     ) -> std::io::Result<Self> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let front = Arc::new(bind_big()?);
         let addr = front.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
@@ -72,7 +88,7 @@ impl Proxy {
                     let back = match clients.get(&from) {
                         Some(s) => s.clone(),
                         None => {
-                            let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+                            let Ok(sock) = bind_big() else {
                                 continue;
                             };
                             if sock.connect(upstream).await.is_err() {

@@ -1,0 +1,448 @@
+//! Multi-node tests of the data plane: real QUIC between in-process nodes
+//! on loopback, real certificates, signatures and HTTP.
+
+mod support;
+
+use bytes::Bytes;
+use dcdn_node::chunk::wire::{Frame, WireRole};
+use dcdn_node::chunk::{ChunkId, StreamId};
+use dcdn_node::client::Client;
+use dcdn_node::config::Role;
+use dcdn_node::crypto::Signer;
+use dcdn_node::fec::Encoder;
+use dcdn_node::roles::framing;
+use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits};
+use dcdn_node::up::plan::Counts;
+use std::time::Duration;
+use support::cluster::TestCluster;
+use support::impair::{Impairment, Proxy};
+
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(2654435761) ^ seed) as u8)
+        .collect()
+}
+
+async fn publish_object(c: &TestCluster, name: &str, data: &[u8]) {
+    let client = Client::new(Duration::from_secs(30));
+    let body =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
+    client
+        .put_stream(
+            &format!("{}/v1/objects/{name}", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            body,
+        )
+        .await
+        .unwrap();
+}
+
+/// A published stretch of a live stream. HTTP does not keep the sender's
+/// piece boundaries, so chunk boundaries are whatever arrived together:
+/// compare concatenations, not pieces.
+struct Live {
+    first: u64,
+    chunks: usize,
+    bytes: Vec<u8>,
+}
+
+/// Publishes `n` live pieces paced `gap` apart.
+async fn publish_live(c: &TestCluster, name: &str, n: usize, len: usize, gap: Duration) -> Live {
+    publish_live_from(&c.origin().http(), &c.plan.ingest_token, name, n, len, gap).await
+}
+
+async fn publish_live_from(
+    origin: &str,
+    token: &str,
+    name: &str,
+    n: usize,
+    len: usize,
+    gap: Duration,
+) -> Live {
+    let client = Client::new(Duration::from_secs(60));
+    let pieces: Vec<Vec<u8>> = (0..n).map(|i| payload(i as u64, len)).collect();
+    let bytes = pieces.concat();
+    let paced = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+        let next = it.next()?;
+        tokio::time::sleep(gap).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(next)), it))
+    });
+    let resp = client
+        .put_stream(&format!("{origin}/v1/streams/{name}"), Some(token), paced)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(v["len"], bytes.len() as u64);
+    Live {
+        first: v["first_seq"].as_u64().unwrap(),
+        chunks: v["chunks"].as_u64().unwrap() as usize,
+        bytes,
+    }
+}
+
+/// Fetches every chunk of `live` from `edge`; returns how many arrived and
+/// whether their concatenation is byte-identical to what was published.
+async fn fetch_live_all(edge: &str, name: &str, live: &Live) -> (usize, bool) {
+    let client = Client::new(Duration::from_secs(20));
+    let mut got = 0;
+    let mut joined = Vec::with_capacity(live.bytes.len());
+    for i in 0..live.chunks {
+        let url = format!("{edge}/v1/streams/{name}/{}", live.first + i as u64);
+        if let Ok(resp) = client.get(&url, None).await {
+            got += 1;
+            joined.extend_from_slice(&resp.body);
+        }
+    }
+    if joined != live.bytes && std::env::var("DCDN_TEST_DEBUG").is_ok() {
+        let at = joined.iter().zip(&live.bytes).position(|(a, b)| a != b);
+        println!(
+            "MISMATCH: joined {} published {} first diff at {at:?}",
+            joined.len(),
+            live.bytes.len()
+        );
+    }
+    (got, joined == live.bytes)
+}
+
+fn small(c: &mut dcdn_node::config::NodeConfig) {
+    c.storage.ring_buffer_size_mb = dcdn_node::config::Bounded::new(64).unwrap();
+    c.origin.chunk_size_kb = dcdn_node::config::Bounded::new(64).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_and_live_streams_arrive_byte_identical_at_every_edge() {
+    let c = TestCluster::start(
+        "e2e",
+        Counts {
+            relays: 1,
+            edges: 3,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let object = payload(99, 3 * 65536 + 12345);
+    publish_object(&c, "dir/thing.bin", &object).await;
+    let live = publish_live(&c, "cam", 30, 20_000, Duration::from_millis(5)).await;
+    let client = Client::new(Duration::from_secs(20));
+    for e in c.by_role(Role::Edge) {
+        let edge = c.nodes[e].http();
+        let got = client
+            .get(&format!("{edge}/v1/objects/dir/thing.bin"), None)
+            .await
+            .unwrap();
+        assert_eq!(got.body.len(), object.len());
+        assert!(got.body[..] == object[..], "object differs at {edge}");
+        assert_eq!(
+            fetch_live_all(&edge, "cam", &live).await,
+            (live.chunks, true),
+            "live at {edge}"
+        );
+    }
+    // Every chunk an edge holds was verified; nothing was rejected.
+    for e in c.by_role(Role::Edge) {
+        assert_eq!(c.nodes[e].metric("dcdn_chunks_rejected_total", &[]), 0.0);
+        assert!(c.nodes[e].metric("dcdn_chunks_verified_total", &[]) > 0.0);
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
+    const N: usize = 200;
+    const LEN: usize = 16_000;
+    for loss in [0.0, 0.01, 0.05, 0.10] {
+        let (plan, dir) = TestCluster::plan(
+            "loss",
+            Counts {
+                relays: 1,
+                edges: 1,
+            },
+            small,
+        );
+        let relay_mesh = plan
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::Relay)
+            .unwrap()
+            .mesh;
+        let imp = Impairment {
+            loss,
+            ..Impairment::default()
+        };
+        let proxy = Proxy::start(relay_mesh, imp, imp, 42).await.unwrap();
+        let proxy_addr = proxy.addr.to_string();
+        let c = TestCluster::start_planned(plan, dir, move |cfg| {
+            if cfg.node.role == Role::Edge {
+                cfg.discovery.upstream = vec![proxy_addr.clone()];
+            }
+        })
+        .await;
+        let live = publish_live(&c, "loss", N, LEN, Duration::from_millis(5)).await;
+        let edge_i = c.by_role(Role::Edge)[0];
+        let edge = &c.nodes[edge_i];
+        // Let pushes still in flight land before asking for anything, so a
+        // repair is counted only where FEC really could not rebuild.
+        let mut last = -1.0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = edge.metric("dcdn_chunks_verified_total", &[]);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let pushed = edge.metric(
+            "dcdn_chunks_total",
+            &[("direction", "in"), ("path", "push")],
+        );
+        let (good, identical) = fetch_live_all(&edge.http(), "loss", &live).await;
+        let pulled = edge.metric(
+            "dcdn_chunks_total",
+            &[("direction", "in"), ("path", "pull")],
+        );
+        let rebuilt = edge.metric("dcdn_fec_groups_total", &[("outcome", "rebuilt")]);
+        if std::env::var("DCDN_TEST_DEBUG").is_ok() {
+            println!("EDGE\n{}", edge.running().shared.metrics.render().unwrap());
+            let relay = &c.nodes[c.by_role(Role::Relay)[0]];
+            println!(
+                "RELAY\n{}",
+                relay.running().shared.metrics.render().unwrap()
+            );
+        }
+        println!(
+            "loss {:>4.1}%: {good}/{} delivered; {pushed} by push ({rebuilt} rebuilt with parity), {pulled} repaired; proxy dropped {}",
+            loss * 100.0,
+            live.chunks,
+            proxy
+                .stats
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        assert_eq!(
+            (good, identical),
+            (live.chunks, true),
+            "every chunk delivered at {loss}"
+        );
+        if loss <= 0.05 {
+            let n = live.chunks as f64;
+            assert!(pushed >= 0.99 * n, "at {loss}: only {pushed} of {n} by FEC");
+        }
+        c.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_killed_mid_stream_loses_no_chunk() {
+    const N: usize = 120;
+    const LEN: usize = 8000;
+    let mut c = TestCluster::start(
+        "kill",
+        Counts {
+            relays: 2,
+            edges: 2,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let origin = c.origin().http();
+    let token = c.plan.ingest_token.clone();
+    let publisher = tokio::spawn(async move {
+        publish_live_from(&origin, &token, "k", N, LEN, Duration::from_millis(10)).await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let relays = c.by_role(Role::Relay);
+    c.nodes[relays[0]].stop().await;
+    let live = publisher.await.unwrap();
+    for e in c.by_role(Role::Edge) {
+        let got = fetch_live_all(&c.nodes[e].http(), "k", &live).await;
+        assert_eq!(
+            got,
+            (live.chunks, true),
+            "edge {} lost chunks",
+            c.nodes[e].name
+        );
+    }
+    c.stop().await;
+}
+
+/// Connects to `addr` as a cluster member with a fresh edge certificate and
+/// does the hello exchange; returns the connection.
+async fn member_connection(c: &TestCluster, addr: std::net::SocketAddr) -> quinn::Connection {
+    let ca = ClusterCa::load(&c.dir.join("ca.pem"), &c.dir.join("ca.key")).unwrap();
+    let id = ca.issue_node("mallory", Role::Edge).unwrap();
+    let ep = MeshEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &id,
+        ca.cert_pem(),
+        MeshLimits::default(),
+    )
+    .unwrap();
+    let pc = ep.connect(addr).await.unwrap();
+    let (mut send, mut recv) = pc.connection.open_bi().await.unwrap();
+    framing::write_frame(
+        &mut send,
+        &Frame::Hello {
+            node_name: "mallory".into(),
+            role: WireRole::Edge,
+            keyset_generation: 0,
+        },
+    )
+    .await
+    .unwrap();
+    framing::read_frame(&mut recv, 65536, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Keep the endpoint alive with the connection.
+    std::mem::forget(ep);
+    std::mem::forget((send, recv));
+    pc.connection
+}
+
+async fn send_chunk_as_shards(
+    conn: &quinn::Connection,
+    chunk: dcdn_node::chunk::Chunk,
+    flip: bool,
+) {
+    let bytes = Frame::Chunk(chunk.clone()).to_bytes();
+    let mut shards = Encoder::new()
+        .encode_chunk(chunk.id(), &bytes, 1000, 16, 2)
+        .unwrap();
+    if flip {
+        for s in &mut shards {
+            let mut d = s.data.to_vec();
+            let mid = d.len() / 2;
+            d[mid] ^= 0x10;
+            s.data = Bytes::from(d);
+        }
+    }
+    for s in shards {
+        let _ = conn.send_datagram_wait(Frame::Shard(s).to_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malicious_peer_is_banned_and_nothing_corrupt_is_served() {
+    let c = TestCluster::start(
+        "evil",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let edge_i = c.by_role(Role::Edge)[0];
+    let edge = &c.nodes[edge_i];
+    let conn = member_connection(&c, edge.mesh()).await;
+    let real = Signer::load(&c.dir.join("signing.key")).unwrap();
+    let rogue = Signer::generate(&mut rand::rngs::OsRng);
+    let stream = StreamId::from_name("victim");
+    let now = dcdn_node::roles::node::unix_ms();
+    for seq in 0..3u64 {
+        // Forged: signed by a rogue key but claiming the cluster key's id.
+        let mut forged = rogue.sign_chunk(
+            ChunkId::new(stream, seq),
+            Bytes::from(vec![0xEE; 3000]),
+            now,
+        );
+        forged.header.key_id = real.key_id();
+        send_chunk_as_shards(&conn, forged, false).await;
+    }
+    // Bit-flipped shards of an otherwise valid-looking chunk.
+    let valid_looking =
+        real.sign_chunk(ChunkId::new(stream, 10), Bytes::from(vec![0xAB; 3000]), now);
+    send_chunk_as_shards(&conn, valid_looking, true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rejected = edge.metric("dcdn_chunks_rejected_total", &[]);
+    assert!(rejected >= 3.0, "rejections: {rejected}");
+    assert!(
+        conn.close_reason().is_some(),
+        "the malicious peer must be disconnected"
+    );
+    // The real stream, published afterwards, is what the edge serves.
+    let live = publish_live(&c, "victim", 12, 3000, Duration::from_millis(5)).await;
+    assert_eq!(live.first, 0);
+    assert_eq!(
+        fetch_live_all(&edge.http(), "victim", &live).await,
+        (live.chunks, true)
+    );
+    // The honest relay is not banned: the edge is still connected to it.
+    let peers = edge.running().shared.peer_list_len();
+    assert!(peers >= 1);
+    assert_eq!(edge.metric("dcdn_peers", &[("state", "banned")]), 0.0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_cluster_credentials_cannot_connect() {
+    let c = TestCluster::start(
+        "stranger",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let relay = &c.nodes[c.by_role(Role::Relay)[0]];
+    let other = ClusterCa::generate("elsewhere").unwrap();
+    let id = other.issue_node("stranger", Role::Edge).unwrap();
+    let ep = MeshEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &id,
+        other.cert_pem(),
+        MeshLimits::default(),
+    )
+    .unwrap();
+    assert!(ep.connect(relay.mesh()).await.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(relay.metric("dcdn_handshakes_refused_total", &[]) >= 1.0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_incomplete_fec_groups_stays_under_the_reassembly_cap() {
+    let c = TestCluster::start(
+        "flood",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            small(cfg);
+            cfg.storage.reassembly_memory_mb = dcdn_node::config::Bounded::new(1).unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    let edge = &c.nodes[c.by_role(Role::Edge)[0]];
+    let conn = member_connection(&c, edge.mesh()).await;
+    let mut enc = Encoder::new();
+    let mut max_held = 0;
+    for seq in 0..3000u64 {
+        let junk = Bytes::from(vec![seq as u8; 20_000]);
+        let shards = enc
+            .encode_chunk(ChunkId::new(StreamId(7), seq), &junk, 1100, 16, 4)
+            .unwrap();
+        let _ = conn
+            .send_datagram_wait(Frame::Shard(shards[0].clone()).to_bytes())
+            .await;
+        if seq % 200 == 0 {
+            max_held = max_held.max(edge.running().shared.assembler.lock().stats().bytes_held);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = edge.running().shared.assembler.lock().stats();
+    max_held = max_held.max(st.bytes_held);
+    println!(
+        "reassembly: held at most {max_held} bytes, dropped {} groups for the cap",
+        st.dropped_for_cap
+    );
+    assert!(max_held <= 1 << 20, "held {max_held}");
+    assert!(st.dropped_for_cap > 0);
+    c.stop().await;
+}

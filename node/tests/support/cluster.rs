@@ -1,0 +1,179 @@
+//! An in-process cluster for multi-node tests: real QUIC endpoints on
+//! loopback, real certificates and signatures, one tokio runtime.
+
+#![allow(dead_code)]
+
+use dcdn_node::config::{NodeConfig, Role};
+use dcdn_node::roles::run::{self, Running};
+use dcdn_node::roles::settings::NodeSettings;
+use dcdn_node::up::plan::{self, Counts, Plan};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct TestNode {
+    pub name: String,
+    pub role: Role,
+    pub config: NodeConfig,
+    pub running: Option<Running>,
+}
+
+impl TestNode {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("node is running")
+    }
+
+    pub fn http(&self) -> String {
+        format!(
+            "http://{}",
+            self.running().http_addr.expect("an http listener")
+        )
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://{}", self.running().admin_addr)
+    }
+
+    pub fn mesh(&self) -> SocketAddr {
+        self.config.network.mesh_listen
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(
+            &self.running().shared.metrics.render().unwrap(),
+            name,
+            labels,
+        )
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Sums the samples of `name` whose labels include `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
+pub struct TestCluster {
+    pub plan: Plan,
+    pub nodes: Vec<TestNode>,
+    pub dir: PathBuf,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dcdn-test-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl TestCluster {
+    /// Plans 1 origin, `relays` relays and `edges` edges; `adjust` may
+    /// change each node's config (e.g. point an edge at a proxy) before start.
+    pub async fn start(
+        tag: &str,
+        counts: Counts,
+        tweak: impl Fn(&mut NodeConfig),
+        adjust: impl Fn(&mut NodeConfig),
+    ) -> Self {
+        let (plan, dir) = Self::plan(tag, counts, tweak);
+        Self::start_planned(plan, dir, adjust).await
+    }
+
+    /// Lays the cluster out without starting it (to learn its addresses).
+    pub fn plan(tag: &str, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> (Plan, PathBuf) {
+        let dir = temp_dir(tag);
+        let plan = plan::plan(&dir, counts, tweak).unwrap();
+        (plan, dir)
+    }
+
+    pub async fn start_planned(plan: Plan, dir: PathBuf, adjust: impl Fn(&mut NodeConfig)) -> Self {
+        let mut nodes = Vec::new();
+        for n in &plan.nodes {
+            let mut config =
+                NodeConfig::from_file(&n.config_path, std::iter::empty::<(&str, &str)>()).unwrap();
+            adjust(&mut config);
+            nodes.push(TestNode {
+                name: n.name.clone(),
+                role: n.role,
+                config,
+                running: None,
+            });
+        }
+        let mut cluster = Self { plan, nodes, dir };
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i).await;
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    pub async fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let creds = run::load_credentials(&node.config, None).unwrap();
+        let running = run::start(NodeSettings::from_config(node.config.clone()), creds)
+            .await
+            .unwrap();
+        node.running = Some(running);
+    }
+
+    /// Waits until every running node says it is ready and every edge has
+    /// its peers.
+    pub async fn wait_ready(&self) {
+        let client = dcdn_node::client::Client::new(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+            loop {
+                if client
+                    .get(&format!("{}/readyz", n.admin()), None)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} never became ready",
+                    n.name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Give edge-to-edge connections a moment too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    pub fn by_role(&self, role: Role) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].role == role)
+            .collect()
+    }
+
+    pub fn origin(&self) -> &TestNode {
+        &self.nodes[self.by_role(Role::Origin)[0]]
+    }
+
+    pub async fn stop(mut self) {
+        for n in self.nodes.iter_mut().rev() {
+            n.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
