@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Multi-node tests of the data plane: real QUIC between in-process nodes
 //! on loopback, real certificates, signatures and HTTP.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Measures the chunk store's memory overhead per chunk: bytes allocated by
 //! the store beyond what its chunks count (`Chunk::stored_len`), with a
 //! counting global allocator. The seed's design said ~300 B; the target is
