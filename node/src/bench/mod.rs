@@ -5,6 +5,7 @@
 //! shared and noisy: the ratio is what is comparable across runs, the
 //! absolute numbers are not.
 
+mod mesh;
 mod parts;
 
 use serde::Serialize;
@@ -85,6 +86,9 @@ pub const NAMES: &[&str] = &[
     "verify_batch",
     "store_insert",
     "store_get",
+    "e2e_throughput",
+    "live_latency",
+    "origin_offload",
 ];
 
 /// Runs the benchmarks whose names pass `filter`.
@@ -105,6 +109,30 @@ fn run_one(name: &str, options: BenchOptions) -> Vec<BenchResult> {
         "verify_batch" => parts::verify_batch(options),
         "store_insert" => parts::store_insert(options),
         "store_get" => parts::store_get(options),
+        "e2e_throughput" => on_runtime(name, mesh::e2e_throughput()),
+        "live_latency" => on_runtime(name, mesh::live_latency()),
+        "origin_offload" => on_runtime(name, mesh::origin_offload()),
         _ => Vec::new(),
+    }
+}
+
+/// Runs a cluster benchmark on its own runtime; a failure is reported on
+/// stderr and yields no figure rather than a made-up one.
+fn on_runtime(
+    name: &str,
+    bench: impl std::future::Future<Output = anyhow::Result<Vec<BenchResult>>>,
+) -> Vec<BenchResult> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match rt
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(bench))
+    {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("bench {name} failed: {e:#}");
+            Vec::new()
+        }
     }
 }

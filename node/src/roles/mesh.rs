@@ -105,7 +105,9 @@ async fn session(
         // Pushes come from one upstream at a time, or every chunk would
         // arrive once per upstream; the others answer pulls.
         let mut current = shared.push_upstream.lock();
-        if current.is_none_or(|id| !shared.peers.read().contains_key(&id)) {
+        // A new connection to the current push upstream (it replaced the
+        // old one) must subscribe again.
+        if current.is_none_or(|id| id == peer.id || !shared.peers.read().contains_key(&id)) {
             *current = Some(peer.id);
             let _ = peer.control.try_send(Frame::Subscribe);
         }
@@ -542,6 +544,9 @@ pub(crate) async fn dial_loop(
     let own = shared.settings.mesh_advertise;
     let mut attempts: HashMap<std::net::SocketAddr, (Instant, u32)> = HashMap::new();
     let connected: Arc<Mutex<HashMap<std::net::SocketAddr, PeerId>>> = Arc::default();
+    // Addresses with a dial or session in progress: never two at once, or
+    // the second connection would replace the first mid-handshake.
+    let busy: Arc<Mutex<std::collections::HashSet<std::net::SocketAddr>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut shutdown = shared.shutdown_signal();
     loop {
@@ -557,11 +562,7 @@ pub(crate) async fn dial_loop(
             if only_if_greater && addr <= own {
                 continue;
             }
-            let live = connected
-                .lock()
-                .get(&addr)
-                .is_some_and(|id| shared.peers.read().contains_key(id));
-            if live {
+            if busy.lock().contains(&addr) {
                 continue;
             }
             let now = Instant::now();
@@ -573,7 +574,8 @@ pub(crate) async fn dial_loop(
             let backoff =
                 Duration::from_millis(200 * 2u64.pow(failures.min(5))).min(Duration::from_secs(5));
             attempts.insert(addr, (now + backoff, failures.saturating_add(1)));
-            let (shared, connected) = (shared.clone(), connected.clone());
+            busy.lock().insert(addr);
+            let (shared, connected, busy) = (shared.clone(), connected.clone(), busy.clone());
             tokio::spawn(async move {
                 match shared.endpoint.connect(addr).await {
                     Ok(pc) => {
@@ -582,6 +584,7 @@ pub(crate) async fn dial_loop(
                     }
                     Err(e) => tracing::debug!(%addr, error = %e, "dial failed"),
                 }
+                busy.lock().remove(&addr);
             });
         }
         attempts.retain(|_, (_, failures)| *failures > 0);
