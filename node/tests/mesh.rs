@@ -185,10 +185,15 @@ async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
         // Let pushes still in flight land before asking for anything, so a
         // repair is counted only where FEC really could not rebuild.
         let mut last = -1.0;
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut stable = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             let now = edge.metric("dcdn_chunks_verified_total", &[]);
-            if now == last {
+            if now >= live.chunks as f64 {
+                break;
+            }
+            stable = if now == last { stable + 1 } else { 0 };
+            if stable >= 20 {
                 break;
             }
             last = now;

@@ -168,8 +168,17 @@ async fn session(
         tasks.spawn(async move {
             while let Some(chunk) = push_rx.recv().await {
                 if let Err(e) = push_chunk(&shared, &peer, &chunk).await {
-                    tracing::debug!(peer = %peer.name, error = %e, "push stopped");
-                    break;
+                    // The receiver repairs what a failed push did not bring;
+                    // only a closed connection ends the push task.
+                    shared
+                        .metrics
+                        .chunks
+                        .with_label_values(&["failed", "push"])
+                        .inc();
+                    tracing::warn!(peer = %peer.name, error = %e, "push failed");
+                    if peer.conn.close_reason().is_some() {
+                        break;
+                    }
                 }
             }
         });
