@@ -172,7 +172,9 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     let config = dcdn_node::config::NodeConfig::from_file(path, std::env::vars())?;
     let creds = run::load_credentials(&config, std::env::var("DCDN_INGEST_TOKEN").ok())?;
     let bundle_path = config.crypto.trust_bundle.clone();
-    let node = run::start(NodeSettings::from_config(config), creds).await?;
+    let mut settings = NodeSettings::from_config(config);
+    settings.config_path = Some(path.to_owned());
+    let node = run::start(settings, creds).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

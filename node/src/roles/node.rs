@@ -615,6 +615,25 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Re-reads the signing key files (origins); returns how many loaded.
+    /// Keys already held stay; a file that fails to load fails the reload.
+    pub fn reload_signers(&self, paths: &[std::path::PathBuf]) -> Result<usize, String> {
+        let mut loaded = Vec::new();
+        for p in paths {
+            loaded.push(Signer::load(p).map_err(|e| e.to_string())?);
+        }
+        let mut signers = self.signers.write();
+        for s in loaded {
+            signers.insert(s.key_id(), s);
+        }
+        Ok(signers.len())
+    }
+
+    /// Whether the node is draining.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Resolves when shutdown is asked for.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()

@@ -33,6 +33,8 @@ pub struct Credentials {
     pub signers: Vec<Signer>,
     /// Token publishers present to the origin's ingest API.
     pub ingest_token: String,
+    /// Admin API tokens.
+    pub admin_tokens: crate::admin::AdminTokens,
 }
 
 /// A started node: its shared state and the addresses it actually bound.
@@ -169,7 +171,11 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         }
         Role::Relay => None,
     };
-    let admin_router = crate::admin::router(shared.clone());
+    let admin_router = crate::admin::router(
+        shared.clone(),
+        creds.admin_tokens.clone(),
+        shared.settings.config_path.clone(),
+    );
     let admin_addr = serve_http(
         &mut tasks,
         &shared,
@@ -202,6 +208,16 @@ async fn serve_http(
     addr: std::net::SocketAddr,
     router: axum::Router,
 ) -> Result<std::net::SocketAddr, NodeError> {
+    // The admin router counts its own requests; the client-facing ones are
+    // counted here, after routing, so the route label is the template.
+    let router = if what == "http" {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            shared.metrics.clone(),
+            serve::count_requests,
+        ))
+    } else {
+        router
+    };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Bind { what, addr, source })?;
@@ -323,6 +339,19 @@ pub fn load_credentials(
     config: &crate::config::NodeConfig,
     env_token: Option<String>,
 ) -> Result<Credentials, CredentialsError> {
+    let token = |env: &str,
+                 file: &Option<std::path::PathBuf>|
+     -> Result<Option<String>, CredentialsError> {
+        match (std::env::var(env).ok().filter(|t| !t.is_empty()), file) {
+            (Some(t), _) => Ok(Some(t)),
+            (None, Some(path)) => read_trimmed(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let admin_tokens = crate::admin::AdminTokens {
+        admin: token("DCDN_ADMIN_TOKEN", &config.admin.token_file)?,
+        read: token("DCDN_ADMIN_READ_TOKEN", &config.admin.read_token_file)?,
+    };
     let identity = NodeIdentity::load(&config.tls.node_cert, &config.tls.node_key)?;
     let ca_pem = read_trimmed(&config.tls.ca_cert)?;
     let bundle =
@@ -353,5 +382,6 @@ pub fn load_credentials(
         keys,
         signers,
         ingest_token,
+        admin_tokens,
     })
 }

@@ -103,6 +103,29 @@ pub fn router<C: Content>(content: Arc<C>, config: ServeConfig) -> Router {
         .with_state(state)
 }
 
+/// Counts every request by route template and status, and times it.
+pub async fn count_requests(
+    State(metrics): State<crate::metrics::Metrics>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
 /// A JSON error body with a stable `code` and a human `message`.
 #[derive(Debug)]
 pub struct HttpError {

@@ -41,6 +41,8 @@ pub struct NodeSettings {
     pub repair_delay: Duration,
     pub unchoke_interval: Duration,
     pub config: NodeConfig,
+    /// The file the config came from, for `POST /v1/config/reload`.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl NodeSettings {
@@ -91,6 +93,7 @@ impl NodeSettings {
             repair_delay: Duration::from_millis(150),
             unchoke_interval: Duration::from_secs(c.p2p.unchoke_interval_seconds.get()),
             config,
+            config_path: None,
         }
     }
 

@@ -1,0 +1,383 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The admin API on running nodes: auth on every route, metrics after a
+//! real transfer, and a key rotation driven through it during a live stream.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use bytes::Bytes;
+use dcdn_node::admin::{AdminTokens, router};
+use dcdn_node::client::Client;
+use dcdn_node::config::Role;
+use dcdn_node::crypto::Signer;
+use dcdn_node::up::plan::Counts;
+use http_body_util::BodyExt;
+use std::time::Duration;
+use support::cluster::TestCluster;
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+const READ: &str = "read-secret";
+
+async fn call(
+    shared: &std::sync::Arc<dcdn_node::roles::node::Shared>,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let tokens = AdminTokens {
+        admin: Some(ADMIN.into()),
+        read: Some(READ.into()),
+    };
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = router(shared.clone(), tokens, None)
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_route_answers_each_kind_of_caller_as_it_must() {
+    let c = TestCluster::start(
+        "admin-auth",
+        Counts {
+            relays: 0,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let shared = c.origin().running().shared.clone();
+    let reads = [
+        "/v1/status",
+        "/v1/peers",
+        "/v1/store",
+        "/v1/config",
+        "/v1/keys",
+    ];
+    for path in reads {
+        assert_eq!(
+            call(&shared, Method::GET, path, None, "").await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let (s, body) = call(&shared, Method::GET, path, Some("wrong"), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(body["code"], "bad_token");
+        assert_eq!(
+            call(&shared, Method::GET, path, Some(READ), "").await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+        assert_eq!(
+            call(&shared, Method::GET, path, Some(ADMIN), "").await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = router(shared.clone(), AdminTokens::default(), None)
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path} is open");
+    }
+    let new_key = Signer::generate(&mut rand::rngs::OsRng);
+    let add_body = format!(
+        "{{\"public_key\":\"{}\"}}",
+        hex::encode(new_key.public_key())
+    );
+    let id = new_key.key_id().to_string();
+    let writes = [
+        ("/v1/config/reload".to_owned(), String::new()),
+        ("/v1/keys".to_owned(), add_body.clone()),
+        (format!("/v1/keys/{id}/activate"), String::new()),
+        (format!("/v1/keys/{id}/revoke"), String::new()),
+    ];
+    for (path, body) in &writes {
+        let (s, b) = call(&shared, Method::POST, path, None, body).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(b["code"], "no_token");
+        assert_eq!(
+            call(&shared, Method::POST, path, Some("wrong"), body)
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let (s, b) = call(&shared, Method::POST, path, Some(READ), body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(b["code"], "forbidden");
+    }
+    // With the admin token: each does its job or says precisely why not.
+    let (s, b) = call(&shared, Method::POST, "/v1/config/reload", Some(ADMIN), "").await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_config_file"))
+    );
+    let (s, b) = call(&shared, Method::POST, "/v1/keys", Some(ADMIN), &add_body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["id"], id.as_str());
+    let (s, b) = call(
+        &shared,
+        Method::POST,
+        &format!("/v1/keys/{id}/activate"),
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_secret_key")),
+        "an origin cannot sign with a key it lacks"
+    );
+    let (s, _) = call(
+        &shared,
+        Method::POST,
+        &format!("/v1/keys/{id}/revoke"),
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = call(
+        &shared,
+        Method::POST,
+        "/v1/keys",
+        Some(ADMIN),
+        "{\"public_key\":\"zz\"}",
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_public_key"))
+    );
+    let (s, b) = call(
+        &shared,
+        Method::POST,
+        "/v1/keys/nothex/revoke",
+        Some(ADMIN),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_key_id"))
+    );
+    let (s, b) = call(&shared, Method::GET, "/v1/nope", Some(ADMIN), "").await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_after_a_real_transfer_and_parse_as_prometheus_text() {
+    let c = TestCluster::start(
+        "admin-metrics",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let client = Client::new(Duration::from_secs(20));
+    let data = Bytes::from(vec![42u8; 700_000]);
+    client
+        .put_stream(
+            &format!("{}/v1/objects/m.bin", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(data.clone())]),
+        )
+        .await
+        .unwrap();
+    let edge = &c.nodes[c.by_role(Role::Edge)[0]];
+    let got = client
+        .get(&format!("{}/v1/objects/m.bin", edge.http()), None)
+        .await
+        .unwrap();
+    assert_eq!(got.body, data);
+    let text = client
+        .get(&format!("{}/metrics", edge.admin()), None)
+        .await
+        .unwrap()
+        .body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(value("dcdn_chunks_verified_total", None) >= 3.0);
+    assert!(value("dcdn_bytes_total", Some(("direction", "in"))) >= 700_000.0);
+    assert!(value("dcdn_store_chunks", None) >= 3.0);
+    assert!(value("dcdn_keyring_generation", None) >= 1.0);
+    // prometheus-parse's label regex trips on `{` inside a label value, so
+    // this one is read with the plain text reader.
+    assert!(
+        support::cluster::metric_value(
+            &text,
+            "dcdn_http_requests_total",
+            &[("route", "/v1/objects/{*name}"), ("status", "200")]
+        ) >= 1.0
+    );
+    for line in text.lines().filter(|l| l.starts_with("# TYPE dcdn_")) {
+        let name = line.split(' ').nth(2).unwrap_or_default();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no help text"
+        );
+    }
+    let relay_text = client
+        .get(
+            &format!("{}/metrics", c.nodes[c.by_role(Role::Relay)[0]].admin()),
+            None,
+        )
+        .await
+        .unwrap()
+        .body;
+    assert!(String::from_utf8_lossy(&relay_text).contains("dcdn_quic_rtt_seconds"));
+    c.stop().await;
+}
+
+async fn admin_post(client: &Client, base: &str, path: &str, token: &str, body: &str) {
+    let headers = [(
+        axum::http::header::CONTENT_TYPE,
+        "application/json".to_owned(),
+    )];
+    client
+        .send(
+            Method::POST,
+            &format!("{base}{path}"),
+            Some(token),
+            &headers,
+            Body::from(body.to_owned()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing() {
+    let c = TestCluster::start(
+        "rotate",
+        Counts {
+            relays: 1,
+            edges: 2,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let token = std::fs::read_to_string(c.dir.join("admin-token")).unwrap();
+    let client = Client::new(Duration::from_secs(20));
+    // The new key's secret goes where the origin's config can load it.
+    let new_key = Signer::generate(&mut rand::rngs::OsRng);
+    let origin_shared = c.origin().running().shared.clone();
+    let key_path = c.dir.join("signing-2.key");
+    new_key.save(&key_path).unwrap();
+    origin_shared.reload_signers(&[key_path]).unwrap();
+    let old_id = origin_shared.keys.read().active().unwrap();
+
+    // Stream continuously while rotating.
+    let origin = c.origin().http();
+    let ingest = c.plan.ingest_token.clone();
+    let streamer = tokio::spawn(async move {
+        let client = Client::new(Duration::from_secs(60));
+        let pieces = (0..150u32).map(|i| Bytes::from(vec![i as u8; 4000]));
+        let paced = futures_util::stream::unfold(pieces, |mut it| async move {
+            let next = it.next()?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((Ok::<_, std::io::Error>(next), it))
+        });
+        let resp = client
+            .put_stream(&format!("{origin}/v1/streams/rot"), Some(&ingest), paced)
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let add = format!(
+        "{{\"public_key\":\"{}\"}}",
+        hex::encode(new_key.public_key())
+    );
+    // 1. Trust the new key everywhere.
+    for n in &c.nodes {
+        admin_post(&client, &n.admin(), "/v1/keys", &token, &add).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 2. The origin signs with it (others follow the ring state).
+    let id = new_key.key_id().to_string();
+    for n in &c.nodes {
+        admin_post(
+            &client,
+            &n.admin(),
+            &format!("/v1/keys/{id}/activate"),
+            &token,
+            "",
+        )
+        .await;
+    }
+    // 3. After chunks signed with the old key have drained, revoke it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in &c.nodes {
+        admin_post(
+            &client,
+            &n.admin(),
+            &format!("/v1/keys/{old_id}/revoke"),
+            &token,
+            "",
+        )
+        .await;
+    }
+    let published = streamer.await.unwrap();
+    let first = published["first_seq"].as_u64().unwrap();
+    let chunks = published["chunks"].as_u64().unwrap();
+    let len = published["len"].as_u64().unwrap();
+    for e in c.by_role(Role::Edge) {
+        let edge = &c.nodes[e];
+        let mut total = 0u64;
+        for seq in first..first + chunks {
+            let got = client
+                .get(&format!("{}/v1/streams/rot/{seq}", edge.http()), None)
+                .await
+                .unwrap_or_else(|err| panic!("{} gap at {seq}: {err}", edge.name));
+            total += got.body.len() as u64;
+        }
+        assert_eq!(total, len, "{} delivered every byte", edge.name);
+        assert_eq!(
+            edge.metric("dcdn_chunks_rejected_total", &[]),
+            0.0,
+            "{} rejected chunks",
+            edge.name
+        );
+    }
+    assert_eq!(origin_shared.keys.read().active(), Some(new_key.key_id()));
+    c.stop().await;
+}

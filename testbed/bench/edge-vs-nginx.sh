@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Serves the same objects (64 KiB and 1 MiB) from a warm DCDN edge and from
+# nginx (Debian's nginx-light, sendfile on) and drives both with wrk under
+# identical settings, alternating runs. Prints each req/s ratio edge/nginx
+# and, last, the smaller of the two.
+#
+# Usage: testbed/bench/edge-vs-nginx.sh   (needs: apt-get install nginx-light wrk curl)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-2}
+
+for tool in nginx wrk curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk curl" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+cargo build --release -q -p dcdn-node
+./target/release/dcdn up --relays 1 --edges 1 --dir "$work/dcdn" > "$work/up.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q "Press Ctrl-C" "$work/up.log" 2>/dev/null && break; sleep 0.2; done
+grep -q "Press Ctrl-C" "$work/up.log" || { cat "$work/up.log"; exit 1; }
+
+addr_of() { sed -n "s/^http_listen = \"\(.*\)\"/\1/p" "$work/dcdn/$1.toml"; }
+origin=$(addr_of origin-0)
+edge=$(addr_of edge-0)
+token=$(cat "$work/dcdn/ingest-token")
+
+mkdir -p "$work/www"
+head -c 65536 /dev/urandom > "$work/www/obj64k"
+head -c 1048576 /dev/urandom > "$work/www/obj1m"
+for f in obj64k obj1m; do
+  curl -sf -T "$work/www/$f" -H "Authorization: Bearer $token" "http://$origin/v1/objects/$f" > /dev/null
+  # Warm the edge, and check it serves the same bytes nginx will.
+  curl -sf "http://$edge/v1/objects/$f" -o "$work/$f.edge"
+  cmp "$work/$f.edge" "$work/www/$f"
+done
+
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  client_body_temp_path $work/tmp;
+  proxy_temp_path $work/tmp;
+  fastcgi_temp_path $work/tmp;
+  uwsgi_temp_path $work/tmp;
+  scgi_temp_path $work/tmp;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $work/www;
+  }
+}
+CONF
+mkdir -p "$work/tmp"
+nginx -c "$work/nginx.conf"
+sleep 0.3
+curl -sf "http://127.0.0.1:$nginx_port/obj64k" -o /dev/null
+
+rps() { wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+
+min_ratio=""
+for f in obj64k obj1m; do
+  best_edge=0; best_nginx=0
+  for _ in $(seq 1 "$ROUNDS"); do
+    e=$(rps "http://$edge/v1/objects/$f"); n=$(rps "http://127.0.0.1:$nginx_port/$f")
+    best_edge=$(python3 -c "print(max($best_edge, $e))"); best_nginx=$(python3 -c "print(max($best_nginx, $n))")
+  done
+  ratio=$(python3 -c "print(round($best_edge / $best_nginx, 3))")
+  echo "$f: edge $best_edge req/s, nginx $best_nginx req/s, ratio $ratio"
+  min_ratio=$(python3 -c "print(min([x for x in [${min_ratio:-$ratio}, $ratio]]))")
+done
+echo "min ratio edge/nginx: $min_ratio"
