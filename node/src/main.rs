@@ -45,6 +45,54 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Generate a cluster CA, a signing key with its trust bundle, and node certificates.
+    Keygen {
+        /// Directory to write into (created if missing; existing CA and key are reused).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Cluster name recorded in the CA certificate.
+        #[arg(long, default_value = "dcdn")]
+        cluster: String,
+        /// Issue a certificate for this node name (repeatable), as NAME:ROLE.
+        #[arg(long = "node", value_name = "NAME:ROLE")]
+        nodes: Vec<String>,
+    },
+    /// Publish a file (or `-` for standard input) to an origin.
+    Publish {
+        /// The file to publish, or `-` for standard input.
+        file: PathBuf,
+        /// Origin ingest base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        origin: String,
+        /// Object name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Ingest bearer token.
+        #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Publish as a live stream (chunks pushed as they are read) instead of an object.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Fetch an object from an edge to a file.
+    Fetch {
+        /// Object URL, e.g. http://edge:8080/v1/objects/NAME.
+        url: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Talk to a node's admin API.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+        /// Admin base URL, e.g. http://127.0.0.1:9090.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9090")]
+        node: String,
+        /// Bearer token (read scope is enough except for reload).
+        #[arg(long, global = true, env = "DCDN_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Work with node configuration files.
     Config {
         #[command(subcommand)]
@@ -61,6 +109,18 @@ enum Command {
         /// Only run benchmarks whose name contains this.
         filter: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Role, version, uptime, config hash, key generation, counts.
+    Status,
+    /// Connected peers with traffic, choke state and reputation.
+    Peers,
+    /// Keys, their states and the generation.
+    Keys,
+    /// Re-read the config file; prints what was applied and what needs a restart.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +149,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(log_json);
             runtime()?.block_on(run_node(&config))
         }
+        Command::Keygen {
+            out,
+            cluster,
+            nodes,
+        } => keygen(&out, &cluster, &nodes),
+        Command::Publish {
+            file,
+            origin,
+            name,
+            token,
+            live,
+        } => runtime()?.block_on(publish(&file, &origin, name, &token, live)),
+        Command::Fetch { url, output } => runtime()?.block_on(fetch(&url, &output)),
+        Command::Admin {
+            command,
+            node,
+            token,
+        } => runtime()?.block_on(admin(command, &node, token.as_deref())),
         Command::Up {
             relays,
             edges,
@@ -145,6 +223,204 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn keygen(out: &std::path::Path, cluster: &str, nodes: &[String]) -> anyhow::Result<()> {
+    use dcdn_node::crypto::{KeyRing, Signer};
+    use dcdn_node::transport::ClusterCa;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (ca_cert, ca_key) = (out.join("ca.pem"), out.join("ca.key"));
+    let ca = if ca_cert.exists() && ca_key.exists() {
+        ClusterCa::load(&ca_cert, &ca_key)?
+    } else {
+        let ca = ClusterCa::generate(cluster)?;
+        write_file(&ca_cert, ca.cert_pem(), false)?;
+        write_file(&ca_key, ca.key_pem(), true)?;
+        println!("wrote {} and {}", ca_cert.display(), ca_key.display());
+        ca
+    };
+    let key_path = out.join("signing.key");
+    if !key_path.exists() {
+        let signer = Signer::generate(&mut rand::rngs::OsRng);
+        signer.save(&key_path)?;
+        let mut ring = KeyRing::new();
+        let id = ring.add_trusted(signer.public_key())?;
+        ring.activate(id)?;
+        write_file(
+            &out.join("trust-bundle.json"),
+            &ring.to_bundle().to_json(),
+            false,
+        )?;
+        println!(
+            "wrote {} (key {id}) and trust-bundle.json",
+            key_path.display()
+        );
+    }
+    for spec in nodes {
+        let (name, role) = spec
+            .split_once(':')
+            .with_context(|| format!("--node {spec:?}: expected NAME:ROLE"))?;
+        let role: dcdn_node::config::Role = serde_json::from_value(serde_json::json!(role))
+            .with_context(|| format!("--node {spec:?}: role must be origin, relay or edge"))?;
+        let id = ca.issue_node(name, role)?;
+        write_file(&out.join(format!("{name}.pem")), &id.cert_pem, false)?;
+        write_file(&out.join(format!("{name}.key")), &id.key_pem, true)?;
+        println!("wrote {name}.pem and {name}.key ({role})");
+    }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn publish(
+    file: &std::path::Path,
+    origin: &str,
+    name: Option<String>,
+    token: &str,
+    live: bool,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let stdin = file.as_os_str() == "-";
+    let name = match name {
+        Some(n) => n,
+        None if stdin => anyhow::bail!("publishing standard input needs --name"),
+        None => file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .context("the file has no usable name; pass --name")?,
+    };
+    let total = if stdin {
+        None
+    } else {
+        std::fs::metadata(file).ok().map(|m| m.len())
+    };
+    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if stdin {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?,
+        )
+    };
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+                match total {
+                    Some(t) if t > 0 => eprint!(
+                        "\r{:>6.1}% {:>12} / {} bytes",
+                        n as f64 * 100.0 / t as f64,
+                        n,
+                        t
+                    ),
+                    _ => eprint!("\r{n:>12} bytes"),
+                }
+            }
+        })
+    };
+    let body = futures_util::stream::unfold((reader, sent), |(mut r, sent)| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                Some((Ok(bytes::Bytes::from(buf)), (r, sent)))
+            }
+            Err(e) => Some((Err(e), (r, sent))),
+        }
+    });
+    let kind = if live { "streams" } else { "objects" };
+    let url = format!("{}/v1/{kind}/{name}", origin.trim_end_matches('/'));
+    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(3600));
+    let result = client.put_stream(&url, Some(token), body).await;
+    progress.abort();
+    eprintln!();
+    let resp = result?;
+    println!("{}", String::from_utf8_lossy(&resp.body));
+    Ok(())
+}
+
+async fn fetch(url: &str, output: &std::path::Path) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(3600));
+    let resp = client
+        .start(
+            hyper::Method::GET,
+            url,
+            None,
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await?;
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').to_owned());
+    let mut file = tokio::fs::File::create(output)
+        .await
+        .with_context(|| format!("creating {}", output.display()))?;
+    let mut body = resp.into_body();
+    let mut hasher = blake3::Hasher::new();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the response")?;
+        if let Some(data) = frame.data_ref() {
+            hasher.update(data);
+            n += data.len() as u64;
+            file.write_all(data).await.context("writing the output")?;
+        }
+    }
+    file.flush().await?;
+    let digest = hasher.finalize().to_hex().to_string();
+    if let Some(etag) = etag.filter(|e| e.len() == 64) {
+        anyhow::ensure!(
+            etag == digest,
+            "the body's BLAKE3 {digest} does not match the ETag {etag}"
+        );
+    }
+    println!("{n} bytes to {} (blake3 {digest})", output.display());
+    Ok(())
+}
+
+async fn admin(command: AdminCommand, node: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(10));
+    let base = node.trim_end_matches('/');
+    let value = match command {
+        AdminCommand::Status => client.get_json(&format!("{base}/v1/status"), token).await?,
+        AdminCommand::Peers => client.get_json(&format!("{base}/v1/peers"), token).await?,
+        AdminCommand::Keys => client.get_json(&format!("{base}/v1/keys"), token).await?,
+        AdminCommand::Reload => {
+            let resp = client
+                .send(
+                    hyper::Method::POST,
+                    &format!("{base}/v1/config/reload"),
+                    token,
+                    &[],
+                    axum::body::Body::empty(),
+                )
+                .await?;
+            serde_json::from_slice(&resp.body).context("the reply is not JSON")?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

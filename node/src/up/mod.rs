@@ -68,9 +68,11 @@ async fn start_and_serve(
     }
     println!("\nPress Ctrl-C to stop.");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tick.tick() => {
                 let exited = cluster.exited();
                 if !exited.is_empty() {
