@@ -230,10 +230,10 @@ async fn status(State(state): State<AdminState>) -> Json<serde_json::Value> {
 async fn peers(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let shared = &state.shared;
     let now = Instant::now();
+    let peer_list = shared.peer_list();
     let choker_stats = shared.choker.lock().stats(now);
     let reputation = shared.reputation.lock();
-    let list: Vec<serde_json::Value> = shared
-        .peer_list()
+    let list: Vec<serde_json::Value> = peer_list
         .iter()
         .map(|p| {
             let c = choker_stats.iter().find(|s| s.peer == p.id);

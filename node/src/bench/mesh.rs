@@ -317,7 +317,8 @@ async fn raw_two_hop_latency(len: usize, n: usize) -> anyhow::Result<Vec<f64>> {
         let Some(Ok(pc)) = e.accept().await else {
             return;
         };
-        while let Ok(mut recv) = pc.connection.accept_uni().await {
+        // Bidirectional streams: the mesh allows no unidirectional ones.
+        while let Ok((_send, mut recv)) = pc.connection.accept_bi().await {
             if recv.read_to_end(len + 16).await.is_ok() && tx.send(Instant::now()).await.is_err() {
                 break;
             }
@@ -330,11 +331,11 @@ async fn raw_two_hop_latency(len: usize, n: usize) -> anyhow::Result<Vec<f64>> {
         let Some(Ok(up)) = r.accept().await else {
             return;
         };
-        while let Ok(mut recv) = up.connection.accept_uni().await {
+        while let Ok((_back, mut recv)) = up.connection.accept_bi().await {
             let Ok(data) = recv.read_to_end(len + 16).await else {
                 break;
             };
-            let Ok(mut send) = down.connection.open_uni().await else {
+            let Ok((mut send, _)) = down.connection.open_bi().await else {
                 break;
             };
             let _ = send.write_all(&data).await;
@@ -347,7 +348,7 @@ async fn raw_two_hop_latency(len: usize, n: usize) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let mut send = up.connection.open_uni().await?;
+        let (mut send, _recv) = up.connection.open_bi().await?;
         send.write_all(&data).await?;
         send.finish()?;
         let Some(at) = tokio::time::timeout(Duration::from_secs(2), rx.recv())

@@ -125,9 +125,14 @@ fn on_runtime(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
+    let bounded = async {
+        tokio::time::timeout(Duration::from_secs(180), bench)
+            .await
+            .map_err(|_| anyhow::anyhow!("did not finish in 180 s"))?
+    };
     match rt
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(bench))
+        .and_then(|rt| rt.block_on(bounded))
     {
         Ok(results) => results,
         Err(e) => {

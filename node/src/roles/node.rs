@@ -274,7 +274,9 @@ impl Shared {
             .bytes
             .with_label_values(&["in", path.label()])
             .inc_by(len);
-        if let Some(peer) = from.and_then(|p| self.peers.read().get(&p).cloned()) {
+        // Never hold the peer map's lock while taking another: clone out.
+        let sender = from.and_then(|p| self.peers.read().get(&p).cloned());
+        if let Some(peer) = sender {
             peer.bytes_in.fetch_add(len, Ordering::Relaxed);
             if peer.role == Role::Edge {
                 self.choker.lock().record_downloaded(peer.id, len, now);
@@ -297,8 +299,9 @@ impl Shared {
                 .reputation
                 .lock()
                 .record(peer_id, rejection, Instant::now());
+            let peer = self.peers.read().get(&peer_id).cloned();
             if verdict.is_banned() {
-                if let Some(peer) = self.peers.read().get(&peer_id) {
+                if let Some(peer) = peer {
                     tracing::warn!(peer = %peer.name, "peer banned: closing its connection");
                     peer.conn.close(quinn::VarInt::from_u32(403), b"banned");
                 }
@@ -679,9 +682,12 @@ impl Shared {
         let (mut choked, mut unchoked, mut banned) = (0i64, 0i64, 0i64);
         let mut rtt: HashMap<&'static str, (f64, u32)> = HashMap::new();
         let mut lost: HashMap<&'static str, i64> = HashMap::new();
+        // Lock order: the peer map is read and released first, then the
+        // reputation and choker locks are taken.
+        let peers = self.peer_list();
         let reputation = self.reputation.lock();
         let choker = self.choker.lock();
-        for p in self.peers.read().values() {
+        for p in &peers {
             if reputation.is_banned(p.id, now) {
                 banned += 1;
             } else if p.role == Role::Edge
