@@ -18,6 +18,8 @@ for tool in nginx wrk curl; do
 done
 
 work=$(mktemp -d)
+# nginx workers run as an unprivileged user: let them read the files.
+chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -38,7 +40,7 @@ origin=$(addr_of origin-0)
 edge=$(addr_of edge-0)
 token=$(cat "$work/dcdn/ingest-token")
 
-mkdir -p "$work/www"
+mkdir -p "$work/www" && chmod 755 "$work/www"
 head -c 65536 /dev/urandom > "$work/www/obj64k"
 head -c 1048576 /dev/urandom > "$work/www/obj1m"
 for f in obj64k obj1m; do

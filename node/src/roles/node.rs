@@ -798,6 +798,10 @@ impl Content for EdgeContent {
     fn stream_head(&self, stream: StreamId) -> Option<u64> {
         self.0.head(stream)
     }
+
+    fn cached(&self, id: ChunkId) -> Option<Chunk> {
+        self.0.store.get(&id, Instant::now())
+    }
 }
 
 impl std::fmt::Debug for Shared {
