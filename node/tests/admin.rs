@@ -381,3 +381,65 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
     assert_eq!(origin_shared.keys.read().active(), Some(new_key.key_id()));
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_finishes_in_flight_responses() {
+    let mut c = TestCluster::start(
+        "drain",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let client = Client::new(Duration::from_secs(30));
+    let data = Bytes::from(
+        (0..8_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    client
+        .put_stream(
+            &format!("{}/v1/objects/drain.bin", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(data.clone())]),
+        )
+        .await
+        .unwrap();
+    let e = c.by_role(Role::Edge)[0];
+    let url = format!("{}/v1/objects/drain.bin", c.nodes[e].http());
+    // Warm the edge, start a download, and begin draining the edge while
+    // the body is still being read (slowly) by the client.
+    client.get(&url, None).await.unwrap();
+    let resp = client
+        .start(Method::GET, &url, None, &[], Body::empty())
+        .await
+        .unwrap();
+    let mut node = c.nodes[e].running.take().unwrap();
+    let shared = node.shared.clone();
+    let stopper = tokio::spawn(async move {
+        node.shutdown(Duration::from_secs(10)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        shared.is_shutting_down(),
+        "the edge is draining while the body is read"
+    );
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("an in-flight response was cut off");
+        if let Some(d) = frame.data_ref() {
+            got.extend_from_slice(d);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got[..] == data[..]);
+    stopper.await.unwrap();
+    // Once drained, new connections are refused.
+    assert!(client.get(&url, None).await.is_err());
+    c.stop().await;
+}
