@@ -417,7 +417,7 @@ async fn graceful_shutdown_finishes_in_flight_responses() {
         .start(Method::GET, &url, None, &[], Body::empty())
         .await
         .unwrap();
-    let mut node = c.nodes[e].running.take().unwrap();
+    let node = c.nodes[e].running.take().unwrap();
     let shared = node.shared.clone();
     let stopper = tokio::spawn(async move {
         node.shutdown(Duration::from_secs(10)).await;
