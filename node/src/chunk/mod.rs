@@ -26,6 +26,15 @@ pub const MAX_CHUNK_LEN: u32 = 4 * 1024 * 1024;
 /// else the cluster key signs (manifests, for instance).
 pub const CHUNK_SIGNING_CONTEXT: &[u8] = b"dcdn/chunk/v1\0";
 
+/// The first eight bytes of the BLAKE3 hash of `bytes`: how every id here is
+/// derived from what it names.
+fn hash64(bytes: &[u8]) -> u64 {
+    let hash = blake3::hash(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// Identifies a stream (live) or an object (static). Derived from the
 /// content's name so every node computes the same id without coordination.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -36,10 +45,7 @@ impl StreamId {
     /// of its BLAKE3 hash. 64 bits keep the chunk id small; a collision needs
     /// ~2^32 names in one cluster.
     pub fn from_name(name: &str) -> Self {
-        let hash = blake3::hash(name.as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        Self(u64::from_be_bytes(first))
+        Self(hash64(name.as_bytes()))
     }
 }
 
@@ -81,10 +87,7 @@ pub struct KeyId(pub u64);
 
 impl KeyId {
     pub fn of_public_key(public_key: &[u8; 32]) -> Self {
-        let hash = blake3::hash(public_key);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        Self(u64::from_be_bytes(first))
+        Self(hash64(public_key))
     }
 }
 
@@ -108,10 +111,7 @@ pub struct PeerId(pub u64);
 impl PeerId {
     /// The id of the peer whose certificate's public key (DER) is `spki`.
     pub fn of_public_key(spki: &[u8]) -> Self {
-        let hash = blake3::hash(spki);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        Self(u64::from_be_bytes(first))
+        Self(hash64(spki))
     }
 }
 
