@@ -265,6 +265,9 @@ pub struct AssemblerConfig {
     pub max_age: Duration,
     /// Completed chunks remembered so late shards are ignored, not re-assembled.
     pub remember_done: usize,
+    /// Bytes one source may hold; past it that source's oldest chunks go
+    /// first, so a flooding peer evicts its own groups, not everyone's.
+    pub max_bytes_per_source: usize,
 }
 
 impl Default for AssemblerConfig {
@@ -273,6 +276,7 @@ impl Default for AssemblerConfig {
             max_bytes: 32 * 1024 * 1024,
             max_age: Duration::from_secs(2),
             remember_done: 65_536,
+            max_bytes_per_source: 8 * 1024 * 1024,
         }
     }
 }
@@ -309,14 +313,22 @@ struct Pending {
     bytes: usize,
 }
 
+/// Who sent a shard (a peer id). Groups are kept apart per source: a
+/// peer's shards are only ever combined with that peer's own, so a
+/// malicious peer cannot poison or pre-empt a chunk another peer sends.
+pub type Source = u64;
+
+type Key = (Source, ChunkId);
+
 /// Collects shards into chunks with bounded memory.
 pub struct Assembler {
     config: AssemblerConfig,
-    pending: HashMap<ChunkId, Pending>,
+    pending: HashMap<Key, Pending>,
     /// Arrival order, for dropping the oldest when over the cap.
-    order: VecDeque<(Instant, ChunkId)>,
-    done: HashSet<ChunkId>,
-    done_order: VecDeque<ChunkId>,
+    order: VecDeque<(Instant, Key)>,
+    done: HashSet<Key>,
+    done_order: VecDeque<Key>,
+    held_by: HashMap<Source, usize>,
     decoder: Decoder,
     stats: AssemblerStats,
 }
@@ -337,6 +349,7 @@ impl Assembler {
             order: VecDeque::new(),
             done: HashSet::new(),
             done_order: VecDeque::new(),
+            held_by: HashMap::new(),
             decoder: Decoder::new(),
             stats: AssemblerStats::default(),
         }
@@ -349,7 +362,7 @@ impl Assembler {
         }
     }
 
-    fn remember_done(&mut self, id: ChunkId) {
+    fn remember_done(&mut self, id: Key) {
         if self.done.insert(id) {
             self.done_order.push_back(id);
             while self.done_order.len() > self.config.remember_done {
@@ -360,20 +373,36 @@ impl Assembler {
         }
     }
 
-    fn drop_pending(&mut self, id: &ChunkId) -> bool {
+    fn drop_pending(&mut self, id: &Key) -> bool {
         match self.pending.remove(id) {
             Some(p) => {
                 self.stats.bytes_held -= p.bytes;
+                self.charge(id.0, -(p.bytes as isize));
                 true
             }
             None => false,
         }
     }
 
-    /// Adds a shard. Returns the chunk's bytes once every block is rebuilt.
-    pub fn insert(&mut self, shard: Shard, now: Instant) -> Result<Option<Assembled>, FecError> {
+    fn charge(&mut self, source: Source, delta: isize) {
+        let held = self.held_by.entry(source).or_default();
+        *held = held.saturating_add_signed(delta);
+        if *held == 0 {
+            self.held_by.remove(&source);
+        }
+    }
+
+    /// Adds a shard from `source`. Returns the chunk's bytes once every
+    /// block is rebuilt.
+    pub fn insert(
+        &mut self,
+        source: Source,
+        shard: Shard,
+        now: Instant,
+    ) -> Result<Option<Assembled>, FecError> {
         let id = shard.chunk;
-        if self.done.contains(&id) {
+        let key = (source, id);
+        if self.done.contains(&key) {
             self.stats.duplicates += 1;
             return Ok(None);
         }
@@ -386,7 +415,7 @@ impl Assembler {
                 field: "index",
             });
         }
-        if let std::collections::hash_map::Entry::Vacant(e) = self.pending.entry(id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pending.entry(key) {
             e.insert(Pending {
                 first_seen: now,
                 blocks: shard.blocks,
@@ -396,10 +425,10 @@ impl Assembler {
                 recovered: false,
                 bytes: 0,
             });
-            self.order.push_back((now, id));
+            self.order.push_back((now, key));
         }
         let len = shard.data.len();
-        let Some(p) = self.pending.get_mut(&id) else {
+        let Some(p) = self.pending.get_mut(&key) else {
             return Ok(None);
         };
         let mismatch = |field| FecError::Mismatch {
@@ -447,6 +476,7 @@ impl Assembler {
         group.have += 1;
         p.bytes += len;
         self.stats.bytes_held += len;
+        *self.held_by.entry(source).or_default() += len;
         if group.have >= usize::from(group.k) {
             let (k, m, block_len) = (usize::from(group.k), usize::from(group.m), group.block_len);
             let used_parity = group.shards[..k].iter().any(Option::is_none);
@@ -455,11 +485,15 @@ impl Assembler {
             p.groups.remove(&shard.block);
             p.bytes -= held;
             self.stats.bytes_held -= held;
+            if let Some(h) = self.held_by.get_mut(&source) {
+                *h = h.saturating_sub(held);
+            }
             let mut block = decoded?;
             block.truncate(block_len as usize);
             let block = block.freeze();
             p.bytes += block.len();
             self.stats.bytes_held += block.len();
+            *self.held_by.entry(source).or_default() += block.len();
             p.done_blocks[usize::from(shard.block)] = Some(block);
             p.done_count += 1;
             p.recovered |= used_parity;
@@ -469,8 +503,8 @@ impl Assembler {
                     out.extend_from_slice(b);
                 }
                 let recovered = p.recovered;
-                self.drop_pending(&id);
-                self.remember_done(id);
+                self.drop_pending(&key);
+                self.remember_done(key);
                 self.stats.completed += 1;
                 self.stats.recovered += u64::from(recovered);
                 return Ok(Some(Assembled {
@@ -480,8 +514,27 @@ impl Assembler {
                 }));
             }
         }
+        self.enforce_source_cap(source);
         self.enforce_cap();
         Ok(None)
+    }
+
+    /// Drops `source`'s oldest incomplete chunks until it is within its share.
+    fn enforce_source_cap(&mut self, source: Source) {
+        while self.held_by.get(&source).copied().unwrap_or(0) > self.config.max_bytes_per_source {
+            let Some(pos) = self
+                .order
+                .iter()
+                .position(|(_, k)| k.0 == source && self.pending.contains_key(k))
+            else {
+                break;
+            };
+            if let Some((_, k)) = self.order.remove(pos) {
+                if self.drop_pending(&k) {
+                    self.stats.dropped_for_cap += 1;
+                }
+            }
+        }
     }
 
     /// Drops the oldest incomplete chunks until within the memory cap.
@@ -516,10 +569,13 @@ impl Assembler {
             self.order.pop_front();
             if self.pending.get(&id).is_some_and(|p| p.first_seen == seen) && self.drop_pending(&id)
             {
-                gone.push(id);
+                gone.push(id.1);
             }
         }
         self.stats.expired += gone.len() as u64;
+        // The same chunk may have been pending from several sources.
+        gone.sort_unstable();
+        gone.dedup();
         gone
     }
 }
@@ -628,7 +684,7 @@ mod tests {
         let now = Instant::now();
         let mut out = None;
         for s in shards {
-            if let Some(done) = a.insert(s, now).unwrap() {
+            if let Some(done) = a.insert(1, s, now).unwrap() {
                 out = Some(done);
             }
         }
@@ -711,13 +767,13 @@ mod tests {
         let now = Instant::now();
         // k - 1 distinct shards, each sent twice.
         for s in shards.iter().take(9) {
-            assert_eq!(a.insert(s.clone(), now).unwrap(), None);
-            assert_eq!(a.insert(s.clone(), now).unwrap(), None);
+            assert_eq!(a.insert(1, s.clone(), now).unwrap(), None);
+            assert_eq!(a.insert(1, s.clone(), now).unwrap(), None);
         }
         assert_eq!(a.stats().duplicates, 9);
-        assert!(a.insert(shards[10].clone(), now).unwrap().is_some());
+        assert!(a.insert(1, shards[10].clone(), now).unwrap().is_some());
         // Late shards of a finished chunk are ignored, not reassembled.
-        assert_eq!(a.insert(shards[11].clone(), now).unwrap(), None);
+        assert_eq!(a.insert(1, shards[11].clone(), now).unwrap(), None);
         assert_eq!(a.stats().chunks_pending, 0);
     }
 
@@ -729,17 +785,17 @@ mod tests {
             .unwrap();
         let mut a = Assembler::new(AssemblerConfig::default());
         let now = Instant::now();
-        a.insert(shards[0].clone(), now).unwrap();
+        a.insert(1, shards[0].clone(), now).unwrap();
         let mut bad = shards[1].clone();
         bad.m = 3;
         assert!(matches!(
-            a.insert(bad, now),
+            a.insert(1, bad, now),
             Err(FecError::Mismatch { field: "m", .. })
         ));
         let mut bad = shards[1].clone();
         bad.data = bad.data.slice(2..);
         assert!(matches!(
-            a.insert(bad, now),
+            a.insert(1, bad, now),
             Err(FecError::Mismatch {
                 field: "shard length",
                 ..
@@ -748,7 +804,7 @@ mod tests {
         let mut bad = shards[1].clone();
         bad.blocks = 2;
         assert!(matches!(
-            a.insert(bad, now),
+            a.insert(1, bad, now),
             Err(FecError::Mismatch {
                 field: "blocks",
                 ..
@@ -764,6 +820,7 @@ mod tests {
             max_bytes: cap,
             max_age: Duration::from_secs(60),
             remember_done: 1000,
+            max_bytes_per_source: cap,
         });
         let mut e = Encoder::new();
         let now = Instant::now();
@@ -772,12 +829,70 @@ mod tests {
             let shards = e
                 .encode_chunk(id(seq), &Bytes::from(data(12_000, 6)), 1200, 10, 2)
                 .unwrap();
-            a.insert(shards[0].clone(), now).unwrap();
+            a.insert(1, shards[0].clone(), now).unwrap();
             assert!(a.stats().bytes_held <= cap);
         }
         assert!(a.stats().dropped_for_cap > 4000);
         assert!(a.stats().chunks_pending <= cap / 1200 + 1);
         assert!(a.order.len() <= 2 * a.pending.len() + 64);
+    }
+
+    #[test]
+    fn one_source_cannot_poison_or_crowd_out_anothers_chunk() {
+        let mut e = Encoder::new();
+        let good = Bytes::from(data(6000, 8));
+        let shards = e.encode_chunk(id(7), &good, 500, 6, 2).unwrap();
+        let mut a = Assembler::new(AssemblerConfig::default());
+        let now = Instant::now();
+        // Source 2 completes garbage for the same chunk id first, and sends
+        // shards with other parameters: source 1's group is untouched.
+        let junk = e
+            .encode_chunk(id(7), &Bytes::from(data(6000, 9)), 500, 6, 2)
+            .unwrap();
+        for s in &junk {
+            let _ = a.insert(2, s.clone(), now);
+        }
+        let mut odd = shards[0].clone();
+        odd.m = 5;
+        let _ = a.insert(2, odd, now);
+        let mut out = None;
+        for s in shards {
+            if let Some(done) = a.insert(1, s, now).unwrap() {
+                out = Some(done);
+            }
+        }
+        assert_eq!(out.unwrap().bytes, good);
+    }
+
+    #[test]
+    fn a_flooding_source_evicts_its_own_groups_first() {
+        let mut a = Assembler::new(AssemblerConfig {
+            max_bytes: 1_000_000,
+            max_age: Duration::from_secs(60),
+            remember_done: 1000,
+            max_bytes_per_source: 50_000,
+        });
+        let mut e = Encoder::new();
+        let now = Instant::now();
+        let honest = e
+            .encode_chunk(id(1), &Bytes::from(data(12_000, 1)), 1200, 10, 2)
+            .unwrap();
+        a.insert(1, honest[0].clone(), now).unwrap();
+        for seq in 100..1000u64 {
+            let shards = e
+                .encode_chunk(id(seq), &Bytes::from(data(12_000, 2)), 1200, 10, 2)
+                .unwrap();
+            a.insert(2, shards[0].clone(), now).unwrap();
+            assert!(a.held_by[&2] <= 50_000);
+        }
+        // The honest group survived the flood and still completes.
+        let mut out = None;
+        for s in honest.into_iter().skip(1) {
+            if let Some(done) = a.insert(1, s, now).unwrap() {
+                out = Some(done);
+            }
+        }
+        assert!(out.is_some());
     }
 
     #[test]
@@ -791,7 +906,7 @@ mod tests {
         let shards = e
             .encode_chunk(id(1), &Bytes::from(data(3000, 7)), 500, 6, 2)
             .unwrap();
-        a.insert(shards[0].clone(), t0).unwrap();
+        a.insert(1, shards[0].clone(), t0).unwrap();
         assert!(a.expire(t0 + Duration::from_millis(50)).is_empty());
         assert_eq!(a.expire(t0 + Duration::from_millis(150)), vec![id(1)]);
         assert_eq!(a.stats().bytes_held, 0);

@@ -349,7 +349,10 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
     if shared.store.contains(&shard.chunk, Instant::now()) {
         return;
     }
-    let outcome = shared.assembler.lock().insert(shard, Instant::now());
+    let outcome = shared
+        .assembler
+        .lock()
+        .insert(peer.id.0, shard, Instant::now());
     match outcome {
         Ok(Some(done)) => {
             shared

@@ -137,10 +137,14 @@ impl NodeSettings {
     }
 
     pub fn assembler_config(&self) -> AssemblerConfig {
+        let max_bytes = (self.config.storage.reassembly_memory_mb.get() as usize) << 20;
         AssemblerConfig {
-            max_bytes: (self.config.storage.reassembly_memory_mb.get() as usize) << 20,
+            max_bytes,
             max_age: Duration::from_millis(self.config.fec.reassembly_timeout_ms.get()),
             remember_done: 65_536,
+            // A push upstream is one peer; half the cap lets it burst while
+            // a hostile sender can never take the whole budget.
+            max_bytes_per_source: max_bytes / 2,
         }
     }
 
