@@ -11,6 +11,7 @@
 use crate::chunk::KeyId;
 use crate::roles::ingest::constant_time_eq;
 use crate::roles::node::Shared;
+use crate::roles::serve::ErrorBody;
 use crate::roles::serve::HttpError;
 use crate::roles::settings::Role;
 use axum::extract::{Path, Request, State};
@@ -19,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -105,6 +106,7 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi_doc))
         .merge(read)
         .merge(admin)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -158,12 +160,83 @@ async fn require_admin(State(state): State<AdminState>, req: Request, next: Next
     require(&state, req, next, Scope::Admin).await
 }
 
+/// The admin API's OpenAPI document, generated from the handlers below.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "DCDN node admin API",
+        description = "Health, readiness, metrics, status, peers, store, config and signing keys of one DCDN node. \
+Read routes take the read or admin bearer token; mutating routes take the admin token; \
+/healthz, /readyz, /metrics and this document are open."
+    ),
+    paths(
+        healthz, readyz, metrics, openapi_doc, status, peers, store, config, reload, keys, add_key,
+        activate_key, revoke_key
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "probes", description = "Open: kubelet probes and Prometheus carry no token"),
+        (name = "read", description = "Read token or admin token"),
+        (name = "admin", description = "Admin token only")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON, ending in a newline: what is served
+/// at `/v1/openapi.json` and committed as `deploy/openapi/admin.json`.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    let mut doc = ApiDoc::openapi();
+    // Keep the committed copy stable across releases.
+    doc.info.version = "v1".into();
+    let mut text = doc.to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "The process is alive", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "probes",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+async fn openapi_doc() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// Why a node is or is not ready.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Readiness {
+    ready: bool,
+    keys_loaded: bool,
+    /// Always true on an origin; below it, a connection to an upstream tier.
+    upstream_connected: bool,
+    /// Always true below the origin; on it, a secret key for the active key id.
+    can_sign: bool,
+    draining: bool,
+}
+
 /// Ready when keys are loaded and, below the origin, an upstream is
 /// connected: a node that cannot get content should not get clients.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "Ready to serve", body = Readiness),
+    (status = 503, description = "Not ready; the body says why", body = Readiness)))]
 async fn readyz(State(state): State<AdminState>) -> Response {
     let shared = &state.shared;
     let keys_loaded = !shared.keys.read().is_empty();
@@ -177,15 +250,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         active.is_some_and(|id| shared.signers.read().contains_key(&id))
     };
     let draining = shared.is_shutting_down();
-    let ready = keys_loaded && upstream && can_sign && !draining;
-    let body = serde_json::json!({
-        "ready": ready,
-        "keys_loaded": keys_loaded,
-        "upstream_connected": upstream,
-        "can_sign": can_sign,
-        "draining": draining,
-    });
-    let status = if ready {
+    let body = Readiness {
+        ready: keys_loaded && upstream && can_sign && !draining,
+        keys_loaded,
+        upstream_connected: upstream,
+        can_sign,
+        draining,
+    };
+    let status = if body.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -193,6 +265,8 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses(
+    (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AdminState>) -> Response {
     state.shared.refresh_gauges();
     match state.shared.metrics.render() {
@@ -209,85 +283,178 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn status(State(state): State<AdminState>) -> Json<serde_json::Value> {
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    name: String,
+    role: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    /// Hash of the effective config; the operator compares it across pods.
+    config_hash: String,
+    keyring_generation: u64,
+    /// Key id the origin signs with, 16 hex digits.
+    active_key: Option<String>,
+    peers: usize,
+    chunks: usize,
+    store_bytes: usize,
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "read", security(("bearer" = [])), responses(
+    (status = 200, body = Status),
+    (status = 401, description = "No or unknown token", body = ErrorBody)))]
+async fn status(State(state): State<AdminState>) -> Json<Status> {
     let shared = &state.shared;
     let keys = shared.keys.read();
     let stats = shared.store.stats();
-    Json(serde_json::json!({
-        "name": shared.settings.name,
-        "role": shared.settings.role.as_str(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": shared.started.elapsed().as_secs(),
-        "config_hash": shared.settings.config.config_hash(),
-        "keyring_generation": keys.generation(),
-        "active_key": keys.active().map(|k| k.to_string()),
-        "peers": shared.peer_list().len(),
-        "chunks": stats.chunks,
-        "store_bytes": stats.bytes,
-    }))
+    Json(Status {
+        name: shared.settings.name.clone(),
+        role: shared.settings.role.as_str(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        config_hash: shared.settings.config.config_hash(),
+        keyring_generation: keys.generation(),
+        active_key: keys.active().map(|k| k.to_string()),
+        peers: shared.peer_list().len(),
+        chunks: stats.chunks,
+        store_bytes: stats.bytes,
+    })
 }
 
-async fn peers(State(state): State<AdminState>) -> Json<serde_json::Value> {
+#[derive(Serialize, utoipa::ToSchema)]
+struct PeerInfo {
+    id: String,
+    name: String,
+    role: &'static str,
+    address: String,
+    bytes_in: u64,
+    bytes_out: u64,
+    download_rate_bytes_per_second: Option<f64>,
+    upload_rate_bytes_per_second: Option<f64>,
+    /// Our choker lets this peer download from us.
+    unchoked_by_us: Option<bool>,
+    /// This peer lets us download from it.
+    unchoked_us: bool,
+    subscribed: bool,
+    /// Parity shards per group we currently send this peer.
+    parity: u16,
+    rtt_ms: f64,
+    reputation: f64,
+    banned: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct PeerList {
+    peers: Vec<PeerInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/peers", tag = "read", security(("bearer" = [])), responses(
+    (status = 200, body = PeerList),
+    (status = 401, description = "No or unknown token", body = ErrorBody)))]
+async fn peers(State(state): State<AdminState>) -> Json<PeerList> {
+    use std::sync::atomic::Ordering::Relaxed;
     let shared = &state.shared;
     let now = Instant::now();
     let peer_list = shared.peer_list();
     let choker_stats = shared.choker.lock().stats(now);
     let reputation = shared.reputation.lock();
-    let list: Vec<serde_json::Value> = peer_list
+    let peers = peer_list
         .iter()
         .map(|p| {
             let c = choker_stats.iter().find(|s| s.peer == p.id);
-            let rtt = p.conn.rtt();
-            serde_json::json!({
-                "id": p.id.to_string(),
-                "name": p.name,
-                "role": p.role.as_str(),
-                "address": p.conn.remote_address().to_string(),
-                "bytes_in": p.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
-                "bytes_out": p.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-                "download_rate_bytes_per_second": c.map(|c| c.download_rate),
-                "upload_rate_bytes_per_second": c.map(|c| c.upload_rate),
-                "unchoked_by_us": c.map(|c| c.unchoked),
-                "unchoked_us": p.unchoked_us.load(std::sync::atomic::Ordering::Relaxed),
-                "subscribed": p.subscribed.load(std::sync::atomic::Ordering::Relaxed),
-                "parity": p.current_parity.load(std::sync::atomic::Ordering::Relaxed),
-                "rtt_ms": rtt.as_secs_f64() * 1000.0,
-                "reputation": reputation.score(p.id, now),
-                "banned": reputation.is_banned(p.id, now),
-            })
+            PeerInfo {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+                role: p.role.as_str(),
+                address: p.conn.remote_address().to_string(),
+                bytes_in: p.bytes_in.load(Relaxed),
+                bytes_out: p.bytes_out.load(Relaxed),
+                download_rate_bytes_per_second: c.map(|c| c.download_rate),
+                upload_rate_bytes_per_second: c.map(|c| c.upload_rate),
+                unchoked_by_us: c.map(|c| c.unchoked),
+                unchoked_us: p.unchoked_us.load(Relaxed),
+                subscribed: p.subscribed.load(Relaxed),
+                parity: p.current_parity.load(Relaxed),
+                rtt_ms: p.conn.rtt().as_secs_f64() * 1000.0,
+                reputation: reputation.score(p.id, now),
+                banned: reputation.is_banned(p.id, now),
+            }
         })
         .collect();
-    Json(serde_json::json!({ "peers": list }))
+    Json(PeerList { peers })
 }
 
-async fn store(State(state): State<AdminState>) -> Json<serde_json::Value> {
+#[derive(Serialize, utoipa::ToSchema)]
+struct StoreInfo {
+    chunks: usize,
+    bytes: usize,
+    budget_bytes: usize,
+    hits: u64,
+    misses: u64,
+    hit_ratio: f64,
+    inserts: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+#[utoipa::path(get, path = "/v1/store", tag = "read", security(("bearer" = [])), responses(
+    (status = 200, body = StoreInfo),
+    (status = 401, description = "No or unknown token", body = ErrorBody)))]
+async fn store(State(state): State<AdminState>) -> Json<StoreInfo> {
     let st = state.shared.store.stats();
-    Json(serde_json::json!({
-        "chunks": st.chunks,
-        "bytes": st.bytes,
-        "budget_bytes": st.budget_bytes,
-        "hits": st.hits,
-        "misses": st.misses,
-        "hit_ratio": st.hit_ratio(),
-        "inserts": st.inserts,
-        "evictions": st.evictions,
-        "expirations": st.expirations,
-    }))
+    Json(StoreInfo {
+        chunks: st.chunks,
+        bytes: st.bytes,
+        budget_bytes: st.budget_bytes,
+        hits: st.hits,
+        misses: st.misses,
+        hit_ratio: st.hit_ratio(),
+        inserts: st.inserts,
+        evictions: st.evictions,
+        expirations: st.expirations,
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ConfigInfo {
+    config_hash: String,
+    /// The effective node config, the schema of `deploy/config/dcdn.toml`.
+    #[schema(value_type = Object)]
+    config: serde_json::Value,
 }
 
 /// The effective config. It holds no secrets — tokens and keys live in
 /// files it names — so nothing needs redacting but the file contents, which
 /// are never read into it.
-async fn config(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "config_hash": state.shared.settings.config.config_hash(),
-        "config": state.shared.settings.config,
-    }))
+#[utoipa::path(get, path = "/v1/config", tag = "read", security(("bearer" = [])), responses(
+    (status = 200, body = ConfigInfo),
+    (status = 401, description = "No or unknown token", body = ErrorBody)))]
+async fn config(State(state): State<AdminState>) -> Json<ConfigInfo> {
+    Json(ConfigInfo {
+        config_hash: state.shared.settings.config.config_hash(),
+        config: serde_json::to_value(&state.shared.settings.config).unwrap_or_default(),
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ReloadResult {
+    /// What was applied without a restart.
+    applied: Vec<&'static str>,
+    keyring_changed: bool,
+    signing_keys_loaded: usize,
+    /// Top-level config sections that differ from the running config.
+    restart_required_for: Vec<String>,
+    keyring_generation: u64,
 }
 
 /// Re-reads the config file. The trust bundle and signing keys it names are
 /// reloaded live; any other change is reported as needing a restart.
-async fn reload(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, HttpError> {
+#[utoipa::path(post, path = "/v1/config/reload", tag = "admin", security(("bearer" = [])), responses(
+    (status = 200, body = ReloadResult),
+    (status = 401, description = "No or unknown token", body = ErrorBody),
+    (status = 403, description = "A read token", body = ErrorBody),
+    (status = 409, description = "`no_config_file`: the node was not started from a file", body = ErrorBody),
+    (status = 422, description = "`invalid_config`, `invalid_trust_bundle` or `invalid_signing_key`", body = ErrorBody)))]
+async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadResult>, HttpError> {
     let Some(path) = &state.config_path else {
         return Err(HttpError::new(
             StatusCode::CONFLICT,
@@ -319,40 +486,63 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
             }
         }
     }
-    Ok(Json(serde_json::json!({
-        "applied": ["crypto.trust_bundle (contents)", "crypto.signing_keys (contents)"],
-        "keyring_changed": keyring_changed,
-        "signing_keys_loaded": signers,
-        "restart_required_for": restart,
-        "keyring_generation": shared.keys.read().generation(),
-    })))
-}
-
-async fn keys(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let ring = state.shared.keys.read();
-    let signers = state.shared.signers.read();
-    let bundle = ring.to_bundle();
-    let keys: Vec<serde_json::Value> = bundle
-        .keys
-        .iter()
-        .map(|k| {
-            let can_sign = signers.keys().any(|id| id.to_string() == k.id);
-            serde_json::json!({
-                "id": k.id,
-                "public_key": k.public_key,
-                "state": k.state,
-                "can_sign_here": can_sign,
-            })
-        })
-        .collect();
-    Json(serde_json::json!({
-        "generation": bundle.generation,
-        "active": ring.active().map(|k| k.to_string()),
-        "keys": keys,
+    Ok(Json(ReloadResult {
+        applied: vec![
+            "crypto.trust_bundle (contents)",
+            "crypto.signing_keys (contents)",
+        ],
+        keyring_changed,
+        signing_keys_loaded: signers,
+        restart_required_for: restart,
+        keyring_generation: shared.keys.read().generation(),
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyInfo {
+    /// 16 hex digits.
+    id: String,
+    /// Ed25519 public key, 64 hex digits.
+    public_key: String,
+    /// `active`, `trusted` or `revoked`.
+    #[schema(value_type = String)]
+    state: crate::crypto::KeyState,
+    /// This node holds the secret key (origins only).
+    can_sign_here: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyList {
+    generation: u64,
+    active: Option<String>,
+    keys: Vec<KeyInfo>,
+}
+
+#[utoipa::path(get, path = "/v1/keys", tag = "read", security(("bearer" = [])), responses(
+    (status = 200, body = KeyList),
+    (status = 401, description = "No or unknown token", body = ErrorBody)))]
+async fn keys(State(state): State<AdminState>) -> Json<KeyList> {
+    let ring = state.shared.keys.read();
+    let signers = state.shared.signers.read();
+    let bundle = ring.to_bundle();
+    let keys = bundle
+        .keys
+        .iter()
+        .map(|k| KeyInfo {
+            id: k.id.clone(),
+            public_key: k.public_key.clone(),
+            state: k.state,
+            can_sign_here: signers.keys().any(|id| id.to_string() == k.id),
+        })
+        .collect();
+    Json(KeyList {
+        generation: bundle.generation,
+        active: ring.active().map(|k| k.to_string()),
+        keys,
+    })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddKey {
     /// Ed25519 public key, 64 hex digits.
@@ -382,20 +572,39 @@ fn parse_key_id(id: &str) -> Result<KeyId, HttpError> {
     })
 }
 
-fn key_changed(state: &AdminState) -> Json<serde_json::Value> {
+/// The key ring after a change.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyChange {
+    generation: u64,
+    /// The id of an added key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+fn key_changed(state: &AdminState, id: Option<KeyId>) -> Json<KeyChange> {
     let generation = state.shared.keys.read().generation();
     state
         .shared
         .metrics
         .keyring_generation
         .set(generation as i64);
-    Json(serde_json::json!({ "generation": generation }))
+    Json(KeyChange {
+        generation,
+        id: id.map(|k| k.to_string()),
+    })
 }
 
+/// Trusts a public key (it may verify, not sign). The first step of a rotation.
+#[utoipa::path(post, path = "/v1/keys", tag = "admin", security(("bearer" = [])), request_body = AddKey, responses(
+    (status = 200, body = KeyChange),
+    (status = 400, description = "`bad_request` or `bad_public_key`", body = ErrorBody),
+    (status = 401, description = "No or unknown token", body = ErrorBody),
+    (status = 403, description = "A read token", body = ErrorBody),
+    (status = 409, description = "`key_ring_full` or `revoked_key`", body = ErrorBody)))]
 async fn add_key(
     State(state): State<AdminState>,
     body: Result<Json<AddKey>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<KeyChange>, HttpError> {
     let Json(body) =
         body.map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let bytes = hex::decode(body.public_key.trim())
@@ -414,15 +623,22 @@ async fn add_key(
         .write()
         .add_trusted(bytes)
         .map_err(key_error)?;
-    let mut out = key_changed(&state);
-    out.0["id"] = serde_json::Value::String(id.to_string());
-    Ok(out)
+    Ok(key_changed(&state, Some(id)))
 }
 
+/// Makes a trusted key the one the origin signs with.
+#[utoipa::path(post, path = "/v1/keys/{id}/activate", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id, 16 hex digits")), responses(
+    (status = 200, body = KeyChange),
+    (status = 400, description = "`bad_key_id`", body = ErrorBody),
+    (status = 401, description = "No or unknown token", body = ErrorBody),
+    (status = 403, description = "A read token", body = ErrorBody),
+    (status = 404, description = "`unknown_key`", body = ErrorBody),
+    (status = 409, description = "`revoked_key` or `no_secret_key` (origin without the secret)", body = ErrorBody)))]
 async fn activate_key(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<KeyChange>, HttpError> {
     let id = parse_key_id(&id)?;
     if state.shared.settings.role == Role::Origin && !state.shared.signers.read().contains_key(&id)
     {
@@ -435,14 +651,23 @@ async fn activate_key(
         ));
     }
     state.shared.keys.write().activate(id).map_err(key_error)?;
-    Ok(key_changed(&state))
+    Ok(key_changed(&state, None))
 }
 
+/// Stops trusting a key: chunks signed with it are rejected from now on.
+#[utoipa::path(post, path = "/v1/keys/{id}/revoke", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id, 16 hex digits")), responses(
+    (status = 200, body = KeyChange),
+    (status = 400, description = "`bad_key_id`", body = ErrorBody),
+    (status = 401, description = "No or unknown token", body = ErrorBody),
+    (status = 403, description = "A read token", body = ErrorBody),
+    (status = 404, description = "`unknown_key`", body = ErrorBody),
+    (status = 409, description = "`active_key`: activate another key first", body = ErrorBody)))]
 async fn revoke_key(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, HttpError> {
+) -> Result<Json<KeyChange>, HttpError> {
     let id = parse_key_id(&id)?;
     state.shared.keys.write().revoke(id).map_err(key_error)?;
-    Ok(key_changed(&state))
+    Ok(key_changed(&state, None))
 }

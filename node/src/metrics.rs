@@ -9,8 +9,8 @@
 //! the admin module's job.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Why the registry could not be built or rendered.
@@ -44,13 +44,14 @@ pub struct Metrics {
     pub fec_parity: IntGaugeVec,
     /// Repair fetches by `outcome` (ok, failed).
     pub repairs: IntCounterVec,
-    /// Store gauges copied from the store's stats at scrape time.
+    /// Store figures copied from the store's stats at scrape time (the
+    /// counters advance by the difference, so they stay counters).
     pub store_bytes: IntGauge,
     pub store_chunks: IntGauge,
-    pub store_evictions: IntGauge,
-    pub store_expirations: IntGauge,
-    pub store_hits: IntGauge,
-    pub store_misses: IntGauge,
+    pub store_evictions: IntCounter,
+    pub store_expirations: IntCounter,
+    pub store_hits: IntCounter,
+    pub store_misses: IntCounter,
     /// Connected peers by `state` (choked, unchoked, banned).
     pub peers: IntGaugeVec,
     /// Smoothed QUIC round-trip time by `peer_class` (origin, relay, edge).
@@ -69,6 +70,8 @@ pub struct Metrics {
     pub keyring_generation: IntGauge,
     /// Peer frames that could not be decoded, by `kind` of failure.
     pub frames_malformed: IntCounterVec,
+    /// Trust-bundle reloads (file change, SIGHUP, admin) by `result` (ok, failed).
+    pub trust_bundle_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -129,22 +132,22 @@ impl Metrics {
             )?,
             store_bytes: gauge(r, "dcdn_store_bytes", "Bytes held in the chunk store.")?,
             store_chunks: gauge(r, "dcdn_store_chunks", "Chunks held in the chunk store.")?,
-            store_evictions: gauge(
+            store_evictions: counter1(
                 r,
                 "dcdn_store_evictions_total",
                 "Chunks evicted to stay within the store budget.",
             )?,
-            store_expirations: gauge(
+            store_expirations: counter1(
                 r,
                 "dcdn_store_expirations_total",
                 "Chunks removed because their TTL passed.",
             )?,
-            store_hits: gauge(
+            store_hits: counter1(
                 r,
                 "dcdn_store_hits_total",
                 "Store lookups that found the chunk.",
             )?,
-            store_misses: gauge(
+            store_misses: counter1(
                 r,
                 "dcdn_store_misses_total",
                 "Store lookups that did not find the chunk.",
@@ -231,6 +234,12 @@ impl Metrics {
                 "Peer frames that failed to decode, by error kind.",
                 &["kind"],
             )?,
+            trust_bundle_reloads: counter(
+                r,
+                "dcdn_trust_bundle_reloads_total",
+                "Trust-bundle reloads by result (ok, failed).",
+                &["result"],
+            )?,
             registry,
         })
     }
@@ -285,6 +294,16 @@ fn gauge_vec(
     register(registry, name, g)
 }
 
+fn counter1(
+    registry: &Registry,
+    name: &'static str,
+    help: &str,
+) -> Result<IntCounter, MetricsError> {
+    let c =
+        IntCounter::new(name, help).map_err(|source| MetricsError::Register { name, source })?;
+    register(registry, name, c)
+}
+
 fn gauge(registry: &Registry, name: &'static str, help: &str) -> Result<IntGauge, MetricsError> {
     let g = IntGauge::new(name, help).map_err(|source| MetricsError::Register { name, source })?;
     register(registry, name, g)
@@ -323,5 +342,31 @@ mod tests {
                 .unwrap()
                 .contains(r#"dcdn_keyring_generation{role="edge"} 2"#)
         );
+    }
+
+    /// The Grafana dashboard only queries metrics this module defines.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../../deploy/grafana/dcdn.json");
+        let source = include_str!("metrics.rs");
+        let json: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        assert!(json["panels"].as_array().unwrap().len() > 10);
+        let mut checked = 0;
+        for (at, _) in dashboard.match_indices("dcdn_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "the dashboard queries {name}, which the node does not export"
+            );
+            checked += 1;
+        }
+        assert!(checked > 20);
     }
 }

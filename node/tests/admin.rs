@@ -88,7 +88,7 @@ async fn every_admin_route_answers_each_kind_of_caller_as_it_must() {
             "{path}"
         );
     }
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
         let resp = router(shared.clone(), AdminTokens::default(), None)
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -442,4 +442,114 @@ async fn graceful_shutdown_finishes_in_flight_responses() {
     // Once drained, new connections are refused.
     assert!(client.get(&url, None).await.is_err());
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_trust_bundle_file_is_reloaded_without_a_restart() {
+    let c = TestCluster::start(
+        "bundle-watch",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let path = c.dir.join("trust-bundle.json");
+    let before = c.origin().running().shared.keys.read().generation();
+    // Add a key to the bundle the way an operator's ConfigMap update would.
+    let mut ring = dcdn_node::crypto::KeyRing::from_bundle(
+        &dcdn_node::crypto::TrustBundle::from_json(&std::fs::read_to_string(&path).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let next = Signer::generate(&mut rand::rngs::OsRng);
+    let id = ring.add_trusted(next.public_key()).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, ring.to_bundle().to_json()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in &c.nodes {
+        while n.running().shared.keys.read().state(id).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never reloaded the bundle",
+                n.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(n.running().shared.keys.read().generation() > before);
+        assert_eq!(
+            n.metric("dcdn_trust_bundle_reloads_total", &[("result", "ok")]),
+            1.0
+        );
+    }
+    // A broken file is refused and counted; the ring that works stays.
+    let generation = c.origin().running().shared.keys.read().generation();
+    std::fs::write(&path, "{ not json").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c
+        .origin()
+        .metric("dcdn_trust_bundle_reloads_total", &[("result", "failed")])
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken bundle not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let keys = c.origin().running().shared.keys.read();
+        assert_eq!(keys.generation(), generation);
+        assert!(keys.state(id).is_some());
+    }
+    c.stop().await;
+}
+
+/// The OpenAPI document committed under `deploy/` is the one the code makes.
+/// `DCDN_BLESS=1 cargo test --test admin openapi` rewrites it.
+#[test]
+fn the_committed_openapi_document_is_current() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/openapi/admin.json");
+    let fresh = dcdn_node::admin::openapi_json();
+    if std::env::var_os("DCDN_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "{} is stale: run `DCDN_BLESS=1 cargo test -p dcdn-node --test admin openapi` and commit it",
+        path.display()
+    );
+    // Every route the auth matrix above exercises is documented, and no more.
+    let doc: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/config",
+            "/v1/config/reload",
+            "/v1/keys",
+            "/v1/keys/{id}/activate",
+            "/v1/keys/{id}/revoke",
+            "/v1/openapi.json",
+            "/v1/peers",
+            "/v1/status",
+            "/v1/store",
+        ]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }

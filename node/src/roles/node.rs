@@ -128,6 +128,8 @@ impl HaveSet {
 
 /// Shared state of a running node.
 pub struct Shared {
+    /// Serializes `refresh_gauges`, whose counters advance by a difference.
+    pub refresh: Mutex<()>,
     pub settings: NodeSettings,
     pub store: ChunkStore,
     pub keys: Arc<RwLock<KeyRing>>,
@@ -605,17 +607,24 @@ impl Shared {
     /// Re-reads the trust bundle; true if the key ring changed. An older
     /// bundle than the ring's generation is refused.
     pub fn reload_trust_bundle(&self, path: &std::path::Path) -> Result<bool, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let bundle = crate::crypto::TrustBundle::from_json(&text).map_err(|e| e.to_string())?;
-        let changed = self
-            .keys
-            .write()
-            .apply_bundle(&bundle)
-            .map_err(|e| e.to_string())?;
+        let result = (|| {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bundle = crate::crypto::TrustBundle::from_json(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            self.keys
+                .write()
+                .apply_bundle(&bundle)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })();
+        self.metrics
+            .trust_bundle_reloads
+            .with_label_values(&[if result.is_ok() { "ok" } else { "failed" }])
+            .inc();
         self.metrics
             .keyring_generation
             .set(self.keys.read().generation() as i64);
-        Ok(changed)
+        result
     }
 
     /// Re-reads the signing key files (origins); returns how many loaded.
@@ -663,14 +672,16 @@ impl Shared {
 
     /// Copies values other parts keep into the metrics gauges.
     pub fn refresh_gauges(&self) {
+        let _one_at_a_time = self.refresh.lock();
         let st = self.store.stats();
         let m = &self.metrics;
         m.store_bytes.set(st.bytes as i64);
         m.store_chunks.set(st.chunks as i64);
-        m.store_evictions.set(st.evictions as i64);
-        m.store_expirations.set(st.expirations as i64);
-        m.store_hits.set(st.hits as i64);
-        m.store_misses.set(st.misses as i64);
+        let advance = |c: &prometheus::IntCounter, to: u64| c.inc_by(to.saturating_sub(c.get()));
+        advance(&m.store_evictions, st.evictions);
+        advance(&m.store_expirations, st.expirations);
+        advance(&m.store_hits, st.hits);
+        advance(&m.store_misses, st.misses);
         m.keyring_generation
             .set(self.keys.read().generation() as i64);
         let ingested = self.ingested_bytes.load(Ordering::Relaxed);

@@ -90,6 +90,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         .collect::<HashMap<_, _>>();
     let (shutdown, _) = watch::channel(false);
     let shared = Arc::new(Shared {
+        refresh: Mutex::new(()),
         store: ChunkStore::new(settings.store_config()),
         verifier,
         keys,
@@ -131,6 +132,10 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         tasks.spawn(mesh::choke_loop(shared.clone()));
     }
     tasks.spawn(housekeeping(shared.clone()));
+    tasks.spawn(watch_trust_bundle(
+        shared.clone(),
+        shared.settings.config.crypto.trust_bundle.clone(),
+    ));
 
     let http_addr = match shared.settings.role {
         Role::Origin => {
@@ -234,6 +239,41 @@ async fn serve_http(
         }
     });
     Ok(bound)
+}
+
+/// How often the trust-bundle file is checked for a change.
+pub const TRUST_BUNDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads the key ring when the trust-bundle file's contents change.
+///
+/// Polling the contents, not inotify: a Kubernetes ConfigMap volume updates
+/// by swapping a symlink to a new directory, which a watch on the file
+/// misses, and the bundle is small enough to read every second.
+async fn watch_trust_bundle(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let digest = |p: &std::path::Path| std::fs::read(p).ok().map(|b| blake3::hash(&b));
+    let mut last = digest(&path);
+    let mut tick = tokio::time::interval(TRUST_BUNDLE_POLL);
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = digest(&path);
+        // A file briefly missing mid-update is not a change.
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        match shared.reload_trust_bundle(&path) {
+            Ok(changed) => {
+                tracing::info!(changed, path = %path.display(), "trust bundle file changed; reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "trust bundle file changed but does not load; keeping the old key ring")
+            }
+        }
+    }
 }
 
 /// Periodic upkeep: expire the store and stale FEC groups, refresh gauges.

@@ -128,6 +128,15 @@ pub async fn count_requests(
     resp
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `unauthorized`, `forbidden`, `not_found`, ...
+    pub code: String,
+    /// For humans; may change between releases.
+    pub message: String,
+}
+
 /// A JSON error body with a stable `code` and a human `message`.
 #[derive(Debug)]
 pub struct HttpError {
@@ -166,7 +175,10 @@ impl From<ContentError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+        };
         let mut resp = (self.status, Json(body)).into_response();
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
