@@ -92,7 +92,7 @@ impl Client {
             .map_err(|e| ClientError::Transport {
                 method: method.clone(),
                 url: url.to_owned(),
-                message: e.to_string(),
+                message: error_chain(&e),
             })?
             .to_bytes();
         if !status.is_success() && status != StatusCode::NOT_MODIFIED {
@@ -140,7 +140,7 @@ impl Client {
             .map_err(|e| ClientError::Transport {
                 method: method.clone(),
                 url: url.to_owned(),
-                message: format!("{e:#}"),
+                message: error_chain(&e),
             })?;
         let status = resp.status();
         if !status.is_success() && status != StatusCode::NOT_MODIFIED {
@@ -197,6 +197,19 @@ impl Client {
         )
         .await
     }
+}
+
+/// An error and its sources, so "client error (Connect)" says why: hyper's
+/// own message hides the DNS or socket error underneath.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -45,6 +45,35 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Check a running DCDN end to end: publish an object and a live stream
+    /// at the origin, fetch both through every edge, compare bytes and
+    /// digests. Exits 0 only if every byte arrived verified.
+    Check {
+        /// Origin ingest base URL, e.g. http://10.0.0.10:8080.
+        #[arg(long)]
+        origin: String,
+        /// Ingest bearer token.
+        #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Edge client base URL (repeatable).
+        #[arg(long = "edge", required = true)]
+        edges: Vec<String>,
+        /// The origin's admin base URL: also measure origin offload.
+        #[arg(long)]
+        origin_admin: Option<String>,
+        /// Object size in bytes (0: no object).
+        #[arg(long, default_value_t = 8 * 1024 * 1024 + 12_345)]
+        object_bytes: usize,
+        /// Live pieces to publish (0: no live stream).
+        #[arg(long, default_value_t = 40)]
+        live_pieces: usize,
+        /// Bytes per live piece.
+        #[arg(long, default_value_t = 16 * 1024)]
+        live_piece_bytes: usize,
+        /// Milliseconds between live pieces.
+        #[arg(long, default_value_t = 20)]
+        live_interval_ms: u64,
+    },
     /// Generate a cluster CA, a signing key with its trust bundle, and node certificates.
     Keygen {
         /// Directory to write into (created if missing; existing CA and key are reused).
@@ -148,6 +177,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, log_json } => {
             init_logs(log_json);
             runtime()?.block_on(run_node(&config))
+        }
+        Command::Check {
+            origin,
+            token,
+            edges,
+            origin_admin,
+            object_bytes,
+            live_pieces,
+            live_piece_bytes,
+            live_interval_ms,
+        } => {
+            use dcdn_node::up::check;
+            let targets = check::Targets {
+                origin,
+                ingest_token: token,
+                edges,
+                origin_admin,
+            };
+            let sizes = check::CheckSizes {
+                object_bytes,
+                live_pieces,
+                live_piece_bytes,
+                live_interval: std::time::Duration::from_millis(live_interval_ms),
+            };
+            let outcomes = runtime()?.block_on(check::run(&targets, sizes));
+            if check::report(&outcomes) {
+                Ok(())
+            } else {
+                anyhow::bail!("the check failed")
+            }
         }
         Command::Keygen {
             out,

@@ -11,13 +11,16 @@ use rand::{RngCore, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// Where the check publishes and fetches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Targets {
     /// Origin ingest base URL, e.g. `http://127.0.0.1:7100`.
     pub origin: String,
     pub ingest_token: String,
     /// Edge client base URLs.
     pub edges: Vec<String>,
+    /// The origin's admin base URL; when set, origin offload is measured
+    /// from its `/metrics` around the object's distribution.
+    pub origin_admin: Option<String>,
 }
 
 /// One line of the summary.
@@ -31,9 +34,13 @@ pub struct Outcome {
 /// The check's sizes.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckSizes {
+    /// 0 skips the object.
     pub object_bytes: usize,
+    /// 0 skips the live stream.
     pub live_pieces: usize,
     pub live_piece_bytes: usize,
+    /// Pause between live pieces: pieces × interval is how long the stream runs.
+    pub live_interval: Duration,
 }
 
 impl Default for CheckSizes {
@@ -42,8 +49,25 @@ impl Default for CheckSizes {
             object_bytes: 8 * 1024 * 1024 + 12_345,
             live_pieces: 40,
             live_piece_bytes: 16 * 1024,
+            live_interval: Duration::from_millis(20),
         }
     }
+}
+
+/// Bytes the origin has sent into the mesh so far (everything out but HTTP).
+async fn origin_mesh_egress(client: &Client, admin: &str) -> Option<f64> {
+    let resp = client.get(&format!("{admin}/metrics"), None).await.ok()?;
+    let text = String::from_utf8_lossy(&resp.body);
+    let sum = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("dcdn_bytes_total{")
+                && l.contains(r#"direction="out""#)
+                && !l.contains(r#"path="http""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(sum)
 }
 
 fn sample(len: usize, seed: u64) -> Vec<u8> {
@@ -73,7 +97,25 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
     let client = Client::new(Duration::from_secs(30));
     let mut out = Vec::new();
 
-    // A static object.
+    if sizes.object_bytes > 0 {
+        check_object(&client, targets, sizes, &mut out).await;
+    }
+    if sizes.live_pieces > 0 {
+        check_live(&client, targets, sizes, &mut out).await;
+    }
+    out
+}
+
+async fn check_object(
+    client: &Client,
+    targets: &Targets,
+    sizes: CheckSizes,
+    out: &mut Vec<Outcome>,
+) {
+    let egress_before = match &targets.origin_admin {
+        Some(a) => origin_mesh_egress(client, a).await,
+        None => None,
+    };
     let object = sample(sizes.object_bytes, 1);
     let object_digest = hex::encode(blake3::hash(&object).as_bytes());
     let name = format!("check/sample-{}.bin", std::process::id());
@@ -107,11 +149,25 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
             detail: e.to_string(),
         }),
     }
-    if put.is_ok() {
-        for edge in &targets.edges {
-            let url = format!("{edge}/v1/objects/{name}");
-            let got = retry(Duration::from_secs(15), || client.get(&url, None)).await;
-            out.push(match got {
+    if put.is_err() {
+        return;
+    }
+    // Every edge at once, as clients would: the slowest is when the object
+    // was everywhere.
+    let fetches = targets.edges.iter().map(|edge| {
+        let url = format!("{edge}/v1/objects/{name}");
+        async move {
+            let got = retry(Duration::from_secs(30), || client.get(&url, None)).await;
+            (edge, got, started.elapsed())
+        }
+    });
+    let results = futures_util::future::join_all(fetches).await;
+    let mut slowest = Duration::ZERO;
+    let mut all_ok = true;
+    for (edge, got, took) in results {
+        slowest = slowest.max(took);
+        {
+            let outcome = match got {
                 Ok(resp) => {
                     let digest = hex::encode(blake3::hash(&resp.body).as_bytes());
                     let etag_ok = resp
@@ -132,7 +188,7 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
                                 "DIFFERS"
                             },
                             if etag_ok { "matches" } else { "DIFFERS" },
-                            started.elapsed().as_secs_f64() * 1000.0
+                            took.as_secs_f64() * 1000.0
                         ),
                     }
                 }
@@ -141,20 +197,45 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
                     ok: false,
                     detail: e.to_string(),
                 },
-            });
+            };
+            all_ok &= outcome.ok;
+            out.push(outcome);
         }
     }
+    if all_ok {
+        println!(
+            "FIGURE publish_to_last_edge_ms {:.0} ({} edges, {} bytes)",
+            slowest.as_secs_f64() * 1000.0,
+            targets.edges.len(),
+            object.len()
+        );
+    }
+    if let (Some(before), Some(admin)) = (egress_before, &targets.origin_admin) {
+        if let Some(after) = origin_mesh_egress(client, admin).await {
+            println!(
+                "FIGURE origin_offload {:.3} (origin mesh egress {} bytes / object {} bytes, {} edges)",
+                (after - before) / object.len() as f64,
+                after - before,
+                object.len(),
+                targets.edges.len()
+            );
+        }
+    }
+}
 
+async fn check_live(client: &Client, targets: &Targets, sizes: CheckSizes, out: &mut Vec<Outcome>) {
     // A live stream: pieces arrive over time, each becomes a chunk at once.
     let stream = format!("check-live-{}", std::process::id());
     let pieces: Vec<Vec<u8>> = (0..sizes.live_pieces)
         .map(|i| sample(sizes.live_piece_bytes, 100 + i as u64))
         .collect();
-    let paced = futures_util::stream::unfold(pieces.clone().into_iter(), |mut it| async move {
-        let next = it.next()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        Some((Ok::<_, std::io::Error>(Bytes::from(next)), it))
-    });
+    let interval = sizes.live_interval;
+    let paced =
+        futures_util::stream::unfold(pieces.clone().into_iter(), move |mut it| async move {
+            let next = it.next()?;
+            tokio::time::sleep(interval).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from(next)), it))
+        });
     let live = client
         .put_stream(
             &format!("{}/v1/streams/{stream}", targets.origin),
@@ -192,7 +273,7 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
             let mut problems = Vec::new();
             for seq in first..first + chunks {
                 let url = format!("{edge}/v1/streams/{stream}/{seq}");
-                match retry(Duration::from_secs(10), || client.get(&url, None)).await {
+                match retry(Duration::from_secs(20), || client.get(&url, None)).await {
                     Ok(resp) => joined.extend_from_slice(&resp.body),
                     Err(e) => problems.push(format!("seq {seq}: {e}")),
                 }
@@ -217,7 +298,6 @@ pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
             });
         }
     }
-    out
 }
 
 /// Prints the outcomes and says whether all passed.

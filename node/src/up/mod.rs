@@ -58,6 +58,7 @@ async fn start_and_serve(
             origin: format!("http://{}", origin.http),
             ingest_token: plan.ingest_token.clone(),
             edges: plan.edges().map(|e| format!("http://{}", e.http)).collect(),
+            origin_admin: Some(format!("http://{}", origin.admin)),
         };
         let outcomes = check::run(&targets, check::CheckSizes::default()).await;
         let ok = check::report(&outcomes);

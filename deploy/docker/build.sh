@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the DCDN images without pulling anything: the binaries are linked
+# statically on this host (glibc +crt-static, rustls, no OpenSSL), then each
+# image is FROM scratch with one binary, a numeric non-root user, no shell.
+#
+#   deploy/docker/build.sh            # dcdn/node:<version> (+ dcdn/operator if the crate exists)
+#   deploy/docker/build.sh --no-image # only the static binaries, under target/<triple>/dist/
+#
+# Prints the image tags and sizes. Fails if the node image exceeds 20 MB.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TRIPLE="$(uname -m)-unknown-linux-gnu"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+BIN_DIR="target/$TRIPLE/dist"
+MAX_NODE_BYTES=$((20 * 1000 * 1000))
+
+packages=(-p dcdn-node)
+images=(node:dcdn)
+if [ -f operator/Cargo.toml ]; then
+  packages+=(-p dcdn-operator)
+  images+=(operator:dcdn-operator)
+fi
+
+echo "==> building ${packages[*]} statically for $TRIPLE (profile dist)"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --locked --profile dist --target "$TRIPLE" "${packages[@]}"
+
+for spec in "${images[@]}"; do
+  bin="$BIN_DIR/${spec#*:}"
+  # A dynamic binary would start on this host and fail in a scratch image.
+  if command -v file >/dev/null && ! file -L "$bin" | grep -Eq 'statically linked|static-pie'; then
+    echo "error: $bin is not statically linked: $(file -L "$bin")" >&2
+    exit 1
+  fi
+done
+
+[ "${1:-}" = "--no-image" ] && exit 0
+
+if ! docker info >/dev/null 2>&1; then
+  echo "error: no Docker engine answers (docker info failed); binaries are in $BIN_DIR" >&2
+  exit 1
+fi
+
+for spec in "${images[@]}"; do
+  name="${spec%%:*}"
+  bin="${spec#*:}"
+  ctx="$(mktemp -d)"
+  trap 'rm -rf "$ctx"' EXIT
+  cp "$BIN_DIR/$bin" "$ctx/$bin"
+  docker build -q -f "deploy/docker/$name.scratch.Dockerfile" \
+    --label "org.opencontainers.image.version=$VERSION" \
+    -t "dcdn/$name:$VERSION" -t "dcdn/$name:dev" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  trap - EXIT
+  size="$(docker image inspect -f '{{.Size}}' "dcdn/$name:$VERSION")"
+  awk -v n="dcdn/$name:$VERSION" -v s="$size" 'BEGIN { printf "%s  %d bytes (%.1f MB)\n", n, s, s / 1e6 }'
+  if [ "$name" = node ] && [ "$size" -gt "$MAX_NODE_BYTES" ]; then
+    echo "error: the node image is $size bytes, over the 20 MB limit" >&2
+    exit 1
+  fi
+done
