@@ -256,7 +256,9 @@ pub struct QuicSection {
     pub max_streams_per_peer: Bounded<1, 10000>,
     /// Congestion controller: `cubic`, `newreno` or `bbr`.
     pub congestion: Congestion,
-    /// A connection silent this long is closed, milliseconds.
+    /// A connection silent this long is closed, milliseconds. This is how
+    /// fast a crashed upstream is noticed and live push fails over, so keep
+    /// it a few keep-alives long.
     pub idle_timeout_ms: Bounded<1000, 600000>,
     /// A handshake not finished in this time fails, milliseconds.
     pub handshake_timeout_ms: Bounded<100, 60000>,
@@ -273,9 +275,9 @@ impl Default for QuicSection {
             max_connections: Bounded::lit(1024),
             max_streams_per_peer: Bounded::lit(256),
             congestion: Congestion::Cubic,
-            idle_timeout_ms: Bounded::lit(30_000),
+            idle_timeout_ms: Bounded::lit(6_000),
             handshake_timeout_ms: Bounded::lit(10_000),
-            keep_alive_ms: Bounded::lit(5_000),
+            keep_alive_ms: Bounded::lit(1_000),
             socket_buffer_kb: Bounded::lit(4096),
         }
     }

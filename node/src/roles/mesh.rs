@@ -569,9 +569,15 @@ pub(crate) async fn dial_loop(
         }
         let addrs = wanted.borrow().clone();
         for addr in addrs {
+            let me = own_address_towards(own, addr);
+            // A headless Service lists this node too.
+            if addr == me {
+                continue;
+            }
             // Edges dial only peers "above" them, so two edges make one
-            // connection between them, not two.
-            if only_if_greater && addr <= own {
+            // connection between them, not two: both ends must agree on
+            // the order, so compare the addresses each side sees.
+            if only_if_greater && addr <= me {
                 continue;
             }
             if busy.lock().contains(&addr) {
@@ -607,6 +613,31 @@ pub(crate) async fn dial_loop(
             }
         }
     }
+}
+
+/// This node's mesh address as seen from `addr`. With a wildcard listen
+/// address (`0.0.0.0`, as in containers and pods) the advertised address
+/// says nothing, so ask the routing table which local address reaches
+/// `addr`: connecting a UDP socket sends nothing.
+pub(crate) fn own_address_towards(
+    own: std::net::SocketAddr,
+    addr: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    if !own.ip().is_unspecified() {
+        return own;
+    }
+    let any: std::net::SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(addr)?;
+            s.local_addr()
+        })
+        .map(|local| std::net::SocketAddr::new(local.ip(), own.port()))
+        .unwrap_or(own)
 }
 
 /// Accepts authenticated peers until shutdown.
@@ -657,5 +688,22 @@ pub(crate) async fn choke_loop(shared: Arc<Shared>) {
                 let _ = peer.control.try_send(frame);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_address_towards;
+
+    #[test]
+    fn a_wildcard_listen_address_becomes_the_address_that_reaches_the_peer() {
+        let any = "0.0.0.0:7400".parse().unwrap();
+        let peer = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            own_address_towards(any, peer),
+            "127.0.0.1:7400".parse().unwrap()
+        );
+        let fixed = "10.1.2.3:7400".parse().unwrap();
+        assert_eq!(own_address_towards(fixed, peer), fixed);
     }
 }
