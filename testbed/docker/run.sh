@@ -72,7 +72,7 @@ done
 declare -A IP=(
   [origin-0]="$SUBNET.10" [relay-0]="$SUBNET.11" [relay-1]="$SUBNET.12"
   [edge-0]="$SUBNET.20" [edge-1]="$SUBNET.21" [edge-2]="$SUBNET.22" [edge-3]="$SUBNET.23"
-  [stranger]="$SUBNET.30"
+  [stranger]="$SUBNET.5"
 )
 NODES=(origin-0 relay-0 relay-1 edge-0 edge-1 edge-2 edge-3)
 EDGES=(edge-0 edge-1 edge-2 edge-3)
@@ -164,7 +164,7 @@ wait_ready() { # wait_ready NAME [SECONDS]
 }
 
 admin() { # admin METHOD NAME PATH [JSON]
-  curl -fsS --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
+  curl -sS --fail-with-body --max-time 10 -X "$1" -H "Authorization: Bearer $ADMIN_TOKEN" \
     ${4:+-H 'Content-Type: application/json' --data "$4"} "http://${IP[$2]}:9090$3"
 }
 
@@ -289,13 +289,13 @@ pid=$!
 sleep 1.5
 rotation_ok=1
 for n in "${NODES[@]}"; do
-  admin POST "$n" /v1/keys "{\"public_key\":\"$new_pub\"}" >/dev/null || rotation_ok=0
+  admin POST "$n" /v1/keys "{\"public_key\":\"$new_pub\"}" >>"$WORK/out/rotation.log" || rotation_ok=0
 done
-admin POST origin-0 /v1/config/reload >/dev/null || rotation_ok=0
-admin POST origin-0 "/v1/keys/$new_id/activate" >/dev/null || rotation_ok=0
+admin POST origin-0 /v1/config/reload >>"$WORK/out/rotation.log" || rotation_ok=0
+admin POST origin-0 "/v1/keys/$new_id/activate" >>"$WORK/out/rotation.log" || rotation_ok=0
 sleep 2 # chunks signed with the old key drain before it is revoked
 for n in "${NODES[@]}"; do
-  admin POST "$n" "/v1/keys/$old_id/revoke" >/dev/null || rotation_ok=0
+  admin POST "$n" "/v1/keys/$old_id/revoke" >>"$WORK/out/rotation.log" || rotation_ok=0
 done
 wait "$pid" || true
 rejected_after=0
@@ -309,7 +309,8 @@ else
     "admin calls ok=$rotation_ok, $rejected chunks rejected, active $active_now; $(grep '^FAIL' "$WORK/out/check5.log" | head -2 | tr '\n' ' ')"
 fi
 
-# 6. A container without cluster credentials is refused by every node.
+# 6. A container without cluster credentials is refused by every node. Its
+#    address sorts below every node's, so it dials edges as well as upstreams.
 "$DCDN" keygen --out "$WORK/stranger-pki" --cluster elsewhere --node stranger:edge >/dev/null
 refused_before=()
 for n in "${NODES[@]}"; do refused_before+=("$(metric_sum "$n" dcdn_handshakes_refused_total)"); done

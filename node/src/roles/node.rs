@@ -433,13 +433,23 @@ impl Shared {
     /// Fetches chunk `id` over a reliable stream from the best source,
     /// once however many callers ask at the same time.
     pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+        self.fetch_counted(id, true).await
+    }
+
+    /// Like [`Self::fetch`] for a chunk that may not be published yet: not
+    /// finding it is expected, so it is not counted as a failed repair.
+    pub async fn fetch_if_published(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+        self.fetch_counted(id, false).await
+    }
+
+    async fn fetch_counted(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
         if let Some(c) = self.store.get(&id, Instant::now()) {
             return Ok(c);
         }
         let shared = self.clone();
         let result = self
             .flight
-            .run(id, || async move { shared.fetch_uncached(id).await })
+            .run(id, || async move { shared.fetch_uncached(id, count).await })
             .await;
         match result {
             Ok(c) => Ok(c),
@@ -448,7 +458,7 @@ impl Shared {
         }
     }
 
-    async fn fetch_uncached(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+    async fn fetch_uncached(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
         let sources = self.sources_for(id);
         if sources.is_empty() {
             return Err(format!("no upstream connected to fetch {id} from"));
@@ -485,7 +495,9 @@ impl Shared {
                 Err(e) => last = format!("{}: {e}", peer.name),
             }
         }
-        self.metrics.repairs.with_label_values(&["failed"]).inc();
+        if count {
+            self.metrics.repairs.with_label_values(&["failed"]).inc();
+        }
         Err(last)
     }
 
@@ -612,6 +624,19 @@ impl Shared {
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let bundle = crate::crypto::TrustBundle::from_json(&text)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            let running = self.keys.read().generation();
+            if bundle.generation < running {
+                // Keys changed through the admin API since the file was
+                // written: the file is stale, not an attack to report as a
+                // failure, and never a reason to roll the ring back.
+                tracing::warn!(
+                    file_generation = bundle.generation,
+                    running,
+                    path = %path.display(),
+                    "trust bundle file is older than the running key ring; keeping the ring"
+                );
+                return Ok(false);
+            }
             self.keys
                 .write()
                 .apply_bundle(&bundle)
@@ -760,6 +785,9 @@ fn object_info(m: &ManifestFrame) -> ObjectInfo {
     }
 }
 
+/// How often a client waiting for a live chunk not yet pushed asks upstream.
+const LIVE_POLL: Duration = Duration::from_millis(250);
+
 /// What the edge's HTTP server reads from: local store first, then peers and
 /// relays.
 pub struct EdgeContent(pub Arc<Shared>);
@@ -791,11 +819,23 @@ impl Content for EdgeContent {
                 return Ok(c);
             }
             if head.is_none_or(|h| id.seq > h) {
-                // Not published yet as far as we know: wait for it to arrive.
-                return shared
-                    .wait_for(id, wait.saturating_sub(grace))
-                    .await
-                    .ok_or_else(|| ContentError::NotYet(format!("chunk {id}")));
+                // Not published yet as far as we know. Wait for the push,
+                // but ask upstream too now and then: our push upstream may
+                // have died with the stream still going, and then only a
+                // pull learns what was published meanwhile.
+                let deadline = Instant::now() + wait.saturating_sub(grace);
+                loop {
+                    if let Ok(c) = shared.fetch_if_published(id).await {
+                        return Ok(c);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ContentError::NotYet(format!("chunk {id}")));
+                    }
+                    if let Some(c) = shared.wait_for(id, left.min(LIVE_POLL)).await {
+                        return Ok(c);
+                    }
+                }
             }
         }
         match tokio::time::timeout(wait, shared.fetch(id)).await {
