@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 
 TRIPLE="$(uname -m)-unknown-linux-gnu"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
-BIN_DIR="target/$TRIPLE/dist"
+BIN_DIR="${CARGO_TARGET_DIR:-target}/$TRIPLE/dist"
 MAX_NODE_BYTES=$((20 * 1000 * 1000))
 
 packages=(-p dcdn-node)

@@ -22,7 +22,7 @@ fi
 TRIPLE="$(uname -m)-unknown-linux-gnu"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 IMAGE="dcdn/node:$VERSION"
-DCDN="$ROOT/target/$TRIPLE/dist/dcdn"
+DCDN="$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")/$TRIPLE/dist/dcdn"
 if [ -z "${TESTBED_NO_BUILD:-}" ] || ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
   deploy/docker/build.sh
 fi
