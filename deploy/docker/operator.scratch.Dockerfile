@@ -3,4 +3,4 @@ FROM scratch
 COPY dcdn-operator /usr/local/bin/dcdn-operator
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/dcdn-operator"]
-CMD ["run"]
+

@@ -1,0 +1,4 @@
+//! The DCDN operator: reconciles a `DcdnCluster` into origin, relay and
+//! edge tiers.
+
+pub mod crd;
