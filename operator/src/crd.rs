@@ -40,7 +40,10 @@ pub struct DcdnClusterSpec {
     #[serde(default)]
     pub relay: TierSpec,
     #[serde(default)]
-    pub edge: EdgeTierSpec,
+    pub edge: TierSpec,
+    /// How clients reach the edges.
+    #[serde(default)]
+    pub edge_service: EdgeServiceSpec,
     #[serde(default)]
     pub key_rotation: KeyRotationSpec,
     /// Secret holding the admin token (key `token`); generated if unset.
@@ -100,16 +103,6 @@ pub struct TierConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.keep_alive_ms < self.idle_timeout_ms").message("quic.keep_alive_ms must be below quic.idle_timeout_ms"))]
     pub quic: Option<QuicSection>,
-}
-
-/// The edge tier: a tier plus the Service clients reach it through.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EdgeTierSpec {
-    #[serde(flatten)]
-    pub tier: TierSpec,
-    #[serde(default)]
-    pub service: EdgeServiceSpec,
 }
 
 /// How clients reach the edges.
@@ -255,6 +248,12 @@ pub enum RotationPhase {
     Retiring,
 }
 
+/// Parses a `DcdnCluster` manifest, naming the path of a bad field.
+pub fn from_yaml(text: &str) -> Result<DcdnCluster, String> {
+    let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
 /// The CRD as YAML, as `dcdn-operator crd` prints it and the chart ships it.
 pub fn crd_yaml() -> String {
     let crd = DcdnCluster::crd();
@@ -288,10 +287,12 @@ mod tests {
 
     #[test]
     fn a_minimal_resource_gets_the_documented_defaults() {
-        let c: DcdnClusterSpec = serde_norway::from_str("image: dcdn/node:0.1.0\n").unwrap();
+        let c = from_yaml("kind: DcdnCluster\napiVersion: dcdn.io/v1alpha1\nmetadata: {name: x}\nspec: {image: 'dcdn/node:0.1.0'}\n")
+            .unwrap()
+            .spec;
         assert_eq!(c.origin.replicas, 1);
-        assert_eq!(c.edge.tier.replicas, 1);
-        assert_eq!(c.edge.service.port, 80);
+        assert_eq!(c.edge.replicas, 1);
+        assert_eq!(c.edge_service.port, 80);
         assert_eq!(c.key_rotation.overlap_minutes, 10);
         assert!(c.origin.config.fec.is_none());
     }

@@ -1,4 +1,5 @@
 //! The DCDN operator: reconciles a `DcdnCluster` into origin, relay and
 //! edge tiers.
 
+pub mod build;
 pub mod crd;

@@ -1,0 +1,504 @@
+//! Builders: pure functions from a `DcdnCluster` to the objects it wants.
+//!
+//! Nothing here talks to the API server or reads a clock, so every object
+//! can be checked in unit tests and printed by `dcdn-operator render`.
+//! Objects are JSON in the shape the API server takes (server-side apply
+//! bodies); tests parse them back into the k8s-openapi types.
+
+use crate::crd::{DcdnCluster, ServiceType, TierSpec};
+use dcdn_node::config::{NodeConfig, Role};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// Annotation on a tier's pod template: changes exactly when the tier's
+/// rendered node config changes, which is what rolls the tier.
+pub const CONFIG_HASH_ANNOTATION: &str = "dcdn.io/config-hash";
+/// The node's ports, fixed inside the pod; Services map them.
+pub const MESH_PORT: u16 = 7400;
+pub const HTTP_PORT: u16 = 8080;
+pub const ADMIN_PORT: u16 = 9090;
+/// The image's numeric non-root user.
+pub const NODE_UID: i64 = 65532;
+const CONFIG_DIR: &str = "/etc/dcdn/config";
+
+/// Why a cluster cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BuildError {
+    #[error("the resource has no namespace")]
+    NoNamespace,
+    #[error("the resource has no name")]
+    NoName,
+    #[error("{tier} config is invalid: {message}")]
+    Config { tier: &'static str, message: String },
+}
+
+/// The three tiers, in rollout order (edges first, origin last).
+pub const TIERS: [Role; 3] = [Role::Edge, Role::Relay, Role::Origin];
+
+fn tier_spec(c: &DcdnCluster, role: Role) -> &TierSpec {
+    match role {
+        Role::Origin => &c.spec.origin,
+        Role::Relay => &c.spec.relay,
+        Role::Edge => &c.spec.edge,
+    }
+}
+
+fn tier_name(role: Role) -> &'static str {
+    role.as_str()
+}
+
+/// Names of everything a cluster owns, derived from the resource's name.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(c: &DcdnCluster) -> Result<Self, BuildError> {
+        Ok(Self {
+            cluster: c.metadata.name.clone().ok_or(BuildError::NoName)?,
+            namespace: c
+                .metadata
+                .namespace
+                .clone()
+                .ok_or(BuildError::NoNamespace)?,
+        })
+    }
+    pub fn workload(&self, role: Role) -> String {
+        format!("{}-{}", self.cluster, tier_name(role))
+    }
+    pub fn mesh_service(&self, role: Role) -> String {
+        format!("{}-{}-mesh", self.cluster, tier_name(role))
+    }
+    pub fn config_map(&self, role: Role) -> String {
+        format!("{}-{}-config", self.cluster, tier_name(role))
+    }
+    pub fn tls_secret(&self, role: Role) -> String {
+        format!("{}-{}-tls", self.cluster, tier_name(role))
+    }
+    pub fn trust_bundle(&self) -> String {
+        format!("{}-trust-bundle", self.cluster)
+    }
+    pub fn signing_secret(&self) -> String {
+        format!("{}-signing-key", self.cluster)
+    }
+    pub fn admin_secret(&self) -> String {
+        format!("{}-admin-token", self.cluster)
+    }
+    pub fn service_account(&self) -> String {
+        format!("{}-node", self.cluster)
+    }
+    pub fn edge_service(&self) -> String {
+        format!("{}-edge", self.cluster)
+    }
+    /// A tier's headless Service as `name:port`, re-resolved by the nodes.
+    fn mesh_dns(&self, role: Role) -> String {
+        format!(
+            "{}.{}.svc:{MESH_PORT}",
+            self.mesh_service(role),
+            self.namespace
+        )
+    }
+}
+
+/// The node config a tier's pods run: the node crate's own type, with the
+/// user's sections from the resource and everything else fixed here.
+pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError> {
+    let names = Names::of(c)?;
+    let spec = tier_spec(c, role);
+    let mut cfg = NodeConfig::default();
+    cfg.node.role = role;
+    // Each pod sets its own name (DCDN_NODE_NAME from the downward API).
+    cfg.node.name = names.workload(role);
+    match role {
+        Role::Origin => {}
+        Role::Relay => cfg.discovery.upstream_dns = Some(names.mesh_dns(Role::Origin)),
+        Role::Edge => {
+            cfg.discovery.upstream_dns = Some(names.mesh_dns(Role::Relay));
+            cfg.discovery.peers_dns = Some(names.mesh_dns(Role::Edge));
+        }
+    }
+    if let Some(s) = &spec.config.storage {
+        cfg.storage = s.clone();
+    }
+    if let Some(s) = &spec.config.fec {
+        cfg.fec = s.clone();
+    }
+    if let Some(s) = &spec.config.p2p {
+        cfg.p2p = s.clone();
+    }
+    if let Some(s) = &spec.config.quic {
+        cfg.quic = s.clone();
+    }
+    cfg.crypto.trust_bundle = PathBuf::from("/etc/dcdn/trust/trust-bundle.json");
+    cfg.crypto.signing_keys = if role == Role::Origin {
+        vec![PathBuf::from("/etc/dcdn/signing/signing.key")]
+    } else {
+        Vec::new()
+    };
+    cfg.tls.ca_cert = PathBuf::from("/etc/dcdn/tls/ca.crt");
+    cfg.tls.node_cert = PathBuf::from("/etc/dcdn/tls/tls.crt");
+    cfg.tls.node_key = PathBuf::from("/etc/dcdn/tls/tls.key");
+    cfg.admin.token_file = Some(PathBuf::from("/etc/dcdn/admin/token"));
+    if role == Role::Origin {
+        cfg.origin.ingest_token_file = Some(PathBuf::from("/etc/dcdn/admin/ingest-token"));
+    }
+    cfg.validate().map_err(|message| BuildError::Config {
+        tier: tier_name(role),
+        message,
+    })?;
+    Ok(cfg)
+}
+
+fn labels(names: &Names, role: Role) -> Value {
+    json!({
+        "app.kubernetes.io/name": "dcdn",
+        "app.kubernetes.io/instance": names.cluster,
+        "app.kubernetes.io/component": tier_name(role),
+        "app.kubernetes.io/managed-by": "dcdn-operator",
+    })
+}
+
+fn meta(names: &Names, name: String, role: Option<Role>) -> Value {
+    let mut m = json!({ "name": name, "namespace": names.namespace });
+    m["labels"] = match role {
+        Some(r) => labels(names, r),
+        None => json!({
+            "app.kubernetes.io/name": "dcdn",
+            "app.kubernetes.io/instance": names.cluster,
+            "app.kubernetes.io/managed-by": "dcdn-operator",
+        }),
+    };
+    m
+}
+
+fn config_map(names: &Names, role: Role, cfg: &NodeConfig) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(names, names.config_map(role), Some(role)),
+        "data": { "dcdn.toml": cfg.to_toml() },
+    })
+}
+
+fn mesh_service(names: &Names, role: Role) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(names, names.mesh_service(role), Some(role)),
+        "spec": {
+            "clusterIP": "None",
+            // Peers must find a starting pod before it is ready: readiness
+            // itself waits for an upstream connection.
+            "publishNotReadyAddresses": true,
+            "selector": selector(names, role),
+            "ports": [
+                { "name": "mesh", "port": MESH_PORT, "protocol": "UDP" },
+                { "name": "admin", "port": ADMIN_PORT, "protocol": "TCP" },
+            ],
+        },
+    })
+}
+
+fn selector(names: &Names, role: Role) -> Value {
+    json!({
+        "app.kubernetes.io/instance": names.cluster,
+        "app.kubernetes.io/component": tier_name(role),
+    })
+}
+
+fn restricted_container_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": NODE_UID,
+        "runAsGroup": NODE_UID,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Value {
+    let spec = tier_spec(c, role);
+    let mut volumes = vec![
+        json!({ "name": "config", "configMap": { "name": names.config_map(role) } }),
+        json!({ "name": "trust", "configMap": { "name": names.trust_bundle() } }),
+        json!({ "name": "tls", "secret": { "secretName": names.tls_secret(role), "defaultMode": 0o400 } }),
+        json!({ "name": "admin", "secret": { "secretName": names.admin_secret(), "defaultMode": 0o400 } }),
+    ];
+    let mut mounts = vec![
+        json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }),
+        json!({ "name": "trust", "mountPath": "/etc/dcdn/trust", "readOnly": true }),
+        json!({ "name": "tls", "mountPath": "/etc/dcdn/tls", "readOnly": true }),
+        json!({ "name": "admin", "mountPath": "/etc/dcdn/admin", "readOnly": true }),
+    ];
+    if role == Role::Origin {
+        // The signing key is mounted into origin pods only.
+        volumes.push(json!({ "name": "signing", "secret": { "secretName": names.signing_secret(), "defaultMode": 0o400 } }));
+        mounts
+            .push(json!({ "name": "signing", "mountPath": "/etc/dcdn/signing", "readOnly": true }));
+    }
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": { "path": path, "port": "admin" },
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 2,
+        })
+    };
+    let mut pod_spec = json!({
+        "serviceAccountName": names.service_account(),
+        "automountServiceAccountToken": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": NODE_UID,
+            "runAsGroup": NODE_UID,
+            "fsGroup": NODE_UID,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        // SIGTERM drains in up to 10 s; leave room.
+        "terminationGracePeriodSeconds": 30,
+        "containers": [{
+            "name": "dcdn",
+            "image": c.spec.image,
+            "args": ["run", "--config", format!("{CONFIG_DIR}/dcdn.toml"), "--log-json"],
+            "env": [{ "name": "DCDN_NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+            "ports": [
+                { "name": "mesh", "containerPort": MESH_PORT, "protocol": "UDP" },
+                { "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" },
+                { "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" },
+            ],
+            "readinessProbe": probe("/readyz", 2, 3),
+            "livenessProbe": probe("/healthz", 10, 6),
+            "securityContext": restricted_container_security(),
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    if let Some(r) = &spec.resources {
+        pod_spec["containers"][0]["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
+    }
+    if !spec.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(spec.node_selector);
+    }
+    if let Some(a) = &spec.affinity {
+        pod_spec["affinity"] = serde_json::to_value(a).unwrap_or(Value::Null);
+    }
+    if !spec.tolerations.is_empty() {
+        pod_spec["tolerations"] = serde_json::to_value(&spec.tolerations).unwrap_or(Value::Null);
+    }
+    let strategy = if role == Role::Origin {
+        // One signer at a time: never two origins during a rollout.
+        json!({ "type": "Recreate" })
+    } else {
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1, "maxSurge": 1 } })
+    };
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(names, names.workload(role), Some(role)),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": { "matchLabels": selector(names, role) },
+            "strategy": strategy,
+            "template": {
+                "metadata": {
+                    "labels": labels(names, role),
+                    "annotations": { CONFIG_HASH_ANNOTATION: cfg.config_hash() },
+                },
+                "spec": pod_spec,
+            },
+        },
+    })
+}
+
+fn pdb(names: &Names, role: Role) -> Value {
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(names, names.workload(role), Some(role)),
+        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector(names, role) } },
+    })
+}
+
+fn edge_service(c: &DcdnCluster, names: &Names) -> Value {
+    let svc = &c.spec.edge_service;
+    let kind = match svc.service_type {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(names, names.edge_service(), Some(Role::Edge)),
+        "spec": {
+            "type": kind,
+            "selector": selector(names, Role::Edge),
+            "ports": [{ "name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP" }],
+        },
+    })
+}
+
+fn service_account(names: &Names) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta(names, names.service_account(), None),
+        // Nodes never call the Kubernetes API.
+        "automountServiceAccountToken": false,
+    })
+}
+
+/// Every object the cluster wants that does not hold key material, in
+/// apply order. Secrets and the trust bundle come from the key state.
+pub fn build(c: &DcdnCluster) -> Result<Vec<Value>, BuildError> {
+    let names = Names::of(c)?;
+    let mut out = vec![service_account(&names)];
+    for role in [Role::Origin, Role::Relay, Role::Edge] {
+        let cfg = node_config(c, role)?;
+        out.push(config_map(&names, role, &cfg));
+        out.push(mesh_service(&names, role));
+        out.push(workload(c, &names, role, &cfg));
+        if role != Role::Origin && tier_spec(c, role).replicas > 1 {
+            out.push(pdb(&names, role));
+        }
+    }
+    out.push(edge_service(c, &names));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    fn cluster(yaml: &str) -> DcdnCluster {
+        let mut c = crate::crd::from_yaml(yaml).unwrap();
+        c.metadata.namespace = Some("cdn".into());
+        c
+    }
+
+    const MINIMAL: &str = "apiVersion: dcdn.io/v1alpha1\nkind: DcdnCluster\nmetadata: {name: demo}\nspec: {image: 'dcdn/node:0.1.0', relay: {replicas: 2}, edge: {replicas: 3}}\n";
+
+    fn deployment(objects: &[Value], name: &str) -> Deployment {
+        let v = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == name)
+            .unwrap();
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    fn hash(d: &Deployment) -> String {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    }
+
+    #[test]
+    fn every_object_parses_as_its_kubernetes_type() {
+        let objects = build(&cluster(MINIMAL)).unwrap();
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| **k == "Deployment").count(), 3);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == "PodDisruptionBudget")
+                .count(),
+            2
+        );
+        for o in &objects {
+            match o["kind"].as_str().unwrap() {
+                "Deployment" => drop(serde_json::from_value::<Deployment>(o.clone()).unwrap()),
+                "Service" => drop(
+                    serde_json::from_value::<k8s_openapi::api::core::v1::Service>(o.clone())
+                        .unwrap(),
+                ),
+                "ConfigMap" => {
+                    let cm: k8s_openapi::api::core::v1::ConfigMap =
+                        serde_json::from_value(o.clone()).unwrap();
+                    let toml = &cm.data.unwrap()["dcdn.toml"];
+                    // The rendered file is one the node itself accepts.
+                    NodeConfig::parse(
+                        toml,
+                        dcdn_node::config::Format::Toml,
+                        "rendered",
+                        std::iter::empty::<(String, String)>(),
+                    )
+                    .unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn pods_run_restricted_with_probes_and_only_origins_get_the_signing_key() {
+        let objects = build(&cluster(MINIMAL)).unwrap();
+        for role in TIERS {
+            let d = deployment(&objects, &format!("demo-{}", role.as_str()));
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let ctr = &pod.containers[0];
+            let sc = ctr.security_context.as_ref().unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+                &["ALL"]
+            );
+            assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+            let has_signing = pod.volumes.unwrap().iter().any(|v| v.name == "signing");
+            assert_eq!(has_signing, role == Role::Origin, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_hash_changes_with_a_tiers_config_and_only_that_tier() {
+        let before = build(&cluster(MINIMAL)).unwrap();
+        let changed = cluster(&MINIMAL.replace(
+            "edge: {replicas: 3}",
+            "edge: {replicas: 3, config: {fec: {default_parity_count: 6}}}",
+        ));
+        let after = build(&changed).unwrap();
+        let h = |objs: &[Value], t: &str| hash(&deployment(objs, &format!("demo-{t}")));
+        assert_ne!(h(&before, "edge"), h(&after, "edge"));
+        assert_eq!(h(&before, "relay"), h(&after, "relay"));
+        assert_eq!(h(&before, "origin"), h(&after, "origin"));
+        // Replicas are not config: scaling does not roll pods.
+        let scaled = build(&cluster(
+            &MINIMAL.replace("edge: {replicas: 3}", "edge: {replicas: 9}"),
+        ))
+        .unwrap();
+        assert_eq!(h(&before, "edge"), h(&scaled, "edge"));
+        // Building twice gives the same objects.
+        assert_eq!(before, build(&cluster(MINIMAL)).unwrap());
+    }
+
+    #[test]
+    fn an_invalid_tier_config_is_a_build_error_naming_the_tier() {
+        let bad = cluster(&MINIMAL.replace(
+            "relay: {replicas: 2}",
+            "relay: {replicas: 2, config: {quic: {keep_alive_ms: 9000, idle_timeout_ms: 6000}}}",
+        ));
+        match build(&bad) {
+            Err(BuildError::Config { tier, message }) => {
+                assert_eq!(tier, "relay");
+                assert!(message.contains("keep_alive_ms"), "{message}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+}
