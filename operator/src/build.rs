@@ -138,8 +138,11 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
         Vec::new()
     };
     cfg.tls.ca_cert = PathBuf::from("/etc/dcdn/tls/ca.crt");
-    cfg.tls.node_cert = PathBuf::from("/etc/dcdn/tls/tls.crt");
-    cfg.tls.node_key = PathBuf::from("/etc/dcdn/tls/tls.key");
+    // A node's peer id is its certificate's key, so every pod has its own
+    // certificate in the tier's Secret; the pod picks it by name through
+    // DCDN_TLS_NODE_CERT / DCDN_TLS_NODE_KEY (see `workload`).
+    cfg.tls.node_cert = PathBuf::from("/etc/dcdn/tls/node.crt");
+    cfg.tls.node_key = PathBuf::from("/etc/dcdn/tls/node.key");
     cfg.admin.token_file = Some(PathBuf::from("/etc/dcdn/admin/token"));
     if role == Role::Origin {
         cfg.origin.ingest_token_file = Some(PathBuf::from("/etc/dcdn/admin/ingest-token"));
@@ -264,7 +267,12 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
             "name": "dcdn",
             "image": c.spec.image,
             "args": ["run", "--config", format!("{CONFIG_DIR}/dcdn.toml"), "--log-json"],
-            "env": [{ "name": "DCDN_NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+            "env": [
+                { "name": "DCDN_NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                // Kubernetes expands $(VAR) from earlier entries.
+                { "name": "DCDN_TLS_NODE_CERT", "value": "/etc/dcdn/tls/$(DCDN_NODE_NAME).crt" },
+                { "name": "DCDN_TLS_NODE_KEY", "value": "/etc/dcdn/tls/$(DCDN_NODE_NAME).key" },
+            ],
             "ports": [
                 { "name": "mesh", "containerPort": MESH_PORT, "protocol": "UDP" },
                 { "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" },
@@ -289,20 +297,19 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     if !spec.tolerations.is_empty() {
         pod_spec["tolerations"] = serde_json::to_value(&spec.tolerations).unwrap_or(Value::Null);
     }
-    let strategy = if role == Role::Origin {
-        // One signer at a time: never two origins during a rollout.
-        json!({ "type": "Recreate" })
-    } else {
-        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1, "maxSurge": 1 } })
-    };
+    // A StatefulSet: stable pod names carry per-pod certificates, a pod is
+    // never run twice at once (so never two origins signing), and the
+    // update partition is the gate for rolling one tier at a time.
     json!({
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "metadata": meta(names, names.workload(role), Some(role)),
         "spec": {
             "replicas": spec.replicas,
+            "serviceName": names.mesh_service(role),
+            "podManagementPolicy": "Parallel",
             "selector": { "matchLabels": selector(names, role) },
-            "strategy": strategy,
+            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
             "template": {
                 "metadata": {
                     "labels": labels(names, role),
@@ -373,7 +380,7 @@ pub fn build(c: &DcdnCluster) -> Result<Vec<Value>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::apps::v1::StatefulSet;
 
     fn cluster(yaml: &str) -> DcdnCluster {
         let mut c = crate::crd::from_yaml(yaml).unwrap();
@@ -383,15 +390,15 @@ mod tests {
 
     const MINIMAL: &str = "apiVersion: dcdn.io/v1alpha1\nkind: DcdnCluster\nmetadata: {name: demo}\nspec: {image: 'dcdn/node:0.1.0', relay: {replicas: 2}, edge: {replicas: 3}}\n";
 
-    fn deployment(objects: &[Value], name: &str) -> Deployment {
+    fn stateful_set(objects: &[Value], name: &str) -> StatefulSet {
         let v = objects
             .iter()
-            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == name)
+            .find(|o| o["kind"] == "StatefulSet" && o["metadata"]["name"] == name)
             .unwrap();
         serde_json::from_value(v.clone()).unwrap()
     }
 
-    fn hash(d: &Deployment) -> String {
+    fn hash(d: &StatefulSet) -> String {
         d.spec
             .as_ref()
             .unwrap()
@@ -412,7 +419,7 @@ mod tests {
             .iter()
             .map(|o| o["kind"].as_str().unwrap())
             .collect();
-        assert_eq!(kinds.iter().filter(|k| **k == "Deployment").count(), 3);
+        assert_eq!(kinds.iter().filter(|k| **k == "StatefulSet").count(), 3);
         assert_eq!(
             kinds
                 .iter()
@@ -422,7 +429,7 @@ mod tests {
         );
         for o in &objects {
             match o["kind"].as_str().unwrap() {
-                "Deployment" => drop(serde_json::from_value::<Deployment>(o.clone()).unwrap()),
+                "StatefulSet" => drop(serde_json::from_value::<StatefulSet>(o.clone()).unwrap()),
                 "Service" => drop(
                     serde_json::from_value::<k8s_openapi::api::core::v1::Service>(o.clone())
                         .unwrap(),
@@ -449,7 +456,7 @@ mod tests {
     fn pods_run_restricted_with_probes_and_only_origins_get_the_signing_key() {
         let objects = build(&cluster(MINIMAL)).unwrap();
         for role in TIERS {
-            let d = deployment(&objects, &format!("demo-{}", role.as_str()));
+            let d = stateful_set(&objects, &format!("demo-{}", role.as_str()));
             let pod = d.spec.unwrap().template.spec.unwrap();
             let ctr = &pod.containers[0];
             let sc = ctr.security_context.as_ref().unwrap();
@@ -460,6 +467,10 @@ mod tests {
                 &["ALL"]
             );
             assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+            // Each pod presents its own certificate (its peer id).
+            let env = ctr.env.as_ref().unwrap();
+            assert!(env.iter().any(|e| e.name == "DCDN_TLS_NODE_CERT"
+                && e.value.as_deref() == Some("/etc/dcdn/tls/$(DCDN_NODE_NAME).crt")));
             let has_signing = pod.volumes.unwrap().iter().any(|v| v.name == "signing");
             assert_eq!(has_signing, role == Role::Origin, "{role:?}");
         }
@@ -473,7 +484,7 @@ mod tests {
             "edge: {replicas: 3, config: {fec: {default_parity_count: 6}}}",
         ));
         let after = build(&changed).unwrap();
-        let h = |objs: &[Value], t: &str| hash(&deployment(objs, &format!("demo-{t}")));
+        let h = |objs: &[Value], t: &str| hash(&stateful_set(objs, &format!("demo-{t}")));
         assert_ne!(h(&before, "edge"), h(&after, "edge"));
         assert_eq!(h(&before, "relay"), h(&after, "relay"));
         assert_eq!(h(&before, "origin"), h(&after, "origin"));
