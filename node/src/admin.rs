@@ -217,7 +217,10 @@ async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "probes",
     responses((status = 200, description = "This document", content_type = "application/json")))]
 async fn openapi_doc() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+    // The document is fixed for the life of the binary: build it once.
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(openapi_json).as_str();
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 /// Why a node is or is not ready.

@@ -166,41 +166,39 @@ async fn check_object(
     let mut all_ok = true;
     for (edge, got, took) in results {
         slowest = slowest.max(took);
-        {
-            let outcome = match got {
-                Ok(resp) => {
-                    let digest = hex::encode(blake3::hash(&resp.body).as_bytes());
-                    let etag_ok = resp
-                        .headers
-                        .get("etag")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.trim_matches('"') == object_digest);
-                    let ok = resp.body.len() == object.len() && digest == object_digest && etag_ok;
-                    Outcome {
-                        what: format!("fetch object via {edge}"),
-                        ok,
-                        detail: format!(
-                            "{} bytes, digest {}, etag {}, {:.0} ms after publish",
-                            resp.body.len(),
-                            if digest == object_digest {
-                                "matches"
-                            } else {
-                                "DIFFERS"
-                            },
-                            if etag_ok { "matches" } else { "DIFFERS" },
-                            took.as_secs_f64() * 1000.0
-                        ),
-                    }
-                }
-                Err(e) => Outcome {
+        let outcome = match got {
+            Ok(resp) => {
+                let digest = hex::encode(blake3::hash(&resp.body).as_bytes());
+                let etag_ok = resp
+                    .headers
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim_matches('"') == object_digest);
+                let ok = resp.body.len() == object.len() && digest == object_digest && etag_ok;
+                Outcome {
                     what: format!("fetch object via {edge}"),
-                    ok: false,
-                    detail: e.to_string(),
-                },
-            };
-            all_ok &= outcome.ok;
-            out.push(outcome);
-        }
+                    ok,
+                    detail: format!(
+                        "{} bytes, digest {}, etag {}, {:.0} ms after publish",
+                        resp.body.len(),
+                        if digest == object_digest {
+                            "matches"
+                        } else {
+                            "DIFFERS"
+                        },
+                        if etag_ok { "matches" } else { "DIFFERS" },
+                        took.as_secs_f64() * 1000.0
+                    ),
+                }
+            }
+            Err(e) => Outcome {
+                what: format!("fetch object via {edge}"),
+                ok: false,
+                detail: e.to_string(),
+            },
+        };
+        all_ok &= outcome.ok;
+        out.push(outcome);
     }
     if all_ok {
         println!(
