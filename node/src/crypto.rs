@@ -104,7 +104,9 @@ impl Signer {
     }
 
     /// Reads a key file: the 32-byte secret seed as 64 hex characters
-    /// (surrounding whitespace ignored). Refuses files others can read.
+    /// (surrounding whitespace ignored). Refuses files others can read or
+    /// anyone but the owner can write; group-read is allowed because
+    /// Kubernetes projects Secrets with `fsGroup` as 0440.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let err = |message: String| KeyError::File {
             path: path.display().to_string(),
@@ -114,19 +116,29 @@ impl Signer {
         {
             use std::os::unix::fs::PermissionsExt;
             let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-            if meta.permissions().mode() & 0o077 != 0 {
+            if meta.permissions().mode() & 0o037 != 0 {
                 return Err(err(format!(
-                    "mode {:o} lets others read a secret key; chmod 600 it",
+                    "mode {:o} lets others read or write a secret key; chmod 600 it",
                     meta.permissions().mode() & 0o777
                 )));
             }
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let bytes = hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?;
+        Self::from_secret_hex(&text).map_err(err)
+    }
+
+    /// Parses the 32-byte secret seed from 64 hex characters.
+    pub fn from_secret_hex(text: &str) -> Result<Self, String> {
+        let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
         let seed: [u8; 32] = bytes
             .try_into()
-            .map_err(|b: Vec<u8>| err(format!("expected 32 bytes, found {}", b.len())))?;
+            .map_err(|b: Vec<u8>| format!("expected 32 bytes, found {}", b.len()))?;
         Ok(Self::from_secret(seed))
+    }
+
+    /// The secret seed as 64 hex characters, for key files and Secrets only.
+    pub fn to_secret_hex(&self) -> String {
+        hex::encode(self.key.to_bytes())
     }
 
     /// Writes the key file with mode 0600.
@@ -144,7 +156,7 @@ impl Signer {
         }
         use std::io::Write;
         let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-        f.write_all(format!("{}\n", hex::encode(self.key.to_bytes())).as_bytes())
+        f.write_all(format!("{}\n", self.to_secret_hex()).as_bytes())
             .map_err(|e| err(e.to_string()))
     }
 }

@@ -13,6 +13,12 @@ use std::path::PathBuf;
 /// Annotation on a tier's pod template: changes exactly when the tier's
 /// rendered node config changes, which is what rolls the tier.
 pub const CONFIG_HASH_ANNOTATION: &str = "dcdn.io/config-hash";
+/// Annotation on a StatefulSet: the hash of the pod template the operator
+/// wants. The rollout gate compares it; any template change (config, image,
+/// resources) rolls the tier, and only in tier order.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "dcdn.io/template-hash";
+/// Label on everything the operator owns; pruning lists by it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "dcdn-operator");
 /// The node's ports, fixed inside the pod; Services map them.
 pub const MESH_PORT: u16 = 7400;
 pub const HTTP_PORT: u16 = 8080;
@@ -35,7 +41,7 @@ pub enum BuildError {
 /// The three tiers, in rollout order (edges first, origin last).
 pub const TIERS: [Role; 3] = [Role::Edge, Role::Relay, Role::Origin];
 
-fn tier_spec(c: &DcdnCluster, role: Role) -> &TierSpec {
+pub fn tier_spec(c: &DcdnCluster, role: Role) -> &TierSpec {
     match role {
         Role::Origin => &c.spec.origin,
         Role::Relay => &c.spec.relay,
@@ -52,17 +58,24 @@ fn tier_name(role: Role) -> &'static str {
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
+    admin_secret: String,
 }
 
 impl Names {
     pub fn of(c: &DcdnCluster) -> Result<Self, BuildError> {
+        let cluster = c.metadata.name.clone().ok_or(BuildError::NoName)?;
         Ok(Self {
-            cluster: c.metadata.name.clone().ok_or(BuildError::NoName)?,
+            admin_secret: c
+                .spec
+                .admin_token_secret
+                .clone()
+                .unwrap_or_else(|| format!("{cluster}-admin-token")),
             namespace: c
                 .metadata
                 .namespace
                 .clone()
                 .ok_or(BuildError::NoNamespace)?,
+            cluster,
         })
     }
     pub fn workload(&self, role: Role) -> String {
@@ -83,8 +96,18 @@ impl Names {
     pub fn signing_secret(&self) -> String {
         format!("{}-signing-key", self.cluster)
     }
+    /// The user's Secret when the resource names one, else the generated one.
     pub fn admin_secret(&self) -> String {
-        format!("{}-admin-token", self.cluster)
+        self.admin_secret.clone()
+    }
+    pub fn ca_secret(&self) -> String {
+        format!("{}-mesh-ca", self.cluster)
+    }
+    /// A tier's pod names: `{workload}-{ordinal}`, as the StatefulSet makes them.
+    pub fn pods(&self, role: Role, replicas: u32) -> Vec<String> {
+        (0..replicas)
+            .map(|i| format!("{}-{i}", self.workload(role)))
+            .collect()
     }
     pub fn service_account(&self) -> String {
         format!("{}-node", self.cluster)
@@ -163,7 +186,7 @@ fn labels(names: &Names, role: Role) -> Value {
     })
 }
 
-fn meta(names: &Names, name: String, role: Option<Role>) -> Value {
+pub(crate) fn meta(names: &Names, name: String, role: Option<Role>) -> Value {
     let mut m = json!({ "name": name, "namespace": names.namespace });
     m["labels"] = match role {
         Some(r) => labels(names, r),
@@ -297,26 +320,28 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     if !spec.tolerations.is_empty() {
         pod_spec["tolerations"] = serde_json::to_value(&spec.tolerations).unwrap_or(Value::Null);
     }
-    // A StatefulSet: stable pod names carry per-pod certificates, a pod is
-    // never run twice at once (so never two origins signing), and the
-    // update partition is the gate for rolling one tier at a time.
+    let template = json!({
+        "metadata": {
+            "labels": labels(names, role),
+            "annotations": { CONFIG_HASH_ANNOTATION: cfg.config_hash() },
+        },
+        "spec": pod_spec,
+    });
+    let mut metadata = meta(names, names.workload(role), Some(role));
+    metadata["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: hash_value(&template) });
+    // A StatefulSet: stable pod names carry per-pod certificates, and a pod
+    // is never run twice at once (so never two origins signing).
     json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": meta(names, names.workload(role), Some(role)),
+        "metadata": metadata,
         "spec": {
             "replicas": spec.replicas,
             "serviceName": names.mesh_service(role),
             "podManagementPolicy": "Parallel",
             "selector": { "matchLabels": selector(names, role) },
             "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
-            "template": {
-                "metadata": {
-                    "labels": labels(names, role),
-                    "annotations": { CONFIG_HASH_ANNOTATION: cfg.config_hash() },
-                },
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     })
 }
@@ -349,6 +374,42 @@ fn edge_service(c: &DcdnCluster, names: &Names) -> Value {
     })
 }
 
+/// A Prometheus Operator ServiceMonitor scraping every tier's admin port.
+fn service_monitor(names: &Names) -> Value {
+    let mut selector = serde_json::Map::new();
+    selector.insert("app.kubernetes.io/instance".into(), json!(names.cluster));
+    selector.insert(MANAGED_BY.0.into(), json!(MANAGED_BY.1));
+    json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta(names, format!("{}-nodes", names.cluster), None),
+        "spec": {
+            // The headless mesh Services list every pod, ready or not.
+            "selector": { "matchLabels": selector },
+            "endpoints": [{ "port": "admin", "path": "/metrics", "interval": "30s" }],
+        },
+    })
+}
+
+/// The trust bundle every node reads: public keys and their states only.
+pub fn trust_bundle(names: &Names, bundle: &dcdn_node::crypto::TrustBundle) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(names, names.trust_bundle(), None),
+        "data": { TRUST_BUNDLE_FILE: bundle.to_json() },
+    })
+}
+
+/// The file name of the trust bundle inside its ConfigMap.
+pub const TRUST_BUNDLE_FILE: &str = "trust-bundle.json";
+
+/// A stable short hash of a JSON value (serde_json keeps map keys sorted).
+pub fn hash_value(v: &Value) -> String {
+    let h = blake3::hash(v.to_string().as_bytes());
+    hex::encode(&h.as_bytes()[..8])
+}
+
 fn service_account(names: &Names) -> Value {
     json!({
         "apiVersion": "v1",
@@ -360,7 +421,8 @@ fn service_account(names: &Names) -> Value {
 }
 
 /// Every object the cluster wants that does not hold key material, in
-/// apply order. Secrets and the trust bundle come from the key state.
+/// apply order. Secrets and the trust bundle come from the key state
+/// (`keys`), which the reconciler reads from the cluster.
 pub fn build(c: &DcdnCluster) -> Result<Vec<Value>, BuildError> {
     let names = Names::of(c)?;
     let mut out = vec![service_account(&names)];
@@ -374,6 +436,9 @@ pub fn build(c: &DcdnCluster) -> Result<Vec<Value>, BuildError> {
         }
     }
     out.push(edge_service(c, &names));
+    if c.spec.monitoring.service_monitor {
+        out.push(service_monitor(&names));
+    }
     Ok(out)
 }
 

@@ -144,7 +144,7 @@ pub enum ServiceType {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.periodHours == 0 || self.overlapMinutes * 60 < self.periodHours * 3600").message("overlapMinutes must be shorter than periodHours"))]
 pub struct KeyRotationSpec {
-    /// Rotate this often; 0 rotates only on the `dcdn.io/rotate-key` annotation.
+    /// Rotate this often; 0 rotates only on the `dcdn.io/rotate-keys` annotation.
     #[serde(default)]
     #[schemars(range(min = 0, max = 8760))]
     pub period_hours: u32,
@@ -197,6 +197,9 @@ pub struct DcdnClusterStatus {
     pub keyset_generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_phase: Option<RotationPhase>,
+    /// Where a key rotation stands; kept so a restarted operator resumes.
+    #[serde(default)]
+    pub rotation: RotationStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,8 +241,32 @@ pub struct Condition {
 }
 
 /// Where a key rotation is; recorded so a restarted operator resumes it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+/// The bookkeeping of key rotation (public key ids and times only).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The key being rolled in, from `Staged` until `Retiring` ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_key_id: Option<String>,
+    /// When the current phase began (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<String>,
+    /// When the last rotation finished (RFC 3339); the schedule counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<String>,
+    /// The last `dcdn.io/rotate-keys` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_trigger: Option<String>,
+    /// What the current phase waits for, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum RotationPhase {
+    #[default]
     Idle,
     Staged,
     Distributing,

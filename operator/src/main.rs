@@ -19,6 +19,29 @@ enum Command {
     Crd,
     /// Print every object the operator would apply for a DcdnCluster (key
     /// material excepted), as a YAML stream, for review and tests.
+    /// Run the operator against the cluster (in a pod, or with KUBECONFIG).
+    Run {
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "DCDN_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: std::net::SocketAddr,
+        /// Take a Lease before reconciling, so one of several replicas acts.
+        #[arg(long, env = "DCDN_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        leader_election: bool,
+        #[arg(long, env = "DCDN_LEASE_NAME", default_value = "dcdn-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// This replica's name in the Lease.
+        #[arg(long, env = "POD_NAME", default_value = "dcdn-operator")]
+        identity: String,
+        /// Watch only this namespace (default: all).
+        #[arg(long, env = "DCDN_WATCH_NAMESPACE", default_value = "")]
+        watch_namespace: String,
+        /// Log format.
+        #[arg(long, env = "DCDN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
     Render {
         /// The DcdnCluster manifest.
         #[arg(short = 'f', long = "filename")]
@@ -29,9 +52,45 @@ enum Command {
     },
 }
 
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", dcdn_operator::crd::crd_yaml()),
+        Command::Run {
+            http_addr,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
+            watch_namespace,
+            log_format,
+        } => {
+            init_logs(log_format == "json");
+            // Both rustls backends are linked in test builds; pick one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = dcdn_operator::serve::RunConfig {
+                http_addr,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                identity,
+                watch_namespace: (!watch_namespace.is_empty()).then_some(watch_namespace),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(dcdn_operator::serve::run(config))?;
+        }
         Command::Render { file, namespace } => {
             use anyhow::Context;
             let text = std::fs::read_to_string(&file)

@@ -1,0 +1,943 @@
+//! One reconcile pass: validate → read key state → rotate → build → apply
+//! (tier-gated) → prune → status.
+//!
+//! Writes are skipped when the live object already carries the hash of
+//! what would be applied, so a pass over an unchanged cluster writes
+//! nothing. Every object is server-side applied by the `dcdn-operator`
+//! field manager with a controller owner reference to the `DcdnCluster`,
+//! so deleting the resource deletes everything (garbage collection), and
+//! fields other managers own (`kubectl rollout restart`'s annotation) stay.
+
+use crate::build::{self, BuildError, MANAGED_BY, Names, TEMPLATE_HASH_ANNOTATION, TIERS};
+use crate::crd::{Condition, DcdnCluster, DcdnClusterStatus, RotationPhase, TierStatus};
+use crate::keys::{AdminTokens, KeyError, MeshCa, SigningKeys};
+use crate::metrics::Metrics;
+use crate::node_admin::{NodeAdmin, NodeTarget};
+use crate::rotation::{self, PodReport, TRIGGER_ANNOTATION};
+use dcdn_node::config::Role;
+use dcdn_node::crypto::{KeyRing, TrustBundle};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const FIELD_MANAGER: &str = "dcdn-operator";
+/// Hash of what the operator last applied to an object.
+pub const APPLIED_HASH_ANNOTATION: &str = "dcdn.io/applied-hash";
+/// Requeue while something is in motion (rollout, rotation).
+const BUSY_REQUEUE: Duration = Duration::from_secs(10);
+/// Requeue at rest: drift and the rotation schedule are checked this often.
+const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Largest number of clusters whose failure counts are remembered.
+const MAX_BACKOFF_ENTRIES: usize = 10_000;
+
+/// Why a pass failed. Each variant is a `reason` label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid DcdnCluster: {0}")]
+    InvalidSpec(#[from] BuildError),
+    #[error("key material: {0}")]
+    Keys(#[from] KeyError),
+    #[error("key rotation: {0}")]
+    Rotation(#[from] rotation::RotationError),
+    #[error("{context}: {source}")]
+    Api {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Precondition(String),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Keys(_) => "keys",
+            Error::Rotation(_) => "rotation",
+            Error::Api { .. } => "api",
+            Error::Precondition(_) => "precondition",
+        }
+    }
+}
+
+fn api_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Api { context, source }
+}
+
+/// Shared by every pass.
+pub struct Context<A: NodeAdmin> {
+    pub client: kube::Client,
+    pub admin: A,
+    pub metrics: Metrics,
+    pub recorder: Option<Recorder>,
+    /// The clock; tests move it to drive time-based phases.
+    pub clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Consecutive failures per cluster, for backoff.
+    failures: parking_lot::Mutex<HashMap<String, u32>>,
+}
+
+impl<A: NodeAdmin> std::fmt::Debug for Context<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl<A: NodeAdmin> Context<A> {
+    pub fn new(client: kube::Client, admin: A, metrics: Metrics) -> Self {
+        Self {
+            client,
+            admin,
+            metrics,
+            recorder: None,
+            clock: Box::new(Timestamp::now),
+            failures: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The kinds the operator applies and prunes (Secrets are handled by name:
+/// the operator may not list them).
+fn pruned_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+    ]
+}
+
+fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+fn resource_of(obj: &Value) -> ApiResource {
+    let (group, version) = match obj["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
+        Some((g, v)) => (g.to_owned(), v.to_owned()),
+        None => (
+            String::new(),
+            obj["apiVersion"].as_str().unwrap_or("v1").to_owned(),
+        ),
+    };
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    if kind == "ServiceMonitor" {
+        return service_monitor_resource();
+    }
+    ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, kind))
+}
+
+fn selector(names: &Names) -> String {
+    format!(
+        "app.kubernetes.io/instance={},{}={}",
+        names.cluster, MANAGED_BY.0, MANAGED_BY.1
+    )
+}
+
+/// What the cluster looks like before this pass writes anything.
+struct Live {
+    /// (kind, name) → object, for every listed kind.
+    objects: BTreeMap<(String, String), DynamicObject>,
+    stateful_sets: BTreeMap<Role, StatefulSet>,
+    pods: Vec<Pod>,
+}
+
+async fn read_live(client: &kube::Client, names: &Names, monitoring: bool) -> Result<Live, Error> {
+    let lp = ListParams::default().labels(&selector(names));
+    let mut objects = BTreeMap::new();
+    let mut kinds = pruned_kinds();
+    if monitoring {
+        kinds.push(service_monitor_resource());
+    }
+    for ar in kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
+        let list = match api.list(&lp).await {
+            Ok(l) => l,
+            // The ServiceMonitor CRD may not be installed; applying will say so.
+            Err(kube::Error::Api(s)) if s.code == 404 && ar.kind == "ServiceMonitor" => continue,
+            Err(e) => return Err(api_err(format!("listing {}", ar.plural))(e)),
+        };
+        for o in list.items {
+            objects.insert((ar.kind.clone(), o.name_any()), o);
+        }
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let mut stateful_sets = BTreeMap::new();
+    for role in TIERS {
+        if let Some(s) = sts
+            .get_opt(&names.workload(role))
+            .await
+            .map_err(api_err("reading StatefulSets"))?
+        {
+            stateful_sets.insert(role, s);
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let pods = pods
+        .list(
+            &ListParams::default().labels(&format!("app.kubernetes.io/instance={}", names.cluster)),
+        )
+        .await
+        .map_err(api_err("listing pods"))?
+        .items;
+    Ok(Live {
+        objects,
+        stateful_sets,
+        pods,
+    })
+}
+
+/// A tier is settled when its StatefulSet has rolled every pod to the
+/// current template and all of them are ready.
+fn settled(sts: &StatefulSet) -> bool {
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &sts.status else {
+        return want == 0;
+    };
+    let generation_seen =
+        st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let revision_done = st.update_revision.is_none() || st.current_revision == st.update_revision;
+    generation_seen
+        && revision_done
+        && st.updated_replicas.unwrap_or(0) >= want
+        && st.ready_replicas.unwrap_or(0) >= want
+}
+
+fn template_hash(obj: &Value) -> Option<&str> {
+    obj["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION].as_str()
+}
+
+fn live_template_hash(sts: &StatefulSet) -> Option<&str> {
+    sts.metadata
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Which tiers may take a new pod template now. A tier whose template
+/// changed rolls only when every tier before it (edges, relays, origin) is
+/// on its new template and settled, and no other tier is mid-roll.
+fn rollout_gate(
+    desired: &BTreeMap<Role, Value>,
+    live: &BTreeMap<Role, StatefulSet>,
+) -> (BTreeMap<Role, bool>, Option<String>) {
+    let mut allowed = BTreeMap::new();
+    let mut waiting = None;
+    let mut earlier_done = true;
+    let mut blocker: Option<Role> = None;
+    for role in TIERS {
+        let want = desired.get(&role).and_then(|o| template_hash(o));
+        let Some(sts) = live.get(&role) else {
+            // Creating a tier is not a rollout.
+            allowed.insert(role, true);
+            continue;
+        };
+        let changed = want != live_template_hash(sts);
+        let others_settled = TIERS
+            .iter()
+            .filter(|r| **r != role)
+            .all(|r| live.get(r).is_none_or(settled));
+        let ok = !changed || (earlier_done && others_settled);
+        allowed.insert(role, ok);
+        if changed && !ok && waiting.is_none() {
+            let by = blocker.or_else(|| {
+                TIERS
+                    .iter()
+                    .copied()
+                    .find(|r| *r != role && live.get(r).is_some_and(|s| !settled(s)))
+            });
+            waiting = Some(match by {
+                Some(b) => format!(
+                    "{} waits for {} to finish rolling out",
+                    role.as_str(),
+                    b.as_str()
+                ),
+                None => format!("{} waits for its turn", role.as_str()),
+            });
+        }
+        if changed || !settled(sts) {
+            earlier_done = false;
+            blocker.get_or_insert(role);
+        }
+    }
+    (allowed, waiting)
+}
+
+/// Reads or creates the key material.
+struct KeyState {
+    ca: MeshCa,
+    signing: SigningKeys,
+    admin: AdminTokens,
+    /// Whether the admin token Secret is the operator's to write.
+    admin_generated: bool,
+    ring: KeyRing,
+    tls: BTreeMap<Role, Option<Secret>>,
+}
+
+async fn read_keys(
+    client: &kube::Client,
+    c: &DcdnCluster,
+    names: &Names,
+) -> Result<KeyState, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let get = |name: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(&name)
+                .await
+                .map_err(api_err(format!("reading Secret {name}")))
+        }
+    };
+    let ca = match get(names.ca_secret()).await? {
+        Some(s) => MeshCa::from_secret(&s, &names.ca_secret())?,
+        None => MeshCa::generate(&names.cluster)?,
+    };
+    let signing = match get(names.signing_secret()).await? {
+        Some(s) => SigningKeys::from_secret(&s, &names.signing_secret())?,
+        None => SigningKeys::generate(),
+    };
+    let admin_generated = c.spec.admin_token_secret.is_none();
+    let admin = match get(names.admin_secret()).await? {
+        Some(s) => AdminTokens::from_secret(&s, &names.admin_secret())?,
+        None if admin_generated => AdminTokens::generate(),
+        None => {
+            return Err(Error::Precondition(format!(
+                "spec.adminTokenSecret names Secret {} with key `token`, which does not exist in namespace {}",
+                names.admin_secret(),
+                names.namespace
+            )));
+        }
+    };
+    let mut tls = BTreeMap::new();
+    for role in TIERS {
+        tls.insert(role, get(names.tls_secret(role)).await?);
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
+    let ring = match cms
+        .get_opt(&names.trust_bundle())
+        .await
+        .map_err(api_err("reading the trust bundle"))?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(build::TRUST_BUNDLE_FILE).cloned())
+    {
+        Some(text) => TrustBundle::from_json(&text)
+            .and_then(|b| KeyRing::from_bundle(&b))
+            .map_err(|e| {
+                Error::Precondition(format!(
+                    "ConfigMap {} holds no valid trust bundle ({e}); delete it to let the operator rebuild it from the signing key",
+                    names.trust_bundle()
+                ))
+            })?,
+        None => KeyRing::new(),
+    };
+    Ok(KeyState {
+        ca,
+        signing,
+        admin,
+        admin_generated,
+        ring,
+        tls,
+    })
+}
+
+fn role_of(pod: &Pod) -> Option<Role> {
+    match pod.labels().get("app.kubernetes.io/component")?.as_str() {
+        "origin" => Some(Role::Origin),
+        "relay" => Some(Role::Relay),
+        "edge" => Some(Role::Edge),
+        _ => None,
+    }
+}
+
+fn pod_target(pod: &Pod, token: &str) -> Result<NodeTarget, String> {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .ok_or("no pod IP yet")?;
+    let address = if ip.contains(':') {
+        format!("[{ip}]:{}", build::ADMIN_PORT)
+    } else {
+        format!("{ip}:{}", build::ADMIN_PORT)
+    };
+    Ok(NodeTarget {
+        pod: pod.name_any(),
+        address,
+        token: token.to_owned(),
+    })
+}
+
+async fn pod_reports<A: NodeAdmin>(ctx: &Context<A>, pods: &[Pod], token: &str) -> Vec<PodReport> {
+    let calls = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let role = role_of(p)?;
+            Some(async move {
+                let view = match pod_target(p, token) {
+                    Ok(t) => ctx.admin.keys(&t).await,
+                    Err(e) => Err(e),
+                };
+                PodReport {
+                    name: p.name_any(),
+                    role,
+                    view,
+                }
+            })
+        });
+    futures_util::future::join_all(calls).await
+}
+
+/// How long Draining lasts: the longest chunk TTL of any tier plus the
+/// clock skew nodes accept, and at least the spec's overlap.
+fn drain_time(c: &DcdnCluster) -> Duration {
+    let mut longest = Duration::ZERO;
+    for role in TIERS {
+        if let Ok(cfg) = build::node_config(c, role) {
+            let ttl = Duration::from_secs(cfg.storage.chunk_ttl_seconds.get())
+                + Duration::from_millis(cfg.crypto.max_clock_skew_ms.get());
+            longest = longest.max(ttl);
+        }
+    }
+    longest.max(Duration::from_secs(
+        u64::from(c.spec.key_rotation.overlap_minutes) * 60,
+    ))
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: String::new(),
+    }
+}
+
+/// Keeps a condition's transition time unless its status flipped.
+fn carry_times(old: &[Condition], new: &mut [Condition], now: &str) {
+    for c in new {
+        c.last_transition_time = match old.iter().find(|o| o.type_ == c.type_) {
+            Some(o) if o.status == c.status => o.last_transition_time.clone(),
+            _ => now.to_owned(),
+        };
+    }
+}
+
+fn tier_status(sts: Option<&StatefulSet>) -> TierStatus {
+    let st = sts.and_then(|s| s.status.as_ref());
+    let n = |v: Option<i32>| u32::try_from(v.unwrap_or(0)).unwrap_or(0);
+    TierStatus {
+        replicas: n(sts.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas)),
+        ready: n(st.and_then(|s| s.ready_replicas)),
+        updated: n(st.and_then(|s| s.updated_replicas)),
+    }
+}
+
+async fn publish_event<A: NodeAdmin>(
+    ctx: &Context<A>,
+    c: &DcdnCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &c.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+async fn patch_status(
+    client: &kube::Client,
+    c: &DcdnCluster,
+    status: &DcdnClusterStatus,
+) -> Result<(), Error> {
+    if c.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<DcdnCluster> = Api::namespaced(
+        client.clone(),
+        c.namespace().as_deref().unwrap_or("default"),
+    );
+    api.patch_status(
+        &c.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(api_err("writing status"))?;
+    Ok(())
+}
+
+/// Records an invalid resource as `Degraded` instead of failing the pass:
+/// retrying cannot fix it, a user edit will.
+async fn degrade<A: NodeAdmin>(
+    ctx: &Context<A>,
+    c: &DcdnCluster,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let now = (ctx.clock)().to_string();
+    let old = c.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let generation = c.metadata.generation;
+    status.observed_generation = generation;
+    let mut conds = vec![
+        condition("Ready", false, reason, message.clone(), generation),
+        condition(
+            "Progressing",
+            false,
+            reason,
+            "nothing is applied until the resource is fixed".into(),
+            generation,
+        ),
+        condition("Degraded", true, reason, message.clone(), generation),
+    ];
+    if let Some(k) = old.conditions.iter().find(|c| c.type_ == "KeyRotation") {
+        conds.push(k.clone());
+    }
+    carry_times(&old.conditions, &mut conds, &now);
+    status.conditions = conds;
+    if c.status.as_ref() != Some(&status) {
+        publish_event(ctx, c, EventType::Warning, reason, message).await;
+    }
+    patch_status(&ctx.client, c, &status).await?;
+    Ok(Action::await_change())
+}
+
+/// One pass for one cluster.
+pub async fn reconcile<A: NodeAdmin>(
+    c: Arc<DcdnCluster>,
+    ctx: Arc<Context<A>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&c, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    match &result {
+        Ok(_) => {
+            ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+            ctx.failures.lock().remove(&key);
+        }
+        Err(e) => {
+            ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+            ctx.metrics.failures.with_label_values(&[e.reason()]).inc();
+        }
+    }
+    result
+}
+
+/// Retries with per-cluster exponential backoff: 5 s, 10 s, … 5 min.
+pub fn error_policy<A: NodeAdmin>(
+    c: Arc<DcdnCluster>,
+    error: &Error,
+    ctx: Arc<Context<A>>,
+) -> Action {
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    let mut failures = ctx.failures.lock();
+    if failures.len() >= MAX_BACKOFF_ENTRIES && !failures.contains_key(&key) {
+        failures.clear();
+    }
+    let n = failures.entry(key.clone()).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = backoff(*n);
+    tracing::warn!(cluster = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let names = Names::of(c)?;
+    let wanted = match build::build(c) {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.metrics
+                .failures
+                .with_label_values(&["invalid_spec"])
+                .inc();
+            return degrade(ctx, c, "InvalidSpec", e.to_string()).await;
+        }
+    };
+    let mut keys = match read_keys(client, c, &names).await {
+        Ok(k) => k,
+        Err(e @ (Error::Keys(_) | Error::Precondition(_))) => {
+            ctx.metrics.failures.with_label_values(&[e.reason()]).inc();
+            return degrade(ctx, c, "KeyMaterial", e.to_string()).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let live = read_live(client, &names, c.spec.monitoring.service_monitor).await?;
+    let now = (ctx.clock)();
+    let old_status = c.status.clone().unwrap_or_default();
+
+    // Key rotation.
+    let phase = old_status.rotation_phase.unwrap_or_default();
+    let in_motion = phase != RotationPhase::Idle || keys.signing.next.is_some();
+    let reports = if in_motion {
+        pod_reports(ctx, &live.pods, &keys.admin.admin).await
+    } else {
+        Vec::new()
+    };
+    let expected_pods: usize = TIERS
+        .iter()
+        .map(|r| build::tier_spec(c, *r).replicas as usize)
+        .sum();
+    let trigger = c.annotations().get(TRIGGER_ANNOTATION).map(String::as_str);
+    let created = c.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let input = rotation::Input {
+        spec: &c.spec.key_rotation,
+        trigger,
+        phase,
+        status: &old_status.rotation,
+        created,
+        now,
+        drain: drain_time(c),
+        pods: &reports,
+        expected_pods,
+    };
+    let outcome = rotation::step(&input, &mut keys.signing, &mut keys.ring)?;
+    if outcome.reload_origins {
+        for p in live
+            .pods
+            .iter()
+            .filter(|p| role_of(p) == Some(Role::Origin))
+        {
+            if let Ok(t) = pod_target(p, &keys.admin.admin)
+                && let Err(e) = ctx.admin.reload(&t).await
+            {
+                tracing::info!(pod = %t.pod, error = %e, "origin reload not done yet");
+            }
+        }
+    }
+
+    // Everything the cluster should have, key material first so a pod
+    // never starts before its certificate exists.
+    let mut desired = vec![wanted[0].clone()];
+    desired.push(keys.ca.to_secret(&names));
+    desired.push(keys.signing.to_secret(&names));
+    if keys.admin_generated {
+        desired.push(keys.admin.to_secret(&names));
+    }
+    for role in TIERS {
+        let replicas = build::tier_spec(c, role).replicas;
+        let existing = keys.tls.get(&role).and_then(Option::as_ref);
+        desired.push(keys.ca.tier_secret(&names, role, replicas, existing)?);
+    }
+    desired.push(build::trust_bundle(&names, &keys.ring.to_bundle()));
+    desired.extend(wanted.into_iter().skip(1));
+
+    let owner = c
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Precondition("the DcdnCluster has no uid yet".into()))?;
+    let owner = serde_json::to_value(&owner).unwrap_or(Value::Null);
+    let sts_desired: BTreeMap<Role, Value> = desired
+        .iter()
+        .filter(|o| o["kind"] == "StatefulSet")
+        .filter_map(|o| {
+            let name = o["metadata"]["name"].as_str()?;
+            TIERS
+                .iter()
+                .find(|r| names.workload(**r) == name)
+                .map(|r| (*r, o.clone()))
+        })
+        .collect();
+    let (allowed, rollout_wait) = rollout_gate(&sts_desired, &live.stateful_sets);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let mut applied_names: Vec<(String, String)> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for mut obj in desired {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        applied_names.push((kind.clone(), name.clone()));
+        if kind == "StatefulSet" {
+            let role = TIERS.iter().find(|r| names.workload(**r) == name).copied();
+            if role.is_some_and(|r| !allowed.get(&r).copied().unwrap_or(true)) {
+                continue;
+            }
+        }
+        obj["metadata"]["ownerReferences"] = json!([owner]);
+        let unchanged = if kind == "Secret" {
+            // Secrets carry no hash annotation (not even a hash of a key
+            // leaves the Secret); compare the data itself.
+            match secrets
+                .get_opt(&name)
+                .await
+                .map_err(api_err(format!("reading Secret {name}")))?
+            {
+                Some(s) => serde_json::to_value(&s.data).unwrap_or(Value::Null) == obj["data"],
+                None => false,
+            }
+        } else {
+            let hash = build::hash_value(&obj);
+            obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
+            live.objects
+                .get(&(kind.clone(), name.clone()))
+                .is_some_and(|o| o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash))
+        };
+        if unchanged {
+            continue;
+        }
+        let ar = resource_of(&obj);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+        {
+            Ok(_) => ctx
+                .metrics
+                .writes
+                .with_label_values(&[&kind, "apply"])
+                .inc(),
+            Err(kube::Error::Api(s)) if s.code == 404 && kind == "ServiceMonitor" => {
+                problems.push("spec.monitoring.serviceMonitor is on but the ServiceMonitor CRD (Prometheus Operator) is not installed".into());
+            }
+            Err(e) => return Err(api_err(format!("applying {kind} {name}"))(e)),
+        }
+    }
+
+    // Prune what is no longer wanted.
+    for ((kind, name), obj) in &live.objects {
+        if applied_names.iter().any(|(k, n)| k == kind && n == name) {
+            continue;
+        }
+        let ar = obj
+            .types
+            .as_ref()
+            .map(|t| {
+                let (g, v) = t
+                    .api_version
+                    .split_once('/')
+                    .unwrap_or(("", &t.api_version));
+                ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, &t.kind))
+            })
+            .unwrap_or_else(|| {
+                pruned_kinds()
+                    .into_iter()
+                    .find(|a| a.kind == *kind)
+                    .unwrap_or_else(service_monitor_resource)
+            });
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => ctx
+                .metrics
+                .writes
+                .with_label_values(&[kind, "delete"])
+                .inc(),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err(format!("deleting {kind} {name}"))(e)),
+        }
+    }
+    if !keys.admin_generated {
+        let generated = format!("{}-admin-token", names.cluster);
+        if let Some(s) = secrets
+            .get_opt(&generated)
+            .await
+            .map_err(api_err("reading Secrets"))?
+            && s.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == c.metadata.uid.as_ref())
+        {
+            secrets
+                .delete(&generated, &DeleteParams::background())
+                .await
+                .map_err(api_err(format!("deleting Secret {generated}")))?;
+            ctx.metrics
+                .writes
+                .with_label_values(&["Secret", "delete"])
+                .inc();
+        }
+    }
+
+    // Status.
+    let generation = c.metadata.generation;
+    let tiers = crate::crd::TierStatuses {
+        origin: tier_status(live.stateful_sets.get(&Role::Origin)),
+        relay: tier_status(live.stateful_sets.get(&Role::Relay)),
+        edge: tier_status(live.stateful_sets.get(&Role::Edge)),
+    };
+    let all_current = TIERS.iter().all(|r| {
+        live.stateful_sets.get(r).is_some_and(|s| {
+            settled(s)
+                && sts_desired.get(r).and_then(|o| template_hash(o)) == live_template_hash(s)
+                && s.spec.as_ref().and_then(|sp| sp.replicas)
+                    == Some(build::tier_spec(c, *r).replicas as i32)
+        })
+    });
+    let rotating = outcome.phase != RotationPhase::Idle;
+    let progressing_msg = rollout_wait.clone().unwrap_or_else(|| {
+        if all_current {
+            "every tier runs the current template".into()
+        } else {
+            "tiers are rolling out or starting".into()
+        }
+    });
+    let mut conds = vec![
+        condition(
+            "Ready",
+            all_current && problems.is_empty(),
+            if all_current {
+                "AllTiersReady"
+            } else {
+                "TiersNotReady"
+            },
+            format!(
+                "ready pods: origin {}/{}, relay {}/{}, edge {}/{}",
+                tiers.origin.ready,
+                build::tier_spec(c, Role::Origin).replicas,
+                tiers.relay.ready,
+                build::tier_spec(c, Role::Relay).replicas,
+                tiers.edge.ready,
+                build::tier_spec(c, Role::Edge).replicas
+            ),
+            generation,
+        ),
+        condition(
+            "Progressing",
+            !all_current,
+            if rollout_wait.is_some() {
+                "WaitingForTier"
+            } else if all_current {
+                "RolloutComplete"
+            } else {
+                "RollingOut"
+            },
+            progressing_msg,
+            generation,
+        ),
+        condition(
+            "Degraded",
+            !problems.is_empty(),
+            if problems.is_empty() {
+                "AsExpected"
+            } else {
+                "Unavailable"
+            },
+            if problems.is_empty() {
+                "nothing is wrong".into()
+            } else {
+                problems.join("; ")
+            },
+            generation,
+        ),
+        condition(
+            "KeyRotation",
+            rotating,
+            &format!("{:?}", outcome.phase),
+            outcome
+                .status
+                .waiting_for
+                .clone()
+                .unwrap_or_else(|| match outcome.phase {
+                    RotationPhase::Idle => "no rotation in progress".into(),
+                    p => format!("{p:?}"),
+                }),
+            generation,
+        ),
+    ];
+    let now_s = now.to_string();
+    carry_times(&old_status.conditions, &mut conds, &now_s);
+    let config_hash = {
+        let hashes: Vec<Value> = sts_desired
+            .values()
+            .map(|o| {
+                o["spec"]["template"]["metadata"]["annotations"][build::CONFIG_HASH_ANNOTATION]
+                    .clone()
+            })
+            .collect();
+        build::hash_value(&json!(hashes))
+    };
+    let status = DcdnClusterStatus {
+        observed_generation: generation,
+        conditions: conds,
+        tiers,
+        active_key_id: keys.ring.active().map(|k| k.to_string()),
+        keyset_generation: Some(keys.ring.generation()),
+        rotation_phase: Some(outcome.phase),
+        rotation: outcome.status.clone(),
+        config_hash: Some(config_hash),
+        origin_offload_ratio: old_status.origin_offload_ratio,
+    };
+    if let Some((reason, note)) = &outcome.event {
+        publish_event(ctx, c, EventType::Normal, reason, note.clone()).await;
+    }
+    if outcome.phase != phase || outcome.phase != RotationPhase::Idle {
+        let ns = names.namespace.as_str();
+        let cl = names.cluster.as_str();
+        for p in [
+            "Idle",
+            "Staged",
+            "Distributing",
+            "Activating",
+            "Draining",
+            "Retiring",
+        ] {
+            let _ = ctx
+                .metrics
+                .rotation_phase_seconds
+                .remove_label_values(&[ns, cl, p]);
+        }
+        let since = outcome
+            .status
+            .phase_since
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or(now);
+        ctx.metrics
+            .rotation_phase_seconds
+            .with_label_values(&[ns, cl, &format!("{:?}", outcome.phase)])
+            .set(now.duration_since(since).as_secs_f64());
+    }
+    patch_status(client, c, &status).await?;
+    Ok(if rotating || !all_current {
+        Action::requeue(BUSY_REQUEUE)
+    } else {
+        Action::requeue(IDLE_REQUEUE)
+    })
+}

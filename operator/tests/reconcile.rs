@@ -1,0 +1,643 @@
+//! The reconciler against an in-memory API server (kube-fake-client: real
+//! REST semantics, server-side apply, resource versions, owner-reference
+//! garbage collection). The StatefulSet controller, kubelet and the nodes'
+//! admin APIs are simulated here: pods appear when a test "settles" a tier,
+//! and each simulated node reports the keyset generation of the trust
+//! bundle ConfigMap as it was when the test last synced it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dcdn_node::crypto::TrustBundle;
+use dcdn_operator::crd::{DcdnCluster, RotationPhase};
+use dcdn_operator::keys::SigningKeys;
+use dcdn_operator::metrics::Metrics;
+use dcdn_operator::node_admin::{NodeAdmin, NodeTarget};
+use dcdn_operator::reconcile::{Context, reconcile};
+use dcdn_operator::rotation::KeyView;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const NS: &str = "cdn";
+
+/// Simulated nodes: what each pod's admin API answers.
+#[derive(Default, Clone)]
+struct FakeNodes {
+    /// pod → (generation it runs, key ids it can sign with)
+    views: Arc<Mutex<BTreeMap<String, KeyView>>>,
+    unreachable: Arc<Mutex<HashSet<String>>>,
+    reloads: Arc<AtomicUsize>,
+}
+
+impl NodeAdmin for FakeNodes {
+    async fn keys(&self, target: &NodeTarget) -> Result<KeyView, String> {
+        if self.unreachable.lock().contains(&target.pod) {
+            return Err("connection refused".into());
+        }
+        self.views
+            .lock()
+            .get(&target.pod)
+            .cloned()
+            .ok_or_else(|| "not started".into())
+    }
+    async fn reload(&self, _target: &NodeTarget) -> Result<(), String> {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+struct World {
+    client: Client,
+    ctx: Arc<Context<FakeNodes>>,
+    nodes: FakeNodes,
+    writes: Arc<AtomicUsize>,
+    now: Arc<Mutex<Timestamp>>,
+}
+
+const CLUSTER: &str = "apiVersion: dcdn.io/v1alpha1
+kind: DcdnCluster
+metadata: {name: demo, namespace: cdn}
+spec:
+  image: dcdn/node:0.1.0
+  relay: {replicas: 2}
+  edge: {replicas: 3}
+";
+
+impl World {
+    async fn new() -> Self {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let (w1, w2, w3) = (writes.clone(), writes.clone(), writes.clone());
+        let funcs = kube_fake_client::interceptor::Funcs::new()
+            .patch(move |_| {
+                w1.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            })
+            .create(move |_| {
+                w2.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            })
+            .delete(move |_| {
+                w3.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            });
+        let client = kube_fake_client::ClientBuilder::new()
+            .with_resource::<DcdnCluster>()
+            .with_status_subresource::<StatefulSet>()
+            .with_interceptor_funcs(funcs)
+            .build()
+            .await
+            .unwrap();
+        let nodes = FakeNodes::default();
+        let now = Arc::new(Mutex::new(
+            "2026-03-01T00:00:00Z".parse::<Timestamp>().unwrap(),
+        ));
+        let mut ctx = Context::new(client.clone(), nodes.clone(), Metrics::new());
+        let clock = now.clone();
+        ctx.clock = Box::new(move || *clock.lock());
+        let w = Self {
+            client,
+            ctx: Arc::new(ctx),
+            nodes,
+            writes,
+            now,
+        };
+        w.create(CLUSTER).await;
+        w
+    }
+
+    async fn create(&self, yaml: &str) {
+        let c = dcdn_operator::crd::from_yaml(yaml).unwrap();
+        self.clusters()
+            .create(&PostParams::default(), &c)
+            .await
+            .unwrap();
+    }
+
+    fn clusters(&self) -> Api<DcdnCluster> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn cluster(&self) -> DcdnCluster {
+        self.clusters().get("demo").await.unwrap()
+    }
+
+    async fn edit(&self, patch: serde_json::Value) {
+        self.clusters()
+            .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// One pass; returns the writes it made (status included).
+    async fn pass(&self) -> usize {
+        let before = self.writes.load(Ordering::Relaxed);
+        reconcile(Arc::new(self.cluster().await), self.ctx.clone())
+            .await
+            .unwrap();
+        self.writes.load(Ordering::Relaxed) - before
+    }
+
+    fn sts(&self) -> Api<StatefulSet> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn template_of(&self, tier: &str) -> String {
+        let s = self.sts().get(&format!("demo-{tier}")).await.unwrap();
+        s.annotations()["dcdn.io/template-hash"].clone()
+    }
+
+    /// The StatefulSet controller and kubelet: every pod of the tier runs
+    /// the current template and is ready; pods exist with IPs.
+    async fn settle(&self, tier: &str) {
+        let name = format!("demo-{tier}");
+        let s = self.sts().get(&name).await.unwrap();
+        let replicas = s.spec.as_ref().unwrap().replicas.unwrap_or(1);
+        let rev = s.annotations()["dcdn.io/template-hash"].clone();
+        let status = StatefulSetStatus {
+            observed_generation: s.metadata.generation,
+            replicas,
+            ready_replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            current_replicas: Some(replicas),
+            current_revision: Some(rev.clone()),
+            update_revision: Some(rev),
+            ..Default::default()
+        };
+        self.set_status(&name, status).await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        for i in 0..replicas {
+            let pod_name = format!("{name}-{i}");
+            if pods.get_opt(&pod_name).await.unwrap().is_some() {
+                continue;
+            }
+            let mut pod: Pod = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": pod_name, "namespace": NS, "labels": {
+                    "app.kubernetes.io/instance": "demo",
+                    "app.kubernetes.io/component": tier,
+                }},
+                "spec": { "containers": [{ "name": "dcdn", "image": "x" }] },
+            }))
+            .unwrap();
+            pod.status = Some(PodStatus {
+                pod_ip: Some(format!("10.0.0.{i}")),
+                ..Default::default()
+            });
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+        }
+    }
+
+    /// A tier whose new template is being rolled: not every pod updated.
+    async fn rolling(&self, tier: &str) {
+        let name = format!("demo-{tier}");
+        let s = self.sts().get(&name).await.unwrap();
+        let replicas = s.spec.as_ref().unwrap().replicas.unwrap_or(1);
+        let status = StatefulSetStatus {
+            observed_generation: s.metadata.generation,
+            replicas,
+            ready_replicas: Some(replicas - 1),
+            updated_replicas: Some(1),
+            current_revision: Some("old".into()),
+            update_revision: Some("new".into()),
+            ..Default::default()
+        };
+        self.set_status(&name, status).await;
+    }
+
+    async fn set_status(&self, name: &str, status: StatefulSetStatus) {
+        self.sts()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn settle_all(&self) {
+        for t in ["edge", "relay", "origin"] {
+            self.settle(t).await;
+        }
+    }
+
+    async fn bundle(&self) -> TrustBundle {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), NS);
+        let cm = cms.get("demo-trust-bundle").await.unwrap();
+        TrustBundle::from_json(&cm.data.unwrap()["trust-bundle.json"]).unwrap()
+    }
+
+    async fn signing(&self) -> SigningKeys {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+        let s = secrets.get("demo-signing-key").await.unwrap();
+        SigningKeys::from_secret(&s, "demo-signing-key").unwrap()
+    }
+
+    /// Kubelet syncs the mounted files and every node reloads: each pod
+    /// reports the bundle's generation; origins hold both Secret keys.
+    async fn sync_nodes(&self) {
+        let generation = self.bundle().await.generation;
+        let keys = self.signing().await;
+        let mut signable = vec![keys.current.key_id().to_string()];
+        if let Some(n) = &keys.next {
+            signable.push(n.key_id().to_string());
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        let pods = pods.list(&ListParams::default()).await.unwrap().items;
+        let mut views = self.nodes.views.lock();
+        for p in pods {
+            let origin = p.labels()["app.kubernetes.io/component"] == "origin";
+            views.insert(
+                p.name_any(),
+                KeyView {
+                    generation,
+                    can_sign: if origin { signable.clone() } else { vec![] },
+                },
+            );
+        }
+    }
+
+    async fn condition(&self, type_: &str) -> (String, String, String) {
+        let c = self.cluster().await;
+        let cond = c
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .unwrap();
+        (cond.status, cond.reason, cond.message)
+    }
+
+    async fn phase(&self) -> RotationPhase {
+        self.cluster().await.status.unwrap().rotation_phase.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn from_nothing_every_object_is_created_owned_and_ready_once_tiers_settle() {
+    let w = World::new().await;
+    assert!(w.pass().await > 10);
+    let sts = w.sts().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(sts.len(), 3);
+    let uid = w.cluster().await.metadata.uid.unwrap();
+    for s in &sts {
+        let owner = &s.owner_references()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            (uid.as_str(), Some(true))
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    for name in [
+        "demo-mesh-ca",
+        "demo-signing-key",
+        "demo-admin-token",
+        "demo-edge-tls",
+    ] {
+        assert!(secrets.get_opt(name).await.unwrap().is_some(), "{name}");
+    }
+    let edge_tls = secrets.get("demo-edge-tls").await.unwrap().data.unwrap();
+    assert!(edge_tls.contains_key("demo-edge-2.crt") && edge_tls.contains_key("demo-edge-2.key"));
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(w.client.clone(), NS);
+    assert_eq!(
+        pdbs.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+    let bundle = w.bundle().await;
+    let active = w.signing().await.current.key_id().to_string();
+    assert_eq!(bundle.keys.len(), 1);
+    assert_eq!(bundle.keys[0].id, active);
+    assert_eq!(bundle.keys[0].state, dcdn_node::crypto::KeyState::Active);
+    // The private key is nowhere but in its Secret.
+    let secret_hex = w.signing().await.current.to_secret_hex();
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    for cm in cms.list(&ListParams::default()).await.unwrap().items {
+        assert!(!serde_json::to_string(&cm).unwrap().contains(&secret_hex));
+    }
+    for s in &sts {
+        assert!(!serde_json::to_string(s).unwrap().contains(&secret_hex));
+    }
+    assert!(
+        !serde_json::to_string(&w.cluster().await)
+            .unwrap()
+            .contains(&secret_hex)
+    );
+
+    assert_eq!(w.condition("Ready").await.0, "False");
+    w.settle_all().await;
+    w.pass().await;
+    let (ready, _, msg) = w.condition("Ready").await;
+    assert_eq!(ready, "True", "{msg}");
+    let status = w.cluster().await.status.unwrap();
+    assert_eq!(status.tiers.edge.ready, 3);
+    assert_eq!(status.active_key_id.as_deref(), Some(active.as_str()));
+    assert_eq!(
+        status.observed_generation,
+        w.cluster().await.metadata.generation
+    );
+}
+
+#[tokio::test]
+async fn a_pass_over_an_unchanged_cluster_writes_nothing() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.pass().await, 0, "second pass with no change wrote");
+    assert_eq!(w.pass().await, 0);
+}
+
+#[tokio::test]
+async fn a_config_change_rolls_only_the_changed_tiers_one_at_a_time_edges_first() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    let before: Vec<String> =
+        futures_util::future::join_all(["edge", "relay", "origin"].map(|t| w.template_of(t))).await;
+    // Change relays and edges; the origin's config stays.
+    w.edit(serde_json::json!({"spec": {
+        "edge": {"config": {"fec": {"default_parity_count": 6}}},
+        "relay": {"config": {"fec": {"default_parity_count": 6}}},
+    }}))
+    .await;
+    w.pass().await;
+    assert_ne!(w.template_of("edge").await, before[0], "edges roll first");
+    assert_eq!(
+        w.template_of("relay").await,
+        before[1],
+        "relays wait for edges"
+    );
+    // Edges mid-roll: relays still wait, and say why.
+    w.rolling("edge").await;
+    w.pass().await;
+    assert_eq!(w.template_of("relay").await, before[1]);
+    let (_, reason, msg) = w.condition("Progressing").await;
+    assert_eq!(reason, "WaitingForTier");
+    assert!(msg.contains("relay waits for edge"), "{msg}");
+    // Edges done: relays roll; the origin never changes.
+    w.settle("edge").await;
+    w.pass().await;
+    assert_ne!(w.template_of("relay").await, before[1]);
+    w.settle("relay").await;
+    w.pass().await;
+    assert_eq!(w.template_of("origin").await, before[2]);
+    assert_eq!(w.condition("Ready").await.0, "True");
+    assert_eq!(w.pass().await, 0);
+}
+
+#[tokio::test]
+async fn a_rollout_restart_annotation_survives_the_operators_applies() {
+    let w = World::new().await;
+    w.pass().await;
+    // What `kubectl rollout restart` does, under its own field manager.
+    w.sts()
+        .patch(
+            "demo-edge",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+                    "kubectl.kubernetes.io/restartedAt": "2026-03-01T00:00:00Z"
+                }}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    w.settle_all().await;
+    w.edit(serde_json::json!({"spec": {"edge": {"config": {"fec": {"default_parity_count": 6}}}}}))
+        .await;
+    w.pass().await;
+    let s = w.sts().get("demo-edge").await.unwrap();
+    let ann = s
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert_eq!(
+        ann.get("kubectl.kubernetes.io/restartedAt")
+            .map(String::as_str),
+        Some("2026-03-01T00:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn scaling_down_prunes_the_pdb_and_disabling_nothing_else() {
+    let w = World::new().await;
+    w.pass().await;
+    w.edit(serde_json::json!({"spec": {"relay": {"replicas": 1}}}))
+        .await;
+    w.pass().await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(w.client.clone(), NS);
+    let names: Vec<String> = pdbs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(names, vec!["demo-edge".to_owned()]);
+    let svcs: Api<Service> = Api::namespaced(w.client.clone(), NS);
+    assert_eq!(
+        svcs.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_cluster_deletes_everything_it_owns() {
+    let w = World::new().await;
+    w.pass().await;
+    w.clusters()
+        .delete("demo", &DeleteParams::background())
+        .await
+        .unwrap();
+    let sts = w.sts().list(&ListParams::default()).await.unwrap().items;
+    assert!(sts.is_empty(), "{} StatefulSets left", sts.len());
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    assert!(
+        secrets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    assert!(
+        cms.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_resource_is_degraded_not_a_crash_loop() {
+    let w = World::new().await;
+    w.pass().await;
+    // Passes the schema (each field in range) but not the node's own check.
+    w.edit(serde_json::json!({"spec": {"relay": {"config": {"quic": {"keep_alive_ms": 9000, "idle_timeout_ms": 6000}}}}}))
+        .await;
+    w.pass().await;
+    let (status, reason, msg) = w.condition("Degraded").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        msg.contains("relay") && msg.contains("keep_alive_ms"),
+        "{msg}"
+    );
+    // Nothing applied; a second pass writes nothing.
+    assert_eq!(w.pass().await, 0);
+    let fixed =
+        serde_json::json!({"spec": {"relay": {"config": {"quic": {"keep_alive_ms": 1000}}}}});
+    w.edit(fixed).await;
+    w.pass().await;
+    assert_eq!(w.condition("Degraded").await.0, "False");
+}
+
+#[tokio::test]
+async fn a_missing_user_admin_secret_is_reported_by_name() {
+    let w = World::new().await;
+    w.edit(serde_json::json!({"spec": {"adminTokenSecret": "my-tokens"}}))
+        .await;
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(msg.contains("my-tokens"), "{msg}");
+}
+
+/// Drives a rotation through every phase; at each gate the nodes lag first.
+#[tokio::test]
+async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.pass().await;
+    let old = w.signing().await.current.key_id();
+    w.edit(serde_json::json!({"metadata": {"annotations": {"dcdn.io/rotate-keys": "now"}}}))
+        .await;
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Staged);
+    let new = w.signing().await.next.unwrap().key_id();
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Distributing);
+    // Nodes have not seen the new bundle: the phase holds and names them.
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Distributing);
+    let (_, _, msg) = w.condition("KeyRotation").await;
+    assert!(msg.contains("6 of 6 pods"), "{msg}");
+    // An operator restart here resumes from the recorded phase: a fresh
+    // context (no memory) continues the same rotation.
+    let ctx = Arc::new({
+        let mut c = Context::new(w.client.clone(), w.nodes.clone(), Metrics::new());
+        let clock = w.now.clone();
+        c.clock = Box::new(move || *clock.lock());
+        c
+    });
+    w.sync_nodes().await;
+    reconcile(Arc::new(w.cluster().await), ctx).await.unwrap();
+    assert_eq!(w.phase().await, RotationPhase::Activating);
+    assert_eq!(
+        w.bundle()
+            .await
+            .keys
+            .iter()
+            .find(|k| k.id == new.to_string())
+            .unwrap()
+            .state,
+        dcdn_node::crypto::KeyState::Active
+    );
+    // One edge cannot be reached: Activating waits for it.
+    w.nodes.unreachable.lock().insert("demo-edge-1".into());
+    w.sync_nodes().await;
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Activating);
+    assert!(
+        w.condition("KeyRotation")
+            .await
+            .2
+            .contains("demo-edge-1 (connection refused)")
+    );
+    w.nodes.unreachable.lock().clear();
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Draining);
+    // Draining lasts the chunk TTL (1 h by default) plus skew.
+    *w.now.lock() += SignedDuration::from_mins(30);
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Draining);
+    *w.now.lock() += SignedDuration::from_mins(31);
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Retiring);
+    let revoked = w.bundle().await;
+    assert_eq!(
+        revoked
+            .keys
+            .iter()
+            .find(|k| k.id == old.to_string())
+            .unwrap()
+            .state,
+        dcdn_node::crypto::KeyState::Revoked
+    );
+    w.pass().await;
+    assert_eq!(
+        w.phase().await,
+        RotationPhase::Retiring,
+        "pods must report the revocation"
+    );
+    w.sync_nodes().await;
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Idle);
+    let keys = w.signing().await;
+    assert_eq!(keys.current.key_id(), new);
+    assert!(keys.next.is_none());
+    let bundle = w.bundle().await;
+    assert_eq!(bundle.keys.len(), 1);
+    assert_eq!(
+        w.cluster().await.status.unwrap().active_key_id,
+        Some(new.to_string())
+    );
+    // Rotation never rolled a pod.
+    assert_eq!(w.condition("Ready").await.0, "True");
+}
+
+#[tokio::test]
+async fn the_origin_is_asked_to_reload_until_it_holds_the_next_key() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.edit(serde_json::json!({"metadata": {"annotations": {"dcdn.io/rotate-keys": "1"}}}))
+        .await;
+    w.pass().await;
+    w.pass().await;
+    // Every pod runs the new bundle but the origin has only the old key file.
+    w.sync_nodes().await;
+    let current = w.signing().await.current.key_id().to_string();
+    w.nodes
+        .views
+        .lock()
+        .get_mut("demo-origin-0")
+        .unwrap()
+        .can_sign = vec![current];
+    w.pass().await;
+    assert_eq!(w.phase().await, RotationPhase::Distributing);
+    assert!(w.nodes.reloads.load(Ordering::Relaxed) >= 1);
+    assert!(
+        w.condition("KeyRotation")
+            .await
+            .2
+            .contains("origin to load")
+    );
+}
