@@ -1,0 +1,195 @@
+# Sourced by the kind testbed scripts: names, kubectl in the testbed's
+# context, waiting, publishing through the origin and reading node metrics.
+# shellcheck shell=bash disable=SC2034  # its variables are for the scripts that source it
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+KIND_CLUSTER="${KIND_CLUSTER:-dcdn}"        # kind cluster name
+NS="${DCDN_NAMESPACE:-dcdn}"                # namespace of the release and the DcdnCluster
+RELEASE="${DCDN_RELEASE:-dcdn}"             # Helm release
+EXAMPLE="${DCDN_EXAMPLE:-$ROOT/deploy/examples/kind.yaml}"
+DCDN="${DCDN_CLUSTER:-kind}"                # DcdnCluster name in $EXAMPLE
+EDGE_NODE_PORT=30080                        # kind-config.yaml maps it to 127.0.0.1
+EDGE_URL="http://127.0.0.1:$EDGE_NODE_PORT"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
+CONTEXT="kind-$KIND_CLUSTER"
+
+PASSED=0
+FAILED=0
+BG_PIDS=()
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+pass() {
+  PASSED=$((PASSED + 1))
+  printf 'PASS %s\n' "$*"
+}
+fail() {
+  FAILED=$((FAILED + 1))
+  printf 'FAIL %s\n' "$*"
+}
+# Prints the closing line and exits non-zero if anything failed.
+finish() {
+  printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
+  [ "$FAILED" -eq 0 ]
+}
+
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (see testbed/kind/README.md)"
+  done
+}
+
+# kubectl in the testbed's context and namespace.
+k() { kubectl --context "$CONTEXT" -n "$NS" "$@"; }
+
+# Stops what this script started in the background (port-forwards, loops).
+cleanup() {
+  local pid
+  for pid in "${BG_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${BG_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  BG_PIDS=()
+  [ -n "${TMP:-}" ] && rm -rf "$TMP"
+}
+
+# Makes $TMP and arranges cleanup on exit, Ctrl-C and SIGTERM.
+setup_tmp() {
+  TMP="$(mktemp -d)"
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+require_testbed() {
+  need kubectl curl sha256sum
+  kubectl config get-contexts "$CONTEXT" >/dev/null 2>&1 ||
+    die "no kubectl context $CONTEXT: run testbed/kind/up.sh first"
+  k get dcdn "$DCDN" >/dev/null || die "no DcdnCluster $DCDN in $NS: run testbed/kind/up.sh first"
+}
+
+wait_ready() {
+  local timeout="${1:-10m}"
+  k wait "dcdn/$DCDN" --for=condition=Ready --timeout="$timeout" >/dev/null
+}
+
+# The token the origin takes for ingest, from the cluster's admin Secret.
+ingest_token() {
+  k get secret "$DCDN-admin-token" -o jsonpath='{.data.ingest-token}' | base64 -d
+}
+
+# port_forward TARGET REMOTE_PORT: forwards a free local port to TARGET and
+# sets PF_PORT and PF_PID (not run in a subshell, so cleanup sees the pid).
+port_forward() {
+  local target="$1" remote="$2" log _
+  log="$(mktemp)"
+  k port-forward "$target" ":$remote" >"$log" 2>&1 &
+  PF_PID=$!
+  BG_PIDS+=("$PF_PID")
+  PF_PORT=""
+  for _ in $(seq 1 50); do
+    PF_PORT="$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log" | head -1)"
+    [ -n "$PF_PORT" ] && break
+    sleep 0.2
+  done
+  [ -n "$PF_PORT" ] || cat "$log" >&2
+  rm -f "$log"
+  [ -n "$PF_PORT" ]
+}
+
+stop_port_forward() {
+  kill "$PF_PID" 2>/dev/null || true
+  wait "$PF_PID" 2>/dev/null || true
+}
+
+# publish FILE NAME: PUTs FILE as object NAME at the origin, through a
+# port-forward to the origin pod that lasts only for the upload.
+publish() {
+  local file="$1" name="$2" token rc=0
+  token="$(ingest_token)"
+  port_forward "pod/$DCDN-origin-0" 8080 || return 1
+  curl -fsS --max-time 120 -T "$file" -H "Authorization: Bearer $token" \
+    "http://127.0.0.1:$PF_PORT/v1/objects/$name" >/dev/null || rc=$?
+  stop_port_forward
+  return "$rc"
+}
+
+# fetch_edge NAME OUT: GETs object NAME through the edge Service (NodePort).
+fetch_edge() {
+  curl -fsS --max-time 30 -o "$2" "$EDGE_URL/v1/objects/$1"
+}
+
+# fetch_pod POD PORT PATH OUT: an HTTP GET on a pod through the API server's
+# pod proxy (no port-forward per pod).
+fetch_pod() {
+  kubectl --context "$CONTEXT" get --raw "/api/v1/namespaces/$NS/pods/$1:$2/proxy$3" >"$4"
+}
+
+pods_of() {
+  k get pods -l "app.kubernetes.io/instance=$DCDN,app.kubernetes.io/component=$1" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
+}
+
+# Prints "POD RESTARTS REJECTED" for every DCDN pod: chunks rejected, summed
+# over reasons, read from each pod's /metrics.
+rejections() {
+  local tier pod restarts metrics
+  metrics="$(mktemp)"
+  for tier in origin relay edge; do
+    for pod in $(pods_of "$tier"); do
+      restarts="$(k get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+      if fetch_pod "$pod" 9090 /metrics "$metrics"; then
+        awk -v pod="$pod" -v r="$restarts" \
+          '/^dcdn_chunks_rejected_total[{ ]/ { n += $NF } END { printf "%s %s %d\n", pod, r, n }' "$metrics"
+      else
+        echo "$pod $restarts unreachable"
+      fi
+    done
+  done
+  rm -f "$metrics"
+}
+
+# random_file PATH BYTES
+random_file() {
+  head -c "$2" /dev/urandom >"$1"
+}
+
+digest() { sha256sum "$1" | cut -d' ' -f1; }
+
+# fetch_loop NAME_FILE DIGEST_FILE LOG: fetches the object named in NAME_FILE
+# through the edge Service every 0.5 s until $TMP/stop exists, comparing it
+# with the digest in DIGEST_FILE; appends "ok|fail EPOCH" lines to LOG. The
+# files are re-read every round, so the object can change under it.
+fetch_loop() {
+  local name_file="$1" digest_file="$2" log="$3" out name
+  out="$(mktemp)"
+  while [ ! -e "$TMP/stop" ]; do
+    name="$(cat "$name_file")"
+    if fetch_edge "$name" "$out" 2>/dev/null && [ "$(digest "$out")" = "$(cat "$digest_file")" ]; then
+      echo "ok $(date +%s.%N)" >>"$log"
+    else
+      echo "fail $(date +%s.%N)" >>"$log"
+    fi
+    sleep 0.5
+  done
+  rm -f "$out"
+}
+
+# longest_gap LOG START END: the longest time, in seconds, without an "ok"
+# line between START and END (epoch seconds).
+longest_gap() {
+  awk -v start="$2" -v end="$3" '
+    $1 == "ok" && $2 >= start { if ($2 - last > gap) gap = $2 - last; last = $2 }
+    BEGIN { last = start; gap = 0 }
+    END { if (end - last > gap) gap = end - last; printf "%.1f\n", gap }' "$1"
+}
+
+count() { grep -c "^$1 " "$2" || true; }
+
+phase() { k get dcdn "$DCDN" -o jsonpath='{.status.rotationPhase}'; }
