@@ -5,7 +5,7 @@
 #    default values, every helm/dcdn/ci/*.yaml and the kind testbed's values;
 #    every rendered object schema-valid (scripts/checks/helm_check.py says how);
 #  - each DcdnCluster the chart makes renders through `dcdn-operator render`
-#    into schema-valid objects;
+#    into schema-valid objects whose pods meet Pod Security "restricted";
 #  - testbed/kind/*.sh: bash -n and shellcheck (the scripts need a Docker
 #    engine and kind, which CI does not have). The DcdnCluster they apply is
 #    deploy/examples/kind.yaml, validated by k8s-schemas.sh.
@@ -29,7 +29,8 @@ for cluster in "$out"/*.dcdncluster.yaml; do
   [ -e "$cluster" ] || { echo "error: no values file enables cluster:" >&2; exit 1; }
   "${CARGO_TARGET_DIR:-target}/debug/dcdn-operator" render -f "$cluster" >"$cluster.rendered"
   "$VENV/bin/kubernetes-validate" --strict --quiet "$cluster.rendered"
-  echo "ok   $(basename "$cluster"): $(grep -c '^kind:' "$cluster.rendered") objects schema-valid"
+  "$VENV/bin/python" scripts/checks/helm_check.py --pod-security "$cluster.rendered"
+  echo "ok   $(basename "$cluster"): $(grep -c '^kind:' "$cluster.rendered") objects schema-valid, pods restricted"
 done
 
 echo "testbed/kind: bash -n and shellcheck"

@@ -19,6 +19,13 @@ For the chart's default values and for each VALUES_FILE (merged over them, as
      sets, unknown fields refused);
    - any other kind fails.
 
+   and every pod (Pod, Deployment, ...) meets the "restricted" Pod Security
+   Standard.
+
+    python helm_check.py --pod-security FILE...
+
+checks only the last point, for any YAML stream (the operator's output).
+
 Exits 1 if anything failed; prints one line per check.
 """
 
@@ -168,7 +175,65 @@ def validate(obj, dcdn_schema):
     return None
 
 
+def pod_spec_of(obj):
+    if obj.get("kind") == "Pod":
+        return obj.get("spec", {})
+    if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return obj.get("spec", {}).get("template", {}).get("spec", {})
+    return None
+
+
+def restricted_violations(obj):
+    """What keeps a pod from the "restricted" Pod Security Standard (v1.33)."""
+    spec = pod_spec_of(obj)
+    if spec is None:
+        return []
+    bad = []
+    psc = spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            bad.append(key)
+    for v in spec.get("volumes", []):
+        if "hostPath" in v:
+            bad.append(f"hostPath volume {v.get('name')}")
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for c in containers:
+        csc = c.get("securityContext", {})
+        name = c.get("name")
+        if csc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = csc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: capabilities.drop lacks ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities {caps.get('add')}")
+        if not csc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            bad.append(f"{name}: runAsNonRoot is not true")
+        if csc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile is {seccomp}")
+    return bad
+
+
+def check_pod_security(files):
+    """--pod-security FILE...: every pod in these YAML streams is restricted."""
+    failures = 0
+    for path in files:
+        with open(path) as f:
+            for obj in yaml.safe_load_all(f):
+                for v in restricted_violations(obj or {}):
+                    print(f"FAIL {path}: {obj['kind']}/{obj['metadata']['name']}: not restricted: {v}")
+                    failures += 1
+    return 1 if failures else 0
+
+
 def main():
+    if sys.argv[1:2] == ["--pod-security"]:
+        return check_pod_security(sys.argv[2:])
     chart, out_dir, *value_files = sys.argv[1:]
     dcdn_schema = crd_schema(chart)
     failures = 0
@@ -198,6 +263,8 @@ def main():
             reason = validate(obj, dcdn_schema)
             if reason:
                 bad.append(f"{obj.get('kind')}/{obj['metadata'].get('name')}: {reason}")
+            for v in restricted_violations(obj):
+                bad.append(f"{obj.get('kind')}/{obj['metadata'].get('name')}: not restricted: {v}")
         for b in bad:
             print(f"FAIL {label}: {b}")
         failures += len(bad)
@@ -211,7 +278,7 @@ def main():
         kinds = sorted({o["kind"] for o in sent + hooks})
         if not problems and not bad:
             print(f"ok   {label}: lint clean; {len(sent)} objects + {len(hooks)} test hooks "
-                  f"schema-valid ({', '.join(kinds)})")
+                  f"schema-valid, pods restricted ({', '.join(kinds)})")
     return 1 if failures else 0
 
 
