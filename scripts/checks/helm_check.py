@@ -11,7 +11,8 @@ For the chart's default values and for each VALUES_FILE (merged over them, as
    server exists in CI): Helm renders, orders and sends every object,
    test hooks included, exactly as it would to a cluster.
 3. Every object Helm sent or would run as a hook is validated:
-   - built-in kinds with kubernetes-validate --strict (unknown fields fail);
+   - built-in kinds with kubernetes-validate --strict (unknown fields fail),
+     against Kubernetes 1.27 (the oldest the chart supports) and the newest;
    - DcdnCluster against the openAPIV3Schema of the chart's own CRD, and
      written to OUT_DIR for `dcdn-operator render` (helm.sh does that);
    - ServiceMonitor and PrometheusRule, whose schemas kubernetes-validate
@@ -45,7 +46,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_apiserver  # noqa: E402
 
-K8S_VERSION = "1.33.0"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
+K8S_VERSIONS = ("1.27.0", kv.latest_version())
 NAMESPACE = "dcdn"
 RELEASE = "dcdn"
 SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
@@ -167,7 +169,10 @@ def validate(obj, dcdn_schema):
         elif obj.get("apiVersion") == "dcdn.io/v1alpha1" and kind == "DcdnCluster":
             jsonschema.Draft7Validator(dcdn_schema).validate(obj)
         else:
-            kv.validate(obj, K8S_VERSION, strict=True)
+            for version in K8S_VERSIONS:
+                kv.validate(obj, version, strict=True)
+    except kv.ValidationError as e:
+        return f"Kubernetes {e.version}: {'.'.join(str(p) for p in e.path)}: {e.message}"
     except jsonschema.ValidationError as e:
         return f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
     except kv.SchemaNotFoundError:
