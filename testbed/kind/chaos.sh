@@ -3,9 +3,9 @@
 # Service every 0.5 s, take away, one at a time, an edge pod, a relay pod,
 # the origin pod, a whole edge worker (kubectl drain), and the operator's
 # pods in the middle of a rolling config change. After each step the
-# DcdnCluster must be Ready again and delivery must never have stopped for
-# longer than MAX_GAP seconds (default 10) — the time the edge Service takes
-# to drop a deleted pod's endpoint.
+# DcdnCluster must be Ready again, fetches must work again, and delivery must
+# never have stopped for longer than MAX_GAP seconds (default 10): the time
+# the edge Service may take to drop a deleted pod's endpoint.
 #
 #   testbed/kind/chaos.sh
 set -euo pipefail
@@ -26,10 +26,7 @@ fresh_object() {
   for pod in $(pods_of edge); do
     fetch_pod "$pod" 8080 "/v1/objects/$name" "$TMP/prime" 2>/dev/null || true
   done
-  digest "$TMP/object" >"$TMP/digest.new"
-  echo "$name" >"$TMP/name.new"
-  mv "$TMP/digest.new" "$TMP/digest"
-  mv "$TMP/name.new" "$TMP/name"
+  set_target "$TMP/target" "$name" "$TMP/object"
 }
 
 # step NAME COMMAND...: runs one disruption under the fetch loop and checks
@@ -52,6 +49,9 @@ step() {
     fail "$label: DcdnCluster $DCDN not Ready again within 10 minutes"
   fi
   sleep 5
+  # Ready is the operator's view; also wait for a fetch that works again, so
+  # an outage still going on is measured, not cut short.
+  delivery_resumed "$TMP/fetches" "$(date +%s.%N)" 120 || true
   t1="$(date +%s.%N)"
   gap="$(longest_gap "$TMP/fetches" "$t0" "$t1")"
   ok="$(count ok "$TMP/fetches")"
@@ -104,10 +104,9 @@ kill_operator_mid_rollout() {
   return 1
 }
 
-echo "placeholder" >"$TMP/name"
-echo "placeholder" >"$TMP/digest"
+echo "none none" >"$TMP/target"
 : >"$TMP/fetches"
-fetch_loop "$TMP/name" "$TMP/digest" "$TMP/fetches" &
+fetch_loop "$TMP/target" "$TMP/fetches" &
 BG_PIDS+=("$!")
 
 step "1. delete an edge pod" delete_pod "$DCDN-edge-0"

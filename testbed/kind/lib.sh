@@ -9,7 +9,7 @@ RELEASE="${DCDN_RELEASE:-dcdn}"             # Helm release
 EXAMPLE="${DCDN_EXAMPLE:-$ROOT/deploy/examples/kind.yaml}"
 DCDN="${DCDN_CLUSTER:-kind}"                # DcdnCluster name in $EXAMPLE
 EDGE_NODE_PORT=30080                        # kind-config.yaml maps it to 127.0.0.1
-EDGE_URL="http://127.0.0.1:$EDGE_NODE_PORT"
+EDGE_URL="${DCDN_EDGE_URL:-http://127.0.0.1:$EDGE_NODE_PORT}"  # where the edges answer
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)"
 CONTEXT="kind-$KIND_CLUSTER"
 
@@ -49,6 +49,7 @@ k() { kubectl --context "$CONTEXT" -n "$NS" "$@"; }
 # Stops what this script started in the background (port-forwards, loops).
 cleanup() {
   local pid
+  [ -n "${TMP:-}" ] && touch "$TMP/stop" 2>/dev/null
   for pid in "${BG_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -89,7 +90,8 @@ ingest_token() {
 port_forward() {
   local target="$1" remote="$2" log _
   log="$(mktemp)"
-  k port-forward "$target" ":$remote" >"$log" 2>&1 &
+  # kubectl itself, not the `k` function: $! must be kubectl's pid.
+  kubectl --context "$CONTEXT" -n "$NS" port-forward "$target" ":$remote" >"$log" 2>&1 &
   PF_PID=$!
   BG_PIDS+=("$PF_PID")
   PF_PORT=""
@@ -162,16 +164,16 @@ random_file() {
 
 digest() { sha256sum "$1" | cut -d' ' -f1; }
 
-# fetch_loop NAME_FILE DIGEST_FILE LOG: fetches the object named in NAME_FILE
-# through the edge Service every 0.5 s until $TMP/stop exists, comparing it
-# with the digest in DIGEST_FILE; appends "ok|fail EPOCH" lines to LOG. The
-# files are re-read every round, so the object can change under it.
+# fetch_loop TARGET_FILE LOG: until $TMP/stop exists, every 0.5 s fetches
+# through the edge Service the object named in TARGET_FILE ("NAME SHA256",
+# re-read each round and replaced atomically, so the object can change
+# under it) and appends "ok|fail EPOCH" to LOG.
 fetch_loop() {
-  local name_file="$1" digest_file="$2" log="$3" out name
+  local target="$1" log="$2" out name want
   out="$(mktemp)"
   while [ ! -e "$TMP/stop" ]; do
-    name="$(cat "$name_file")"
-    if fetch_edge "$name" "$out" 2>/dev/null && [ "$(digest "$out")" = "$(cat "$digest_file")" ]; then
+    read -r name want <"$target"
+    if fetch_edge "$name" "$out" 2>/dev/null && [ "$(digest "$out")" = "$want" ]; then
       echo "ok $(date +%s.%N)" >>"$log"
     else
       echo "fail $(date +%s.%N)" >>"$log"
@@ -179,6 +181,22 @@ fetch_loop() {
     sleep 0.5
   done
   rm -f "$out"
+}
+
+# set_target TARGET_FILE NAME FILE: points fetch_loop at object NAME (FILE's bytes).
+set_target() {
+  echo "$2 $(digest "$3")" >"$1.new"
+  mv "$1.new" "$1"
+}
+
+# delivery_resumed LOG SINCE TIMEOUT: waits until LOG has an "ok" after SINCE.
+delivery_resumed() {
+  local _
+  for _ in $(seq 1 $(($3 * 2))); do
+    awk -v since="$2" '$1 == "ok" && $2 > since { found = 1 } END { exit !found }' "$1" && return 0
+    sleep 0.5
+  done
+  return 1
 }
 
 # longest_gap LOG START END: the longest time, in seconds, without an "ok"

@@ -24,9 +24,8 @@ say "load: an object fetched through the edges, a live stream published"
 name="rotate-$(date +%s)-$$"
 random_file "$TMP/object" $((2 * 1024 * 1024))
 publish "$TMP/object" "$name" || die "publishing $name failed"
-echo "$name" >"$TMP/name"
-digest "$TMP/object" >"$TMP/digest"
-fetch_loop "$TMP/name" "$TMP/digest" "$TMP/fetches" &
+set_target "$TMP/target" "$name" "$TMP/object"
+fetch_loop "$TMP/target" "$TMP/fetches" &
 BG_PIDS+=("$!")
 stream="rotate-live-$(date +%s)-$$"
 port_forward "pod/$DCDN-origin-0" 8080 || die "no port-forward to the origin"

@@ -16,11 +16,11 @@ for bytes in "$size" 1000; do
   name="smoke-$(date +%s)-$$-$bytes"
   random_file "$TMP/$name" "$bytes"
   want="$(digest "$TMP/$name")"
-  start=$SECONDS
   if ! publish "$TMP/$name" "$name"; then
     fail "publish $name ($bytes bytes) at the origin"
     continue
   fi
+  start=$SECONDS
   pass "published $name ($bytes bytes, sha256 ${want:0:16}...) at $DCDN-origin-0"
 
   got=""
