@@ -72,7 +72,7 @@ drain_edge_worker() {
   echo "     draining $node"
   # The edge PodDisruptionBudget lets one edge go at a time.
   kubectl --context "$CONTEXT" drain "$node" --ignore-daemonsets --delete-emptydir-data \
-    --timeout=5m >/dev/null || return 1
+    --force --timeout=5m >/dev/null || return 1
   kubectl --context "$CONTEXT" uncordon "$node" >/dev/null
 }
 

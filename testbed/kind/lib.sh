@@ -145,7 +145,8 @@ rejections() {
   metrics="$(mktemp)"
   for tier in origin relay edge; do
     for pod in $(pods_of "$tier"); do
-      restarts="$(k get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+      restarts="$(k get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')" ||
+        restarts="?"
       if fetch_pod "$pod" 9090 /metrics "$metrics"; then
         awk -v pod="$pod" -v r="$restarts" \
           '/^dcdn_chunks_rejected_total[{ ]/ { n += $NF } END { printf "%s %s %d\n", pod, r, n }' "$metrics"
@@ -199,6 +200,30 @@ delivery_resumed() {
   return 1
 }
 
+# live_follow STREAM LOG: until $TMP/stop exists, follows a live stream at
+# the edges like a player: polls its head every second and fetches every new
+# chunk once, appending "ok|fail SEQ" to LOG.
+live_follow() {
+  local stream="$1" log="$2" head next=-1
+  while [ ! -e "$TMP/stop" ]; do
+    # No head yet is not an error (set -e would end the loop).
+    head="$(curl -fsS --max-time 5 "$EDGE_URL/v1/streams/$stream" 2>/dev/null |
+      sed -n 's/.*"head":\([0-9]*\).*/\1/p')" || head=""
+    if [ -n "$head" ]; then
+      [ "$next" -ge 0 ] || next="$head"
+      while [ "$next" -le "$head" ]; do
+        if curl -fsS --max-time 10 -o /dev/null "$EDGE_URL/v1/streams/$stream/$next"; then
+          echo "ok $next" >>"$log"
+        else
+          echo "fail $next" >>"$log"
+        fi
+        next=$((next + 1))
+      done
+    fi
+    sleep 1
+  done
+}
+
 # longest_gap LOG START END: the longest time, in seconds, without an "ok"
 # line between START and END (epoch seconds).
 longest_gap() {
@@ -208,6 +233,12 @@ longest_gap() {
     END { if (end - last > gap) gap = end - last; printf "%.1f\n", gap }' "$1"
 }
 
-count() { grep -c "^$1 " "$2" || true; }
+# count WORD LOG: lines of LOG starting with WORD (0 if LOG does not exist).
+count() {
+  if [ -f "$2" ]; then grep -c "^$1 " "$2" || true; else echo 0; fi
+}
 
-phase() { k get dcdn "$DCDN" -o jsonpath='{.status.rotationPhase}'; }
+# The DcdnCluster's rotation phase and active key; empty if the API did not
+# answer this time (callers poll).
+phase() { k get dcdn "$DCDN" -o jsonpath='{.status.rotationPhase}' 2>/dev/null || true; }
+active_key() { k get dcdn "$DCDN" -o jsonpath='{.status.activeKeyId}' 2>/dev/null || true; }
