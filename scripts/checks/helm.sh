@@ -7,7 +7,8 @@
 #  - each DcdnCluster the chart makes renders through `dcdn-operator render`
 #    into schema-valid objects whose pods meet Pod Security "restricted";
 #  - testbed/kind/*.sh: bash -n and shellcheck (the scripts need a Docker
-#    engine and kind, which CI does not have). The DcdnCluster they apply is
+#    engine and kind, which CI does not have; kind-scripts.sh runs them
+#    against local nodes). The DcdnCluster they apply is
 #    deploy/examples/kind.yaml, validated by k8s-schemas.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,7 +35,7 @@ for cluster in "$out"/*.dcdncluster.yaml; do
 done
 
 echo "testbed/kind: bash -n and shellcheck"
-scripts=(testbed/kind/*.sh scripts/checks/helm.sh)
+scripts=(testbed/kind/*.sh testbed/kind/test/kubectl scripts/checks/helm.sh scripts/checks/kind-scripts.sh)
 for s in "${scripts[@]}"; do bash -n "$s"; done
 "$VENV/bin/shellcheck" --severity=style --external-sources "${scripts[@]}"
 echo "ok   ${#scripts[@]} scripts"
