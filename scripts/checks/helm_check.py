@@ -17,7 +17,8 @@ For the chart's default values and for each VALUES_FILE (merged over them, as
      written to OUT_DIR for `dcdn-operator render` (helm.sh does that);
    - ServiceMonitor and PrometheusRule, whose schemas kubernetes-validate
      does not ship, against the small schemas below (the fields the chart
-     sets, unknown fields refused);
+     sets, unknown fields refused), and every alert's expression through a
+     PromQL parser (promql-parser);
    - any other kind fails.
 
    and every pod (Pod, Deployment, ...) meets the "restricted" Pod Security
@@ -40,6 +41,7 @@ import tempfile
 
 import helm_sdkpy
 import jsonschema
+import promql_parser
 import kubernetes_validate.utils as kv
 import yaml
 
@@ -80,6 +82,7 @@ MONITORING_SCHEMAS = {
                     "endpoints": {"type": "array", "minItems": 1, "items": {
                         "type": "object", "additionalProperties": False, "properties": {
                             "port": {"type": "string"}, "path": {"type": "string"},
+                            "honorLabels": {"type": "boolean"},
                             "interval": _DURATION, "scrapeTimeout": _DURATION}}},
                 },
             },
@@ -166,6 +169,12 @@ def validate(obj, dcdn_schema):
             if kind not in MONITORING_SCHEMAS:
                 return f"unknown monitoring kind {kind}"
             jsonschema.Draft7Validator(MONITORING_SCHEMAS[kind]).validate(obj)
+            for group in obj["spec"].get("groups", []) if kind == "PrometheusRule" else []:
+                for rule in group["rules"]:
+                    try:
+                        promql_parser.parse(rule["expr"])
+                    except ValueError as e:
+                        return f"alert {rule['alert']}: PromQL does not parse: {e}"
         elif obj.get("apiVersion") == "dcdn.io/v1alpha1" and kind == "DcdnCluster":
             jsonschema.Draft7Validator(dcdn_schema).validate(obj)
         else:
