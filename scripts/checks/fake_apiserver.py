@@ -104,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
                           "message": message, "reason": reason, "code": code})
 
     def route(self):
-        """(gv, plural, namespace, name, subresource) or None for discovery."""
+        """(gv, plural, namespace, name, subresource); None outside /api and /apis."""
         parts = [p for p in urlparse(self.path).path.split("/") if p]
         if parts[:1] == ["api"] and len(parts) >= 2:
             gv, rest = parts[1], parts[2:]
@@ -180,7 +180,8 @@ class Handler(BaseHTTPRequestHandler):
         obj = self.body()
         sent = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
-        meta.setdefault("namespace", ns) if ns else None
+        if ns:
+            meta.setdefault("namespace", ns)
         meta.update({"uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1,
                      "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         if obj.get("kind") == "CustomResourceDefinition":

@@ -33,7 +33,6 @@ Exits 1 if anything failed; prints one line per check.
 
 import asyncio
 import copy
-import json
 import os
 import shutil
 import sys
