@@ -33,6 +33,27 @@ impl std::fmt::Debug for NodeTarget {
 pub trait NodeAdmin: Send + Sync + 'static {
     fn keys(&self, target: &NodeTarget) -> impl Future<Output = Result<KeyView, String>> + Send;
     fn reload(&self, target: &NodeTarget) -> impl Future<Output = Result<(), String>> + Send;
+    /// The origin's `dcdn_origin_offload_ratio` gauge, if it has one yet.
+    fn origin_offload(
+        &self,
+        target: &NodeTarget,
+    ) -> impl Future<Output = Result<Option<f64>, String>> + Send;
+}
+
+/// Reads one unlabelled gauge from Prometheus text.
+pub fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = rest.strip_prefix(' ').or_else(|| {
+                rest.starts_with('{')
+                    .then(|| rest.rsplit_once(' ').map(|(_, v)| v))
+                    .flatten()
+            })?;
+            value.trim().parse::<f64>().ok()
+        })
+        .filter(|v| v.is_finite())
 }
 
 /// Largest admin response read; `/v1/keys` is a few hundred bytes.
@@ -131,6 +152,14 @@ impl NodeAdmin for HttpNodeAdmin {
             .await
             .map(drop)
     }
+
+    async fn origin_offload(&self, target: &NodeTarget) -> Result<Option<f64>, String> {
+        let body = self.call(hyper::Method::GET, target, "/metrics").await?;
+        Ok(gauge(
+            &String::from_utf8_lossy(&body),
+            "dcdn_origin_offload_ratio",
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -144,5 +173,19 @@ mod tests {
         assert_eq!(v.generation, 7);
         assert_eq!(v.can_sign, vec!["00aa".to_owned()]);
         assert!(super::parse_keys(b"{}").unwrap_err().contains("/v1/keys"));
+    }
+
+    #[test]
+    fn a_gauge_is_read_from_prometheus_text() {
+        let text = "# HELP dcdn_origin_offload_ratio x\ndcdn_origin_offload_ratio_other 9\ndcdn_origin_offload_ratio{role=\"origin\"} 1.25\n";
+        assert_eq!(super::gauge(text, "dcdn_origin_offload_ratio"), Some(1.25));
+        assert_eq!(
+            super::gauge(
+                "dcdn_origin_offload_ratio NaN\n",
+                "dcdn_origin_offload_ratio"
+            ),
+            None
+        );
+        assert_eq!(super::gauge("", "dcdn_origin_offload_ratio"), None);
     }
 }

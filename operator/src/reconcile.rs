@@ -405,6 +405,15 @@ async fn pod_reports<A: NodeAdmin>(ctx: &Context<A>, pods: &[Pod], token: &str) 
     futures_util::future::join_all(calls).await
 }
 
+/// The origin's offload ratio, rounded so that noise does not rewrite the
+/// status every pass; `None` when no origin answers.
+async fn origin_offload<A: NodeAdmin>(ctx: &Context<A>, pods: &[Pod], token: &str) -> Option<f64> {
+    let origin = pods.iter().find(|p| role_of(p) == Some(Role::Origin))?;
+    let target = pod_target(origin, token).ok()?;
+    let ratio = ctx.admin.origin_offload(&target).await.ok()??;
+    Some((ratio * 100.0).round() / 100.0)
+}
+
 /// How long Draining lasts: the longest chunk TTL of any tier plus the
 /// clock skew nodes accept, and at least the spec's overlap.
 fn drain_time(c: &DcdnCluster) -> Duration {
@@ -902,7 +911,9 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         rotation_phase: Some(outcome.phase),
         rotation: outcome.status.clone(),
         config_hash: Some(config_hash),
-        origin_offload_ratio: old_status.origin_offload_ratio,
+        origin_offload_ratio: origin_offload(ctx, &live.pods, &keys.admin.admin)
+            .await
+            .or(old_status.origin_offload_ratio),
     };
     if let Some((reason, note)) = &outcome.event {
         publish_event(ctx, c, EventType::Normal, reason, note.clone()).await;

@@ -50,6 +50,10 @@ impl NodeAdmin for FakeNodes {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+    async fn origin_offload(&self, target: &NodeTarget) -> Result<Option<f64>, String> {
+        // 1 origin copy per relay (2) over the chunk count, as a node would say.
+        Ok(self.views.lock().contains_key(&target.pod).then_some(1.996))
+    }
 }
 
 struct World {
@@ -338,6 +342,10 @@ async fn from_nothing_every_object_is_created_owned_and_ready_once_tiers_settle(
     let status = w.cluster().await.status.unwrap();
     assert_eq!(status.tiers.edge.ready, 3);
     assert_eq!(status.active_key_id.as_deref(), Some(active.as_str()));
+    assert_eq!(
+        status.origin_offload_ratio, None,
+        "no origin has answered yet"
+    );
     assert_eq!(
         status.observed_generation,
         w.cluster().await.metadata.generation

@@ -244,6 +244,10 @@ async fn a_rotation_driven_by_the_operator_through_real_nodes_rejects_nothing() 
             n.name
         );
     }
+    // What the status's originOffloadRatio is read from.
+    let origin_target = &targets.iter().find(|(_, r)| *r == Role::Origin).unwrap().0;
+    let ratio = admin.origin_offload(origin_target).await.unwrap();
+    assert!(ratio.is_some_and(|r| r > 0.0), "{ratio:?}");
     for (_, r) in nodes {
         r.shutdown(Duration::from_secs(2)).await;
     }
