@@ -78,16 +78,33 @@ fn write_secret(path: &Path, text: &str) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Ports are picked below Linux's ephemeral range (32768–60999): a port
+/// from there, released and bound again later, can meanwhile become the
+/// local port of any outgoing connection on the machine, and then the node
+/// fails to start with "address in use".
+const PICK_FROM: u16 = 20_000;
+const PICK_TO: u16 = 32_000;
+
+fn pick_port(
+    bind: impl Fn(SocketAddr) -> std::io::Result<SocketAddr>,
+) -> Result<SocketAddr, PlanError> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..256 {
+        let port = rng.gen_range(PICK_FROM..PICK_TO);
+        if let Ok(addr) = bind(SocketAddr::from(([127, 0, 0, 1], port))) {
+            return Ok(addr);
+        }
+    }
+    bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(PlanError::Port)
+}
+
 fn free_tcp() -> Result<SocketAddr, PlanError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(PlanError::Port)
+    pick_port(|a| TcpListener::bind(a).and_then(|l| l.local_addr()))
 }
 
 fn free_udp() -> Result<SocketAddr, PlanError> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(PlanError::Port)
+    pick_port(|a| UdpSocket::bind(a).and_then(|s| s.local_addr()))
 }
 
 fn random_token() -> String {
