@@ -23,7 +23,9 @@ pub mod scenario;
 mod net;
 mod world;
 
-use report::{Bytes, Fec, FreeRiderCost, Percentiles, Perf, Report, TierCompletion, TierLatency};
+use report::{
+    Bytes, Fec, FecCounts, FreeRiderCost, Percentiles, Perf, Report, TierCompletion, TierLatency,
+};
 use scenario::Scenario;
 use std::time::Instant;
 
@@ -140,9 +142,11 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
                 / outcome.edge_bytes_in.max(1) as f64,
         },
         fec: Fec {
-            complete: outcome.fec_complete,
-            rebuilt: outcome.fec_rebuilt,
-            failed: outcome.fec_failed,
+            complete: outcome.fec_relays[0] + outcome.fec_edges[0],
+            rebuilt: outcome.fec_relays[1] + outcome.fec_edges[1],
+            failed: outcome.fec_relays[2] + outcome.fec_edges[2],
+            relays: FecCounts::from(outcome.fec_relays),
+            edges: FecCounts::from(outcome.fec_edges),
             repairs: outcome.repairs,
             exec: outcome.fec_exec.to_owned(),
         },

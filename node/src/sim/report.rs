@@ -69,16 +69,37 @@ pub struct Bytes {
     pub edge_to_edge_share: f64,
 }
 
-/// FEC outcomes of pushed chunks, as `dcdn_fec_groups_total{outcome}` counts them.
+/// FEC outcomes of pushed chunks, as `dcdn_fec_groups_total{outcome}`
+/// counts them (one per chunk; `failed` ones expire and are repaired).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fec {
     pub complete: u64,
     pub rebuilt: u64,
     pub failed: u64,
+    pub relays: FecCounts,
+    pub edges: FecCounts,
     /// Chunks fetched over a stream after FEC could not rebuild them.
     pub repairs: u64,
     /// `shards` (the real assembler ran on placeholder shards) or `blocks`.
     pub exec: String,
+}
+
+/// FEC outcomes at one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FecCounts {
+    pub complete: u64,
+    pub rebuilt: u64,
+    pub failed: u64,
+}
+
+impl From<[u64; 3]> for FecCounts {
+    fn from([complete, rebuilt, failed]: [u64; 3]) -> Self {
+        Self {
+            complete,
+            rebuilt,
+            failed,
+        }
+    }
 }
 
 /// What free-riders cost the honest edges: the same run with them honest.
@@ -204,8 +225,18 @@ impl Report {
         let f = &self.fec;
         let _ = writeln!(
             s,
-            "FEC ({}): {} complete, {} rebuilt with parity, {} failed; {} repairs",
-            f.exec, f.complete, f.rebuilt, f.failed, f.repairs
+            "FEC ({}): {} complete, {} rebuilt with parity, {} failed (relays {}/{}/{}, edges {}/{}/{}); {} repairs",
+            f.exec,
+            f.complete,
+            f.rebuilt,
+            f.failed,
+            f.relays.complete,
+            f.relays.rebuilt,
+            f.relays.failed,
+            f.edges.complete,
+            f.edges.rebuilt,
+            f.edges.failed,
+            f.repairs
         );
         let _ = writeln!(
             s,

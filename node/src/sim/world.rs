@@ -206,9 +206,9 @@ pub(crate) struct Outcome {
     pub(crate) bytes_edges: u64,
     pub(crate) edge_bytes_in: u64,
     pub(crate) edge_bytes_from_edges: u64,
-    pub(crate) fec_complete: u64,
-    pub(crate) fec_rebuilt: u64,
-    pub(crate) fec_failed: u64,
+    /// FEC outcomes (complete, rebuilt, failed) at relays and at edges.
+    pub(crate) fec_relays: [u64; 3],
+    pub(crate) fec_edges: [u64; 3],
     pub(crate) fec_exec: &'static str,
     pub(crate) repairs: u64,
     pub(crate) chunks_rejected: u64,
@@ -1156,15 +1156,20 @@ impl World {
         } else {
             (complete, rebuilt)
         };
+        let counts = if self.nodes[to as usize].tier == Tier::Relay {
+            &mut self.out.fec_relays
+        } else {
+            &mut self.out.fec_edges
+        };
+        let outcome = match (ok, recovered) {
+            (true, false) => 0,
+            (true, true) => 1,
+            (false, _) => 2,
+        };
+        counts[outcome] += 1;
         if ok {
-            if recovered {
-                self.out.fec_rebuilt += 1;
-            } else {
-                self.out.fec_complete += 1;
-            }
             self.deliver(to, seq, from, now);
         } else {
-            self.out.fec_failed += 1;
             let incarnation = self.nodes[to as usize].incarnation;
             let at = now + self.settings.repair_delay.as_nanos() as Nanos;
             self.q.push(
