@@ -22,16 +22,16 @@ const EDGES: usize = 6;
 const CHUNK_KB: u64 = 256;
 
 /// The object's size. The scenario is 64 MiB, but a debug-built
-/// cluster on two shared cores moves only a few MB/s, so the suite runs 8 MiB
+/// cluster on two shared cores moves only a few MB/s, so the suite runs 4 MiB
 /// and `DCDN_FIDELITY_OBJECT_MB=64` runs the full size (minutes).
 fn object_bytes() -> usize {
     std::env::var("DCDN_FIDELITY_OBJECT_MB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(8)
+        .unwrap_or(4)
         << 20
 }
-const LIVE_PIECES: usize = 200;
+const LIVE_PIECES: usize = 100;
 const LIVE_PIECE: usize = 16 << 10;
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
@@ -98,6 +98,7 @@ async fn real_run(loss: f64) -> Real {
         )
         .await
         .unwrap();
+    println!("object published after {:?}", began.elapsed());
     let chunks = object_bytes().div_ceil((CHUNK_KB as usize) << 10) as f64;
     let t0 = Instant::now();
     let mut gets = Vec::new();
@@ -130,6 +131,7 @@ async fn real_run(loss: f64) -> Real {
     let object_offload = origin.mesh_bytes_out.load(Ordering::Relaxed) as f64
         / origin.ingested_bytes.load(Ordering::Relaxed) as f64;
 
+    println!("object fetched after {:?}", began.elapsed());
     // The live stream: pushed with FEC through the lossy links.
     let (out0, in0) = (
         origin.mesh_bytes_out.load(Ordering::Relaxed),
@@ -143,7 +145,7 @@ async fn real_run(loss: f64) -> Real {
         tokio::time::sleep(Duration::from_millis(5)).await;
         Some((Ok::<_, std::io::Error>(Bytes::from(next)), it))
     });
-    client
+    let resp = client
         .put_stream(
             &format!("{}/v1/streams/cam", c.origin().http()),
             Some(&c.plan.ingest_token),
@@ -151,6 +153,10 @@ async fn real_run(loss: f64) -> Real {
         )
         .await
         .unwrap();
+    let published: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    // A piece becomes one chunk unless HTTP framing split it.
+    let live_chunks = published["chunks"].as_u64().unwrap() as f64;
+    println!("live published after {:?}", began.elapsed());
     // Let pushes in flight land.
     let groups = || {
         c.by_role(Role::Edge)
@@ -166,7 +172,7 @@ async fn real_run(loss: f64) -> Real {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = groups();
         stable = if now == last { stable + 1 } else { 0 };
-        if now >= (EDGES * LIVE_PIECES) as f64 || stable >= 10 {
+        if now >= EDGES as f64 * live_chunks || stable >= 10 {
             break;
         }
         last = now;
@@ -222,7 +228,29 @@ async fn the_simulator_agrees_with_a_real_cluster_on_offload_fec_and_tier_order(
     for loss in [0.0, 0.05] {
         let real = real_run(loss).await;
         let obj = sim::run(&scenario("fidelity.toml", loss)).unwrap();
-        let live = sim::run(&scenario("fidelity-live.toml", loss)).unwrap();
+        // One real run draws one phase of the receivers' 500 ms loss-report
+        // timers against a 0.5 s stream, which moves its parity (and so
+        // its offload) noticeably; compare it with the sim's mean over seeds.
+        let seeds = 1..=8u64;
+        let lives: Vec<_> = seeds
+            .clone()
+            .map(|seed| {
+                let mut s = scenario("fidelity-live.toml", loss);
+                s.seed = seed;
+                sim::run(&s).unwrap()
+            })
+            .collect();
+        let n = lives.len() as f64;
+        let live_offload = lives
+            .iter()
+            .map(|r| r.bytes.origin_offload_ratio)
+            .sum::<f64>()
+            / n;
+        let live_rebuilt = lives
+            .iter()
+            .map(|r| r.fec.edges.rebuilt as f64)
+            .sum::<f64>()
+            / n;
         let tier = |name: &str| {
             obj.completion
                 .iter()
@@ -232,12 +260,13 @@ async fn the_simulator_agrees_with_a_real_cluster_on_offload_fec_and_tier_order(
         };
         let (sim_relay, sim_edge) = (tier("relay").max, tier("edge").p50);
         println!(
-            "sim  at {:.0}% loss: object offload {:.3}, live offload {:.3}, rebuilt {} of {} groups, relay done {:.3}s, edge p50 {:.3}s",
+            "sim  at {:.0}% loss: object offload {:.3}, live offload {:.3}, rebuilt {:.1} of {} groups (mean of {} seeds), relay done {:.3}s, edge p50 {:.3}s",
             loss * 100.0,
             obj.bytes.origin_offload_ratio,
-            live.bytes.origin_offload_ratio,
-            live.fec.edges.rebuilt,
-            live.fec.edges.complete + live.fec.edges.rebuilt + live.fec.edges.failed,
+            live_offload,
+            live_rebuilt,
+            EDGES * LIVE_PIECES,
+            seeds.count(),
             sim_relay,
             sim_edge
         );
@@ -248,17 +277,19 @@ async fn the_simulator_agrees_with_a_real_cluster_on_offload_fec_and_tier_order(
             real.object_offload
         );
         assert!(
-            agree(live.bytes.origin_offload_ratio, real.live_offload, 0.0),
-            "live offload at {loss}: sim {} real {}",
-            live.bytes.origin_offload_ratio,
+            agree(live_offload, real.live_offload, 0.0),
+            "live offload at {loss}: sim {live_offload} real {}",
             real.live_offload
         );
         let groups = (EDGES * LIVE_PIECES) as f64;
+        // HTTP framing sometimes splits a published piece into two chunks,
+        // so the real stream has a few more (smaller) chunks than pieces:
+        // compare rebuilt counts per the same number of chunks.
+        let real_rebuilt = real.rebuilt * groups / real.groups.max(1.0);
         assert!(
-            agree(live.fec.edges.rebuilt as f64, real.rebuilt, 0.01 * groups),
-            "FEC rebuilt at {loss}: sim {} real {}",
-            live.fec.edges.rebuilt,
-            real.rebuilt
+            agree(live_rebuilt, real_rebuilt, 0.01 * groups),
+            "FEC rebuilt at {loss}: sim {live_rebuilt} real {real_rebuilt} (of {} chunks)",
+            real.groups
         );
         if loss > 0.0 {
             assert!(real.rebuilt > 0.1 * real.groups, "loss must cost parity");

@@ -11,8 +11,8 @@
 //! materialised: chunks are sizes and bits in per-node bitfields.
 //!
 //! Deliberately left out: HTTP clients beyond an in-order object reader with
-//! read-ahead (and a live player that takes pushes), the store's byte budget
-//! and TTL (every chunk fits), QUIC congestion control (loss on a reliable
+//! read-ahead (and a live player that takes pushes), the store unless a
+//! scenario gives a tier a budget, QUIC congestion control (loss on a reliable
 //! stream costs only its retransmitted bytes), manifests, key rotation, and
 //! relay or origin failures.
 
@@ -150,6 +150,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
             repairs: outcome.repairs,
             exec: outcome.fec_exec.to_owned(),
         },
+        store_evictions: outcome.store_evictions,
         chunks_rejected: outcome.chunks_rejected,
         peers_banned: outcome.peers_banned,
         free_rider_cost,
@@ -302,6 +303,22 @@ mod tests {
         assert!(r.rejoins > 0 && r.rejoins <= r.crashes + r.leaves);
         let edge = r.completion.iter().find(|t| t.tier == "edge").unwrap();
         assert_eq!(edge.completed, edge.nodes);
+    }
+
+    #[test]
+    fn small_edge_stores_evict_and_edges_can_trade_less() {
+        let roomy = run(&small_object()).unwrap();
+        assert_eq!(roomy.store_evictions, 0);
+        let mut s = small_object();
+        // A quarter of the object fits: early chunks are gone by the time
+        // late starters want them from their neighbours.
+        s.nodes.edge_store_mb = Some(4);
+        s.nodes.relay_store_mb = Some(64);
+        let tight = run(&s).unwrap();
+        assert!(tight.store_evictions > 0);
+        let edge = tight.completion.iter().find(|t| t.tier == "edge").unwrap();
+        assert_eq!(edge.completed, edge.nodes);
+        assert!(tight.bytes.edge_to_edge_share < roomy.bytes.edge_to_edge_share);
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Report {
     pub live_latency: Vec<TierLatency>,
     pub bytes: Bytes,
     pub fec: Fec,
+    /// Chunks the node's `ChunkStore` evicted or expired (tiers with a budget).
+    pub store_evictions: u64,
     pub chunks_rejected: u64,
     pub peers_banned: u64,
     pub free_rider_cost: Option<FreeRiderCost>,
@@ -240,8 +242,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "chunks rejected {}, peers banned {}; churn: {} crashes, {} leaves, {} rejoins",
-            self.chunks_rejected, self.peers_banned, self.crashes, self.leaves, self.rejoins
+            "store evictions {}; chunks rejected {}, peers banned {}; churn: {} crashes, {} leaves, {} rejoins",
+            self.store_evictions,
+            self.chunks_rejected,
+            self.peers_banned,
+            self.crashes,
+            self.leaves,
+            self.rejoins
         );
         if let Some(c) = &self.free_rider_cost {
             let _ = writeln!(

@@ -117,13 +117,19 @@ impl Content {
     }
 }
 
-/// Link capacities per tier.
+/// Link capacities per tier, and optionally the store budgets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Nodes {
     pub origin: Capacity,
     pub relay: Capacity,
     pub edge: Capacity,
+    /// Relays' store budget, MiB (`storage.ring_buffer_size_mb`). Unset: every
+    /// chunk fits. Set: each relay runs the node's `ChunkStore` (budget,
+    /// oldest-first eviction, TTL) and serves only what it still holds.
+    pub relay_store_mb: Option<u64>,
+    /// Edges' store budget, MiB; as for relays.
+    pub edge_store_mb: Option<u64>,
 }
 
 impl Default for Nodes {
@@ -132,6 +138,8 @@ impl Default for Nodes {
             origin: Capacity::symmetric(10_000.0),
             relay: Capacity::symmetric(10_000.0),
             edge: Capacity::symmetric(1_000.0),
+            relay_store_mb: None,
+            edge_store_mb: None,
         }
     }
 }
@@ -472,6 +480,14 @@ impl Scenario {
                 return bad(field, "capacities must be > 0 Mbit/s");
             }
         }
+        for (field, mb) in [
+            ("nodes.relay_store_mb", self.nodes.relay_store_mb),
+            ("nodes.edge_store_mb", self.nodes.edge_store_mb),
+        ] {
+            if mb.is_some_and(|mb| mb == 0 || mb > 1_048_576) {
+                return bad(field, "must be in 1..=1048576 MiB (the node's bound)");
+            }
+        }
         let n = &self.network;
         let mut links = vec![
             (
@@ -583,6 +599,30 @@ mod tests {
         assert_eq!(s.fec.default_parity_count.get(), 2);
         assert_eq!(s.p2p, P2pSection::default());
         assert!(toml::from_str::<Scenario>("[tiers]\nrelay = 2\n").is_err());
+    }
+
+    #[test]
+    fn every_example_scenario_loads_and_yaml_works_too() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sim");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::from_file(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "deploy/sim holds the example scenarios");
+        let yaml = std::env::temp_dir().join(format!("dcdn-sim-{}.yaml", std::process::id()));
+        std::fs::write(
+            &yaml,
+            "tiers: {relays: 3, edges: 9}\ncontent: {live_mbps: 2.0, live_seconds: 3.0}\n",
+        )
+        .unwrap();
+        let s = Scenario::from_file(&yaml).unwrap();
+        let _ = std::fs::remove_file(&yaml);
+        assert_eq!((s.tiers.relays, s.tiers.edges), (3, 9));
+        assert!(s.content.is_live());
     }
 
     #[test]

@@ -13,13 +13,14 @@ use super::net::{self, Channel, Pipes};
 use super::queue::{EventQueue, MS, Nanos, SEC, secs};
 use super::scenario::{FecExec, Scenario};
 use crate::chunk::wire::{Frame, ShardFrame};
-use crate::chunk::{ChunkId, PeerId, StreamId};
+use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
 use crate::config::NodeConfig;
 use crate::crypto::{KeyRing, Rejection, Reputation, Signer, Verifier, VerifyConfig};
 use crate::fec::{Assembler, ParityPolicy, block_count, block_layout};
 use crate::p2p::{Choker, SourceKind, request_order};
 use crate::roles::framing;
 use crate::roles::settings::NodeSettings;
+use crate::store::{ChunkStore, StoreConfig};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use rand::{Rng, SeedableRng};
@@ -125,6 +126,9 @@ struct Node {
     start: Nanos,
     done: Option<Nanos>,
     push: Option<PushLink>,
+    /// The node's own store, when the scenario gives this tier a budget;
+    /// then a chunk is held only while the store still has it.
+    store: Option<Box<ChunkStore>>,
     assembler: Option<Box<Assembler>>,
     edge: Option<Box<EdgeState>>,
     relay: Option<Box<RelayState>>,
@@ -218,6 +222,7 @@ pub(crate) struct Outcome {
     pub(crate) rejoins: u64,
     pub(crate) content_bytes: u64,
     pub(crate) chunks: u64,
+    pub(crate) store_evictions: u64,
 }
 
 /// A whole simulated cluster.
@@ -246,6 +251,9 @@ pub(crate) struct World {
     /// Object readers (non-malicious edges) and how many have finished.
     readers: u64,
     readers_done: u64,
+    /// One zeroed buffer of a chunk's size: every stored chunk's payload is
+    /// a slice of it, so a store accounts real sizes without the bytes.
+    payload: Bytes,
 }
 
 fn tier_label(n: &Node) -> &'static str {
@@ -345,6 +353,7 @@ impl World {
             start: 0,
             done: None,
             push: None,
+            store: None,
             assembler: None,
             edge: None,
             relay: None,
@@ -399,6 +408,17 @@ impl World {
         for n in nodes.iter_mut() {
             if exec_shards && n.tier != Tier::Origin {
                 n.assembler = Some(Box::new(Assembler::new(settings.assembler_config())));
+            }
+            let budget_mb = match n.tier {
+                Tier::Origin => None,
+                Tier::Relay => s.nodes.relay_store_mb,
+                Tier::Edge => s.nodes.edge_store_mb,
+            };
+            if let Some(mb) = budget_mb {
+                n.store = Some(Box::new(ChunkStore::new(StoreConfig {
+                    budget_bytes: (mb as usize) << 20,
+                    ..settings.store_config()
+                })));
             }
         }
         // Subscriptions: each edge takes pushes from one relay.
@@ -458,6 +478,7 @@ impl World {
             channels,
             readers: 0,
             readers_done: 0,
+            payload: Bytes::from(vec![0u8; s.chunk_bytes() as usize]),
             churn_rate: (s.churn.leave_per_hour + s.churn.crash_per_hour) * f64::from(n_edges)
                 / 3600.0,
             s: s.clone(),
@@ -509,6 +530,16 @@ impl World {
         1 + self.relays
     }
 
+    /// Whether `node` can serve chunk `seq` now: it received it and, with a
+    /// store, the store has not evicted or expired it.
+    fn holds(&self, node: u32, seq: u32, now: Nanos) -> bool {
+        let n = &self.nodes[node as usize];
+        n.have.get(seq)
+            && n.store.as_ref().is_none_or(|st| {
+                st.contains(&ChunkId::new(STREAM, u64::from(seq)), self.instant(now))
+            })
+    }
+
     fn link_of(&self, a: u32, b: u32) -> (super::scenario::Link, Channel) {
         let (ta, tb) = (self.nodes[a as usize].tier, self.nodes[b as usize].tier);
         let lossy = self.nodes[a as usize].lossy || self.nodes[b as usize].lossy;
@@ -548,7 +579,10 @@ impl World {
             let interval = self.s.chunk_bytes() as f64 * 8.0 / (self.s.content.live_mbps * 1e6);
             self.publish_interval = secs(interval).max(1);
             self.q.push(0, Ev::Publish(0));
-            self.q.push(LOSS_REPORT_EVERY, Ev::LossReports);
+            // Receivers' report timers run from when they connected, not
+            // from the first chunk: start them at a random phase.
+            let phase = self.rng.gen_range(1..=LOSS_REPORT_EVERY);
+            self.q.push(phase, Ev::LossReports);
         } else {
             // The origin holds the whole object from the start.
             let o = &mut self.nodes[0];
@@ -665,7 +699,7 @@ impl World {
                 };
                 let (req, seq, inc) = (f.requester, f.seq, f.incarnation);
                 let n = &self.nodes[req as usize];
-                if !n.online || n.incarnation != inc || n.have.get(seq) {
+                if !n.online || n.incarnation != inc || self.holds(req, seq, now) {
                     self.finish_fetch(fetch, now);
                     return;
                 }
@@ -701,11 +735,10 @@ impl World {
                         {
                             continue;
                         }
-                        let peer = &self.nodes[nb.id as usize];
-                        let has = match peer.behaviour {
+                        let has = match self.nodes[nb.id as usize].behaviour {
                             Behaviour::Malicious => true,
                             Behaviour::FreeRider => false,
-                            Behaviour::Honest => peer.have.get(seq),
+                            Behaviour::Honest => self.holds(nb.id, seq, now),
                         };
                         candidates.push((
                             nb.id,
@@ -808,6 +841,7 @@ impl World {
             return self.refuse(fetch, to, req, now);
         }
         let t = self.instant(now);
+        let holds = self.holds(to, seq, now);
         match server.tier {
             Tier::Edge => {
                 let x = server.edge.as_ref();
@@ -819,7 +853,7 @@ impl World {
                         let unchoked =
                             x.is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(req))));
                         let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
-                        if banned || (requester_is_edge && !unchoked) || !server.have.get(seq) {
+                        if banned || (requester_is_edge && !unchoked) || !holds {
                             self.refuse(fetch, to, req, now);
                         } else {
                             self.send_chunk(fetch, to, req, seq, now, true);
@@ -828,7 +862,7 @@ impl World {
                 }
             }
             Tier::Relay => {
-                if server.have.get(seq) {
+                if holds {
                     self.send_chunk(fetch, to, req, seq, now, true);
                 } else {
                     // Single flight: one upstream pull however many ask.
@@ -928,12 +962,21 @@ impl World {
         let payload = self.s.chunk_len(u64::from(seq));
         let t = self.instant(now);
         let from_tier = self.nodes[from as usize].tier;
-        let n = &mut self.nodes[node as usize];
-        if n.have.get(seq) {
+        let again = self.nodes[node as usize].have.get(seq);
+        if again && self.holds(node, seq, now) {
             return;
         }
-        n.have.set(seq);
-        n.held += 1;
+        let stored = self.stored_chunk(seq);
+        let n = &mut self.nodes[node as usize];
+        if let Some(st) = n.store.as_ref() {
+            // Fits by construction: the budget is validated >= 1 MiB and a
+            // chunk is at most 4 MiB; a larger chunk is simply not kept.
+            let _ = st.insert(stored, t);
+        }
+        if !again {
+            n.have.set(seq);
+            n.held += 1;
+        }
         if n.tier == Tier::Edge {
             self.out.edge_bytes_in += payload;
             if from_tier == Tier::Edge {
@@ -974,7 +1017,7 @@ impl World {
                 let req = f.requester;
                 self.send_chunk(fetch, node, req, seq, now, true);
             }
-            if live {
+            if live && !again {
                 let subs = self.nodes[node as usize]
                     .relay
                     .as_ref()
@@ -992,6 +1035,23 @@ impl World {
             if n.held == self.chunks && n.done.is_none() {
                 n.done = Some(now);
             }
+        }
+    }
+
+    /// A chunk of the right size for a store (a slice of the shared zero
+    /// buffer; never verified or sent, only accounted).
+    fn stored_chunk(&self, seq: u32) -> Chunk {
+        let len = self.s.chunk_len(u64::from(seq)) as usize;
+        Chunk {
+            header: ChunkHeader {
+                id: ChunkId::new(STREAM, u64::from(seq)),
+                len: len as u32,
+                digest: [0; 32],
+                key_id: KeyId(0),
+                timestamp_ms: 0,
+            },
+            signature: [0; 64],
+            payload: self.payload.slice(..len.min(self.payload.len())),
         }
     }
 
@@ -1260,6 +1320,10 @@ impl World {
         out.content_bytes = self.s.content_bytes();
         out.chunks = u64::from(self.chunks);
         for n in &self.nodes {
+            if let Some(st) = n.store.as_ref() {
+                let stats = st.stats();
+                out.store_evictions += stats.evictions + stats.expirations;
+            }
             match n.tier {
                 Tier::Origin => out.bytes_origin += n.bytes_sent,
                 Tier::Relay => out.bytes_relays += n.bytes_sent,
