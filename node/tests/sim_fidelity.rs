@@ -1,10 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Fidelity of `dcdn sim`: the same small scenario — 1 origin, 1 relay,
-//! 6 edges on loopback, a 64 MiB object and a short live stream, at 0 % and
-//! 5 % loss between relay and edges — runs as a real cluster (the `dcdn up`
-//! layout, real QUIC, the seeded loss proxy) and in the simulator
-//! (`deploy/sim/fidelity*.toml`). Origin offload and FEC-rebuilt counts must
-//! agree within 15 %, and the tiers must finish in the same order.
+//! 6 edges on loopback, an object (64 MiB in the issue; see `object_bytes`)
+//! and a short live stream, at 0 % and 5 % loss between relay and edges —
+//! runs as a real cluster (laid out by `dcdn up`'s planner, every node in
+//! this process on real QUIC, the seeded loss proxy in front of the relay)
+//! and in the simulator (`deploy/sim/fidelity*.toml`). Origin offload and
+//! FEC-rebuilt counts must agree within 15 %, and the tiers must finish in
+//! the same order.
 
 mod support;
 

@@ -101,13 +101,21 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
     let live_latency = outcome
         .latency_us
         .iter()
-        .map(|(tier, us)| {
-            let mut ms: Vec<f64> = us.iter().map(|u| f64::from(*u) / 1000.0).collect();
+        .map(|(tier, samples)| {
+            let mut ms: Vec<f64> = samples
+                .kept
+                .iter()
+                .map(|u| f64::from(*u) / 1000.0)
+                .collect();
             ms.sort_by(f64::total_cmp);
             TierLatency {
                 tier: (*tier).to_owned(),
-                deliveries: ms.len(),
-                ms: Percentiles::of(&ms),
+                deliveries: samples.seen as usize,
+                // Percentiles of the (possibly sampled) set; the maximum exact.
+                ms: Percentiles::of(&ms).map(|p| Percentiles {
+                    max: f64::from(samples.max) / 1000.0,
+                    ..p
+                }),
             }
         })
         .collect();

@@ -196,6 +196,51 @@ enum Ev {
     Rejoin(u32),
 }
 
+/// Most latency samples kept per tier; past it a uniform reservoir is kept,
+/// so memory stays bounded however long the stream or large the cluster.
+const MAX_LATENCY_SAMPLES: usize = 4_000_000;
+
+/// Live delivery latencies of one tier, microseconds: a uniform sample of
+/// at most [`MAX_LATENCY_SAMPLES`], plus the exact count and maximum.
+#[derive(Debug, Clone)]
+pub(crate) struct Samples {
+    pub(crate) kept: Vec<u32>,
+    pub(crate) seen: u64,
+    pub(crate) max: u32,
+    /// Its own generator, so sampling never shifts the network's draws.
+    rng: ChaCha8Rng,
+}
+
+impl Samples {
+    fn new(seed: u64) -> Self {
+        Self {
+            kept: Vec::new(),
+            seen: 0,
+            max: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    fn record(&mut self, us: u32) {
+        self.seen += 1;
+        self.max = self.max.max(us);
+        if self.kept.len() < MAX_LATENCY_SAMPLES {
+            self.kept.push(us);
+        } else {
+            let j = self.rng.gen_range(0..self.seen);
+            if let Some(slot) = self.kept.get_mut(j as usize) {
+                *slot = us;
+            }
+        }
+    }
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
 /// Counters a run ends with.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outcome {
@@ -204,7 +249,7 @@ pub(crate) struct Outcome {
     /// (tier label, node index, completion seconds or None).
     pub(crate) completions: Vec<(&'static str, u32, Option<f64>)>,
     /// Live delivery latency in microseconds by tier label.
-    pub(crate) latency_us: Vec<(&'static str, Vec<u32>)>,
+    pub(crate) latency_us: Vec<(&'static str, Samples)>,
     pub(crate) bytes_origin: u64,
     pub(crate) bytes_relays: u64,
     pub(crate) bytes_edges: u64,
@@ -245,7 +290,7 @@ pub(crate) struct World {
     exec_shards: bool,
     publish_interval: Nanos,
     out: Outcome,
-    latency: [Vec<u32>; 3],
+    latency: [Samples; 3],
     channels: [Channel; 4],
     churn_rate: f64,
     /// Object readers (non-malicious edges) and how many have finished.
@@ -474,7 +519,7 @@ impl World {
             exec_shards,
             publish_interval: 0,
             out: Outcome::default(),
-            latency: [Vec::new(), Vec::new(), Vec::new()],
+            latency: std::array::from_fn(|i| Samples::new(s.seed ^ (0x1a7e_u64 + i as u64))),
             channels,
             readers: 0,
             readers_done: 0,
@@ -998,7 +1043,7 @@ impl World {
                 _ => None,
             };
             if let Some(i) = slot {
-                self.latency[i].push(us);
+                self.latency[i].record(us);
             }
         }
         if n.held == self.chunks && n.done.is_none() && n.tier == Tier::Relay {
@@ -1342,5 +1387,36 @@ impl World {
         let [relay, edge, rider] = std::mem::take(&mut self.latency);
         out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_samples_stay_bounded_and_keep_the_exact_count_and_max() {
+        let mut s = Samples::new(1);
+        let n = MAX_LATENCY_SAMPLES as u64 + 1000;
+        for i in 0..n {
+            s.record((i % 1000) as u32);
+        }
+        s.record(5_000_000);
+        assert_eq!(s.kept.len(), MAX_LATENCY_SAMPLES);
+        assert_eq!(s.seen, n + 1);
+        assert_eq!(s.max, 5_000_000);
+    }
+
+    #[test]
+    fn bits_set_get_and_clear() {
+        let mut b = Bits::new(130);
+        b.set(0);
+        b.set(129);
+        assert!(b.get(0) && b.get(129) && !b.get(64));
+        // Out of range is never held and never panics.
+        b.set(500);
+        assert!(!b.get(500));
+        b.clear();
+        assert!(!b.get(0));
     }
 }
