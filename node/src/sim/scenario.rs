@@ -362,6 +362,7 @@ pub struct Overrides {
     /// Deliver a live stream at this rate (with --live-seconds).
     #[arg(long, value_name = "MBPS")]
     pub live_mbps: Option<f64>,
+    /// How long the live stream runs, seconds.
     #[arg(long, value_name = "S")]
     pub live_seconds: Option<f64>,
     /// Chunk size, KiB.
@@ -371,10 +372,10 @@ pub struct Overrides {
     #[arg(long)]
     pub loss: Option<f64>,
     /// Share of edges that never upload.
-    #[arg(long)]
+    #[arg(long, value_name = "SHARE")]
     pub free_riders: Option<f64>,
     /// Share of edges that send bad chunks.
-    #[arg(long)]
+    #[arg(long, value_name = "SHARE")]
     pub malicious: Option<f64>,
 }
 
