@@ -90,9 +90,15 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
         }
         let mut samples: Vec<f64> = all.iter().filter_map(|d| **d).collect();
         samples.sort_by(f64::total_cmp);
+        let held = outcome
+            .held
+            .iter()
+            .find(|(t, _)| *t == tier)
+            .map_or(0, |(_, h)| *h);
         completion.push(TierCompletion {
             tier: tier.to_owned(),
             nodes: all.len(),
+            mean_share_held: held as f64 / (all.len() as f64 * outcome.chunks.max(1) as f64),
             completed: samples.len(),
             seconds: Percentiles::of(&samples),
             samples,
@@ -227,6 +233,10 @@ mod tests {
         let r = run(&small_object()).unwrap();
         let edge = r.completion.iter().find(|t| t.tier == "edge").unwrap();
         assert_eq!(edge.completed, edge.nodes);
+        assert_eq!(edge.mean_share_held, 1.0);
+        // The one relay was asked for every chunk edges did not trade.
+        let relay = r.completion.iter().find(|t| t.tier == "relay").unwrap();
+        assert_eq!((relay.completed, relay.mean_share_held), (1, 1.0));
         assert_eq!(r.bytes.origin, r.content_bytes);
         assert!((r.bytes.origin_offload_ratio - 1.0).abs() < 1e-9);
         assert_eq!(r.bytes.edges_received, 12 * r.content_bytes);

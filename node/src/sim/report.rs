@@ -40,6 +40,9 @@ pub struct TierCompletion {
     pub tier: String,
     pub nodes: usize,
     pub completed: usize,
+    /// Share of the chunks a node of this tier held at the end, on average
+    /// (relays split an object between them, so they rarely hold all of it).
+    pub mean_share_held: f64,
     pub seconds: Option<Percentiles>,
     /// Sorted completion times, for the CDF.
     #[serde(skip)]
@@ -185,15 +188,16 @@ impl Report {
         if !live {
             let _ = writeln!(
                 s,
-                "\ncompletion time (s)   nodes  done       p50       p90       p99     p99.9       max"
+                "\ncompletion time (s)   nodes  done  held       p50       p90       p99     p99.9       max"
             );
             for t in &self.completion {
                 let _ = writeln!(
                     s,
-                    "  {:<18} {:>6} {:>5} {}",
+                    "  {:<18} {:>6} {:>5} {:>4.0}% {}",
                     t.tier,
                     t.nodes,
                     t.completed,
+                    t.mean_share_held * 100.0,
                     fmt_p(&t.seconds, 1.0)
                 );
             }

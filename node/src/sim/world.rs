@@ -248,6 +248,10 @@ pub(crate) struct Outcome {
     pub(crate) events: u64,
     /// (tier label, node index, completion seconds or None).
     pub(crate) completions: Vec<(&'static str, u32, Option<f64>)>,
+    /// Chunks held at the end, summed by tier label (to show how much of
+    /// the content a tier that never "completes" — relays splitting an
+    /// object between them — carried).
+    pub(crate) held: Vec<(&'static str, u64)>,
     /// Live delivery latency in microseconds by tier label.
     pub(crate) latency_us: Vec<(&'static str, Samples)>,
     pub(crate) bytes_origin: u64,
@@ -1383,6 +1387,11 @@ impl World {
                 .done
                 .map(|d| d.saturating_sub(n.start) as f64 / SEC as f64);
             out.completions.push((tier_label(n), i as u32, took));
+            let label = tier_label(n);
+            match out.held.iter_mut().find(|(t, _)| *t == label) {
+                Some((_, h)) => *h += u64::from(n.held),
+                None => out.held.push((label, u64::from(n.held))),
+            }
         }
         let [relay, edge, rider] = std::mem::take(&mut self.latency);
         out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
