@@ -97,6 +97,48 @@ fn scaled_parity(m: u16, k_full: u16, k_block: u16) -> u16 {
     scaled.max(1) as u16
 }
 
+/// Where one FEC block of an encoded chunk lies and how it is coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Offset of the block in the encoded chunk.
+    pub start: usize,
+    /// Bytes of chunk data in the block.
+    pub len: usize,
+    /// Data shards.
+    pub k: u16,
+    /// Parity shards.
+    pub m: u16,
+    /// Bytes per shard (the last data shard is zero-padded to it).
+    pub shard_len: usize,
+}
+
+/// Blocks a `len`-byte encoded chunk is cut into (at least one).
+/// `max_shard_len` must already be clamped to `1..=MAX_SHARD_LEN`.
+pub fn block_count(len: usize, max_shard_len: usize, k: u16) -> usize {
+    let block_cap = usize::from(k.max(1)) * max_shard_len.max(1);
+    len.div_ceil(block_cap).max(1)
+}
+
+/// The layout of block `b` of a `len`-byte chunk: the encoder cuts shards
+/// by it, and the simulator counts datagrams and parity by it without
+/// materialising bytes.
+pub fn block_layout(len: usize, max_shard_len: usize, k: u16, m: u16, b: usize) -> BlockLayout {
+    let max_shard_len = max_shard_len.max(1);
+    let block_cap = usize::from(k.max(1)) * max_shard_len;
+    let start = (b * block_cap).min(len);
+    let end = (start + block_cap).min(len);
+    let block_len = end - start;
+    let kb = block_len.div_ceil(max_shard_len).max(1);
+    let shard_len = block_len.div_ceil(kb).max(1);
+    BlockLayout {
+        start,
+        len: block_len,
+        k: kb as u16,
+        m: scaled_parity(m, k, kb as u16),
+        shard_len,
+    }
+}
+
 impl Encoder {
     pub fn new() -> Self {
         Self::default()
@@ -130,18 +172,20 @@ impl Encoder {
         if max_shard_len == 0 {
             return Err(bad("shard length must be at least 1 byte"));
         }
-        let block_cap = usize::from(k) * max_shard_len;
-        let blocks = bytes.len().div_ceil(block_cap).max(1);
+        let blocks = block_count(bytes.len(), max_shard_len, k);
         let blocks16 =
             u16::try_from(blocks).map_err(|_| bad("chunk needs more than 65535 blocks"))?;
         let mut out = Vec::with_capacity(blocks * (usize::from(k) + usize::from(m)));
         for b in 0..blocks {
-            let start = b * block_cap;
-            let end = (start + block_cap).min(bytes.len());
-            let block_len = end - start;
-            let kb = block_len.div_ceil(max_shard_len).max(1);
-            let shard_len = block_len.div_ceil(kb).max(1);
-            let mb = scaled_parity(m, k, kb as u16);
+            let BlockLayout {
+                start,
+                len: block_len,
+                k: kb,
+                m: mb,
+                shard_len,
+            } = block_layout(bytes.len(), max_shard_len, k, m, b);
+            let end = start + block_len;
+            let (kb, mb) = (usize::from(kb), mb);
             // A full block is cut straight from the buffer; a short one is
             // copied once and zero-padded to kb equal shards.
             let data = if block_len == kb * shard_len {

@@ -15,6 +15,7 @@ pub mod fec;
 pub mod metrics;
 pub mod p2p;
 pub mod roles;
+pub mod sim;
 pub mod store;
 pub mod transport;
 pub mod up;

@@ -339,6 +339,48 @@ impl Choker {
     }
 }
 
+/// How a requester sees one peer that might serve a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Another edge: worth asking only if it announced the chunk and
+    /// unchoked us.
+    Edge { has: bool, unchoked_us: bool },
+    /// A node of the tier above (relay or origin): always has it or fetches it.
+    Upstream,
+    /// Anyone else (a downstream node): never asked.
+    Other,
+}
+
+/// The order in which to ask peers for chunk `seq`: edges that have it and
+/// unchoked us first, in the order given (they are the cheap source, and only
+/// an edge trades with edges), then the upstreams, rotated by `seq` so
+/// different chunks start at different upstreams and their load spreads.
+/// The node's fetch path and the simulator both ask in this order.
+pub fn request_order<T>(
+    seq: u64,
+    requester_is_edge: bool,
+    candidates: impl IntoIterator<Item = (T, SourceKind)>,
+) -> Vec<T> {
+    let mut edges = Vec::new();
+    let mut upstream = Vec::new();
+    for (peer, kind) in candidates {
+        match kind {
+            SourceKind::Edge {
+                has: true,
+                unchoked_us: true,
+            } if requester_is_edge => edges.push(peer),
+            SourceKind::Upstream => upstream.push(peer),
+            _ => {}
+        }
+    }
+    if !upstream.is_empty() {
+        let r = (seq % upstream.len() as u64) as usize;
+        upstream.rotate_left(r);
+    }
+    edges.append(&mut upstream);
+    edges
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +547,22 @@ mod tests {
             c.add_peer(PeerId(99), t),
             Err(ChokerError::TooManyPeers(16))
         );
+    }
+
+    #[test]
+    fn request_order_puts_unchoking_holders_first_then_rotates_upstreams() {
+        let edge = |has, unchoked_us| SourceKind::Edge { has, unchoked_us };
+        let cands = vec![
+            (1, SourceKind::Upstream),
+            (2, edge(true, false)),
+            (3, edge(true, true)),
+            (4, SourceKind::Upstream),
+            (5, edge(false, true)),
+            (6, SourceKind::Other),
+        ];
+        assert_eq!(request_order(0, true, cands.clone()), vec![3, 1, 4]);
+        assert_eq!(request_order(1, true, cands.clone()), vec![3, 4, 1]);
+        // A relay never asks edges.
+        assert_eq!(request_order(0, false, cands), vec![1, 4]);
     }
 }

@@ -13,7 +13,7 @@ use crate::chunk::{Chunk, ChunkId, KeyId, PeerId, StreamId};
 use crate::crypto::{KeyRing, Rejection, ReplayGuard, Reputation, Signer, Verifier};
 use crate::fec::{Assembler, Encoder, ParityPolicy};
 use crate::metrics::Metrics;
-use crate::p2p::Choker;
+use crate::p2p::{Choker, SourceKind};
 use crate::roles::flight::{FlightError, SingleFlight};
 use crate::roles::framing::{self, FramingError};
 use crate::roles::serve::{Content, ContentError, ObjectInfo};
@@ -405,29 +405,22 @@ impl Shared {
     /// and unchoked us first (they are the cheap source), then relays and
     /// origins.
     fn sources_for(&self, id: ChunkId) -> Vec<Arc<Peer>> {
-        let peers = self.peers.read();
-        let mut edges: Vec<Arc<Peer>> = peers
-            .values()
-            .filter(|p| {
-                p.role == Role::Edge
-                    && self.settings.role == Role::Edge
-                    && p.unchoked_us.load(Ordering::Relaxed)
-                    && p.have.lock().contains(&id)
-            })
-            .cloned()
-            .collect();
-        let mut upstream: Vec<Arc<Peer>> = peers
-            .values()
-            .filter(|p| p.role.is_upstream_of(self.settings.role))
-            .cloned()
-            .collect();
-        // Spread load: a different first upstream for different chunks.
-        if !upstream.is_empty() {
-            let r = (id.seq as usize) % upstream.len();
-            upstream.rotate_left(r);
-        }
-        edges.append(&mut upstream);
-        edges
+        let peers = self.peer_list();
+        let me = self.settings.role;
+        let candidates = peers.into_iter().map(|p| {
+            let kind = if p.role == Role::Edge && me == Role::Edge {
+                SourceKind::Edge {
+                    has: p.have.lock().contains(&id),
+                    unchoked_us: p.unchoked_us.load(Ordering::Relaxed),
+                }
+            } else if p.role.is_upstream_of(me) {
+                SourceKind::Upstream
+            } else {
+                SourceKind::Other
+            };
+            (p, kind)
+        });
+        crate::p2p::request_order(id.seq, me == Role::Edge, candidates)
     }
 
     /// Fetches chunk `id` over a reliable stream from the best source,

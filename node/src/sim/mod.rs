@@ -1,0 +1,350 @@
+//! `dcdn sim`: the node's own protocol code at thousands of nodes, in
+//! virtual time, for capacity planning.
+//!
+//! A discrete-event loop ([`queue`]) stands in for sockets and the clock, a
+//! network model ([`net`]) for the links, and small per-node records
+//! (`world`) for the nodes. The decisions are not re-implemented: the
+//! choker, the request order, the parity policy, FEC block layout and
+//! assembly, verification and reputation are the node's own types and
+//! functions, called with virtual time and seeded randomness — a change to
+//! any of them changes what the simulator answers. Bytes are not
+//! materialised: chunks are sizes and bits in per-node bitfields.
+//!
+//! Deliberately left out: HTTP clients beyond an in-order object reader with
+//! read-ahead (and a live player that takes pushes), the store unless a
+//! scenario gives a tier a budget, QUIC congestion control (loss on a reliable
+//! stream costs only its retransmitted bytes), manifests, key rotation, and
+//! relay or origin failures.
+
+mod queue;
+pub mod report;
+pub mod scenario;
+
+mod net;
+mod world;
+
+use report::{
+    Bytes, Fec, FecCounts, FreeRiderCost, Percentiles, Perf, Report, TierCompletion, TierLatency,
+};
+use scenario::Scenario;
+use std::time::Instant;
+
+/// Runs `scenario` (and, when it has free-riders, the same scenario with
+/// them honest, to measure what they cost).
+pub fn run(scenario: &Scenario) -> Result<Report, String> {
+    scenario.validate().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let outcome = world::World::new(scenario, false)?.run();
+    let mut events = outcome.events;
+    let riders = outcome
+        .completions
+        .iter()
+        .any(|(tier, _, _)| *tier == "free-rider");
+    let free_rider_cost =
+        if riders && scenario.peers.measure_free_rider_cost && !scenario.content.is_live() {
+            let baseline = world::World::new(scenario, true)?.run();
+            events += baseline.events;
+            // Compare the same honest nodes in both runs.
+            let honest: std::collections::HashSet<u32> = outcome
+                .completions
+                .iter()
+                .filter(|(t, _, _)| *t == "edge")
+                .map(|(_, i, _)| *i)
+                .collect();
+            let times = |o: &world::Outcome| {
+                let mut v: Vec<f64> = o
+                    .completions
+                    .iter()
+                    .filter(|(_, i, _)| honest.contains(i))
+                    .filter_map(|(_, _, t)| *t)
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                Percentiles::of(&v)
+            };
+            match (times(&outcome), times(&baseline)) {
+                (Some(with), Some(without)) => Some(FreeRiderCost {
+                    honest_p50_s: with.p50,
+                    honest_p90_s: with.p90,
+                    baseline_p50_s: without.p50,
+                    baseline_p90_s: without.p90,
+                    slowdown_p50: with.p50 / without.p50.max(1e-9),
+                    slowdown_p90: with.p90 / without.p90.max(1e-9),
+                }),
+                _ => None,
+            }
+        } else {
+            None
+        };
+    let wall_s = started.elapsed().as_secs_f64();
+
+    let mut completion = Vec::new();
+    for tier in ["relay", "edge", "free-rider"] {
+        let all: Vec<&Option<f64>> = outcome
+            .completions
+            .iter()
+            .filter(|(t, _, _)| *t == tier)
+            .map(|(_, _, d)| d)
+            .collect();
+        if all.is_empty() {
+            continue;
+        }
+        let mut samples: Vec<f64> = all.iter().filter_map(|d| **d).collect();
+        samples.sort_by(f64::total_cmp);
+        let held = outcome
+            .held
+            .iter()
+            .find(|(t, _)| *t == tier)
+            .map_or(0, |(_, h)| *h);
+        completion.push(TierCompletion {
+            tier: tier.to_owned(),
+            nodes: all.len(),
+            mean_share_held: held as f64 / (all.len() as f64 * outcome.chunks.max(1) as f64),
+            completed: samples.len(),
+            seconds: Percentiles::of(&samples),
+            samples,
+        });
+    }
+    let live_latency = outcome
+        .latency_us
+        .iter()
+        .map(|(tier, samples)| {
+            let mut ms: Vec<f64> = samples
+                .kept
+                .iter()
+                .map(|u| f64::from(*u) / 1000.0)
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            TierLatency {
+                tier: (*tier).to_owned(),
+                deliveries: samples.seen as usize,
+                // Percentiles of the (possibly sampled) set; the maximum exact.
+                ms: Percentiles::of(&ms).map(|p| Percentiles {
+                    max: f64::from(samples.max) / 1000.0,
+                    ..p
+                }),
+            }
+        })
+        .collect();
+    let nodes = 1 + u64::from(scenario.tiers.relays) + u64::from(scenario.tiers.edges);
+    let peak = report::peak_rss_bytes();
+    let c = &scenario.content;
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        origins: 1,
+        relays: scenario.tiers.relays,
+        edges: scenario.tiers.edges,
+        content: if c.is_live() {
+            format!(
+                "live stream {} Mbit/s for {} s",
+                c.live_mbps, c.live_seconds
+            )
+        } else {
+            format!("object {} MiB", c.object_mb)
+        },
+        content_bytes: outcome.content_bytes,
+        chunks: outcome.chunks,
+        completion,
+        live_latency,
+        bytes: Bytes {
+            origin: outcome.bytes_origin,
+            relays: outcome.bytes_relays,
+            edges: outcome.bytes_edges,
+            edges_received: outcome.edge_bytes_in,
+            origin_offload_ratio: outcome.bytes_origin as f64 / outcome.content_bytes.max(1) as f64,
+            edge_to_edge_share: outcome.edge_bytes_from_edges as f64
+                / outcome.edge_bytes_in.max(1) as f64,
+        },
+        fec: Fec {
+            complete: outcome.fec_relays[0] + outcome.fec_edges[0],
+            rebuilt: outcome.fec_relays[1] + outcome.fec_edges[1],
+            failed: outcome.fec_relays[2] + outcome.fec_edges[2],
+            relays: FecCounts::from(outcome.fec_relays),
+            edges: FecCounts::from(outcome.fec_edges),
+            repairs: outcome.repairs,
+            exec: outcome.fec_exec.to_owned(),
+        },
+        store_evictions: outcome.store_evictions,
+        chunks_rejected: outcome.chunks_rejected,
+        peers_banned: outcome.peers_banned,
+        free_rider_cost,
+        crashes: outcome.crashes,
+        leaves: outcome.leaves,
+        rejoins: outcome.rejoins,
+        perf: Perf {
+            events,
+            wall_s,
+            events_per_s: events as f64 / wall_s.max(1e-9),
+            virtual_s: outcome.virtual_end_s,
+            peak_rss_bytes: peak,
+            rss_bytes_per_node: peak.map(|p| p / nodes),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scenario::{FecExec, Scenario};
+    use super::*;
+    use crate::config::Bounded;
+
+    fn small_object() -> Scenario {
+        let mut s = Scenario::default();
+        s.tiers.relays = 1;
+        s.tiers.edges = 12;
+        s.content.object_mb = 16.0;
+        s.content.chunk_kb = 256;
+        // A slow relay makes edges trade.
+        s.nodes.relay.up_mbps = 100.0;
+        s.peers.neighbours = 6;
+        // Clients that start together ask the relay for the same chunks at
+        // the same moment; a spread lets late edges find them at early ones.
+        s.peers.start_spread_s = 8.0;
+        s.p2p.unchoke_interval_seconds = Bounded::new(2).unwrap();
+        s
+    }
+
+    fn small_live(loss: f64, burst: f64) -> Scenario {
+        let mut s = Scenario::default();
+        s.tiers.relays = 1;
+        s.tiers.edges = 8;
+        s.content.object_mb = 0.0;
+        s.content.live_mbps = 8.0;
+        s.content.live_seconds = 5.0;
+        s.content.chunk_kb = 32;
+        s.network.relay_edge.loss = loss;
+        s.network.relay_edge.burst = burst;
+        s
+    }
+
+    #[test]
+    fn the_same_scenario_and_seed_give_the_same_numbers() {
+        let s = small_object();
+        let (a, b) = (run(&s).unwrap(), run(&s).unwrap());
+        assert_eq!(a.completion, b.completion);
+        assert_eq!(a.bytes, b.bytes);
+        let mut other = s.clone();
+        other.seed = 2;
+        assert_ne!(run(&other).unwrap().completion, a.completion);
+    }
+
+    #[test]
+    fn every_edge_gets_the_object_and_the_origin_sends_it_once_per_relay() {
+        let r = run(&small_object()).unwrap();
+        let edge = r.completion.iter().find(|t| t.tier == "edge").unwrap();
+        assert_eq!(edge.completed, edge.nodes);
+        assert_eq!(edge.mean_share_held, 1.0);
+        // The one relay was asked for every chunk edges did not trade.
+        let relay = r.completion.iter().find(|t| t.tier == "relay").unwrap();
+        assert_eq!((relay.completed, relay.mean_share_held), (1, 1.0));
+        assert_eq!(r.bytes.origin, r.content_bytes);
+        assert!((r.bytes.origin_offload_ratio - 1.0).abs() < 1e-9);
+        assert_eq!(r.bytes.edges_received, 12 * r.content_bytes);
+    }
+
+    #[test]
+    fn the_choker_decides_whether_edges_trade() {
+        let with = run(&small_object()).unwrap();
+        assert!(with.bytes.edge_to_edge_share > 0.05, "{:?}", with.bytes);
+        let mut s = small_object();
+        s.p2p.regular_unchoke_count = Bounded::new(0).unwrap();
+        s.p2p.optimistic_unchoke_count = Bounded::new(0).unwrap();
+        let without = run(&s).unwrap();
+        assert_eq!(without.bytes.edge_to_edge_share, 0.0);
+        assert_eq!(without.bytes.edges, 0);
+    }
+
+    #[test]
+    fn the_block_rule_gives_exactly_what_the_real_assembler_gives() {
+        for (loss, burst) in [(0.05, 1.0), (0.08, 4.0)] {
+            let mut s = small_live(loss, burst);
+            s.run.fec_exec = FecExec::Shards;
+            let real = run(&s).unwrap();
+            s.run.fec_exec = FecExec::Blocks;
+            let rule = run(&s).unwrap();
+            assert_eq!(real.fec.exec, "shards");
+            assert_eq!(rule.fec.exec, "blocks");
+            assert_eq!(
+                (real.fec.complete, real.fec.rebuilt, real.fec.failed),
+                (rule.fec.complete, rule.fec.rebuilt, rule.fec.failed)
+            );
+            assert!(real.fec.rebuilt > 0, "loss {loss} must need parity");
+        }
+    }
+
+    #[test]
+    fn loss_costs_parity_and_every_live_chunk_still_arrives() {
+        let clean = run(&small_live(0.0, 1.0)).unwrap();
+        assert_eq!(clean.fec.rebuilt + clean.fec.failed, 0);
+        let lossy = run(&small_live(0.1, 3.0)).unwrap();
+        assert!(lossy.fec.rebuilt > 0 && lossy.fec.failed > 0);
+        assert_eq!(lossy.fec.repairs, lossy.fec.failed);
+        let edge = lossy
+            .live_latency
+            .iter()
+            .find(|t| t.tier == "edge")
+            .unwrap();
+        assert_eq!(edge.deliveries as u64, 8 * lossy.chunks);
+        let clean_edge = clean
+            .live_latency
+            .iter()
+            .find(|t| t.tier == "edge")
+            .unwrap();
+        assert!(edge.ms.unwrap().max > clean_edge.ms.unwrap().max);
+    }
+
+    #[test]
+    fn malicious_peers_are_banned_and_free_riders_cost_honest_edges() {
+        let mut s = small_object();
+        s.tiers.edges = 40;
+        s.peers.malicious = 0.1;
+        s.peers.free_riders = 0.3;
+        let r = run(&s).unwrap();
+        assert!(r.peers_banned > 0);
+        // The reputation threshold takes three forged chunks per ban.
+        assert!(r.chunks_rejected >= 3 * r.peers_banned);
+        let edge = r.completion.iter().find(|t| t.tier == "edge").unwrap();
+        assert_eq!(edge.completed, edge.nodes);
+        let cost = r.free_rider_cost.unwrap();
+        assert!(cost.slowdown_p50 > 0.0 && cost.baseline_p50_s > 0.0);
+    }
+
+    #[test]
+    fn churned_edges_rejoin_and_finish() {
+        let mut s = small_object();
+        s.churn.crash_per_hour = 120.0;
+        s.churn.leave_per_hour = 120.0;
+        s.churn.rejoin_after_s = 1.0;
+        let r = run(&s).unwrap();
+        assert!(r.crashes > 0 && r.leaves > 0, "{} {}", r.crashes, r.leaves);
+        // Each departure rejoins a second later; the run may end in between.
+        assert!(r.rejoins > 0 && r.rejoins <= r.crashes + r.leaves);
+        let edge = r.completion.iter().find(|t| t.tier == "edge").unwrap();
+        assert_eq!(edge.completed, edge.nodes);
+    }
+
+    #[test]
+    fn small_edge_stores_evict_and_edges_can_trade_less() {
+        let roomy = run(&small_object()).unwrap();
+        assert_eq!(roomy.store_evictions, 0);
+        let mut s = small_object();
+        // A quarter of the object fits: early chunks are gone by the time
+        // late starters want them from their neighbours.
+        s.nodes.edge_store_mb = Some(4);
+        s.nodes.relay_store_mb = Some(64);
+        let tight = run(&s).unwrap();
+        assert!(tight.store_evictions > 0);
+        let edge = tight.completion.iter().find(|t| t.tier == "edge").unwrap();
+        assert_eq!(edge.completed, edge.nodes);
+        assert!(tight.bytes.edge_to_edge_share < roomy.bytes.edge_to_edge_share);
+    }
+
+    #[test]
+    fn the_svg_draws_one_curve_per_tier() {
+        let r = run(&small_object()).unwrap();
+        let svg = r.svg();
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("edge (12 of 12)"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The network model: per-pair latency, loss channels (independent or
+//! bursty), and per-node upload/download capacity as two FIFO pipes.
+//!
+//! A transfer of `n` bytes from A to B occupies A's upload pipe for
+//! `n / A.up` and B's download pipe for `n / B.down`, each pipe serving
+//! transfers in the order they were started; the transfer ends when both
+//! are through and the last byte has crossed the link. Parallel flows share
+//! a pipe by taking turns rather than by fair queueing — the same total
+//! throughput, a coarser order. Loss on a reliable stream costs its
+//! retransmissions (`n / (1 - loss)` bytes on the wire) but not congestion
+//! control's reaction to it.
+
+use super::queue::{MS, Nanos};
+use super::scenario::Link;
+use rand::Rng;
+
+/// One node's pipes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pipes {
+    /// Nanoseconds per byte up and down.
+    up_ns_per_byte: f64,
+    down_ns_per_byte: f64,
+    up_free: Nanos,
+    down_free: Nanos,
+}
+
+impl Pipes {
+    pub(crate) fn new(up_mbps: f64, down_mbps: f64) -> Self {
+        Self {
+            up_ns_per_byte: 8_000.0 / up_mbps,
+            down_ns_per_byte: 8_000.0 / down_mbps,
+            up_free: 0,
+            down_free: 0,
+        }
+    }
+
+    pub(crate) fn reset(&mut self, now: Nanos) {
+        self.up_free = now;
+        self.down_free = now;
+    }
+}
+
+/// Schedules `bytes` from `from` to `to` starting at `now` over a link of
+/// one-way `latency`; returns when the last byte is in.
+pub(crate) fn transfer(
+    from: &mut Pipes,
+    to: &mut Pipes,
+    now: Nanos,
+    latency: Nanos,
+    bytes: u64,
+) -> Nanos {
+    let b = bytes as f64;
+    let start = now.max(from.up_free);
+    from.up_free = start + (b * from.up_ns_per_byte) as Nanos;
+    let first_in = start + latency;
+    let down_start = first_in.max(to.down_free);
+    to.down_free = down_start + (b * to.down_ns_per_byte) as Nanos;
+    (from.up_free + latency).max(to.down_free)
+}
+
+/// Latency of a link class between two nodes: a base fixed per pair (so a
+/// pair keeps its distance) plus a little per-message jitter.
+pub(crate) fn latency<R: Rng>(link: &Link, a: u32, b: u32, seed: u64, rng: &mut R) -> Nanos {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let h = splitmix(seed ^ (u64::from(lo) << 32 | u64::from(hi)));
+    let unit = (h >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    let base = link.latency_ms + link.jitter_ms * (2.0 * unit - 1.0);
+    let extra = if link.jitter_ms > 0.0 {
+        rng.gen_range(0.0..link.jitter_ms / 4.0)
+    } else {
+        0.0
+    };
+    ((base.max(0.0) + extra) * MS as f64) as Nanos
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A loss process for one link direction: independent losses, or a
+/// two-state Gilbert channel (every packet in the bad state is lost) whose
+/// mean loss and mean burst length are the configured ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Channel {
+    loss: f64,
+    /// P(good → bad) and P(bad → good) per packet; unused when bursts are 1.
+    to_bad: f64,
+    to_good: f64,
+}
+
+impl Channel {
+    pub(crate) fn new(loss: f64, burst: f64) -> Self {
+        let burst = burst.max(1.0);
+        let to_good = 1.0 / burst;
+        let to_bad = if loss > 0.0 {
+            (loss * to_good / (1.0 - loss)).min(1.0)
+        } else {
+            0.0
+        };
+        Self {
+            loss,
+            to_bad,
+            to_good,
+        }
+    }
+
+    pub(crate) fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    pub(crate) fn is_lossless(&self) -> bool {
+        self.loss <= 0.0
+    }
+
+    /// Whether the next packet is lost; `bad` is the link's channel state.
+    pub(crate) fn lose<R: Rng>(&self, bad: &mut bool, rng: &mut R) -> bool {
+        if self.loss <= 0.0 {
+            return false;
+        }
+        if self.to_good >= 1.0 {
+            return rng.r#gen::<f64>() < self.loss;
+        }
+        let flip = rng.r#gen::<f64>();
+        *bad = if *bad {
+            flip >= self.to_good
+        } else {
+            flip < self.to_bad
+        };
+        *bad
+    }
+}
+
+/// Bytes on the wire to move `bytes` reliably over a link losing `loss`.
+pub(crate) fn reliable_bytes(bytes: u64, loss: f64) -> u64 {
+    (bytes as f64 / (1.0 - loss.clamp(0.0, 0.9))) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn a_busy_upload_pipe_serialises_transfers() {
+        // 8 Mbit/s = 1 byte per microsecond.
+        let mut a = Pipes::new(8.0, 1000.0);
+        let mut b = Pipes::new(1000.0, 1000.0);
+        let mut c = Pipes::new(1000.0, 1000.0);
+        let t1 = transfer(&mut a, &mut b, 0, 1_000, 1_000);
+        let t2 = transfer(&mut a, &mut c, 0, 1_000, 1_000);
+        assert_eq!(t1, 1_000_000 + 1_000);
+        assert_eq!(t2, 2_000_000 + 1_000);
+    }
+
+    #[test]
+    fn bursty_and_independent_channels_lose_the_configured_share() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for burst in [1.0, 8.0] {
+            let ch = Channel::new(0.05, burst);
+            let mut bad = false;
+            let n = 400_000;
+            let lost = (0..n).filter(|_| ch.lose(&mut bad, &mut rng)).count();
+            let share = lost as f64 / n as f64;
+            assert!((share - 0.05).abs() < 0.005, "burst {burst}: {share}");
+        }
+    }
+}

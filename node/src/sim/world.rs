@@ -1,0 +1,1431 @@
+//! The simulated cluster: one origin, relays and edges as small state
+//! records driven by events. Every decision the node makes is made here by
+//! the node's own code: whom to ask for a chunk (`p2p::request_order`), whom
+//! to unchoke (`p2p::Choker`), how many parity shards a link gets
+//! (`fec::ParityPolicy`), how a chunk is cut into FEC blocks
+//! (`fec::block_layout`), whether a group rebuilds (`fec::Assembler`, or its
+//! rule in `blocks` mode), whether a chunk verifies (`crypto::Verifier` on a
+//! real signed sample) and when a peer is banned (`crypto::Reputation`).
+//! What is modeled instead of executed: bytes (sizes only), the network
+//! (`net`), and HTTP clients (an object reader with the node's read-ahead).
+
+use super::net::{self, Channel, Pipes};
+use super::queue::{EventQueue, MS, Nanos, SEC, secs};
+use super::scenario::{FecExec, Scenario};
+use crate::chunk::wire::{Frame, ShardFrame};
+use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
+use crate::config::NodeConfig;
+use crate::crypto::{KeyRing, Rejection, Reputation, Signer, Verifier, VerifyConfig};
+use crate::fec::{Assembler, ParityPolicy, block_count, block_layout};
+use crate::p2p::{Choker, SourceKind, request_order};
+use crate::roles::framing;
+use crate::roles::settings::NodeSettings;
+use crate::store::{ChunkStore, StoreConfig};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A node's tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    Origin,
+    Relay,
+    Edge,
+}
+
+/// How an edge behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behaviour {
+    Honest,
+    FreeRider,
+    Malicious,
+}
+
+/// How often a receiver reports loss (`mesh::LOSS_REPORT_EVERY`).
+const LOSS_REPORT_EVERY: Nanos = 500 * MS;
+/// A fetch that found no source tries again after this.
+const RETRY_AFTER: Nanos = 500 * MS;
+/// The stream every simulated chunk belongs to.
+const STREAM: StreamId = StreamId(0x5133);
+
+/// A fixed-size bit set: which chunks a node holds.
+#[derive(Debug, Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Self(vec![0; n.div_ceil(64)])
+    }
+    fn get(&self, i: u32) -> bool {
+        self.0
+            .get(i as usize / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+    fn set(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(|w| *w = 0);
+    }
+}
+
+/// The downstream end of a push link: the sender's parity policy for it and
+/// the receiver's loss counters, kept together since both sides of one link
+/// are one record here.
+struct PushLink {
+    parity: ParityPolicy,
+    channel: Channel,
+    bad: bool,
+    expected: u64,
+    received: u64,
+}
+
+/// An edge neighbour and whether it unchoked us.
+#[derive(Debug, Clone, Copy)]
+struct Neighbour {
+    id: u32,
+    unchoked_us: bool,
+}
+
+struct EdgeState {
+    neighbours: Vec<Neighbour>,
+    choker: Choker,
+    reputation: Reputation,
+    rng: ChaCha8Rng,
+    /// The object reader: first chunk not yet served, and chunks it is fetching.
+    cursor: u32,
+    inflight: Vec<u32>,
+    /// The relay this edge takes pushes from.
+    upstream: u32,
+}
+
+struct RelayState {
+    /// Fetches waiting for a chunk this relay is pulling upstream (single flight).
+    waiting: HashMap<u32, Vec<u32>>,
+    subscribers: Vec<u32>,
+}
+
+struct Node {
+    tier: Tier,
+    behaviour: Behaviour,
+    online: bool,
+    crashed: bool,
+    offline_since: Nanos,
+    incarnation: u32,
+    lossy: bool,
+    pipes: Pipes,
+    have: Bits,
+    held: u32,
+    bytes_sent: u64,
+    start: Nanos,
+    done: Option<Nanos>,
+    push: Option<PushLink>,
+    /// The node's own store, when the scenario gives this tier a budget;
+    /// then a chunk is held only while the store still has it.
+    store: Option<Box<ChunkStore>>,
+    assembler: Option<Box<Assembler>>,
+    edge: Option<Box<EdgeState>>,
+    relay: Option<Box<RelayState>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Client,
+    Repair,
+    /// A relay pulling upstream for fetches waiting on it.
+    Relay,
+}
+
+struct Fetch {
+    requester: u32,
+    seq: u32,
+    incarnation: u32,
+    purpose: Purpose,
+    order: Vec<u32>,
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyKind {
+    Good,
+    Bad,
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    ClientStart(u32),
+    ChokeTick(u32),
+    LossReports,
+    Publish(u32),
+    Request {
+        fetch: u32,
+        to: u32,
+    },
+    Reply {
+        fetch: u32,
+        from: u32,
+        kind: ReplyKind,
+    },
+    Push {
+        from: u32,
+        to: u32,
+        seq: u32,
+        m: u16,
+    },
+    Choke {
+        from: u32,
+        to: u32,
+        unchoked: bool,
+    },
+    Repair {
+        node: u32,
+        seq: u32,
+        incarnation: u32,
+    },
+    Retry {
+        fetch: u32,
+    },
+    Churn,
+    Rejoin(u32),
+}
+
+/// Most latency samples kept per tier; past it a uniform reservoir is kept,
+/// so memory stays bounded however long the stream or large the cluster.
+const MAX_LATENCY_SAMPLES: usize = 4_000_000;
+
+/// Live delivery latencies of one tier, microseconds: a uniform sample of
+/// at most [`MAX_LATENCY_SAMPLES`], plus the exact count and maximum.
+#[derive(Debug, Clone)]
+pub(crate) struct Samples {
+    pub(crate) kept: Vec<u32>,
+    pub(crate) seen: u64,
+    pub(crate) max: u32,
+    /// Its own generator, so sampling never shifts the network's draws.
+    rng: ChaCha8Rng,
+}
+
+impl Samples {
+    fn new(seed: u64) -> Self {
+        Self {
+            kept: Vec::new(),
+            seen: 0,
+            max: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    fn record(&mut self, us: u32) {
+        self.seen += 1;
+        self.max = self.max.max(us);
+        if self.kept.len() < MAX_LATENCY_SAMPLES {
+            self.kept.push(us);
+        } else {
+            let j = self.rng.gen_range(0..self.seen);
+            if let Some(slot) = self.kept.get_mut(j as usize) {
+                *slot = us;
+            }
+        }
+    }
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+/// Counters a run ends with.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub(crate) virtual_end_s: f64,
+    pub(crate) events: u64,
+    /// (tier label, node index, completion seconds or None).
+    pub(crate) completions: Vec<(&'static str, u32, Option<f64>)>,
+    /// Chunks held at the end, summed by tier label (to show how much of
+    /// the content a tier that never "completes" — relays splitting an
+    /// object between them — carried).
+    pub(crate) held: Vec<(&'static str, u64)>,
+    /// Live delivery latency in microseconds by tier label.
+    pub(crate) latency_us: Vec<(&'static str, Samples)>,
+    pub(crate) bytes_origin: u64,
+    pub(crate) bytes_relays: u64,
+    pub(crate) bytes_edges: u64,
+    pub(crate) edge_bytes_in: u64,
+    pub(crate) edge_bytes_from_edges: u64,
+    /// FEC outcomes (complete, rebuilt, failed) at relays and at edges.
+    pub(crate) fec_relays: [u64; 3],
+    pub(crate) fec_edges: [u64; 3],
+    pub(crate) fec_exec: &'static str,
+    pub(crate) repairs: u64,
+    pub(crate) chunks_rejected: u64,
+    pub(crate) peers_banned: u64,
+    pub(crate) crashes: u64,
+    pub(crate) leaves: u64,
+    pub(crate) rejoins: u64,
+    pub(crate) content_bytes: u64,
+    pub(crate) chunks: u64,
+    pub(crate) store_evictions: u64,
+}
+
+/// A whole simulated cluster.
+pub(crate) struct World {
+    s: Scenario,
+    settings: NodeSettings,
+    nodes: Vec<Node>,
+    fetches: Vec<Option<Fetch>>,
+    free_fetches: Vec<u32>,
+    q: EventQueue<Ev>,
+    rng: ChaCha8Rng,
+    base: Instant,
+    chunks: u32,
+    relays: u32,
+    /// Verdict of the real verifier on a forged chunk.
+    forged: Rejection,
+    /// Bytes a pulled chunk frame adds to its payload, and a shard frame to its data.
+    chunk_frame_overhead: u64,
+    shard_frame_overhead: u64,
+    exec_shards: bool,
+    publish_interval: Nanos,
+    out: Outcome,
+    latency: [Samples; 3],
+    channels: [Channel; 4],
+    churn_rate: f64,
+    /// Object readers (non-malicious edges) and how many have finished.
+    readers: u64,
+    readers_done: u64,
+    /// One zeroed buffer of a chunk's size: every stored chunk's payload is
+    /// a slice of it, so a store accounts real sizes without the bytes.
+    payload: Bytes,
+}
+
+fn tier_label(n: &Node) -> &'static str {
+    match (n.tier, n.behaviour) {
+        (Tier::Origin, _) => "origin",
+        (Tier::Relay, _) => "relay",
+        (Tier::Edge, Behaviour::FreeRider) => "free-rider",
+        (Tier::Edge, Behaviour::Malicious) => "malicious",
+        (Tier::Edge, Behaviour::Honest) => "edge",
+    }
+}
+
+/// Two distinct elements of a slice, both mutable.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "a node never sends to itself");
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}
+
+/// The real verifier's verdicts on a genuinely signed sample chunk and on a
+/// forged copy of it: what a chunk from an honest or a malicious peer gets.
+fn verdicts() -> (Result<(), Rejection>, Rejection) {
+    let signer = Signer::from_secret([7; 32]);
+    let mut ring = KeyRing::new();
+    let key = ring.add_trusted(signer.public_key());
+    if let Ok(id) = key {
+        let _ = ring.activate(id);
+    }
+    let verifier = Verifier::new(Arc::new(RwLock::new(ring)), VerifyConfig::default());
+    let now_ms = 1_700_000_000_000;
+    let good = signer.sign_chunk(
+        ChunkId::new(STREAM, 0),
+        Bytes::from_static(b"sample"),
+        now_ms,
+    );
+    let mut forged = good.clone();
+    forged.payload = Bytes::from_static(b"sampld");
+    let ok = verifier.verify(&good, now_ms);
+    let bad = verifier
+        .verify(&forged, now_ms)
+        .err()
+        .unwrap_or(Rejection::Digest);
+    (ok, bad)
+}
+
+impl World {
+    /// Lays out the cluster. With `riders_honest`, free-riders are chosen
+    /// as usual but behave honestly (the baseline for their cost).
+    pub(crate) fn new(s: &Scenario, riders_honest: bool) -> Result<Self, String> {
+        let (ok, forged) = verdicts();
+        ok.map_err(|e| format!("the verifier refused a genuine sample chunk: {e}"))?;
+        let settings = NodeSettings::from_config(NodeConfig {
+            fec: s.fec.clone(),
+            p2p: s.p2p.clone(),
+            ..NodeConfig::default()
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        let chunks = u32::try_from(s.chunks()).map_err(|_| "too many chunks".to_owned())?;
+        let relays = s.tiers.relays;
+        let n_edges = s.tiers.edges;
+        let exec_shards = match s.run.fec_exec {
+            FecExec::Shards => true,
+            FecExec::Blocks => false,
+            FecExec::Auto => {
+                let per_chunk = s.chunk_bytes() / u64::from(s.network.shard_bytes) + 1;
+                s.content.is_live()
+                    && u64::from(n_edges + relays) * u64::from(chunks) * per_chunk < 20_000_000
+            }
+        };
+        let net = &s.network;
+        let region = net.lossy_region;
+        let channels = [
+            Channel::new(net.origin_relay.loss, net.origin_relay.burst),
+            Channel::new(net.relay_edge.loss, net.relay_edge.burst),
+            Channel::new(net.edge_edge.loss, net.edge_edge.burst),
+            region.map_or(Channel::new(0.0, 1.0), |r| Channel::new(r.loss, r.burst)),
+        ];
+        let mut nodes = Vec::with_capacity((1 + relays + n_edges) as usize);
+        let cap = |c: super::scenario::Capacity| Pipes::new(c.up_mbps, c.down_mbps);
+        let blank = |tier, pipes| Node {
+            tier,
+            behaviour: Behaviour::Honest,
+            online: true,
+            crashed: false,
+            offline_since: 0,
+            incarnation: 0,
+            lossy: false,
+            pipes,
+            have: Bits::new(chunks as usize),
+            held: 0,
+            bytes_sent: 0,
+            start: 0,
+            done: None,
+            push: None,
+            store: None,
+            assembler: None,
+            edge: None,
+            relay: None,
+        };
+        nodes.push(blank(Tier::Origin, cap(s.nodes.origin)));
+        for _ in 0..relays {
+            let mut n = blank(Tier::Relay, cap(s.nodes.relay));
+            n.push = Some(PushLink {
+                parity: settings.parity_policy(),
+                channel: channels[0],
+                bad: false,
+                expected: 0,
+                received: 0,
+            });
+            n.relay = Some(Box::new(RelayState {
+                waiting: HashMap::new(),
+                subscribers: Vec::new(),
+            }));
+            nodes.push(n);
+        }
+        let first_edge = 1 + relays;
+        for e in 0..n_edges {
+            let mut n = blank(Tier::Edge, cap(s.nodes.edge));
+            let draw: f64 = rng.r#gen();
+            n.behaviour = if draw < s.peers.malicious {
+                Behaviour::Malicious
+            } else if draw < s.peers.malicious + s.peers.free_riders && !riders_honest {
+                Behaviour::FreeRider
+            } else {
+                Behaviour::Honest
+            };
+            n.lossy = region.is_some_and(|r| rng.r#gen::<f64>() < r.fraction);
+            let upstream = 1 + e % relays;
+            n.push = Some(PushLink {
+                parity: settings.parity_policy(),
+                channel: if n.lossy { channels[3] } else { channels[1] },
+                bad: false,
+                expected: 0,
+                received: 0,
+            });
+            n.edge = Some(Box::new(EdgeState {
+                neighbours: Vec::new(),
+                choker: Choker::new(settings.choker_config()),
+                reputation: Reputation::new(settings.reputation_config()),
+                rng: ChaCha8Rng::seed_from_u64(s.seed ^ (u64::from(e) + 1).wrapping_mul(0x9e37)),
+                cursor: 0,
+                inflight: Vec::new(),
+                upstream,
+            }));
+            nodes.push(n);
+        }
+        for n in nodes.iter_mut() {
+            if exec_shards && n.tier != Tier::Origin {
+                n.assembler = Some(Box::new(Assembler::new(settings.assembler_config())));
+            }
+            let budget_mb = match n.tier {
+                Tier::Origin => None,
+                Tier::Relay => s.nodes.relay_store_mb,
+                Tier::Edge => s.nodes.edge_store_mb,
+            };
+            if let Some(mb) = budget_mb {
+                n.store = Some(Box::new(ChunkStore::new(StoreConfig {
+                    budget_bytes: (mb as usize) << 20,
+                    ..settings.store_config()
+                })));
+            }
+        }
+        // Subscriptions: each edge takes pushes from one relay.
+        for e in first_edge..first_edge + n_edges {
+            let up = nodes[e as usize].edge.as_ref().map_or(1, |x| x.upstream);
+            if let Some(r) = nodes[up as usize].relay.as_mut() {
+                r.subscribers.push(e);
+            }
+        }
+        // Edge neighbours: each edge dials up to half its quota at random;
+        // connections are two-way and no edge exceeds its quota.
+        let quota = s.peers.neighbours.min(n_edges.saturating_sub(1)) as usize;
+        for e in 0..n_edges {
+            let me = first_edge + e;
+            for _ in 0..quota.div_ceil(2) {
+                let full = |n: &Node| n.edge.as_ref().is_none_or(|x| x.neighbours.len() >= quota);
+                if full(&nodes[me as usize]) {
+                    break;
+                }
+                let other = first_edge + rng.gen_range(0..n_edges);
+                if other == me
+                    || full(&nodes[other as usize])
+                    || nodes[me as usize]
+                        .edge
+                        .as_ref()
+                        .is_some_and(|x| x.neighbours.iter().any(|nb| nb.id == other))
+                {
+                    continue;
+                }
+                for (a, b) in [(me, other), (other, me)] {
+                    if let Some(x) = nodes[a as usize].edge.as_mut() {
+                        x.neighbours.push(Neighbour {
+                            id: b,
+                            unchoked_us: false,
+                        });
+                    }
+                }
+            }
+        }
+        let mut w = Self {
+            settings,
+            nodes,
+            fetches: Vec::new(),
+            free_fetches: Vec::new(),
+            q: EventQueue::new(),
+            rng,
+            base: Instant::now(),
+            chunks,
+            relays,
+            forged,
+            chunk_frame_overhead: 0,
+            shard_frame_overhead: 0,
+            exec_shards,
+            publish_interval: 0,
+            out: Outcome::default(),
+            latency: std::array::from_fn(|i| Samples::new(s.seed ^ (0x1a7e_u64 + i as u64))),
+            channels,
+            readers: 0,
+            readers_done: 0,
+            payload: Bytes::from(vec![0u8; s.chunk_bytes() as usize]),
+            churn_rate: (s.churn.leave_per_hour + s.churn.crash_per_hour) * f64::from(n_edges)
+                / 3600.0,
+            s: s.clone(),
+        };
+        w.measure_frames();
+        for e in first_edge..first_edge + n_edges {
+            w.connect_edge(e);
+        }
+        Ok(w)
+    }
+
+    /// Frame overheads from the real wire encoder.
+    fn measure_frames(&mut self) {
+        let signer = Signer::from_secret([7; 32]);
+        let chunk = signer.sign_chunk(ChunkId::new(STREAM, 0), Bytes::new(), 0);
+        self.chunk_frame_overhead = framing::encode(&Frame::Chunk(chunk)).len() as u64;
+        let shard = ShardFrame {
+            chunk: ChunkId::new(STREAM, 0),
+            block: 0,
+            blocks: 1,
+            k: 1,
+            m: 0,
+            index: 0,
+            block_len: 0,
+            data: Bytes::new(),
+        };
+        self.shard_frame_overhead = framing::encode(&Frame::Shard(shard)).len() as u64;
+    }
+
+    /// Registers an edge's neighbours with its choker, as a session does.
+    fn connect_edge(&mut self, e: u32) {
+        let now = self.instant(self.q.now());
+        if let Some(x) = self.nodes[e as usize].edge.as_mut() {
+            x.choker = Choker::new(self.settings.choker_config());
+            for nb in &mut x.neighbours {
+                nb.unchoked_us = false;
+                if x.choker.add_peer(PeerId(u64::from(nb.id)), now).is_ok() {
+                    x.choker.set_interested(PeerId(u64::from(nb.id)), true);
+                }
+            }
+        }
+    }
+
+    fn instant(&self, t: Nanos) -> Instant {
+        self.base + Duration::from_nanos(t)
+    }
+
+    fn first_edge(&self) -> u32 {
+        1 + self.relays
+    }
+
+    /// Whether `node` can serve chunk `seq` now: it received it and, with a
+    /// store, the store has not evicted or expired it.
+    fn holds(&self, node: u32, seq: u32, now: Nanos) -> bool {
+        let n = &self.nodes[node as usize];
+        n.have.get(seq)
+            && n.store.as_ref().is_none_or(|st| {
+                st.contains(&ChunkId::new(STREAM, u64::from(seq)), self.instant(now))
+            })
+    }
+
+    fn link_of(&self, a: u32, b: u32) -> (super::scenario::Link, Channel) {
+        let (ta, tb) = (self.nodes[a as usize].tier, self.nodes[b as usize].tier);
+        let lossy = self.nodes[a as usize].lossy || self.nodes[b as usize].lossy;
+        let net = &self.s.network;
+        match (ta, tb) {
+            (Tier::Edge, Tier::Edge) => (
+                net.edge_edge,
+                if lossy {
+                    self.channels[3]
+                } else {
+                    self.channels[2]
+                },
+            ),
+            (Tier::Edge, _) | (_, Tier::Edge) => (
+                net.relay_edge,
+                if lossy {
+                    self.channels[3]
+                } else {
+                    self.channels[1]
+                },
+            ),
+            _ => (net.origin_relay, self.channels[0]),
+        }
+    }
+
+    fn latency(&mut self, a: u32, b: u32) -> Nanos {
+        let (link, _) = self.link_of(a, b);
+        net::latency(&link, a, b, self.s.seed, &mut self.rng)
+    }
+
+    /// Runs to the end; returns what happened.
+    pub(crate) fn run(mut self) -> Outcome {
+        let n_edges = self.s.tiers.edges;
+        let first = self.first_edge();
+        let live = self.s.content.is_live();
+        if live {
+            let interval = self.s.chunk_bytes() as f64 * 8.0 / (self.s.content.live_mbps * 1e6);
+            self.publish_interval = secs(interval).max(1);
+            self.q.push(0, Ev::Publish(0));
+            // Receivers' report timers run from when they connected, not
+            // from the first chunk: start them at a random phase.
+            let phase = self.rng.gen_range(1..=LOSS_REPORT_EVERY);
+            self.q.push(phase, Ev::LossReports);
+        } else {
+            // The origin holds the whole object from the start.
+            let o = &mut self.nodes[0];
+            for i in 0..self.chunks {
+                o.have.set(i);
+            }
+            o.held = self.chunks;
+        }
+        let spread = secs(self.s.peers.start_spread_s);
+        let tick = self.settings.unchoke_interval.as_nanos() as Nanos;
+        for e in first..first + n_edges {
+            let beh = self.nodes[e as usize].behaviour;
+            if beh == Behaviour::Malicious {
+                // A malicious edge unchokes everyone so it gets asked.
+                let nbs: Vec<u32> = self.nodes[e as usize]
+                    .edge
+                    .as_ref()
+                    .map(|x| x.neighbours.iter().map(|n| n.id).collect())
+                    .unwrap_or_default();
+                for nb in nbs {
+                    let at = self.latency(e, nb);
+                    self.q.push(
+                        at,
+                        Ev::Choke {
+                            from: e,
+                            to: nb,
+                            unchoked: true,
+                        },
+                    );
+                }
+                continue;
+            }
+            let start = if spread > 0 {
+                self.rng.gen_range(0..spread)
+            } else {
+                0
+            };
+            if !live {
+                self.readers += 1;
+                self.q.push(start, Ev::ClientStart(e));
+            }
+            if beh == Behaviour::Honest {
+                let phase = self.rng.gen_range(0..tick.max(1));
+                self.q.push(phase, Ev::ChokeTick(e));
+            }
+        }
+        if self.churn_rate > 0.0 {
+            let at = self.exp_delay(self.churn_rate);
+            self.q.push(at, Ev::Churn);
+        }
+        let limit = secs(self.s.run.max_time_s);
+        let live_end = if live {
+            u64::from(self.chunks) * self.publish_interval + 30 * SEC
+        } else {
+            Nanos::MAX
+        };
+        while let Some((now, ev)) = self.q.pop() {
+            if now > limit || now > live_end {
+                break;
+            }
+            self.handle(now, ev);
+            if !live && self.all_done() {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn exp_delay(&mut self, rate: f64) -> Nanos {
+        let u: f64 = self.rng.gen_range(f64::MIN_POSITIVE..1.0);
+        secs(-u.ln() / rate)
+    }
+
+    fn all_done(&self) -> bool {
+        // Checked per event, so it must be cheap: count instead of scanning.
+        self.readers_done >= self.readers
+    }
+
+    fn handle(&mut self, now: Nanos, ev: Ev) {
+        match ev {
+            Ev::ClientStart(e) => {
+                let n = &mut self.nodes[e as usize];
+                if n.online {
+                    n.start = now;
+                    self.pump(e, now);
+                }
+            }
+            Ev::ChokeTick(e) => self.choke_tick(e, now),
+            Ev::LossReports => self.loss_reports(now),
+            Ev::Publish(seq) => self.publish(seq, now),
+            Ev::Request { fetch, to } => self.on_request(fetch, to, now),
+            Ev::Reply { fetch, from, kind } => self.on_reply(fetch, from, kind, now),
+            Ev::Push { from, to, seq, m } => self.on_push(from, to, seq, m, now),
+            Ev::Choke { from, to, unchoked } => {
+                if let Some(x) = self.nodes[to as usize].edge.as_mut() {
+                    if let Some(nb) = x.neighbours.iter_mut().find(|n| n.id == from) {
+                        nb.unchoked_us = unchoked;
+                    }
+                }
+            }
+            Ev::Repair {
+                node,
+                seq,
+                incarnation,
+            } => {
+                let n = &self.nodes[node as usize];
+                if n.online && n.incarnation == incarnation && !n.have.get(seq) {
+                    self.start_fetch(node, seq, Purpose::Repair, now);
+                }
+            }
+            Ev::Retry { fetch } => {
+                let Some(f) = self.fetches.get(fetch as usize).and_then(|f| f.as_ref()) else {
+                    return;
+                };
+                let (req, seq, inc) = (f.requester, f.seq, f.incarnation);
+                let n = &self.nodes[req as usize];
+                if !n.online || n.incarnation != inc || self.holds(req, seq, now) {
+                    self.finish_fetch(fetch, now);
+                    return;
+                }
+                let order = self.order_for(req, seq, now);
+                if let Some(Some(f)) = self.fetches.get_mut(fetch as usize) {
+                    f.order = order;
+                    f.next = 0;
+                }
+                self.send_next(fetch, now);
+            }
+            Ev::Churn => self.churn(now),
+            Ev::Rejoin(e) => self.rejoin(e, now),
+        }
+    }
+
+    /// Whom `req` asks for `seq`, by the node's own rule.
+    fn order_for(&self, req: u32, seq: u32, now: Nanos) -> Vec<u32> {
+        let me = &self.nodes[req as usize];
+        let t = self.instant(now);
+        let detect = secs(self.s.churn.detect_crash_s);
+        let reachable = |id: u32| {
+            let n = &self.nodes[id as usize];
+            n.online || (n.crashed && now.saturating_sub(n.offline_since) < detect)
+        };
+        let mut candidates: Vec<(u32, SourceKind)> = Vec::new();
+        match me.tier {
+            Tier::Origin => {}
+            Tier::Relay => candidates.push((0, SourceKind::Upstream)),
+            Tier::Edge => {
+                if let Some(x) = me.edge.as_ref() {
+                    for nb in &x.neighbours {
+                        if !reachable(nb.id) || x.reputation.is_banned(PeerId(u64::from(nb.id)), t)
+                        {
+                            continue;
+                        }
+                        let has = match self.nodes[nb.id as usize].behaviour {
+                            Behaviour::Malicious => true,
+                            Behaviour::FreeRider => false,
+                            Behaviour::Honest => self.holds(nb.id, seq, now),
+                        };
+                        candidates.push((
+                            nb.id,
+                            SourceKind::Edge {
+                                has,
+                                unchoked_us: nb.unchoked_us,
+                            },
+                        ));
+                    }
+                }
+                for r in 1..=self.relays {
+                    if reachable(r) {
+                        candidates.push((r, SourceKind::Upstream));
+                    }
+                }
+            }
+        }
+        request_order(u64::from(seq), me.tier == Tier::Edge, candidates)
+    }
+
+    fn start_fetch(&mut self, req: u32, seq: u32, purpose: Purpose, now: Nanos) {
+        let order = self.order_for(req, seq, now);
+        let f = Fetch {
+            requester: req,
+            seq,
+            incarnation: self.nodes[req as usize].incarnation,
+            purpose,
+            order,
+            next: 0,
+        };
+        let id = match self.free_fetches.pop() {
+            Some(id) => {
+                self.fetches[id as usize] = Some(f);
+                id
+            }
+            None => {
+                self.fetches.push(Some(f));
+                (self.fetches.len() - 1) as u32
+            }
+        };
+        self.send_next(id, now);
+    }
+
+    fn send_next(&mut self, fetch: u32, now: Nanos) {
+        let Some(Some(f)) = self.fetches.get_mut(fetch as usize) else {
+            return;
+        };
+        let req = f.requester;
+        match f.order.get(f.next).copied() {
+            Some(to) => {
+                f.next += 1;
+                let at = now + self.latency(req, to);
+                self.q.push(at, Ev::Request { fetch, to });
+            }
+            None => self.q.push(now + RETRY_AFTER, Ev::Retry { fetch }),
+        }
+    }
+
+    fn finish_fetch(&mut self, fetch: u32, _now: Nanos) {
+        if let Some(slot) = self.fetches.get_mut(fetch as usize) {
+            if let Some(f) = slot.take() {
+                self.free_fetches.push(fetch);
+                if f.purpose == Purpose::Client {
+                    if let Some(x) = self.nodes[f.requester as usize].edge.as_mut() {
+                        x.inflight.retain(|&s| s != f.seq);
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, fetch: u32, server: u32, req: u32, now: Nanos) {
+        let server_node = &self.nodes[server as usize];
+        let at = if server_node.online {
+            now + self.latency(server, req)
+        } else if server_node.crashed {
+            // No answer: the requester gives up when the connection is
+            // declared dead.
+            server_node.offline_since + secs(self.s.churn.detect_crash_s)
+        } else {
+            now + self.latency(server, req)
+        };
+        self.q.push(
+            at,
+            Ev::Reply {
+                fetch,
+                from: server,
+                kind: ReplyKind::Refused,
+            },
+        );
+    }
+
+    fn on_request(&mut self, fetch: u32, to: u32, now: Nanos) {
+        let Some(Some(f)) = self.fetches.get(fetch as usize) else {
+            return;
+        };
+        let (req, seq) = (f.requester, f.seq);
+        let server = &self.nodes[to as usize];
+        if !server.online {
+            return self.refuse(fetch, to, req, now);
+        }
+        let t = self.instant(now);
+        let holds = self.holds(to, seq, now);
+        match server.tier {
+            Tier::Edge => {
+                let x = server.edge.as_ref();
+                let banned = x.is_some_and(|x| x.reputation.is_banned(PeerId(u64::from(req)), t));
+                match server.behaviour {
+                    Behaviour::Malicious => self.send_chunk(fetch, to, req, seq, now, false),
+                    Behaviour::FreeRider => self.refuse(fetch, to, req, now),
+                    Behaviour::Honest => {
+                        let unchoked =
+                            x.is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(req))));
+                        let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
+                        if banned || (requester_is_edge && !unchoked) || !holds {
+                            self.refuse(fetch, to, req, now);
+                        } else {
+                            self.send_chunk(fetch, to, req, seq, now, true);
+                        }
+                    }
+                }
+            }
+            Tier::Relay => {
+                if holds {
+                    self.send_chunk(fetch, to, req, seq, now, true);
+                } else {
+                    // Single flight: one upstream pull however many ask.
+                    let first = self.nodes[to as usize]
+                        .relay
+                        .as_mut()
+                        .map(|r| {
+                            let w = r.waiting.entry(seq).or_default();
+                            w.push(fetch);
+                            w.len() == 1
+                        })
+                        .unwrap_or(false);
+                    if first {
+                        self.start_fetch(to, seq, Purpose::Relay, now);
+                    }
+                }
+            }
+            Tier::Origin => {
+                if server.have.get(seq) {
+                    self.send_chunk(fetch, to, req, seq, now, true);
+                } else {
+                    self.refuse(fetch, to, req, now);
+                }
+            }
+        }
+    }
+
+    /// A pulled chunk from `from` to `to` over a reliable stream.
+    fn send_chunk(&mut self, fetch: u32, from: u32, to: u32, seq: u32, now: Nanos, good: bool) {
+        let payload = self.s.chunk_len(u64::from(seq));
+        let (_, channel) = self.link_of(from, to);
+        let wire = net::reliable_bytes(payload + self.chunk_frame_overhead, channel.loss());
+        let lat = self.latency(from, to);
+        let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
+        let done = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, wire);
+        // As the node's `mesh_bytes_out` counts a pull: payload bytes.
+        a.bytes_sent += payload;
+        if good && a.tier == Tier::Edge && b.tier == Tier::Edge {
+            let t = self.base + Duration::from_nanos(now);
+            if let Some(x) = a.edge.as_mut() {
+                x.choker.record_uploaded(PeerId(u64::from(to)), payload, t);
+            }
+        }
+        let kind = if good {
+            ReplyKind::Good
+        } else {
+            ReplyKind::Bad
+        };
+        self.q.push(done, Ev::Reply { fetch, from, kind });
+    }
+
+    fn on_reply(&mut self, fetch: u32, from: u32, kind: ReplyKind, now: Nanos) {
+        let Some(Some(f)) = self.fetches.get(fetch as usize) else {
+            return;
+        };
+        let (req, seq, inc, purpose) = (f.requester, f.seq, f.incarnation, f.purpose);
+        let n = &self.nodes[req as usize];
+        if !n.online || n.incarnation != inc {
+            self.finish_fetch(fetch, now);
+            return;
+        }
+        match kind {
+            ReplyKind::Good => {
+                if purpose == Purpose::Repair {
+                    self.out.repairs += 1;
+                }
+                self.finish_fetch(fetch, now);
+                self.deliver(req, seq, from, now);
+                if purpose == Purpose::Client {
+                    self.pump(req, now);
+                }
+            }
+            ReplyKind::Bad => {
+                // The real verifier refused the forged sample; the same
+                // verdict costs the sender reputation here.
+                self.out.chunks_rejected += 1;
+                let t = self.instant(now);
+                let rejection = self.forged.clone();
+                let mut newly_banned = false;
+                if let Some(x) = self.nodes[req as usize].edge.as_mut() {
+                    let peer = PeerId(u64::from(from));
+                    let was = x.reputation.is_banned(peer, t);
+                    if x.reputation.record(peer, &rejection, t).is_banned() && !was {
+                        newly_banned = true;
+                        x.choker.set_banned(peer, true);
+                    }
+                }
+                self.out.peers_banned += u64::from(newly_banned);
+                self.send_next(fetch, now);
+            }
+            ReplyKind::Refused => self.send_next(fetch, now),
+        }
+    }
+
+    /// A verified chunk arrives at `node` from `from`.
+    fn deliver(&mut self, node: u32, seq: u32, from: u32, now: Nanos) {
+        let payload = self.s.chunk_len(u64::from(seq));
+        let t = self.instant(now);
+        let from_tier = self.nodes[from as usize].tier;
+        let again = self.nodes[node as usize].have.get(seq);
+        if again && self.holds(node, seq, now) {
+            return;
+        }
+        let stored = self.stored_chunk(seq);
+        let n = &mut self.nodes[node as usize];
+        if let Some(st) = n.store.as_ref() {
+            // Fits by construction: the budget is validated >= 1 MiB and a
+            // chunk is at most 4 MiB; a larger chunk is simply not kept.
+            let _ = st.insert(stored, t);
+        }
+        if !again {
+            n.have.set(seq);
+            n.held += 1;
+        }
+        if n.tier == Tier::Edge {
+            self.out.edge_bytes_in += payload;
+            if from_tier == Tier::Edge {
+                self.out.edge_bytes_from_edges += payload;
+                if let Some(x) = n.edge.as_mut() {
+                    x.choker
+                        .record_downloaded(PeerId(u64::from(from)), payload, t);
+                }
+            }
+        }
+        let live = self.s.content.is_live();
+        if live {
+            let published = u64::from(seq) * self.publish_interval;
+            let us = (now.saturating_sub(published) / 1000).min(u64::from(u32::MAX)) as u32;
+            let slot = match (n.tier, n.behaviour) {
+                (Tier::Relay, _) => Some(0),
+                (Tier::Edge, Behaviour::Honest) => Some(1),
+                (Tier::Edge, Behaviour::FreeRider) => Some(2),
+                _ => None,
+            };
+            if let Some(i) = slot {
+                self.latency[i].record(us);
+            }
+        }
+        if n.held == self.chunks && n.done.is_none() && n.tier == Tier::Relay {
+            n.done = Some(now);
+        }
+        if n.tier == Tier::Relay {
+            let waiting = n
+                .relay
+                .as_mut()
+                .and_then(|r| r.waiting.remove(&seq))
+                .unwrap_or_default();
+            for fetch in waiting {
+                let Some(Some(f)) = self.fetches.get(fetch as usize) else {
+                    continue;
+                };
+                let req = f.requester;
+                self.send_chunk(fetch, node, req, seq, now, true);
+            }
+            if live && !again {
+                let subs = self.nodes[node as usize]
+                    .relay
+                    .as_ref()
+                    .map(|r| r.subscribers.clone())
+                    .unwrap_or_default();
+                for e in subs {
+                    if self.nodes[e as usize].online {
+                        self.push_chunk(node, e, seq, now);
+                    }
+                }
+            }
+        }
+        if live && self.nodes[node as usize].tier == Tier::Edge {
+            let n = &mut self.nodes[node as usize];
+            if n.held == self.chunks && n.done.is_none() {
+                n.done = Some(now);
+            }
+        }
+    }
+
+    /// A chunk of the right size for a store (a slice of the shared zero
+    /// buffer; never verified or sent, only accounted).
+    fn stored_chunk(&self, seq: u32) -> Chunk {
+        let len = self.s.chunk_len(u64::from(seq)) as usize;
+        Chunk {
+            header: ChunkHeader {
+                id: ChunkId::new(STREAM, u64::from(seq)),
+                len: len as u32,
+                digest: [0; 32],
+                key_id: KeyId(0),
+                timestamp_ms: 0,
+            },
+            signature: [0; 64],
+            payload: self.payload.slice(..len.min(self.payload.len())),
+        }
+    }
+
+    /// The object reader at edge `e`: serve held chunks in order, keep
+    /// `read_ahead` fetches going beyond the one being served.
+    fn pump(&mut self, e: u32, now: Nanos) {
+        let read_ahead = self.s.peers.read_ahead;
+        let chunks = self.chunks;
+        let n = &mut self.nodes[e as usize];
+        let Some(x) = n.edge.as_mut() else {
+            return;
+        };
+        while x.cursor < chunks && n.have.get(x.cursor) {
+            x.cursor += 1;
+        }
+        if x.cursor >= chunks {
+            if n.done.is_none() {
+                n.done = Some(now);
+                if n.behaviour != Behaviour::Malicious {
+                    self.readers_done += 1;
+                }
+            }
+            return;
+        }
+        let end = (x.cursor + 1 + read_ahead).min(chunks);
+        let wanted: Vec<u32> = (x.cursor..end)
+            .filter(|&s| !n.have.get(s) && !x.inflight.contains(&s))
+            .collect();
+        x.inflight.extend_from_slice(&wanted);
+        for seq in wanted {
+            self.start_fetch(e, seq, Purpose::Client, now);
+        }
+    }
+
+    fn choke_tick(&mut self, e: u32, now: Nanos) {
+        let t = self.instant(now);
+        let n = &mut self.nodes[e as usize];
+        let next = now + self.settings.unchoke_interval.as_nanos() as Nanos;
+        if !n.online {
+            self.q.push(next, Ev::ChokeTick(e));
+            return;
+        }
+        let Some(x) = n.edge.as_mut() else {
+            return;
+        };
+        let changes = x.choker.handle_tick(t, &mut x.rng);
+        for c in changes {
+            let to = c.peer.0 as u32;
+            let at = now + self.latency(e, to);
+            self.q.push(
+                at,
+                Ev::Choke {
+                    from: e,
+                    to,
+                    unchoked: c.unchoked,
+                },
+            );
+        }
+        self.q.push(next, Ev::ChokeTick(e));
+    }
+
+    fn publish(&mut self, seq: u32, now: Nanos) {
+        let o = &mut self.nodes[0];
+        o.have.set(seq);
+        o.held += 1;
+        for r in 1..=self.relays {
+            self.push_chunk(0, r, seq, now);
+        }
+        if seq + 1 < self.chunks {
+            self.q
+                .push(now + self.publish_interval, Ev::Publish(seq + 1));
+        }
+    }
+
+    /// Bytes of a chunk's shard frames with `m` parity per full block.
+    fn push_bytes(&self, seq: u32, m: u16) -> u64 {
+        let len = (self.s.chunk_len(u64::from(seq)) + self.chunk_frame_overhead) as usize;
+        let shard = self.s.network.shard_bytes as usize;
+        let k = self.settings.fec_k;
+        (0..block_count(len, shard, k))
+            .map(|b| {
+                let l = block_layout(len, shard, k, m, b);
+                (u64::from(l.k) + u64::from(l.m)) * (l.shard_len as u64 + self.shard_frame_overhead)
+            })
+            .sum()
+    }
+
+    fn push_chunk(&mut self, from: u32, to: u32, seq: u32, now: Nanos) {
+        let m = self.nodes[to as usize]
+            .push
+            .as_ref()
+            .map_or(0, |p| p.parity.current());
+        let bytes = self.push_bytes(seq, m);
+        let lat = self.latency(from, to);
+        let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
+        let done = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, bytes);
+        // As the node's `mesh_bytes_out` counts a push: every shard frame.
+        a.bytes_sent += bytes;
+        self.q.push(done, Ev::Push { from, to, seq, m });
+    }
+
+    /// Shards of a pushed chunk cross the receiver's lossy link; whatever
+    /// survives is assembled.
+    fn on_push(&mut self, from: u32, to: u32, seq: u32, m: u16, now: Nanos) {
+        let t = self.instant(now);
+        let len = (self.s.chunk_len(u64::from(seq)) + self.chunk_frame_overhead) as usize;
+        let shard = self.s.network.shard_bytes as usize;
+        let k = self.settings.fec_k;
+        let exec_shards = self.exec_shards;
+        let n = &mut self.nodes[to as usize];
+        if !n.online || n.have.get(seq) {
+            return;
+        }
+        let Some(link) = n.push.as_mut() else {
+            return;
+        };
+        let blocks = block_count(len, shard, k);
+        let id = ChunkId::new(STREAM, u64::from(seq));
+        let mut complete = true;
+        let mut rebuilt = false;
+        let mut assembled = None;
+        for b in 0..blocks {
+            let l = block_layout(len, shard, k, m, b);
+            let total = u32::from(l.k) + u32::from(l.m);
+            link.expected += u64::from(total);
+            let mut got = 0u32;
+            let mut data_lost = false;
+            for i in 0..total {
+                let lost =
+                    !link.channel.is_lossless() && link.channel.lose(&mut link.bad, &mut self.rng);
+                if lost {
+                    data_lost |= i < u32::from(l.k);
+                    continue;
+                }
+                got += 1;
+                if let Some(asm) = n.assembler.as_mut().filter(|_| exec_shards) {
+                    // One-byte placeholder shards: the assembler's grouping,
+                    // limits and Reed–Solomon rebuild all run for real.
+                    let placeholder = ShardFrame {
+                        chunk: id,
+                        block: b as u16,
+                        blocks: blocks as u16,
+                        k: l.k,
+                        m: l.m,
+                        index: i as u16,
+                        block_len: u32::from(l.k),
+                        data: Bytes::from_static(&[0]),
+                    };
+                    if let Ok(Some(done)) = asm.insert(u64::from(from), placeholder, t) {
+                        assembled = Some(done.recovered);
+                    }
+                }
+            }
+            link.received += u64::from(got);
+            // The assembler's rule: a group completes with any k shards and
+            // needed parity if a data shard was missing.
+            complete &= got >= u32::from(l.k);
+            rebuilt |= data_lost && got >= u32::from(l.k);
+        }
+        let (ok, recovered) = if exec_shards {
+            (assembled.is_some(), assembled.unwrap_or(false))
+        } else {
+            (complete, rebuilt)
+        };
+        let counts = if self.nodes[to as usize].tier == Tier::Relay {
+            &mut self.out.fec_relays
+        } else {
+            &mut self.out.fec_edges
+        };
+        let outcome = match (ok, recovered) {
+            (true, false) => 0,
+            (true, true) => 1,
+            (false, _) => 2,
+        };
+        counts[outcome] += 1;
+        if ok {
+            self.deliver(to, seq, from, now);
+        } else {
+            let incarnation = self.nodes[to as usize].incarnation;
+            let at = now + self.settings.repair_delay.as_nanos() as Nanos;
+            self.q.push(
+                at,
+                Ev::Repair {
+                    node: to,
+                    seq,
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    fn loss_reports(&mut self, now: Nanos) {
+        let t = self.instant(now);
+        for n in &mut self.nodes {
+            if let Some(link) = n.push.as_mut() {
+                if link.expected > 0 {
+                    link.parity.handle_report(link.expected, link.received);
+                    link.expected = 0;
+                    link.received = 0;
+                }
+            }
+            if let Some(a) = n.assembler.as_mut() {
+                a.expire(t);
+            }
+        }
+        self.q.push(now + LOSS_REPORT_EVERY, Ev::LossReports);
+    }
+
+    fn churn(&mut self, now: Nanos) {
+        let c = &self.s.churn;
+        let crash_share = c.crash_per_hour / (c.crash_per_hour + c.leave_per_hour).max(1e-12);
+        let rejoin = secs(c.rejoin_after_s);
+        let e = self.first_edge() + self.rng.gen_range(0..self.s.tiers.edges);
+        let crash = self.rng.r#gen::<f64>() < crash_share;
+        let n = &mut self.nodes[e as usize];
+        if n.online {
+            n.online = false;
+            n.crashed = crash;
+            n.offline_since = now;
+            if crash {
+                self.out.crashes += 1;
+            } else {
+                self.out.leaves += 1;
+            }
+            if rejoin > 0 {
+                self.q.push(now + rejoin, Ev::Rejoin(e));
+            }
+        }
+        let at = now + self.exp_delay(self.churn_rate);
+        self.q.push(at, Ev::Churn);
+    }
+
+    fn rejoin(&mut self, e: u32, now: Nanos) {
+        let live = self.s.content.is_live();
+        let n = &mut self.nodes[e as usize];
+        n.online = true;
+        n.crashed = false;
+        n.incarnation += 1;
+        // A rejoining node starts over: its in-memory store died with it.
+        n.have.clear();
+        n.held = 0;
+        n.pipes.reset(now);
+        let counted = n.done.is_some() && n.behaviour != Behaviour::Malicious && !live;
+        n.done = None;
+        n.start = now;
+        if let Some(x) = n.edge.as_mut() {
+            x.cursor = 0;
+            x.inflight.clear();
+        }
+        if counted {
+            self.readers_done -= 1;
+        }
+        self.out.rejoins += 1;
+        self.connect_edge(e);
+        if !live && self.nodes[e as usize].behaviour != Behaviour::Malicious {
+            self.q.push(now, Ev::ClientStart(e));
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        let end = self.q.now();
+        let mut out = std::mem::take(&mut self.out);
+        out.virtual_end_s = end as f64 / SEC as f64;
+        out.events = self.q.handled();
+        out.fec_exec = if self.exec_shards { "shards" } else { "blocks" };
+        out.content_bytes = self.s.content_bytes();
+        out.chunks = u64::from(self.chunks);
+        for n in &self.nodes {
+            if let Some(st) = n.store.as_ref() {
+                let stats = st.stats();
+                out.store_evictions += stats.evictions + stats.expirations;
+            }
+            match n.tier {
+                Tier::Origin => out.bytes_origin += n.bytes_sent,
+                Tier::Relay => out.bytes_relays += n.bytes_sent,
+                Tier::Edge => out.bytes_edges += n.bytes_sent,
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.tier == Tier::Origin || n.behaviour == Behaviour::Malicious {
+                continue;
+            }
+            let took = n
+                .done
+                .map(|d| d.saturating_sub(n.start) as f64 / SEC as f64);
+            out.completions.push((tier_label(n), i as u32, took));
+            let label = tier_label(n);
+            match out.held.iter_mut().find(|(t, _)| *t == label) {
+                Some((_, h)) => *h += u64::from(n.held),
+                None => out.held.push((label, u64::from(n.held))),
+            }
+        }
+        let [relay, edge, rider] = std::mem::take(&mut self.latency);
+        out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_samples_stay_bounded_and_keep_the_exact_count_and_max() {
+        let mut s = Samples::new(1);
+        let n = MAX_LATENCY_SAMPLES as u64 + 1000;
+        for i in 0..n {
+            s.record((i % 1000) as u32);
+        }
+        s.record(5_000_000);
+        assert_eq!(s.kept.len(), MAX_LATENCY_SAMPLES);
+        assert_eq!(s.seen, n + 1);
+        assert_eq!(s.max, 5_000_000);
+    }
+
+    #[test]
+    fn bits_set_get_and_clear() {
+        let mut b = Bits::new(130);
+        b.set(0);
+        b.set(129);
+        assert!(b.get(0) && b.get(129) && !b.get(64));
+        // Out of range is never held and never panics.
+        b.set(500);
+        assert!(!b.get(500));
+        b.clear();
+        assert!(!b.get(0));
+    }
+}
