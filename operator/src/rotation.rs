@@ -65,8 +65,11 @@ pub struct Outcome {
     pub status: RotationStatus,
     /// Ask origin pods to reload their signing-key files.
     pub reload_origins: bool,
-    /// A phase change worth an event: (reason, note).
-    pub event: Option<(&'static str, String)>,
+    /// A phase change worth an event: (reason, note). The reason names the
+    /// phase entered: the event recorder folds events of one reason into a
+    /// series that keeps the first note, so one reason for every phase
+    /// would show only "staged", counted.
+    pub event: Option<(String, String)>,
 }
 
 /// Why a rotation cannot proceed at all.
@@ -161,7 +164,7 @@ pub fn step(
     let enter = |out: &mut Outcome, phase: RotationPhase, note: String| {
         out.phase = phase;
         out.status.phase_since = Some(now.clone());
-        out.event = Some(("KeyRotation", note));
+        out.event = Some((format!("KeyRotation{phase:?}"), note));
     };
     if input.spec.paused {
         if input.phase != RotationPhase::Idle {

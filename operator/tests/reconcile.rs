@@ -102,6 +102,13 @@ impl World {
             "2026-03-01T00:00:00Z".parse::<Timestamp>().unwrap(),
         ));
         let mut ctx = Context::new(client.clone(), nodes.clone(), Metrics::new());
+        ctx.recorder = Some(kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "dcdn-operator".into(),
+                instance: Some("test".into()),
+            },
+        ));
         let clock = now.clone();
         ctx.clock = Box::new(move || *clock.lock());
         let w = Self {
@@ -550,6 +557,13 @@ async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {
     // context (no memory) continues the same rotation.
     let ctx = Arc::new({
         let mut c = Context::new(w.client.clone(), w.nodes.clone(), Metrics::new());
+        c.recorder = Some(kube::runtime::events::Recorder::new(
+            w.client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "dcdn-operator".into(),
+                instance: Some("restarted".into()),
+            },
+        ));
         let clock = w.now.clone();
         c.clock = Box::new(move || *clock.lock());
         c
@@ -618,6 +632,27 @@ async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {
     );
     // Rotation never rolled a pod.
     assert_eq!(w.condition("Ready").await.0, "True");
+    // Each phase was announced as an event on the DcdnCluster; no event
+    // carries key material.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), NS);
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    let notes: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("KeyRotation"))
+        })
+        .filter_map(|e| e.note.clone())
+        .collect();
+    assert!(notes.iter().any(|n| n.contains("staged")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("rotation done")),
+        "{notes:?}"
+    );
+    assert_eq!(notes.len(), 6, "one event per phase entered: {notes:?}");
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(&keys.current.to_secret_hex()));
 }
 
 #[tokio::test]
