@@ -275,6 +275,29 @@ pub enum RotationPhase {
     Retiring,
 }
 
+impl RotationPhase {
+    pub const ALL: [RotationPhase; 6] = [
+        Self::Idle,
+        Self::Staged,
+        Self::Distributing,
+        Self::Activating,
+        Self::Draining,
+        Self::Retiring,
+    ];
+
+    /// The name used in status, events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "Idle",
+            Self::Staged => "Staged",
+            Self::Distributing => "Distributing",
+            Self::Activating => "Activating",
+            Self::Draining => "Draining",
+            Self::Retiring => "Retiring",
+        }
+    }
+}
+
 /// Parses a `DcdnCluster` manifest, naming the path of a bad field.
 pub fn from_yaml(text: &str) -> Result<DcdnCluster, String> {
     let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;

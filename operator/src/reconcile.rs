@@ -127,19 +127,15 @@ fn service_monitor_resource() -> ApiResource {
     )
 }
 
+/// The API resource of an object the builders made.
 fn resource_of(obj: &Value) -> ApiResource {
-    let (group, version) = match obj["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
-        Some((g, v)) => (g.to_owned(), v.to_owned()),
-        None => (
-            String::new(),
-            obj["apiVersion"].as_str().unwrap_or("v1").to_owned(),
-        ),
-    };
+    let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
     let kind = obj["kind"].as_str().unwrap_or_default();
     if kind == "ServiceMonitor" {
         return service_monitor_resource();
     }
-    ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, kind))
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
 
 fn selector(names: &Names) -> String {
@@ -151,8 +147,8 @@ fn selector(names: &Names) -> String {
 
 /// What the cluster looks like before this pass writes anything.
 struct Live {
-    /// (kind, name) → object, for every listed kind.
-    objects: BTreeMap<(String, String), DynamicObject>,
+    /// (kind, name) → the object and its API resource, for every listed kind.
+    objects: BTreeMap<(String, String), (ApiResource, DynamicObject)>,
     stateful_sets: BTreeMap<Role, StatefulSet>,
     pods: Vec<Pod>,
 }
@@ -173,7 +169,7 @@ async fn read_live(client: &kube::Client, names: &Names, monitoring: bool) -> Re
             Err(e) => return Err(api_err(format!("listing {}", ar.plural))(e)),
         };
         for o in list.items {
-            objects.insert((ar.kind.clone(), o.name_any()), o);
+            objects.insert((ar.kind.clone(), o.name_any()), (ar.clone(), o));
         }
     }
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
@@ -287,7 +283,9 @@ struct KeyState {
     /// Whether the admin token Secret is the operator's to write.
     admin_generated: bool,
     ring: KeyRing,
-    tls: BTreeMap<Role, Option<Secret>>,
+    /// Every Secret read above, by name: the apply step compares against
+    /// these instead of reading them again.
+    secrets: BTreeMap<String, Option<Secret>>,
 }
 
 async fn read_keys(
@@ -295,26 +293,32 @@ async fn read_keys(
     c: &DcdnCluster,
     names: &Names,
 ) -> Result<KeyState, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
-    let get = |name: String| {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get_opt(&name)
-                .await
-                .map_err(api_err(format!("reading Secret {name}")))
-        }
-    };
-    let ca = match get(names.ca_secret()).await? {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let mut secrets = BTreeMap::new();
+    let mut wanted = vec![
+        names.ca_secret(),
+        names.signing_secret(),
+        names.admin_secret(),
+    ];
+    wanted.extend(TIERS.iter().map(|r| names.tls_secret(*r)));
+    for name in wanted {
+        let s = api
+            .get_opt(&name)
+            .await
+            .map_err(api_err(format!("reading Secret {name}")))?;
+        secrets.insert(name, s);
+    }
+    let get = |name: String| secrets.get(&name).cloned().flatten();
+    let ca = match get(names.ca_secret()) {
         Some(s) => MeshCa::from_secret(&s, &names.ca_secret())?,
         None => MeshCa::generate(&names.cluster)?,
     };
-    let signing = match get(names.signing_secret()).await? {
+    let signing = match get(names.signing_secret()) {
         Some(s) => SigningKeys::from_secret(&s, &names.signing_secret())?,
         None => SigningKeys::generate(),
     };
     let admin_generated = c.spec.admin_token_secret.is_none();
-    let admin = match get(names.admin_secret()).await? {
+    let admin = match get(names.admin_secret()) {
         Some(s) => AdminTokens::from_secret(&s, &names.admin_secret())?,
         None if admin_generated => AdminTokens::generate(),
         None => {
@@ -325,10 +329,6 @@ async fn read_keys(
             )));
         }
     };
-    let mut tls = BTreeMap::new();
-    for role in TIERS {
-        tls.insert(role, get(names.tls_secret(role)).await?);
-    }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
     let ring = match cms
         .get_opt(&names.trust_bundle())
@@ -353,7 +353,7 @@ async fn read_keys(
         admin,
         admin_generated,
         ring,
-        tls,
+        secrets,
     })
 }
 
@@ -669,7 +669,10 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     }
     for role in TIERS {
         let replicas = build::tier_spec(c, role).replicas;
-        let existing = keys.tls.get(&role).and_then(Option::as_ref);
+        let existing = keys
+            .secrets
+            .get(&names.tls_secret(role))
+            .and_then(Option::as_ref);
         desired.push(keys.ca.tier_secret(&names, role, replicas, existing)?);
     }
     desired.push(build::trust_bundle(&names, &keys.ring.to_bundle()));
@@ -711,11 +714,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         let unchanged = if kind == "Secret" {
             // Secrets carry no hash annotation (not even a hash of a key
             // leaves the Secret); compare the data itself.
-            match secrets
-                .get_opt(&name)
-                .await
-                .map_err(api_err(format!("reading Secret {name}")))?
-            {
+            match keys.secrets.get(&name).and_then(Option::as_ref) {
                 Some(s) => serde_json::to_value(&s.data).unwrap_or(Value::Null) == obj["data"],
                 None => false,
             }
@@ -724,7 +723,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
             obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
             live.objects
                 .get(&(kind.clone(), name.clone()))
-                .is_some_and(|o| o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash))
+                .is_some_and(|(_, o)| o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash))
         };
         if unchanged {
             continue;
@@ -752,27 +751,11 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     }
 
     // Prune what is no longer wanted.
-    for ((kind, name), obj) in &live.objects {
+    for ((kind, name), (ar, _)) in &live.objects {
         if applied_names.iter().any(|(k, n)| k == kind && n == name) {
             continue;
         }
-        let ar = obj
-            .types
-            .as_ref()
-            .map(|t| {
-                let (g, v) = t
-                    .api_version
-                    .split_once('/')
-                    .unwrap_or(("", &t.api_version));
-                ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, &t.kind))
-            })
-            .unwrap_or_else(|| {
-                pruned_kinds()
-                    .into_iter()
-                    .find(|a| a.kind == *kind)
-                    .unwrap_or_else(service_monitor_resource)
-            });
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, ar);
         match api.delete(name, &DeleteParams::background()).await {
             Ok(_) => ctx
                 .metrics
@@ -878,14 +861,14 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         condition(
             "KeyRotation",
             rotating,
-            &format!("{:?}", outcome.phase),
+            outcome.phase.as_str(),
             outcome
                 .status
                 .waiting_for
                 .clone()
                 .unwrap_or_else(|| match outcome.phase {
                     RotationPhase::Idle => "no rotation in progress".into(),
-                    p => format!("{p:?}"),
+                    p => p.as_str().into(),
                 }),
             generation,
         ),
@@ -921,18 +904,11 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     if outcome.phase != phase || outcome.phase != RotationPhase::Idle {
         let ns = names.namespace.as_str();
         let cl = names.cluster.as_str();
-        for p in [
-            "Idle",
-            "Staged",
-            "Distributing",
-            "Activating",
-            "Draining",
-            "Retiring",
-        ] {
+        for p in RotationPhase::ALL {
             let _ = ctx
                 .metrics
                 .rotation_phase_seconds
-                .remove_label_values(&[ns, cl, p]);
+                .remove_label_values(&[ns, cl, p.as_str()]);
         }
         let since = outcome
             .status
@@ -942,7 +918,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
             .unwrap_or(now);
         ctx.metrics
             .rotation_phase_seconds
-            .with_label_values(&[ns, cl, &format!("{:?}", outcome.phase)])
+            .with_label_values(&[ns, cl, outcome.phase.as_str()])
             .set(now.duration_since(since).as_secs_f64());
     }
     patch_status(client, c, &status).await?;

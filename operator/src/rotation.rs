@@ -164,7 +164,7 @@ pub fn step(
     let enter = |out: &mut Outcome, phase: RotationPhase, note: String| {
         out.phase = phase;
         out.status.phase_since = Some(now.clone());
-        out.event = Some((format!("KeyRotation{phase:?}"), note));
+        out.event = Some((format!("KeyRotation{}", phase.as_str()), note));
     };
     if input.spec.paused {
         if input.phase != RotationPhase::Idle {
@@ -366,6 +366,28 @@ mod tests {
                 now: "2026-01-01T00:00:00Z".parse().unwrap(),
             }
         }
+        /// One step at the world's phase, status and time.
+        fn run(
+            &mut self,
+            spec: &KeyRotationSpec,
+            trigger: Option<&str>,
+            pods: &[PodReport],
+            expected_pods: usize,
+            drain: Duration,
+        ) -> Outcome {
+            let input = Input {
+                spec,
+                trigger,
+                phase: self.phase,
+                status: &self.status,
+                created: None,
+                now: self.now,
+                drain,
+                pods,
+                expected_pods,
+            };
+            step(&input, &mut self.keys, &mut self.ring).unwrap()
+        }
         /// One step with every pod at `generation` and the origin holding
         /// whichever keys the Secret has.
         fn step(&mut self, generation: u64, trigger: Option<&str>) -> Outcome {
@@ -375,18 +397,7 @@ mod tests {
             }
             let pods = reports(generation, &signable);
             let spec = spec();
-            let input = Input {
-                spec: &spec,
-                trigger,
-                phase: self.phase,
-                status: &self.status,
-                created: None,
-                now: self.now,
-                drain: Duration::from_secs(3605),
-                pods: &pods,
-                expected_pods: 3,
-            };
-            let out = step(&input, &mut self.keys, &mut self.ring).unwrap();
+            let out = self.run(&spec, trigger, &pods, 3, Duration::from_secs(3605));
             self.phase = out.phase;
             self.status = out.status.clone();
             out
@@ -462,18 +473,7 @@ mod tests {
         // The origin reports the bundle but only the old secret key.
         let pods = reports(g, &[w.keys.current.key_id().to_string()]);
         let spec = spec();
-        let input = Input {
-            spec: &spec,
-            trigger: Some("go"),
-            phase: w.phase,
-            status: &w.status,
-            created: None,
-            now: w.now,
-            drain: Duration::from_secs(1),
-            pods: &pods,
-            expected_pods: 3,
-        };
-        let out = step(&input, &mut w.keys, &mut w.ring).unwrap();
+        let out = w.run(&spec, Some("go"), &pods, 3, Duration::from_secs(1));
         assert_eq!(out.phase, RotationPhase::Distributing);
         assert!(out.reload_origins);
         assert_ne!(
@@ -510,36 +510,14 @@ mod tests {
         let mut spec = spec();
         spec.paused = true;
         let pods = reports(0, &[]);
-        let input = Input {
-            spec: &spec,
-            trigger: Some("p"),
-            phase: w.phase,
-            status: &w.status,
-            created: None,
-            now: w.now,
-            drain: Duration::from_secs(1),
-            pods: &pods,
-            expected_pods: 3,
-        };
-        let out = step(&input, &mut w.keys, &mut w.ring).unwrap();
+        let out = w.run(&spec, Some("p"), &pods, 3, Duration::from_secs(1));
         assert_eq!(out.phase, RotationPhase::Staged);
         assert!(out.status.waiting_for.unwrap().contains("paused"));
         w.step(0, Some("p"));
         let mut pods = reports(w.ring.generation(), &[]);
         pods[2].view = Err("connection refused".into());
         let spec = KeyRotationSpec::default();
-        let input = Input {
-            spec: &spec,
-            trigger: Some("p"),
-            phase: w.phase,
-            status: &w.status,
-            created: None,
-            now: w.now,
-            drain: Duration::from_secs(1),
-            pods: &pods[..],
-            expected_pods: 4,
-        };
-        let out = step(&input, &mut w.keys, &mut w.ring).unwrap();
+        let out = w.run(&spec, Some("p"), &pods[..], 4, Duration::from_secs(1));
         let why = out.status.waiting_for.unwrap();
         assert!(
             why.contains("e-0 (connection refused)") && why.contains("1 pod(s) not running"),
