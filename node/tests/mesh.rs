@@ -16,7 +16,6 @@ use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits};
 use dcdn_node::up::plan::Counts;
 use std::time::Duration;
 use support::cluster::TestCluster;
-use support::impair::{Impairment, Proxy};
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
     (0..len)
@@ -153,31 +152,15 @@ async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
     const N: usize = 200;
     const LEN: usize = 16_000;
     for loss in [0.0, 0.01, 0.05, 0.10] {
-        let (plan, dir) = TestCluster::plan(
+        let (c, proxy) = TestCluster::start_with_lossy_relay_link(
             "loss",
             Counts {
                 relays: 1,
                 edges: 1,
             },
             small,
-        );
-        let relay_mesh = plan
-            .nodes
-            .iter()
-            .find(|n| n.role == Role::Relay)
-            .unwrap()
-            .mesh;
-        let imp = Impairment {
             loss,
-            ..Impairment::default()
-        };
-        let proxy = Proxy::start(relay_mesh, imp, imp, 42).await.unwrap();
-        let proxy_addr = proxy.addr.to_string();
-        let c = TestCluster::start_planned(plan, dir, move |cfg| {
-            if cfg.node.role == Role::Edge {
-                cfg.discovery.upstream = vec![proxy_addr.clone()];
-            }
-        })
+        )
         .await;
         let live = publish_live(&c, "loss", N, LEN, Duration::from_millis(5)).await;
         let edge_i = c.by_role(Role::Edge)[0];

@@ -18,7 +18,6 @@ use dcdn_node::up::plan::Counts;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
-use support::impair::{Impairment, Proxy};
 
 const EDGES: usize = 6;
 const CHUNK_KB: u64 = 256;
@@ -55,7 +54,7 @@ struct Real {
 
 async fn real_run(loss: f64) -> Real {
     let began = Instant::now();
-    let (plan, dir) = TestCluster::plan(
+    let (c, proxy) = TestCluster::start_with_lossy_relay_link(
         "fidelity",
         Counts {
             relays: 1,
@@ -64,24 +63,8 @@ async fn real_run(loss: f64) -> Real {
         |c| {
             c.origin.chunk_size_kb = dcdn_node::config::Bounded::new(CHUNK_KB).unwrap();
         },
-    );
-    let relay_mesh = plan
-        .nodes
-        .iter()
-        .find(|n| n.role == Role::Relay)
-        .unwrap()
-        .mesh;
-    let imp = Impairment {
         loss,
-        ..Impairment::default()
-    };
-    let proxy = Proxy::start(relay_mesh, imp, imp, 42).await.unwrap();
-    let proxy_addr = proxy.addr.to_string();
-    let c = TestCluster::start_planned(plan, dir, move |cfg| {
-        if cfg.node.role == Role::Edge {
-            cfg.discovery.upstream = vec![proxy_addr.clone()];
-        }
-    })
+    )
     .await;
     println!("cluster up after {:?}", began.elapsed());
     let origin = c.origin().running().shared.clone();

@@ -97,6 +97,37 @@ impl TestCluster {
         Self::start_planned(plan, dir, adjust).await
     }
 
+    /// A cluster whose edges reach the (first) relay only through a seeded
+    /// UDP proxy dropping `loss` of datagrams both ways.
+    pub async fn start_with_lossy_relay_link(
+        tag: &str,
+        counts: Counts,
+        tweak: impl Fn(&mut NodeConfig),
+        loss: f64,
+    ) -> (Self, crate::support::impair::Proxy) {
+        use crate::support::impair::{Impairment, Proxy};
+        let (plan, dir) = Self::plan(tag, counts, tweak);
+        let relay_mesh = plan
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::Relay)
+            .unwrap()
+            .mesh;
+        let imp = Impairment {
+            loss,
+            ..Impairment::default()
+        };
+        let proxy = Proxy::start(relay_mesh, imp, imp, 42).await.unwrap();
+        let proxy_addr = proxy.addr.to_string();
+        let cluster = Self::start_planned(plan, dir, move |cfg| {
+            if cfg.node.role == Role::Edge {
+                cfg.discovery.upstream = vec![proxy_addr.clone()];
+            }
+        })
+        .await;
+        (cluster, proxy)
+    }
+
     /// Lays the cluster out without starting it (to learn its addresses).
     pub fn plan(tag: &str, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> (Plan, PathBuf) {
         let dir = temp_dir(tag);
