@@ -1,21 +1,20 @@
 //! DCDN node library: the parts of an origin, relay or edge node.
 //!
 //! Each module owns one part of `ARCHITECTURE.md`. The protocol cores
-//! (`fec`, `crypto`, `p2p`, `store`) take time and randomness as arguments and
-//! do no I/O, so they are driven deterministically by tests and by the
-//! simulator; the transport and HTTP servers are thin shells around them.
+//! (`chunk`, `fec`, `crypto`, `p2p`, `store`) live in the `dcdn-core` crate,
+//! which depends on no async runtime, socket or HTTP library; they are
+//! re-exported here under their old paths so `crate::fec` and
+//! `dcdn_node::chunk` name the same items the simulator drives. The transport
+//! and HTTP servers are thin shells around them.
 
 pub mod admin;
 pub mod bench;
-pub mod chunk;
 pub mod client;
 pub mod config;
-pub mod crypto;
-pub mod fec;
 pub mod metrics;
-pub mod p2p;
 pub mod roles;
 pub mod sim;
-pub mod store;
 pub mod transport;
 pub mod up;
+
+pub use dcdn_core::{chunk, crypto, fec, p2p, store};
