@@ -16,6 +16,58 @@ pub struct UpOptions {
     pub check: bool,
     /// The `dcdn` binary to start for each node.
     pub program: std::path::PathBuf,
+    /// Print [`UpReport`] as JSON instead of text.
+    pub json: bool,
+}
+
+/// One node of a local DCDN, as `dcdn up --json` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeUrls {
+    pub name: String,
+    pub role: crate::config::Role,
+    pub mesh: String,
+    /// Origin ingest base URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<String>,
+    /// Edge client base URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<String>,
+    pub admin: String,
+}
+
+/// What `dcdn up --json` prints: once every node is ready, or with
+/// `--check`, after the check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpReport {
+    pub dir: std::path::PathBuf,
+    /// The throwaway ingest token of this local DCDN.
+    pub ingest_token: String,
+    pub nodes: Vec<NodeUrls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<check::Report>,
+}
+
+impl UpReport {
+    fn new(plan: &plan::Plan) -> Self {
+        use crate::config::Role;
+        Self {
+            dir: plan.dir.clone(),
+            ingest_token: plan.ingest_token.clone(),
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| NodeUrls {
+                    name: n.name.clone(),
+                    role: n.role,
+                    mesh: n.mesh.to_string(),
+                    ingest: (n.role == Role::Origin).then(|| format!("http://{}", n.http)),
+                    serve: (n.role == Role::Edge).then(|| format!("http://{}", n.http)),
+                    admin: format!("http://{}", n.admin),
+                })
+                .collect(),
+            check: None,
+        }
+    }
 }
 
 /// Starts the cluster; with `check`, runs the check and stops; otherwise runs
@@ -48,8 +100,16 @@ async fn start_and_serve(
             },
         )?;
     }
-    cluster.wait_ready(Duration::from_secs(30)).await?;
-    print_urls(plan, &plan.dir);
+    let bar = crate::cli::progress::steps(plan.nodes.len() as u64, "starting");
+    let ready = cluster.wait_ready(Duration::from_secs(30), &bar).await;
+    bar.finish_and_clear();
+    ready?;
+    let mut report = UpReport::new(plan);
+    if !opts.json {
+        print_urls(plan, &plan.dir);
+    } else if !opts.check {
+        println!("{}", serde_json::to_string(&report)?);
+    }
     let origin = plan
         .origin()
         .ok_or_else(|| anyhow::anyhow!("the plan has no origin"))?;
@@ -60,14 +120,22 @@ async fn start_and_serve(
             edges: plan.edges().map(|e| format!("http://{}", e.http)).collect(),
             origin_admin: Some(format!("http://{}", origin.admin)),
         };
-        let outcomes = check::run(&targets, check::CheckSizes::default()).await;
-        let ok = check::report(&outcomes);
+        let outcome = check::run(&targets, check::CheckSizes::default()).await;
+        let ok = outcome.ok;
+        if opts.json {
+            report.check = Some(outcome);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{outcome}");
+        }
         if !ok {
             eprintln!("logs: {}", plan.dir.display());
         }
         return Ok(ok);
     }
-    println!("\nPress Ctrl-C to stop.");
+    if !opts.json {
+        println!("\nPress Ctrl-C to stop.");
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -85,7 +153,7 @@ async fn start_and_serve(
             }
         }
     }
-    println!("stopping");
+    eprintln!("stopping");
     Ok(true)
 }
 
