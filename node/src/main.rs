@@ -477,7 +477,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .find_map(|n| Some((n.exit?, n.error.clone()?)))
             {
-                Some((exit, e)) => Err(Failure::new(exit, e)),
+                Some((exit, e)) => Err(Failure::error(exit, e)),
                 None => Ok(()),
             }
         }

@@ -84,7 +84,7 @@ pub enum Failure {
 
 impl Failure {
     /// A failure with the meaning of `exit` (`Ok` and `Error` become a plain error).
-    pub fn new(exit: Exit, message: String) -> anyhow::Error {
+    pub fn error(exit: Exit, message: String) -> anyhow::Error {
         match exit {
             Exit::Usage => Self::Usage(message).into(),
             Exit::CheckFailed => Self::CheckFailed(message).into(),

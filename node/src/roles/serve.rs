@@ -564,16 +564,20 @@ mod tests {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")), i + 1))
+                Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+                    i + 1,
+                ))
             });
             axum::body::Body::from_stream(pieces)
         };
-        let app = Router::new()
-            .route("/slow", get(slow))
-            .layer(axum::middleware::from_fn_with_state(
-                metrics.clone(),
-                count_requests,
-            ));
+        let app =
+            Router::new()
+                .route("/slow", get(slow))
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics.clone(),
+                    count_requests,
+                ));
         let resp = app
             .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
             .await
@@ -582,7 +586,11 @@ mod tests {
         assert_eq!(&body[..], b"xxx");
         let h = metrics.http_duration.with_label_values(&["/slow"]);
         assert_eq!(h.get_sample_count(), 1);
-        assert!(h.get_sample_sum() >= 0.3, "observed {}s", h.get_sample_sum());
+        assert!(
+            h.get_sample_sum() >= 0.3,
+            "observed {}s",
+            h.get_sample_sum()
+        );
     }
 
     #[derive(Default)]
