@@ -132,7 +132,12 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     Stdout,
+    /// A regular file (or one to create): written as `FILE.part`, renamed.
     File(PathBuf),
+    /// Something that exists and is not a regular file (`/dev/null`, a
+    /// FIFO): written in place. A `.part` beside `/dev/null` cannot be
+    /// created in a read-only image, and renaming onto it would replace it.
+    Special(PathBuf),
 }
 
 impl Output {
@@ -140,6 +145,8 @@ impl Output {
     pub fn parse(s: &Path) -> Self {
         if s.as_os_str() == "-" {
             Self::Stdout
+        } else if std::fs::metadata(s).is_ok_and(|m| !m.is_file()) {
+            Self::Special(s.to_owned())
         } else {
             Self::File(s.to_owned())
         }
@@ -204,12 +211,13 @@ pub fn part_path(output: &Path) -> PathBuf {
 pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
     let part = match &f.output {
         Output::File(path) => Some(part_path(path)),
-        Output::Stdout if f.resume => {
-            return Err(
-                Failure::Usage("--continue needs a file to continue (-o FILE)".into()).into(),
-            );
+        Output::Stdout | Output::Special(_) if f.resume => {
+            return Err(Failure::Usage(
+                "--continue needs a regular file to continue (-o FILE)".into(),
+            )
+            .into());
         }
-        Output::Stdout => None,
+        Output::Stdout | Output::Special(_) => None,
     };
     // Hash what is already there, so the digest covers the whole object.
     let mut hasher = blake3::Hasher::new();
@@ -262,7 +270,16 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
                 .await
                 .with_context(|| format!("creating {}", part.display()))?,
         ),
-        None => Box::new(tokio::io::stdout()),
+        None => match &f.output {
+            Output::Special(path) => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            _ => Box::new(tokio::io::stdout()),
+        },
     };
     let bar = progress::bytes(remaining.map(|r| r + offset), "fetch");
     bar.set_position(offset);
@@ -304,6 +321,7 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
                 .with_context(|| format!("renaming {} to {}", part.display(), path.display()))?;
             path.display().to_string()
         }
+        (Output::Special(path), _) => path.display().to_string(),
         _ => "-".to_owned(),
     };
     Ok(Fetched {
