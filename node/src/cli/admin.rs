@@ -207,7 +207,7 @@ impl std::fmt::Display for ClusterStatus {
         nodes.sort_by_key(|n| (tier(n.role.as_deref()), n.name.clone()));
         for n in nodes {
             if let Some(e) = &n.error {
-                writeln!(f, "{:<16} {:<7} unreachable: {e}", "?", "?")?;
+                writeln!(f, "{:<16} {:<7} error: {e}", "?", "?")?;
                 continue;
             }
             let store = match (n.store_bytes, n.store_budget_bytes) {

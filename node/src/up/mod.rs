@@ -176,11 +176,29 @@ fn print_urls(plan: &plan::Plan, dir: &Path) {
     }
     if let Some(o) = plan.origin() {
         println!(
-            "\npublish: curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME",
+            "\npublish: dcdn publish FILE --origin http://{} --token {}",
+            o.http, plan.ingest_token
+        );
+        println!(
+            "         (curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME)",
             plan.ingest_token, o.http
         );
         if let Some(e) = plan.edges().next() {
-            println!("fetch:   curl http://{}/v1/objects/NAME", e.http);
+            println!(
+                "fetch:   dcdn fetch http://{}/v1/objects/NAME -o FILE",
+                e.http
+            );
+            println!("         (curl -o FILE http://{}/v1/objects/NAME)", e.http);
         }
+        let admins: Vec<String> = plan
+            .nodes
+            .iter()
+            .map(|n| format!("http://{}", n.admin))
+            .collect();
+        println!(
+            "status:  dcdn status --admin {} --token $(cat {})",
+            admins.join(","),
+            plan.dir.join("admin-token").display()
+        );
     }
 }
