@@ -25,6 +25,8 @@ struct Stub {
     objects: Mutex<HashMap<String, Vec<u8>>>,
     /// Every `Range` header the edge was sent.
     ranges: Mutex<Vec<String>>,
+    /// Bodies of `POST /ok/v1/keys`.
+    key_posts: Mutex<Vec<serde_json::Value>>,
 }
 
 type S = State<Arc<Stub>>;
@@ -96,6 +98,34 @@ async fn admin_status(h: HeaderMap) -> Response {
     }
 }
 
+/// A healthy node's admin API under `/ok` (`role` edge, one active key).
+async fn ok_status() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "name": "edge-0", "role": "edge", "version": "0.1.0", "uptime_seconds": 5,
+        "config_hash": "x", "keyring_generation": 2, "active_key": "00000000000000aa",
+        "peers": 3, "chunks": 10, "store_bytes": 1024,
+    }))
+}
+
+async fn ok_store() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "chunks": 10, "bytes": 1024, "budget_bytes": 4096 }))
+}
+
+async fn ok_keys() -> axum::Json<serde_json::Value> {
+    axum::Json(
+        serde_json::json!({ "generation": 2, "active": "00000000000000aa",
+        "keys": [{ "id": "00000000000000aa", "public_key": "ab", "state": "active", "can_sign_here": false }] }),
+    )
+}
+
+async fn ok_add_key(
+    State(s): S,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::Json<serde_json::Value> {
+    s.key_posts.lock().push(body);
+    axum::Json(serde_json::json!({ "generation": 3, "id": "00000000000000bb" }))
+}
+
 /// Serves the stub on a thread of its own; returns its base URL.
 fn start_stub() -> (String, Arc<Stub>) {
     let stub = Arc::new(Stub::default());
@@ -103,6 +133,9 @@ fn start_stub() -> (String, Arc<Stub>) {
         .route("/v1/objects/{*name}", get(get_object).put(put_object))
         .route("/bad/v1/objects/{*name}", get(get_bad))
         .route("/v1/status", get(admin_status))
+        .route("/ok/v1/status", get(ok_status))
+        .route("/ok/v1/store", get(ok_store))
+        .route("/ok/v1/keys", get(ok_keys).post(ok_add_key))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(stub.clone());
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -513,5 +546,61 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
         "fetch wrote to stderr: {:?}",
         String::from_utf8_lossy(&fetched.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn status_and_admin_json_shapes() {
+    let (base, stub) = start_stub();
+    let ok = format!("{base}/ok");
+    let out = dcdn(&["status", "--admin", &ok, "--json"], &[], None);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let st = stdout_json(&out);
+    assert_eq!(st["rotation"], "steady");
+    let node = &st["nodes"][0];
+    assert_eq!(node["admin"], ok);
+    assert_eq!(node["name"], "edge-0");
+    assert_eq!(node["role"], "edge");
+    assert_eq!(node["peers"], 3);
+    assert_eq!(node["store_bytes"], 1024);
+    assert_eq!(node["store_budget_bytes"], 4096);
+    assert_eq!(node["active_key"], "00000000000000aa");
+    assert_eq!(node["trusted_keys"], 0);
+    assert!(node.get("error").is_none());
+    // The table names the node and the store fill.
+    let out = dcdn(&["status"], &[("DCDN_ADMIN_URL", &ok)], None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("edge-0") && table.contains("(25%)"),
+        "{table}"
+    );
+
+    let key = "ab".repeat(32);
+    let out = dcdn(
+        &["admin", "--node", &ok, "--token", "t", "keys", "add", &key],
+        &[],
+        None,
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["id"], "00000000000000bb");
+    assert_eq!(stub.key_posts.lock()[0]["public_key"], key);
+}
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_pages_are_generated() {
+    let out = dcdn(&["--version"], &[], None);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with("dcdn 0.") && version.contains("(commit "),
+        "{version}"
+    );
+    let out = dcdn(&["completion", "bash"], &[], None);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fetch"));
+    let dir = temp_dir("man");
+    let out = dcdn(&["man", "--out", dir.to_str().unwrap()], &[], None);
+    assert_eq!(code(&out), 0);
+    let page = std::fs::read_to_string(dir.join("dcdn-fetch.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("continue"), "{page}");
     let _ = std::fs::remove_dir_all(&dir);
 }
