@@ -179,7 +179,11 @@ fn dcdn(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     let mut child = cmd.spawn().expect("running dcdn");
     if let Some(input) = stdin {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
+        // A command that fails before reading (a usage error) closes its
+        // stdin: a broken pipe here is that, not a test failure.
+        if let Err(e) = child.stdin.take().unwrap().write_all(input) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
     }
     child.wait_with_output().unwrap()
 }
