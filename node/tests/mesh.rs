@@ -12,7 +12,8 @@ use dcdn_node::config::Role;
 use dcdn_node::crypto::Signer;
 use dcdn_node::fec::Encoder;
 use dcdn_node::roles::framing;
-use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits};
+use dcdn_node::roles::mesh::CLOSE_BANNED;
+use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits, NodeIdentity};
 use dcdn_node::up::plan::Counts;
 use std::time::Duration;
 use support::cluster::TestCluster;
@@ -266,20 +267,46 @@ async fn a_relay_killed_mid_stream_loses_no_chunk() {
     c.stop().await;
 }
 
+/// A fresh edge certificate from the cluster CA.
+fn member_identity(c: &TestCluster, name: &str) -> NodeIdentity {
+    let ca = ClusterCa::load(&c.dir.join("ca.pem"), &c.dir.join("ca.key")).unwrap();
+    ca.issue_node(name, Role::Edge).unwrap()
+}
+
 /// Connects to `addr` as a cluster member with a fresh edge certificate and
 /// does the hello exchange; returns the connection.
 async fn member_connection(c: &TestCluster, addr: std::net::SocketAddr) -> quinn::Connection {
-    let ca = ClusterCa::load(&c.dir.join("ca.pem"), &c.dir.join("ca.key")).unwrap();
-    let id = ca.issue_node("mallory", Role::Edge).unwrap();
+    member_connection_as(c, &member_identity(c, "mallory"), addr)
+        .await
+        .unwrap()
+}
+
+/// Connects to `addr` as `id` (trusting the cluster CA) and does the hello
+/// exchange; the error says how the node refused (its close code, when it
+/// closed the connection).
+async fn member_connection_as(
+    c: &TestCluster,
+    id: &NodeIdentity,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let ca_pem = std::fs::read_to_string(c.dir.join("ca.pem")).unwrap();
     let ep = MeshEndpoint::bind(
         "127.0.0.1:0".parse().unwrap(),
-        &id,
-        ca.cert_pem(),
+        id,
+        &ca_pem,
         MeshLimits::default(),
     )
     .unwrap();
-    let pc = ep.connect(addr).await.unwrap();
-    let (mut send, mut recv) = pc.connection.open_bi().await.unwrap();
+    let pc = ep.connect(addr).await.map_err(|e| e.to_string())?;
+    let refused = |e: String| match pc.connection.close_reason() {
+        Some(reason) => format!("{e}; connection closed: {reason}"),
+        None => e,
+    };
+    let (mut send, mut recv) = pc
+        .connection
+        .open_bi()
+        .await
+        .map_err(|e| refused(e.to_string()))?;
     framing::write_frame(
         &mut send,
         &Frame::Hello {
@@ -289,14 +316,14 @@ async fn member_connection(c: &TestCluster, addr: std::net::SocketAddr) -> quinn
         },
     )
     .await
-    .unwrap();
+    .map_err(|e| refused(e.to_string()))?;
     framing::read_frame(&mut recv, 65536, Duration::from_secs(5))
         .await
-        .unwrap();
+        .map_err(|e| refused(e.to_string()))?;
     // Keep the endpoint alive with the connection.
     std::mem::forget(ep);
     std::mem::forget((send, recv));
-    pc.connection
+    Ok(pc.connection)
 }
 
 async fn send_chunk_as_shards(
@@ -322,7 +349,7 @@ async fn send_chunk_as_shards(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_malicious_peer_is_banned_and_nothing_corrupt_is_served() {
+async fn a_malicious_peer_is_banned_kept_out_and_nothing_corrupt_is_served() {
     let c = TestCluster::start(
         "evil",
         Counts {
@@ -335,7 +362,11 @@ async fn a_malicious_peer_is_banned_and_nothing_corrupt_is_served() {
     .await;
     let edge_i = c.by_role(Role::Edge)[0];
     let edge = &c.nodes[edge_i];
-    let conn = member_connection(&c, edge.mesh()).await;
+    let mallory = member_identity(&c, "mallory");
+    let mallory_id = mallory.peer_id().unwrap();
+    let conn = member_connection_as(&c, &mallory, edge.mesh())
+        .await
+        .unwrap();
     let real = Signer::load(&c.dir.join("signing.key")).unwrap();
     let rogue = Signer::generate(&mut rand::rngs::OsRng);
     let stream = StreamId::from_name("victim");
@@ -354,13 +385,37 @@ async fn a_malicious_peer_is_banned_and_nothing_corrupt_is_served() {
     let valid_looking =
         real.sign_chunk(ChunkId::new(stream, 10), Bytes::from(vec![0xAB; 3000]), now);
     send_chunk_as_shards(&conn, valid_looking, true).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The ban closes the connection with the ban's code: wait for it.
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("the malicious peer must be disconnected");
+    assert_eq!(
+        application_close_code(&closed),
+        Some(CLOSE_BANNED),
+        "closed with {closed:?}"
+    );
     let rejected = edge.metric("dcdn_chunks_rejected_total", &[]);
     assert!(rejected >= 3.0, "rejections: {rejected}");
+    let shared = &edge.running().shared;
     assert!(
-        conn.close_reason().is_some(),
-        "the malicious peer must be disconnected"
+        shared
+            .reputation
+            .lock()
+            .is_banned(mallory_id, std::time::Instant::now()),
+        "the reputation must hold the ban"
     );
+    shared.refresh_gauges();
+    assert_eq!(edge.metric("dcdn_peers", &[("state", "banned")]), 1.0);
+    // Reconnecting with the same certificate is refused for the ban's
+    // duration: the connection is closed with the ban's code before the
+    // hello is answered, and the refusal is counted.
+    let err = match member_connection_as(&c, &mallory, edge.mesh()).await {
+        Ok(_) => panic!("a banned peer's reconnect must be refused"),
+        Err(e) => e,
+    };
+    assert!(err.contains("403"), "refused with: {err}");
+    assert!(edge.metric("dcdn_handshakes_refused_total", &[("reason", "banned")]) >= 1.0);
+    assert!(edge.metric("dcdn_banned_refused_total", &[("path", "handshake")]) >= 1.0);
     // The real stream, published afterwards, is what the edge serves.
     let live = publish_live(&c, "victim", 12, 3000, Duration::from_millis(5)).await;
     assert_eq!(live.first, 0);
@@ -369,10 +424,19 @@ async fn a_malicious_peer_is_banned_and_nothing_corrupt_is_served() {
         (live.chunks, true)
     );
     // The honest relay is not banned: the edge is still connected to it.
-    let peers = edge.running().shared.peer_list_len();
-    assert!(peers >= 1);
-    assert_eq!(edge.metric("dcdn_peers", &[("state", "banned")]), 0.0);
+    assert!(shared.peer_list_len() >= 1);
+    shared.refresh_gauges();
+    assert_eq!(edge.metric("dcdn_peers", &[("state", "banned")]), 1.0);
     c.stop().await;
+}
+
+fn application_close_code(e: &quinn::ConnectionError) -> Option<u32> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            u32::try_from(close.error_code.into_inner()).ok()
+        }
+        _ => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

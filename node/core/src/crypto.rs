@@ -848,6 +848,14 @@ impl Reputation {
             .is_some_and(|u| u > now)
     }
 
+    /// How many peers are serving a ban at `now`.
+    pub fn banned(&self, now: Instant) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.banned_until.is_some_and(|u| u > now))
+            .count()
+    }
+
     /// The peer's current score (0 = spotless).
     pub fn score(&self, peer: PeerId, now: Instant) -> f64 {
         self.peers.get(&peer).map_or(0.0, |s| self.decayed(s, now))
