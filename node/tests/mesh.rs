@@ -5,7 +5,7 @@
 mod support;
 
 use bytes::Bytes;
-use dcdn_node::chunk::wire::{Frame, WireRole};
+use dcdn_node::chunk::wire::{Frame, ShardFrame, WireRole};
 use dcdn_node::chunk::{ChunkId, StreamId};
 use dcdn_node::client::Client;
 use dcdn_node::config::Role;
@@ -467,8 +467,19 @@ async fn a_node_without_cluster_credentials_cannot_connect() {
     c.stop().await;
 }
 
+/// Resident memory of this process (the nodes run in it), from procfs.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flood_of_incomplete_fec_groups_stays_under_the_reassembly_cap() {
+async fn a_flood_of_hostile_fec_headers_stays_under_the_reassembly_cap_in_real_memory() {
     let c = TestCluster::start(
         "flood",
         Counts {
@@ -484,28 +495,73 @@ async fn a_flood_of_incomplete_fec_groups_stays_under_the_reassembly_cap() {
     .await;
     let edge = &c.nodes[c.by_role(Role::Edge)[0]];
     let conn = member_connection(&c, edge.mesh()).await;
-    let mut enc = Encoder::new();
+    // Each datagram is ~40 bytes and declares the most a header can: the
+    // most blocks, 256 shards a group. Before the fix one of them made the
+    // edge hold ~2 MiB, so this flood cost ~800 MiB.
+    const DATAGRAMS: u64 = 400;
+    // k = 1 completes its block at once (the edge keeps the block and, before
+    // the fix, a slot for every declared block); k = 2 keeps a group of 256
+    // shard slots open.
+    let hostile = |seq: u64, blocks: u16| ShardFrame {
+        chunk: ChunkId::new(StreamId(7), seq),
+        block: blocks - 1,
+        blocks,
+        k: 1 + u16::from(seq % 4 == 1),
+        m: 254,
+        index: 0,
+        block_len: 1,
+        data: Bytes::from_static(&[0xAA]),
+    };
+    let before = rss_bytes();
+    let mut peak = before;
     let mut max_held = 0;
-    for seq in 0..3000u64 {
-        let junk = Bytes::from(vec![seq as u8; 20_000]);
-        let shards = enc
-            .encode_chunk(ChunkId::new(StreamId(7), seq), &junk, 1100, 16, 4)
-            .unwrap();
+    for seq in 0..DATAGRAMS {
+        // Half declare more blocks than any chunk has, half the most a
+        // 4 MiB chunk can have.
+        let blocks = if seq % 2 == 0 { u16::MAX } else { 16_000 };
         let _ = conn
-            .send_datagram_wait(Frame::Shard(shards[0].clone()).to_bytes())
+            .send_datagram_wait(Frame::Shard(hostile(seq, blocks)).to_bytes())
             .await;
-        if seq % 200 == 0 {
+        if seq % 50 == 0 {
+            peak = peak.max(rss_bytes());
             max_held = max_held.max(edge.running().shared.assembler.lock().stats().bytes_held);
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let st = edge.running().shared.assembler.lock().stats();
-    max_held = max_held.max(st.bytes_held);
+    // Wait until the edge has seen the whole flood: every datagram is
+    // either refused or held (or dropped for the cap).
+    let shared = &edge.running().shared;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = edge.metric("dcdn_fec_groups_total", &[("outcome", "refused")]);
+        let st = shared.assembler.lock().stats();
+        peak = peak.max(rss_bytes());
+        max_held = max_held.max(st.bytes_held);
+        let taken = refused as u64 + st.chunks_pending as u64 + st.dropped_for_cap + st.expired;
+        if taken >= DATAGRAMS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge did not take the flood in: refused {refused}, {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grew = peak.saturating_sub(before);
+    let st = shared.assembler.lock().stats();
     println!(
-        "reassembly: held at most {max_held} bytes, dropped {} groups for the cap",
+        "hostile flood of {DATAGRAMS} datagrams: process RSS grew {:.1} MiB (peak {:.1} MiB), \
+         assembler held at most {max_held} bytes, dropped {} groups for the cap",
+        grew as f64 / (1 << 20) as f64,
+        peak as f64 / (1 << 20) as f64,
         st.dropped_for_cap
     );
     assert!(max_held <= 1 << 20, "held {max_held}");
-    assert!(st.dropped_for_cap > 0);
+    // Allocator and runtime noise stay well under this; the old
+    // amplification was ~2 MiB a datagram.
+    assert!(grew < 64 << 20, "process memory grew {grew} bytes");
+    assert!(
+        edge.metric("dcdn_fec_groups_total", &[("outcome", "refused")]) >= (DATAGRAMS / 2) as f64,
+        "headers declaring more blocks than a chunk has must be refused"
+    );
     c.stop().await;
 }

@@ -432,7 +432,7 @@ async fn push_chunk(
         .max_datagram_size()
         .ok_or("peer does not accept datagrams")?;
     let shard_len = max.saturating_sub(SHARD_FRAME_OVERHEAD);
-    if shard_len < 256 {
+    if shard_len < crate::fec::MIN_SHARD_LEN {
         return Err(format!("datagram size {max} too small for FEC shards"));
     }
     let bytes = framing::encode(&Frame::Chunk(chunk.clone()));

@@ -145,6 +145,9 @@ impl NodeSettings {
             // A push upstream is one peer; half the cap lets it burst while
             // a hostile sender can never take the whole budget.
             max_bytes_per_source: max_bytes / 2,
+            // Relays and edges do not know the origin's chunk size: allow
+            // the protocol's largest.
+            max_chunk_bytes: crate::fec::MAX_CHUNK_FRAME_LEN,
         }
     }
 
