@@ -553,3 +553,59 @@ fn the_committed_openapi_document_is_current() {
     );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_public_keys_are_refused_over_the_admin_api() {
+    let c = TestCluster::start(
+        "weak-keys",
+        Counts {
+            relays: 0,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let token = std::fs::read_to_string(c.dir.join("admin-token")).unwrap();
+    let client = Client::new(Duration::from_secs(20));
+    let edge = &c.nodes[c.by_role(Role::Edge)[0]];
+    let generation = edge.running().shared.keys.read().generation();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // All-zero (order 4), the identity, and an order-8 torsion point.
+    let weak = [
+        hex::encode([0u8; 32]),
+        hex::encode(identity),
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a".to_owned(),
+    ];
+    for key in weak {
+        let headers = [(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".to_owned(),
+        )];
+        let result = client
+            .send(
+                Method::POST,
+                &format!("{}/v1/keys", edge.admin()),
+                Some(token.trim()),
+                &headers,
+                Body::from(format!("{{\"public_key\":\"{key}\"}}")),
+            )
+            .await;
+        match result {
+            Err(dcdn_node::client::ClientError::Status { status, body, .. }) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{key}: {body}");
+                let b: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(b["code"], "bad_public_key", "{key}: {body}");
+                assert!(b["message"].as_str().unwrap().contains("weak"), "{body}");
+            }
+            other => panic!("{key} was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(
+        edge.running().shared.keys.read().generation(),
+        generation,
+        "no weak key entered the ring"
+    );
+    c.stop().await;
+}
