@@ -66,6 +66,9 @@ pub struct Metrics {
     pub banned_refused: IntCounterVec,
     /// HTTP requests by `route` and `status`.
     pub http_requests: IntCounterVec,
+    /// HTTP connections refused or cut, by `listener` (http, admin) and
+    /// `reason` (per_ip_limit, header_timeout, idle_timeout).
+    pub http_refused: IntCounterVec,
     /// HTTP latency by `route`.
     pub http_duration: HistogramVec,
     /// Bytes this origin sent to the mesh divided by bytes ingested (origin only).
@@ -199,6 +202,12 @@ impl Metrics {
                 "dcdn_http_requests_total",
                 "HTTP requests by route and status.",
                 &["route", "status"],
+            )?,
+            http_refused: counter(
+                r,
+                "dcdn_http_refused_total",
+                "HTTP connections refused or cut, by listener and reason (per_ip_limit, header_timeout, idle_timeout).",
+                &["listener", "reason"],
             )?,
             http_duration: {
                 let h = HistogramVec::new(

@@ -25,6 +25,8 @@ pub struct NodeSettings {
     pub mesh_advertise: SocketAddr,
     pub http_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Slow-client limits of every HTTP listener.
+    pub http_limits: super::listener::Limits,
     pub upstreams: Option<DiscoveryConfig>,
     pub peers: Option<DiscoveryConfig>,
     pub store_budget_bytes: usize,
@@ -78,6 +80,11 @@ impl NodeSettings {
             mesh_advertise,
             http_listen: c.network.http_listen,
             admin_listen: c.network.admin_listen,
+            http_limits: super::listener::Limits {
+                header_timeout: Duration::from_millis(c.network.http_header_timeout_ms.get()),
+                idle_timeout: Duration::from_millis(c.network.http_idle_timeout_ms.get()),
+                max_connections_per_ip: c.network.http_max_connections_per_ip.get() as usize,
+            },
             upstreams,
             peers,
             store_budget_bytes: (c.storage.ring_buffer_size_mb.get() as usize) << 20,
