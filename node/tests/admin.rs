@@ -686,7 +686,10 @@ async fn slow_clients_are_cut_off_and_one_ip_cannot_hold_every_connection() {
             .await
             .unwrap();
         let took = closed_within(&mut s, never).await;
-        assert!(took.is_some(), "{listener}: a partial header held the connection");
+        assert!(
+            took.is_some(),
+            "{listener}: a partial header held the connection"
+        );
         assert!(
             metric_reaches(
                 node,

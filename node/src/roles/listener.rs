@@ -117,13 +117,14 @@ pub(crate) async fn serve(
             let _slot = slot;
             let idle_fired = Arc::new(AtomicBool::new(false));
             let io = IdleTimeout::new(stream, limits.idle_timeout, idle_fired.clone());
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let router = router.clone();
-                async move {
-                    use tower::ServiceExt;
-                    router.oneshot(req.map(axum::body::Body::new)).await
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        router.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
