@@ -1241,6 +1241,37 @@ mod tests {
     }
 
     #[test]
+    fn reputation_with_time_moving_bans_a_burst_but_not_a_trickle() {
+        // The defaults the node runs with: forgery costs 10, ban at 30,
+        // scores halve every 60 s, a ban lasts 600 s.
+        let mut r = Reputation::new(ReputationConfig::default());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Forgeries 10 s apart: three have decayed below the threshold
+        // (26.9), the fourth crosses it (33.9).
+        let p = PeerId(1);
+        for s in [0, 10, 20] {
+            assert_eq!(r.record(p, &Rejection::Signature, at(s)), Verdict::Ok);
+        }
+        assert_eq!(r.record(p, &Rejection::Signature, at(30)), Verdict::Banned);
+        // The ban runs from the strike that earned it, while the score decays.
+        assert!(r.is_banned(p, at(30 + 599)));
+        assert!(!r.is_banned(p, at(30 + 601)));
+        assert!(r.score(p, at(30 + 601)) < 0.05);
+        // One forgery a minute never bans: the score settles near 20.
+        let q = PeerId(2);
+        for minute in 0..30 {
+            assert_eq!(
+                r.record(q, &Rejection::Signature, at(minute * 60)),
+                Verdict::Ok,
+                "banned at minute {minute}"
+            );
+        }
+        let settled = r.score(q, at(29 * 60));
+        assert!((19.0..20.0).contains(&settled), "score {settled}");
+    }
+
+    #[test]
     fn key_files_round_trip_and_refuse_loose_permissions() {
         let dir = std::env::temp_dir().join(format!("dcdn-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
