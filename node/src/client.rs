@@ -40,6 +40,18 @@ pub enum ClientError {
         url: String,
         after: Duration,
     },
+    #[error("GET {url}: no byte arrived for {after:?}")]
+    Stalled { url: String, after: Duration },
+}
+
+/// How long a download may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchTimeouts {
+    /// For the response's status and headers.
+    pub response: Duration,
+    /// Between two pieces of the body: a stalled server fails the fetch,
+    /// a slow but moving one does not.
+    pub idle: Duration,
 }
 
 /// A response whose status was a success.

@@ -142,15 +142,22 @@ enum Command {
         /// Object URL (http://edge:8080/v1/objects/NAME), or an object NAME
         /// looked up at --edge.
         url: String,
-        /// Output file, or `-` for standard output.
+        /// Output file (replaced only once the whole body arrived and
+        /// verified), or `-` for standard output.
         #[arg(short, long)]
         output: PathBuf,
         /// Edge client base URL, used when the argument is a NAME.
         #[arg(long, env = "DCDN_EDGE")]
         edge: Option<String>,
-        /// Resume an interrupted download from FILE.part (HTTP Range).
+        /// Keep FILE.part when interrupted, and resume from it (HTTP Range).
         #[arg(short = 'c', long = "continue")]
         resume: bool,
+        /// Seconds to wait for the response's headers.
+        #[arg(long, default_value_t = 30)]
+        response_timeout_secs: u64,
+        /// Seconds without a byte of the body before giving up.
+        #[arg(long, default_value_t = 30)]
+        idle_timeout_secs: u64,
         /// Print what was fetched as JSON (to stderr when the object goes to stdout).
         #[arg(long)]
         json: bool,
@@ -417,6 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             edge,
             resume,
+            response_timeout_secs,
+            idle_timeout_secs,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -436,6 +445,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 url,
                 output,
                 resume,
+                timeouts: dcdn_node::client::FetchTimeouts {
+                    response: std::time::Duration::from_secs(response_timeout_secs.max(1)),
+                    idle: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
+                },
             };
             let fetched = runtime()?.block_on(transfer::fetch(f))?;
             match (json, to_stdout) {

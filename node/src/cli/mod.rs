@@ -100,7 +100,9 @@ impl Failure {
 pub fn client_exit(e: &ClientError) -> Exit {
     match e {
         ClientError::Url(_) => Exit::Usage,
-        ClientError::Transport { .. } | ClientError::Timeout { .. } => Exit::Unreachable,
+        ClientError::Transport { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::Stalled { .. } => Exit::Unreachable,
         ClientError::Status { status, .. }
             if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN =>
         {

@@ -7,7 +7,7 @@
 //! stopped with an HTTP `Range` request, as `wget -c` and `curl -C -` do.
 
 use super::{Failure, progress};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use anyhow::Context;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
@@ -158,8 +158,10 @@ impl Output {
 pub struct Fetch {
     pub url: String,
     pub output: Output,
-    /// Resume from `FILE.part` with a `Range` request.
+    /// Keep `FILE.part` when interrupted and resume from it with a `Range`
+    /// request. Without it a failed fetch leaves nothing behind.
     pub resume: bool,
+    pub timeouts: crate::client::FetchTimeouts,
 }
 
 /// What `dcdn fetch --json` prints.
@@ -207,8 +209,24 @@ pub fn part_path(output: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Downloads the object, verifying it against the ETag.
+/// Downloads the object, verifying it against `Content-Length` and the
+/// ETag. `FILE` is replaced only by a verified whole; on failure `FILE.part`
+/// stays only if `--continue` asked for it.
 pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
+    let result = transfer(&f).await;
+    if let (Err(e), Output::File(path)) = (&result, &f.output) {
+        // An interrupted `--continue` fetch keeps its part to continue
+        // from; anything else leaves nothing behind (a part that failed
+        // verification is never worth continuing).
+        let interrupted = e.chain().all(|c| c.downcast_ref::<Failure>().is_none());
+        if !(f.resume && interrupted) {
+            let _ = std::fs::remove_file(part_path(path));
+        }
+    }
+    result
+}
+
+async fn transfer(f: &Fetch) -> anyhow::Result<Fetched> {
     let part = match &f.output {
         Output::File(path) => Some(part_path(path)),
         Output::Stdout | Output::Special(_) if f.resume => {
@@ -232,7 +250,7 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
             Err(e) => return Err(e).with_context(|| format!("opening {}", part.display())),
         }
     }
-    let client = Client::new(TRANSFER_TIMEOUT);
+    let client = Client::new(f.timeouts.response);
     let range = [(header::RANGE, format!("bytes={offset}-"))];
     let headers: &[_] = if offset > 0 { &range } else { &[] };
     let resp = client
@@ -285,8 +303,16 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
     bar.set_position(offset);
     let mut body = resp.into_body();
     let mut n = offset;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| crate::client::ClientError::Transport {
+    loop {
+        // A stalled server fails the fetch; a slow but moving one does not.
+        let frame = tokio::time::timeout(f.timeouts.idle, body.frame())
+            .await
+            .map_err(|_| ClientError::Stalled {
+                url: f.url.clone(),
+                after: f.timeouts.idle,
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| ClientError::Transport {
             method: hyper::Method::GET,
             url: f.url.clone(),
             message: format!("reading the body after {n} bytes: {e}"),
@@ -301,6 +327,20 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
     sink.flush().await.context("writing the output")?;
     drop(sink);
     bar.finish_and_clear();
+    if let Some(declared) = remaining.filter(|d| *d != n - offset) {
+        return Err(Failure::Verification(format!(
+            "{}: the body is {} bytes, Content-Length said {declared}",
+            f.url,
+            n - offset
+        ))
+        .into());
+    }
+    if let Some(part) = &part {
+        // On disk before the rename makes it the file.
+        std::fs::File::open(part)
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("syncing {}", part.display()))?;
+    }
     let digest = hasher.finalize().to_hex().to_string();
     if let Some(etag) = &etag {
         if *etag != digest {
@@ -325,7 +365,7 @@ pub async fn fetch(f: Fetch) -> anyhow::Result<Fetched> {
         _ => "-".to_owned(),
     };
     Ok(Fetched {
-        url: f.url,
+        url: f.url.clone(),
         output,
         bytes: n,
         resumed_from: offset,
