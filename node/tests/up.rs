@@ -59,7 +59,7 @@ fn dcdn_up_refuses_no_edges_with_check_and_unbounded_counts() {
             .output()
             .expect("running dcdn up");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: not a usage error");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
         // Nothing was laid out.

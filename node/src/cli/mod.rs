@@ -131,6 +131,10 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         if cause.downcast_ref::<crate::config::ConfigError>().is_some() {
             return Exit::CheckFailed;
         }
+        // Counts `dcdn up` refuses are bad flags.
+        if let Some(crate::up::plan::PlanError::TooMany { .. }) = cause.downcast_ref() {
+            return Exit::Usage;
+        }
     }
     Exit::Error
 }

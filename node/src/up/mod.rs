@@ -75,10 +75,12 @@ impl UpReport {
 pub async fn run(opts: UpOptions) -> anyhow::Result<bool> {
     // The check fetches through every edge: with none it would check nothing
     // and pass.
-    anyhow::ensure!(
-        !(opts.check && opts.counts.edges == 0),
-        "--check needs at least one edge to fetch through (--edges 0 was given)"
-    );
+    if opts.check && opts.counts.edges == 0 {
+        return Err(crate::cli::Failure::Usage(
+            "--check needs at least one edge to fetch through (--edges 0 was given)".into(),
+        )
+        .into());
+    }
     let plan = plan::plan(&opts.dir, opts.counts, |_| {})?;
     let mut cluster = procs::Cluster::default();
     let result = start_and_serve(&opts, &plan, &mut cluster).await;
