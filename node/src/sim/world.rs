@@ -51,6 +51,22 @@ const LOSS_REPORT_EVERY: Nanos = 500 * MS;
 const RETRY_AFTER: Nanos = 500 * MS;
 /// The stream every simulated chunk belongs to.
 const STREAM: StreamId = StreamId(0x5133);
+/// An object run in which no node received a chunk it lacked for this long
+/// is stalled: nothing a retry timer or a choke tick does will change that,
+/// so the run stops and says so instead of idling to `max_time_s`.
+const STALL_AFTER: Nanos = 300 * SEC;
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) enum Ended {
+    /// Every object reader finished (or, live, the stream and its grace ran out).
+    #[default]
+    Complete,
+    /// `run.max_time_s` came first, while chunks were still arriving.
+    TimeLimit,
+    /// No node received a new chunk for [`STALL_AFTER`], or no event was left.
+    Stalled(&'static str),
+}
 
 /// A fixed-size bit set: which chunks a node holds.
 #[derive(Debug, Clone)]
@@ -272,6 +288,13 @@ pub(crate) struct Outcome {
     pub(crate) content_bytes: u64,
     pub(crate) chunks: u64,
     pub(crate) store_evictions: u64,
+    pub(crate) ended: Ended,
+    /// Object readers that had not finished when the run stopped.
+    pub(crate) unfinished: u64,
+    /// When a node last received a chunk it lacked, seconds.
+    pub(crate) last_progress_s: f64,
+    /// Chunks no relay or edge held at the end: what never left the origin.
+    pub(crate) chunks_nowhere: u64,
 }
 
 /// A whole simulated cluster.
@@ -300,6 +323,10 @@ pub(crate) struct World {
     /// Object readers (non-malicious edges) and how many have finished.
     readers: u64,
     readers_done: u64,
+    /// When a node last received a chunk it lacked (the stall watchdog).
+    last_progress: Nanos,
+    /// Chunks the origin does not have (tests make a stall with it).
+    withheld: Vec<u32>,
     /// One zeroed buffer of a chunk's size: every stored chunk's payload is
     /// a slice of it, so a store accounts real sizes without the bytes.
     payload: Bytes,
@@ -527,6 +554,8 @@ impl World {
             channels,
             readers: 0,
             readers_done: 0,
+            last_progress: 0,
+            withheld: Vec::new(),
             payload: Bytes::from(vec![0u8; s.chunk_bytes() as usize]),
             churn_rate: (s.churn.leave_per_hour + s.churn.crash_per_hour) * f64::from(n_edges)
                 / 3600.0,
@@ -537,6 +566,13 @@ impl World {
             w.connect_edge(e);
         }
         Ok(w)
+    }
+
+    /// The origin will not have chunk `seq`: no node can ever finish.
+    #[cfg(test)]
+    pub(crate) fn withhold(mut self, seq: u32) -> Self {
+        self.withheld.push(seq);
+        self
     }
 
     /// Frame overheads from the real wire encoder.
@@ -636,9 +672,11 @@ impl World {
             // The origin holds the whole object from the start.
             let o = &mut self.nodes[0];
             for i in 0..self.chunks {
-                o.have.set(i);
+                if !self.withheld.contains(&i) {
+                    o.have.set(i);
+                    o.held += 1;
+                }
             }
-            o.held = self.chunks;
         }
         let spread = secs(self.s.peers.start_spread_s);
         let tick = self.settings.unchoke_interval.as_nanos() as Nanos;
@@ -688,15 +726,31 @@ impl World {
         } else {
             Nanos::MAX
         };
+        let mut ended = Ended::Stalled("no event was left to handle");
         while let Some((now, ev)) = self.q.pop() {
-            if now > limit || now > live_end {
+            if now > live_end {
+                ended = Ended::Complete;
+                break;
+            }
+            if now > limit {
+                ended = Ended::TimeLimit;
+                break;
+            }
+            if !live && now.saturating_sub(self.last_progress) > STALL_AFTER {
+                ended = Ended::Stalled("no node received a chunk it lacked for 300 s");
                 break;
             }
             self.handle(now, ev);
             if !live && self.all_done() {
+                ended = Ended::Complete;
                 break;
             }
         }
+        if live && ended != Ended::TimeLimit {
+            // A live run ends when its stream does, not when readers finish.
+            ended = Ended::Complete;
+        }
+        self.out.ended = ended;
         self.finish()
     }
 
@@ -1016,6 +1070,9 @@ impl World {
             return;
         }
         let stored = self.stored_chunk(seq);
+        if !again {
+            self.last_progress = now;
+        }
         let n = &mut self.nodes[node as usize];
         if let Some(st) = n.store.as_ref() {
             // Fits by construction: the budget is validated >= 1 MiB and a
@@ -1393,6 +1450,16 @@ impl World {
                 None => out.held.push((label, u64::from(n.held))),
             }
         }
+        out.unfinished = self.readers.saturating_sub(self.readers_done);
+        out.last_progress_s = self.last_progress as f64 / SEC as f64;
+        let mut anywhere = Bits::new(self.chunks as usize);
+        for n in self.nodes.iter().filter(|n| n.tier != Tier::Origin) {
+            for (a, b) in anywhere.0.iter_mut().zip(&n.have.0) {
+                *a |= b;
+            }
+        }
+        let held_somewhere: u64 = anywhere.0.iter().map(|w| u64::from(w.count_ones())).sum();
+        out.chunks_nowhere = u64::from(self.chunks).saturating_sub(held_somewhere);
         let [relay, edge, rider] = std::mem::take(&mut self.latency);
         out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
         out
