@@ -1,4 +1,5 @@
-//! Edge-to-edge trading: BitTorrent's tit-for-tat choker.
+//! Edge-to-edge trading: BitTorrent's tit-for-tat choker, and (in
+//! [`picker`]) which piece to ask which peer for.
 //!
 //! Every unchoke interval the [`Choker`] ranks the interested peers by what
 //! they gave this node over a sliding window (or, once this node has nothing
@@ -12,6 +13,8 @@
 //!
 //! Sans-I/O: time and randomness are arguments, and the caller turns the
 //! returned [`ChokeChange`]s into `Choke`/`Unchoke` frames.
+
+pub mod picker;
 
 use crate::chunk::PeerId;
 use rand::Rng;
