@@ -377,7 +377,7 @@ pub fn request_order<T>(
         }
     }
     if !upstream.is_empty() {
-        let r = (seq % upstream.len() as u64) as usize;
+        let r = picker::upstream_share(seq, upstream.len());
         upstream.rotate_left(r);
     }
     edges.append(&mut upstream);

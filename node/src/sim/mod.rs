@@ -408,6 +408,35 @@ mod tests {
     }
 
     #[test]
+    fn swarming_edges_trade_more_and_finish_sooner_than_in_order_readers() {
+        // Everyone asks at once: in-order readers all want the same chunk.
+        let mut s = small_object();
+        s.peers.start_spread_s = 0.5;
+        let swarm = run(&s).unwrap();
+        s.peers.swarm = false;
+        let readers = run(&s).unwrap();
+        let p99 = |r: &Report| {
+            let e = r.completion.iter().find(|t| t.tier == "edge").unwrap();
+            assert_eq!(e.completed, e.nodes, "{:?}", r.end);
+            e.seconds.unwrap().p99
+        };
+        assert!(
+            swarm.bytes.edge_to_edge_share > readers.bytes.edge_to_edge_share + 0.2,
+            "{:?} vs {:?}",
+            swarm.bytes,
+            readers.bytes
+        );
+        assert!(
+            p99(&swarm) < 0.8 * p99(&readers),
+            "{} vs {}",
+            p99(&swarm),
+            p99(&readers)
+        );
+        // Each relay is a seed of its share: the origin still sends the object once.
+        assert_eq!(swarm.bytes.origin, swarm.content_bytes);
+    }
+
+    #[test]
     fn a_finished_run_says_complete() {
         let r = run(&small_object()).unwrap();
         assert_eq!(r.end.reason, "complete", "{:?}", r.end);
@@ -437,16 +466,26 @@ mod tests {
         let o = world::World::new(&s, false).unwrap().withhold(5).run();
         let end = end_of(&s, &o);
         assert_eq!(end.reason, "stalled", "{end:?}");
-        // In-order readers stop at the hole: what lies beyond it stays home too.
-        assert!(end.chunks_nowhere > 1, "{end:?}");
+        // Swarming edges got everything else: only the withheld chunk is nowhere.
+        assert_eq!(end.chunks_nowhere, 1, "{end:?}");
         assert_eq!(end.unfinished, 12);
         // Stopped by the watchdog, long before the default hour of virtual time.
         assert!(o.virtual_end_s < end.last_progress_s + 301.0, "{o:?}");
         assert!(
-            end.detail.contains("of 64 chunks never left the origin"),
+            end.detail.contains("1 of 64 chunks never left the origin"),
             "{}",
             end.detail
         );
+        // In-order readers alone stop at the hole: what lies beyond stays home too.
+        let mut readers = s.clone();
+        readers.peers.swarm = false;
+        let o = world::World::new(&readers, false)
+            .unwrap()
+            .withhold(5)
+            .run();
+        let end = end_of(&readers, &o);
+        assert_eq!(end.reason, "stalled", "{end:?}");
+        assert!(end.chunks_nowhere > 1, "{end:?}");
     }
 
     #[test]

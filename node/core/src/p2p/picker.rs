@@ -11,6 +11,11 @@
 //! 3. **Rarest first** among the neighbours' bitfields (upstream seeds are not
 //!    counted: they have everything and say nothing about rarity), ties
 //!    broken at random so edges asking the same seed ask for different pieces.
+//!    A seed (an upstream) is asked only for pieces at most
+//!    `seed_max_availability` neighbours have — what a neighbour has comes
+//!    from the neighbour, so the tier above hands each piece to a few edges
+//!    and edges trade the rest — unless no neighbour is being asked for
+//!    anything (then the seed is the only way forward and gets any piece).
 //! 4. **Endgame**: once every missing piece is requested, a missing piece may
 //!    be asked of another peer too (at most `endgame_requests` at once); the
 //!    first copy in wins and [`Picker::handle_received`] names the losers to
@@ -99,6 +104,27 @@ impl Bitfield {
     }
 }
 
+/// Which of `upstreams` upstreams is the first source for `piece`: the same
+/// rotation [`super::request_order`] applies, so a piece is pulled through
+/// one upstream and the tier above it sends it once.
+pub fn upstream_share(piece: u64, upstreams: usize) -> usize {
+    if upstreams == 0 {
+        return 0;
+    }
+    (piece % upstreams as u64) as usize
+}
+
+/// The pieces of `pieces` whose first source is upstream `index` of `upstreams`.
+pub fn upstream_stripe(pieces: u32, index: usize, upstreams: usize) -> Bitfield {
+    let mut b = Bitfield::new(pieces);
+    for i in 0..pieces {
+        if upstream_share(u64::from(i), upstreams) == index {
+            b.set(i);
+        }
+    }
+    b
+}
+
 /// Picker settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PickerConfig {
@@ -108,6 +134,9 @@ pub struct PickerConfig {
     pub piece_bytes: u64,
     /// Pieces picked at random before rarest-first takes over.
     pub random_first: u32,
+    /// A seed is asked for a piece only while at most this many neighbours
+    /// have it (deadline pieces and a node with no neighbour to ask excepted).
+    pub seed_max_availability: u16,
     /// Most requests for one piece at once in endgame or past its deadline.
     pub endgame_requests: u8,
     /// Pipeline bounds per peer, requests.
@@ -128,6 +157,7 @@ impl PickerConfig {
             pieces,
             piece_bytes: piece_bytes.max(1),
             random_first: 4,
+            seed_max_availability: 0,
             endgame_requests: 2,
             min_pipeline: 2,
             max_pipeline: 32,
@@ -201,6 +231,11 @@ pub struct Picker {
     availability: Vec<u16>,
     /// Requests outstanding per piece, across peers.
     requested: Vec<u8>,
+    /// Missing pieces nobody was asked for (endgame starts at zero); kept
+    /// as a count so a poll never scans the object.
+    open: u32,
+    /// Requests outstanding at neighbours (not seeds).
+    neighbour_requests: u32,
     deadlines: BTreeSet<(Instant, u32)>,
     deadline_of: HashMap<u32, Instant>,
     peers: HashMap<PeerId, Peer>,
@@ -214,6 +249,8 @@ impl Picker {
             have: Bitfield::new(n),
             availability: vec![0; n as usize],
             requested: vec![0; n as usize],
+            open: n,
+            neighbour_requests: 0,
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
             peers: HashMap::new(),
@@ -236,14 +273,34 @@ impl Picker {
 
     /// Marks a piece held without a request (pushed, or already in the store).
     pub fn mark_held(&mut self, piece: u32) {
-        if self.have.set(piece) {
+        if self.set_have(piece) {
             self.deadline_done(piece);
         }
     }
 
     /// Forgets a piece (the store evicted it): it may be picked again.
     pub fn mark_lost(&mut self, piece: u32) {
-        self.have.clear(piece);
+        if self.have.clear(piece) && self.requested[piece as usize] == 0 {
+            self.open += 1;
+        }
+    }
+
+    fn set_have(&mut self, piece: u32) -> bool {
+        if piece >= self.config.pieces || !self.have.set(piece) {
+            return false;
+        }
+        if self.requested[piece as usize] == 0 {
+            self.open -= 1;
+        }
+        true
+    }
+
+    fn add_request(&mut self, piece: u32) {
+        let n = &mut self.requested[piece as usize];
+        if *n == 0 && !self.have.get(piece) {
+            self.open -= 1;
+        }
+        *n = n.saturating_add(1);
     }
 
     /// A neighbour (an edge) with what it announced so far.
@@ -259,6 +316,18 @@ impl Picker {
     /// An upstream that has (or fetches) every piece.
     pub fn add_seed(&mut self, peer: PeerId, rtt: Duration) -> Result<(), PickerError> {
         self.insert(peer, Bitfield::full(self.config.pieces), true, rtt)
+    }
+
+    /// An upstream asked only for the pieces in `serves` (with several
+    /// upstreams, each is first source for its own share: see
+    /// [`upstream_share`]), so the tier above sends each piece once.
+    pub fn add_seed_of(
+        &mut self,
+        peer: PeerId,
+        serves: Bitfield,
+        rtt: Duration,
+    ) -> Result<(), PickerError> {
+        self.insert(peer, serves, true, rtt)
     }
 
     fn insert(
@@ -312,6 +381,9 @@ impl Picker {
                     *a = a.saturating_sub(1);
                 }
             }
+        }
+        if !p.seed {
+            self.neighbour_requests -= p.requests.len() as u32;
         }
         for r in p.requests {
             self.unrequest(r.piece);
@@ -416,7 +488,12 @@ impl Picker {
         // 2. and 3. Random first, then rarest first, among pieces nobody asked for.
         if pick.is_none() {
             let random = self.have.count() < self.config.random_first;
-            pick = self.pick_fresh(p, random, rng).map(|i| {
+            let cap = if p.seed && self.asking_neighbours() {
+                self.config.seed_max_availability
+            } else {
+                u16::MAX
+            };
+            pick = self.pick_fresh(p, random, cap, rng).map(|i| {
                 (
                     i,
                     if random {
@@ -427,18 +504,30 @@ impl Picker {
                 )
             });
         }
-        // 4. Endgame: every missing piece this peer has is already asked for.
-        if pick.is_none() {
+        // 4. Endgame: every missing piece is already asked for somewhere.
+        if pick.is_none() && self.all_missing_requested() {
             pick = self
                 .pick_duplicate(p, dup_limit, rng)
                 .map(|i| (i, PickReason::Endgame));
         }
         let (piece, reason) = pick?;
-        self.requested[piece as usize] = self.requested[piece as usize].saturating_add(1);
+        self.add_request(piece);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.requests.push(Outstanding { piece, sent: now });
+            if !p.seed {
+                self.neighbour_requests += 1;
+            }
         }
         Some(Request { piece, reason })
+    }
+
+    fn all_missing_requested(&self) -> bool {
+        self.open == 0
+    }
+
+    /// Some request is outstanding at a neighbour (not a seed).
+    fn asking_neighbours(&self) -> bool {
+        self.neighbour_requests > 0
     }
 
     /// Candidate pieces of `p` in word `w`: it has them, we lack them.
@@ -448,7 +537,7 @@ impl Picker {
 
     /// A missing, unrequested piece `p` has: random, or rarest with random
     /// ties (reservoir over the rarest seen), scanning from a random word.
-    fn pick_fresh<R: Rng>(&self, p: &Peer, random: bool, rng: &mut R) -> Option<u32> {
+    fn pick_fresh<R: Rng>(&self, p: &Peer, random: bool, cap: u16, rng: &mut R) -> Option<u32> {
         let words = self.have.words.len();
         if words == 0 {
             return None;
@@ -463,14 +552,11 @@ impl Picker {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
                 let piece = (w * 64) as u32 + b;
-                if self.requested[piece as usize] > 0 {
+                let avail = self.availability[piece as usize];
+                if self.requested[piece as usize] > 0 || avail > cap {
                     continue;
                 }
-                let a = if random {
-                    0
-                } else {
-                    self.availability[piece as usize]
-                };
+                let a = if random { 0 } else { avail };
                 match best {
                     Some((ba, _)) if a > ba => {}
                     Some((ba, _)) if a == ba => {
@@ -506,7 +592,7 @@ impl Picker {
                 bits &= bits - 1;
                 let piece = (w * 64) as u32 + b;
                 let n = self.requested[piece as usize];
-                if n >= limit || p.requests.iter().any(|r| r.piece == piece) {
+                if n == 0 || n >= limit || p.requests.iter().any(|r| r.piece == piece) {
                     continue;
                 }
                 match best {
@@ -529,7 +615,12 @@ impl Picker {
 
     fn unrequest(&mut self, piece: u32) {
         if let Some(n) = self.requested.get_mut(piece as usize) {
-            *n = n.saturating_sub(1);
+            if *n > 0 {
+                *n -= 1;
+                if *n == 0 && !self.have.get(piece) {
+                    self.open += 1;
+                }
+            }
         }
     }
 
@@ -537,6 +628,9 @@ impl Picker {
         let p = self.peers.get_mut(&peer)?;
         let i = p.requests.iter().position(|r| r.piece == piece)?;
         let r = p.requests.swap_remove(i);
+        if !p.seed {
+            self.neighbour_requests -= 1;
+        }
         self.unrequest(piece);
         Some(r)
     }
@@ -562,7 +656,7 @@ impl Picker {
                 p.last_delivery = Some(now);
             }
         }
-        let new = piece < self.config.pieces && self.have.set(piece);
+        let new = self.set_have(piece);
         self.deadline_done(piece);
         let mut cancel = Vec::new();
         if piece < self.config.pieces && self.requested[piece as usize] > 0 {
@@ -723,6 +817,27 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_is_asked_for_what_no_neighbour_has_while_neighbours_are_asked() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(4));
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        p.add_seed(PeerId(0), MS).unwrap();
+        p.add_peer(PeerId(1), bits(4, &[0, 1, 2]), MS).unwrap();
+        // Nobody is asked yet: the seed may take anything.
+        let first = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        p.handle_failed(PeerId(0), first.piece);
+        // With a neighbour busy, the seed gets only the piece no neighbour has.
+        let n = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        assert!(n.piece < 3);
+        let s = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        assert_eq!(s.piece, 3);
+        assert!(p.poll_request(PeerId(0), t0, &mut rng).is_none());
+        // A deadline overrides it: the reader never waits for a trade.
+        p.set_piece_deadline(2, t0 + MS);
+        assert_eq!(p.poll_request(PeerId(0), t0, &mut rng).unwrap().piece, 2);
+    }
+
+    #[test]
     fn endgame_asks_twice_at_most_and_cancels_the_loser() {
         let t0 = Instant::now();
         let mut p = Picker::new(cfg(2));
@@ -877,6 +992,12 @@ mod tests {
                     assert!(copies <= 2, "piece {i} asked {copies} times");
                     assert_eq!(copies, p.requested[i as usize] as usize);
                 }
+                let open = (0..n)
+                    .filter(|&i| !p.have.get(i) && p.requested[i as usize] == 0)
+                    .count();
+                assert_eq!(open, p.open as usize, "the open count drifted");
+                let at_neighbours = live.iter().filter(|(q, _)| q.0 != 0).count();
+                assert_eq!(at_neighbours, p.neighbour_requests as usize);
             };
             for o in ops {
                 match o {
