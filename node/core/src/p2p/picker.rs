@@ -236,6 +236,10 @@ pub struct Picker {
     open: u32,
     /// Requests outstanding at neighbours (not seeds).
     neighbour_requests: u32,
+    /// Word masks mirroring `requested > 0` and `availability > 0`, so a
+    /// pick skips 64 pieces at a time.
+    asked: Bitfield,
+    seen: Bitfield,
     deadlines: BTreeSet<(Instant, u32)>,
     deadline_of: HashMap<u32, Instant>,
     peers: HashMap<PeerId, Peer>,
@@ -251,6 +255,8 @@ impl Picker {
             requested: vec![0; n as usize],
             open: n,
             neighbour_requests: 0,
+            asked: Bitfield::new(n),
+            seen: Bitfield::new(n),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
             peers: HashMap::new(),
@@ -297,10 +303,27 @@ impl Picker {
 
     fn add_request(&mut self, piece: u32) {
         let n = &mut self.requested[piece as usize];
-        if *n == 0 && !self.have.get(piece) {
-            self.open -= 1;
+        if *n == 0 {
+            self.asked.set(piece);
+            if !self.have.get(piece) {
+                self.open -= 1;
+            }
         }
         *n = n.saturating_add(1);
+    }
+
+    fn inc_avail(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a = a.saturating_add(1);
+        self.seen.set(piece);
+    }
+
+    fn dec_avail(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a = a.saturating_sub(1);
+        if *a == 0 {
+            self.seen.clear(piece);
+        }
     }
 
     /// A neighbour (an edge) with what it announced so far.
@@ -350,7 +373,7 @@ impl Picker {
         if !seed {
             for i in 0..self.config.pieces {
                 if has.get(i) {
-                    self.availability[i as usize] = self.availability[i as usize].saturating_add(1);
+                    self.inc_avail(i);
                 }
             }
         }
@@ -377,8 +400,7 @@ impl Picker {
         if !p.seed {
             for i in 0..self.config.pieces {
                 if p.has.get(i) {
-                    let a = &mut self.availability[i as usize];
-                    *a = a.saturating_sub(1);
+                    self.dec_avail(i);
                 }
             }
         }
@@ -394,8 +416,7 @@ impl Picker {
     pub fn handle_have(&mut self, peer: PeerId, piece: u32) {
         if let Some(p) = self.peers.get_mut(&peer) {
             if p.has.set(piece) && !p.seed {
-                let a = &mut self.availability[piece as usize];
-                *a = a.saturating_add(1);
+                self.inc_avail(piece);
             }
         }
     }
@@ -547,7 +568,11 @@ impl Picker {
         let mut ties = 0u32;
         for k in 0..words {
             let w = (start + k) % words;
-            let mut bits = self.wanted_word(p, w);
+            // Unrequested, and (for a seed capped at zero) seen by no neighbour.
+            let mut bits = self.wanted_word(p, w) & !self.asked.word(w);
+            if cap == 0 {
+                bits &= !self.seen.word(w);
+            }
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
@@ -617,8 +642,11 @@ impl Picker {
         if let Some(n) = self.requested.get_mut(piece as usize) {
             if *n > 0 {
                 *n -= 1;
-                if *n == 0 && !self.have.get(piece) {
-                    self.open += 1;
+                if *n == 0 {
+                    self.asked.clear(piece);
+                    if !self.have.get(piece) {
+                        self.open += 1;
+                    }
                 }
             }
         }
@@ -681,8 +709,7 @@ impl Picker {
         if self.take_request(peer, piece).is_some() {
             if let Some(p) = self.peers.get_mut(&peer) {
                 if !p.seed && p.has.clear(piece) {
-                    let a = &mut self.availability[piece as usize];
-                    *a = a.saturating_sub(1);
+                    self.dec_avail(piece);
                 }
             }
         }
@@ -996,6 +1023,10 @@ mod tests {
                     .filter(|&i| !p.have.get(i) && p.requested[i as usize] == 0)
                     .count();
                 assert_eq!(open, p.open as usize, "the open count drifted");
+                for i in 0..n {
+                    assert_eq!(p.asked.get(i), p.requested[i as usize] > 0);
+                    assert_eq!(p.seen.get(i), p.availability[i as usize] > 0);
+                }
                 let at_neighbours = live.iter().filter(|(q, _)| q.0 != 0).count();
                 assert_eq!(at_neighbours, p.neighbour_requests as usize);
             };
