@@ -535,9 +535,13 @@ impl Verifier {
             .map_err(|_| Rejection::Signature)
     }
 
-    /// Verifies many chunks with one batched signature check. If the batch
-    /// fails, each remaining chunk is checked alone, so good chunks still pass
-    /// and bad ones are named.
+    /// Verifies many chunks with one batched signature check, refusing
+    /// exactly what [`Verifier::verify`] refuses: ed25519-dalek's batch
+    /// equation is `verify`'s, not `verify_strict`'s, so the two extra rules
+    /// of `verify_strict` — no small-order `R`, no weak (small-order) key —
+    /// are checked here per chunk before the batch. If the batch fails, each
+    /// remaining chunk is checked alone with `verify_strict`, so good chunks
+    /// still pass and bad ones are named.
     pub fn verify_batch(&self, chunks: &[Chunk], now_ms: u64) -> Vec<Result<(), Rejection>> {
         let mut results: Vec<Result<(), Rejection>> = Vec::with_capacity(chunks.len());
         let mut keys = Vec::with_capacity(chunks.len());
@@ -559,9 +563,24 @@ impl Verifier {
                 }
             }
         }
-        for (c, r) in chunks.iter().zip(results.iter_mut()) {
+        // A batch is signed by one or two keys: ask each once if it is weak.
+        let mut weak: Vec<([u8; 32], bool)> = Vec::new();
+        let mut is_weak = |k: &VerifyingKey| {
+            let b = k.to_bytes();
+            if let Some((_, w)) = weak.iter().find(|(x, _)| *x == b) {
+                return *w;
+            }
+            let w = k.is_weak();
+            weak.push((b, w));
+            w
+        };
+        for ((c, r), k) in chunks.iter().zip(results.iter_mut()).zip(&keys) {
             if r.is_ok() {
                 *r = Self::check_digest(c);
+            }
+            // `verify_strict`'s own refusals, which the batch equation lacks.
+            if r.is_ok() && (has_small_order_r(&c.signature) || k.is_some_and(|k| is_weak(&k))) {
+                *r = Err(Rejection::Signature);
             }
         }
         let pending: Vec<usize> = (0..chunks.len()).filter(|&i| results[i].is_ok()).collect();
@@ -589,6 +608,52 @@ impl Verifier {
         }
         results
     }
+}
+
+/// The y coordinates (sign bit cleared) of every encoding of a point of
+/// small order: the eight torsion points have y ∈ {1, −1, 0, y₈, −y₈}, and
+/// only y = 0 and y = 1 also have a non-canonical encoding below 2²⁵⁵
+/// (p and p + 1). The same list as libsodium's `has_small_order`; a test
+/// checks each entry against ed25519-dalek's own `is_weak`.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = {
+    let mut t = [[0u8; 32]; 7];
+    // 0 (order 4)
+    // 1 (order 1)
+    t[1][0] = 1;
+    // y₈ and −y₈ (order 8)
+    t[2] = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ];
+    t[3] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+    // p − 1 (order 2), p (= 0), p + 1 (= 1)
+    let mut i = 4;
+    while i < 7 {
+        let mut b = 1;
+        while b < 31 {
+            t[i][b] = 0xff;
+            b += 1;
+        }
+        t[i][31] = 0x7f;
+        t[i][0] = 0xec + (i as u8 - 4);
+        i += 1;
+    }
+    t
+};
+
+/// Whether the signature's `R` encodes a point of small order, which
+/// `verify_strict` refuses; a byte comparison, where decompressing `R`
+/// would cost a field exponentiation per chunk.
+fn has_small_order_r(signature: &[u8; 64]) -> bool {
+    let mut y = [0u8; 32];
+    y.copy_from_slice(&signature[..32]);
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
 }
 
 /// Per-stream anti-replay window: each sequence number is accepted once;
@@ -989,6 +1054,74 @@ mod tests {
         }
         let good: Vec<Chunk> = (0..5).map(|i| chunk(&s, i)).collect();
         assert!(v.verify_batch(&good, NOW).iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn the_small_order_list_is_the_torsion_points() {
+        // Every entry, with either sign bit, is a small-order point or no
+        // point at all, by ed25519-dalek's own test; y₈ + (−y₈) = p.
+        let mut weak = 0;
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut b = y;
+                b[31] |= sign;
+                if let Ok(k) = VerifyingKey::from_bytes(&b) {
+                    assert!(k.is_weak(), "{b:02x?} is not of small order");
+                    weak += 1;
+                }
+            }
+        }
+        assert!(weak >= 10, "only {weak} encodings decoded");
+        let (a, b) = (SMALL_ORDER_Y[2], SMALL_ORDER_Y[3]);
+        let mut sum = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(a[i]) + u16::from(b[i]) + carry;
+            sum[i] = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(sum, SMALL_ORDER_Y[5], "y8 and -y8 must sum to p");
+        // An ordinary signature's R is not in the list.
+        let s = signer(1);
+        assert!(!has_small_order_r(&chunk(&s, 1).signature));
+    }
+
+    /// The classic non-strict forgery: the identity as key and as `R`, and
+    /// s = 0, satisfies the cofactorless equation for any message. The raw
+    /// batch accepts it; our batch, like `verify_strict`, must not.
+    #[test]
+    fn a_batch_refuses_what_verify_strict_refuses() {
+        let s = signer(1);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let ring = ring_with(&s);
+        let Ok(weak_id) = ring.write().add_trusted(identity) else {
+            // A ring that refuses weak keys outright is stricter still.
+            return;
+        };
+        let v = Verifier::new(ring, VerifyConfig::default());
+        let mut chunks: Vec<Chunk> = (0..4).map(|i| chunk(&s, i)).collect();
+        let mut forged = chunk(&s, 9);
+        forged.header.key_id = weak_id;
+        forged.signature = [0u8; 64];
+        forged.signature[0] = 1;
+        chunks.insert(2, forged.clone());
+        let msg = forged.header.signing_bytes();
+        let sig = Signature::from_bytes(&forged.signature);
+        let weak_key = VerifyingKey::from_bytes(&identity).unwrap();
+        assert!(
+            ed25519_dalek::verify_batch(&[&msg[..]], &[sig], &[weak_key]).is_ok(),
+            "the raw batch accepts the forgery (else this test proves nothing)"
+        );
+        assert_eq!(v.verify(&forged, NOW), Err(Rejection::Signature));
+        let results = v.verify_batch(&chunks, NOW);
+        for (i, r) in results.iter().enumerate() {
+            if i == 2 {
+                assert_eq!(r, &Err(Rejection::Signature));
+            } else {
+                assert_eq!(r, &Ok(()), "chunk {i}");
+            }
+        }
     }
 
     #[test]
