@@ -120,17 +120,19 @@ fn endpoint(ca: &ClusterCa, name: &str, role: Role) -> anyhow::Result<MeshEndpoi
     )?)
 }
 
-/// Copies a QUIC receive stream into `write` chunk by chunk, as quinn hands
-/// them over (no copy of its own); returns the bytes moved.
+/// Copies a QUIC receive stream into `write` through a 1 MiB buffer: each
+/// read takes everything quinn has ready, so the next hop gets large writes
+/// rather than one packet's worth at a time; returns the bytes moved.
 async fn pipe<W: tokio::io::AsyncWrite + Unpin>(
     recv: &mut quinn::RecvStream,
     write: &mut W,
 ) -> anyhow::Result<usize> {
     use tokio::io::AsyncWriteExt;
     let mut moved = 0;
-    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
-        moved += chunk.bytes.len();
-        write.write_all(&chunk.bytes).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some(n) = recv.read(&mut buf).await? {
+        moved += n;
+        write.write_all(&buf[..n]).await?;
     }
     write.flush().await?;
     Ok(moved)
