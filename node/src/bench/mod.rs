@@ -164,3 +164,22 @@ fn on_runtime(
             .map_err(|_| anyhow::anyhow!("did not finish in 300 s"))?
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_cluster_benchmark_is_an_error_not_an_empty_result() {
+        let r = on_runtime(async { anyhow::bail!("the cluster did not start") });
+        assert!(r.is_err());
+        let ok = on_runtime(async { Ok(vec![BenchResult::new("x", "u", 2.0, 1.0, "b")]) });
+        assert_eq!(ok.map(|v| v.len()).ok(), Some(1));
+    }
+
+    #[test]
+    fn median_is_the_middle_round_not_the_best() {
+        assert_eq!(median(&mut [9.0, 1.0, 5.0, 2.0, 100.0]), 5.0);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}
