@@ -222,7 +222,53 @@ fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, KeyError> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| KeyError::BadPublicKey("expected 32 bytes".into()))?;
-    VerifyingKey::from_bytes(&arr).map_err(|e| KeyError::BadPublicKey(e.to_string()))
+    strict_public_key(&arr)
+}
+
+/// The one gate every public key passes to enter a key ring (admin API,
+/// trust bundle, config): a point that decodes, in canonical encoding, of
+/// the prime order a real key has. A small-order key (all-zero, the identity
+/// and the other six torsion points) verifies forged signatures under
+/// non-strict equations; a key with a torsion component or a non-canonical
+/// encoding makes the same key verify differently in different libraries.
+pub fn strict_public_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
+    if key.is_weak() {
+        return Err(KeyError::BadPublicKey(
+            "weak key: a small-order point (all-zero, identity or another torsion point)".into(),
+        ));
+    }
+    let point = key.to_edwards();
+    if point.compress().to_bytes() != *bytes {
+        return Err(KeyError::BadPublicKey(
+            "weak key: not the canonical encoding of its point".into(),
+        ));
+    }
+    if !point.is_torsion_free() {
+        return Err(KeyError::BadPublicKey(
+            "weak key: the point has a small-order component".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// Whether a signature's `R` passes the checks `verify_strict` makes of it
+/// (canonical, not of small order), which the batch equation does not.
+/// Byte comparisons only: decompressing `R` to ask cost a field
+/// exponentiation per chunk (~10 % of a batch). An `R` that is no point at
+/// all passes here and fails the batch, which then judges each alone.
+fn strict_r(signature: &Signature) -> bool {
+    let r = signature.r_bytes();
+    !has_small_order_r(r) && y_is_canonical(r)
+}
+
+/// Whether the y coordinate (sign bit cleared) is below p = 2²⁵⁵ − 19. The
+/// other non-canonical encodings, x = 0 with the sign bit set, are y = ±1:
+/// small-order points, refused by [`has_small_order_r`].
+fn y_is_canonical(r: &[u8; 32]) -> bool {
+    // p in little-endian: ed ff … ff 7f. y ≥ p only if bytes 1..=30 are all
+    // 0xff, byte 31 (sign cleared) is 0x7f and byte 0 is ≥ 0xed.
+    !(r[31] & 0x7f == 0x7f && r[1..31].iter().all(|&b| b == 0xff) && r[0] >= 0xed)
 }
 
 impl KeyRing {
@@ -261,8 +307,7 @@ impl KeyRing {
 
     /// Trusts a public key (idempotent for a key already trusted).
     pub fn add_trusted(&mut self, public_key: [u8; 32]) -> Result<KeyId, KeyError> {
-        let key = VerifyingKey::from_bytes(&public_key)
-            .map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
+        let key = strict_public_key(&public_key)?;
         let id = KeyId::of_public_key(&public_key);
         if let Some(existing) = self.keys.get(&id) {
             return match existing.state {
@@ -535,13 +580,9 @@ impl Verifier {
             .map_err(|_| Rejection::Signature)
     }
 
-    /// Verifies many chunks with one batched signature check, refusing
-    /// exactly what [`Verifier::verify`] refuses: ed25519-dalek's batch
-    /// equation is `verify`'s, not `verify_strict`'s, so the two extra rules
-    /// of `verify_strict` — no small-order `R`, no weak (small-order) key —
-    /// are checked here per chunk before the batch. If the batch fails, each
-    /// remaining chunk is checked alone with `verify_strict`, so good chunks
-    /// still pass and bad ones are named.
+    /// Verifies many chunks with one batched signature check. If the batch
+    /// fails, each remaining chunk is checked alone, so good chunks still pass
+    /// and bad ones are named.
     pub fn verify_batch(&self, chunks: &[Chunk], now_ms: u64) -> Vec<Result<(), Rejection>> {
         let mut results: Vec<Result<(), Rejection>> = Vec::with_capacity(chunks.len());
         let mut keys = Vec::with_capacity(chunks.len());
@@ -563,24 +604,9 @@ impl Verifier {
                 }
             }
         }
-        // A batch is signed by one or two keys: ask each once if it is weak.
-        let mut weak: Vec<([u8; 32], bool)> = Vec::new();
-        let mut is_weak = |k: &VerifyingKey| {
-            let b = k.to_bytes();
-            if let Some((_, w)) = weak.iter().find(|(x, _)| *x == b) {
-                return *w;
-            }
-            let w = k.is_weak();
-            weak.push((b, w));
-            w
-        };
-        for ((c, r), k) in chunks.iter().zip(results.iter_mut()).zip(&keys) {
+        for (c, r) in chunks.iter().zip(results.iter_mut()) {
             if r.is_ok() {
                 *r = Self::check_digest(c);
-            }
-            // `verify_strict`'s own refusals, which the batch equation lacks.
-            if r.is_ok() && (has_small_order_r(&c.signature) || k.is_some_and(|k| is_weak(&k))) {
-                *r = Err(Rejection::Signature);
             }
         }
         let pending: Vec<usize> = (0..chunks.len()).filter(|&i| results[i].is_ok()).collect();
@@ -599,7 +625,11 @@ impl Verifier {
             .map(|&i| Signature::from_bytes(&chunks[i].signature))
             .collect();
         let vks: Vec<VerifyingKey> = pending.iter().filter_map(|&i| keys[i]).collect();
-        if ed25519_dalek::verify_batch(&msg_refs, &sigs, &vks).is_err() {
+        // The batch equation accepts an `R` that `verify_strict` refuses (a
+        // small-order or non-canonical point): such a signature is judged
+        // alone, strictly, like every signature of a failed batch.
+        let all_strict = sigs.iter().all(strict_r);
+        if !all_strict || ed25519_dalek::verify_batch(&msg_refs, &sigs, &vks).is_err() {
             for (j, &i) in pending.iter().enumerate() {
                 if vks[j].verify_strict(msg_refs[j], &sigs[j]).is_err() {
                     results[i] = Err(Rejection::Signature);
@@ -646,12 +676,10 @@ const SMALL_ORDER_Y: [[u8; 32]; 7] = {
     t
 };
 
-/// Whether the signature's `R` encodes a point of small order, which
-/// `verify_strict` refuses; a byte comparison, where decompressing `R`
-/// would cost a field exponentiation per chunk.
-fn has_small_order_r(signature: &[u8; 64]) -> bool {
-    let mut y = [0u8; 32];
-    y.copy_from_slice(&signature[..32]);
+/// Whether `R` encodes a point of small order, which `verify_strict`
+/// refuses.
+fn has_small_order_r(r: &[u8; 32]) -> bool {
+    let mut y = *r;
     y[31] &= 0x7f;
     SMALL_ORDER_Y.contains(&y)
 }
@@ -913,6 +941,14 @@ impl Reputation {
             .is_some_and(|u| u > now)
     }
 
+    /// How many peers are serving a ban at `now`.
+    pub fn banned(&self, now: Instant) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.banned_until.is_some_and(|u| u > now))
+            .count()
+    }
+
     /// The peer's current score (0 = spotless).
     pub fn score(&self, peer: PeerId, now: Instant) -> f64 {
         self.peers.get(&peer).map_or(0.0, |s| self.decayed(s, now))
@@ -1083,44 +1119,53 @@ mod tests {
         assert_eq!(sum, SMALL_ORDER_Y[5], "y8 and -y8 must sum to p");
         // An ordinary signature's R is not in the list.
         let s = signer(1);
-        assert!(!has_small_order_r(&chunk(&s, 1).signature));
+        let sig = Signature::from_bytes(&chunk(&s, 1).signature);
+        assert!(!has_small_order_r(sig.r_bytes()));
     }
 
-    /// The classic non-strict forgery: the identity as key and as `R`, and
-    /// s = 0, satisfies the cofactorless equation for any message. The raw
-    /// batch accepts it; our batch, like `verify_strict`, must not.
+    /// The byte checks decide exactly what decompressing `R` would: on
+    /// every small-order and non-canonical encoding near the edges, and on
+    /// real signatures' `R`s.
     #[test]
-    fn a_batch_refuses_what_verify_strict_refuses() {
-        let s = signer(1);
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        let ring = ring_with(&s);
-        let Ok(weak_id) = ring.write().add_trusted(identity) else {
-            // A ring that refuses weak keys outright is stricter still.
-            return;
+    fn strict_r_by_bytes_matches_decompressing_r() {
+        let reference = |r: &[u8; 32]| {
+            VerifyingKey::from_bytes(r)
+                .is_ok_and(|k| !k.is_weak() && k.to_edwards().compress().to_bytes() == *r)
         };
-        let v = Verifier::new(ring, VerifyConfig::default());
-        let mut chunks: Vec<Chunk> = (0..4).map(|i| chunk(&s, i)).collect();
-        let mut forged = chunk(&s, 9);
-        forged.header.key_id = weak_id;
-        forged.signature = [0u8; 64];
-        forged.signature[0] = 1;
-        chunks.insert(2, forged.clone());
-        let msg = forged.header.signing_bytes();
-        let sig = Signature::from_bytes(&forged.signature);
-        let weak_key = VerifyingKey::from_bytes(&identity).unwrap();
-        assert!(
-            ed25519_dalek::verify_batch(&[&msg[..]], &[sig], &[weak_key]).is_ok(),
-            "the raw batch accepts the forgery (else this test proves nothing)"
-        );
-        assert_eq!(v.verify(&forged, NOW), Err(Rejection::Signature));
-        let results = v.verify_batch(&chunks, NOW);
-        for (i, r) in results.iter().enumerate() {
-            if i == 2 {
-                assert_eq!(r, &Err(Rejection::Signature));
-            } else {
-                assert_eq!(r, &Ok(()), "chunk {i}");
+        let mut cases: Vec<[u8; 32]> = Vec::new();
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut b = y;
+                b[31] |= sign;
+                cases.push(b);
             }
+        }
+        // Every y from p − 40 to 2²⁵⁵ − 1, both signs: the non-canonical band.
+        for low in 0xc5u8..=0xff {
+            for sign in [0u8, 0x80] {
+                let mut b = [0xffu8; 32];
+                b[0] = low;
+                b[31] = 0x7f | sign;
+                cases.push(b);
+            }
+        }
+        let s = signer(3);
+        for i in 0..200 {
+            let sig = chunk(&s, i).signature;
+            let mut r = [0u8; 32];
+            r.copy_from_slice(&sig[..32]);
+            cases.push(r);
+        }
+        for r in cases {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&r);
+            let sig = Signature::from_bytes(&sig);
+            // An R that is no point fails the batch and is judged alone:
+            // the byte check may pass it, the reference may not.
+            if VerifyingKey::from_bytes(&r).is_err() {
+                continue;
+            }
+            assert_eq!(strict_r(&sig), reference(&r), "R = {r:02x?}");
         }
     }
 
@@ -1223,6 +1268,79 @@ mod tests {
         ));
     }
 
+    /// Compressed encodings of small-order points: the identity, the
+    /// all-zero encoding (order 4) and an order-8 point.
+    const WEAK_KEYS: [[u8; 32]; 3] = {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let order8 = [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ];
+        [identity, [0u8; 32], order8]
+    };
+
+    #[test]
+    fn weak_public_keys_are_refused_by_the_ring_and_in_bundles() {
+        for weak in WEAK_KEYS {
+            let mut ring = KeyRing::new();
+            assert!(
+                matches!(ring.add_trusted(weak), Err(KeyError::BadPublicKey(m)) if m.contains("weak")),
+                "{} was trusted",
+                hex::encode(weak)
+            );
+            assert!(ring.is_empty());
+            let bundle = TrustBundle {
+                generation: 1,
+                keys: vec![TrustedKey {
+                    id: KeyId::of_public_key(&weak).to_string(),
+                    public_key: hex::encode(weak),
+                    state: KeyState::Active,
+                }],
+            };
+            assert!(matches!(
+                KeyRing::from_bundle(&bundle),
+                Err(KeyError::BadPublicKey(_))
+            ));
+        }
+        // A real key plus a small-order point: has a torsion component.
+        let real = signer(5).key.verifying_key().to_edwards();
+        let torsion = VerifyingKey::from_bytes(&WEAK_KEYS[2])
+            .unwrap()
+            .to_edwards();
+        let mixed = (real + torsion).compress().to_bytes();
+        assert!(KeyRing::new().add_trusted(mixed).is_err());
+        assert!(KeyRing::new().add_trusted(signer(5).public_key()).is_ok());
+    }
+
+    #[test]
+    fn batch_verification_is_as_strict_as_single_verification() {
+        use sha2::{Digest as _, Sha512};
+        let s = signer(6);
+        let v = verifier(&s);
+        // R = identity and s = k·a: the cofactorless batch equation
+        // [s]B = R + [k]A holds, but verify_strict refuses a small-order R.
+        let mut odd = chunk(&s, 1);
+        let a = s.key.to_scalar();
+        let mut r = [0u8; 32];
+        r[0] = 1;
+        let message = odd.header.signing_bytes();
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(s.public_key());
+        h.update(message);
+        let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        odd.signature[..32].copy_from_slice(&r);
+        odd.signature[32..].copy_from_slice((k * a).as_bytes());
+        assert_eq!(v.verify(&odd, NOW), Err(Rejection::Signature));
+        let good = chunk(&s, 2);
+        assert_eq!(
+            v.verify_batch(&[odd, good], NOW),
+            vec![Err(Rejection::Signature), Ok(())]
+        );
+    }
+
     #[test]
     fn reputation_bans_past_threshold_and_decays() {
         let mut r = Reputation::new(ReputationConfig {
@@ -1253,6 +1371,37 @@ mod tests {
         );
         assert_eq!(r.tracked(), 2);
         assert!(r.is_banned(p, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn reputation_with_time_moving_bans_a_burst_but_not_a_trickle() {
+        // The defaults the node runs with: forgery costs 10, ban at 30,
+        // scores halve every 60 s, a ban lasts 600 s.
+        let mut r = Reputation::new(ReputationConfig::default());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Forgeries 10 s apart: three have decayed below the threshold
+        // (26.9), the fourth crosses it (33.9).
+        let p = PeerId(1);
+        for s in [0, 10, 20] {
+            assert_eq!(r.record(p, &Rejection::Signature, at(s)), Verdict::Ok);
+        }
+        assert_eq!(r.record(p, &Rejection::Signature, at(30)), Verdict::Banned);
+        // The ban runs from the strike that earned it, while the score decays.
+        assert!(r.is_banned(p, at(30 + 599)));
+        assert!(!r.is_banned(p, at(30 + 601)));
+        assert!(r.score(p, at(30 + 601)) < 0.05);
+        // One forgery a minute never bans: the score settles near 20.
+        let q = PeerId(2);
+        for minute in 0..30 {
+            assert_eq!(
+                r.record(q, &Rejection::Signature, at(minute * 60)),
+                Verdict::Ok,
+                "banned at minute {minute}"
+            );
+        }
+        let settled = r.score(q, at(29 * 60));
+        assert!((19.0..20.0).contains(&settled), "score {settled}");
     }
 
     #[test]
