@@ -27,8 +27,10 @@ if [ -f operator/Cargo.toml ]; then
 fi
 
 echo "==> building ${packages[*]} statically for $TRIPLE (profile dist)"
+# --no-default-features: the images leave out the crates only `dcdn bench`
+# compares against (dcdn-node's `bench-baselines` feature).
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --profile dist --target "$TRIPLE" "${packages[@]}"
+  cargo build --locked --profile dist --target "$TRIPLE" --no-default-features "${packages[@]}"
 
 for spec in "${images[@]}"; do
   bin="$BIN_DIR/${spec#*:}"

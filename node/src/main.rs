@@ -538,15 +538,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             filter,
         } => {
-            let mut options = bench::BenchOptions::default();
-            if quick {
-                options.duration = std::time::Duration::from_millis(200);
-            }
-            let results = bench::run_all(options, |name| {
+            let options = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::default()
+            };
+            let report = bench::run_all(options, |name| {
                 filter.as_deref().is_none_or(|f| name.contains(f))
             });
+            let results = &report.results;
             if json {
-                for r in &results {
+                for r in results {
                     outln!("{}", serde_json::to_string(r).context("encoding result")?)?;
                 }
             } else {
@@ -558,7 +560,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "ratio",
                     "unit"
                 )?;
-                for r in &results {
+                for r in results {
                     outln!(
                         "{:<16} {:>14.1} {:>14.1} {:>7.2}  {:<10} {}",
                         r.bench,
@@ -570,6 +572,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )?;
                 }
             }
+            for (name, why) in &report.failures {
+                eprintln!("bench {name} failed: {why}");
+            }
+            anyhow::ensure!(
+                report.failures.is_empty(),
+                "{} benchmark(s) failed",
+                report.failures.len()
+            );
             Ok(())
         }
     }
