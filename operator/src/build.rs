@@ -26,6 +26,7 @@ pub const ADMIN_PORT: u16 = 9090;
 /// The image's numeric non-root user.
 pub const NODE_UID: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/dcdn/config";
+const SIGNING_DIR: &str = "/etc/dcdn/signing";
 
 /// Why a cluster cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -155,8 +156,15 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
         cfg.quic = s.clone();
     }
     cfg.crypto.trust_bundle = PathBuf::from("/etc/dcdn/trust/trust-bundle.json");
+    // The origin loads both keys of the signing Secret (see `keys`): outside
+    // a rotation both hold the active key, during one the next key is
+    // already there when the origin is asked to reload, so the config (and
+    // the pod template) never changes for a rotation.
     cfg.crypto.signing_keys = if role == Role::Origin {
-        vec![PathBuf::from("/etc/dcdn/signing/signing.key")]
+        [crate::keys::CURRENT_KEY_FILE, crate::keys::NEXT_KEY_FILE]
+            .iter()
+            .map(|f| PathBuf::from(SIGNING_DIR).join(f))
+            .collect()
     } else {
         Vec::new()
     };
@@ -264,7 +272,7 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
         // The signing key is mounted into origin pods only.
         volumes.push(json!({ "name": "signing", "secret": { "secretName": names.signing_secret(), "defaultMode": 0o400 } }));
         mounts
-            .push(json!({ "name": "signing", "mountPath": "/etc/dcdn/signing", "readOnly": true }));
+            .push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
