@@ -271,8 +271,7 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     if role == Role::Origin {
         // The signing key is mounted into origin pods only.
         volumes.push(json!({ "name": "signing", "secret": { "secretName": names.signing_secret(), "defaultMode": 0o400 } }));
-        mounts
-            .push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
+        mounts.push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({

@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 pub const FIELD_MANAGER: &str = "dcdn-operator";
 /// Hash of what the operator last applied to an object.
 pub const APPLIED_HASH_ANNOTATION: &str = "dcdn.io/applied-hash";
+/// Annotation on a `DcdnCluster`: `off` lets every tier take its new pod
+/// template at once, bypassing the tier order (the escape hatch).
+pub const ROLLOUT_GATE_ANNOTATION: &str = "dcdn.io/rollout-gate";
 /// Requeue while something is in motion (rollout, rotation).
 const BUSY_REQUEUE: Duration = Duration::from_secs(10);
 /// Requeue at rest: drift and the rotation schedule are checked this often.
@@ -226,50 +229,81 @@ fn live_template_hash(sts: &StatefulSet) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Which tiers may take a new pod template now. A tier whose template
-/// changed rolls only when every tier before it (edges, relays, origin) is
-/// on its new template and settled, and no other tier is mid-roll.
+/// Whether a StatefulSet is still replacing pods with its current
+/// template: the controller has not seen the latest spec, not every pod runs
+/// the update revision, or (as the StatefulSet controller records it) the
+/// updated pods are not all ready yet.
+fn mid_rollout(sts: &StatefulSet) -> bool {
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &sts.status else {
+        return false;
+    };
+    st.observed_generation.unwrap_or(0) < sts.metadata.generation.unwrap_or(0)
+        || st.updated_replicas.unwrap_or(0) < want
+        || (st.update_revision.is_some() && st.current_revision != st.update_revision)
+}
+
+/// Whether a tier has fewer ready pods than it wants.
+fn unhealthy(sts: &StatefulSet) -> bool {
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    ready < want
+}
+
+/// Which tiers may take a new pod template now, and why the first one that
+/// may not waits.
+///
+/// In a healthy cluster a changed tier rolls only when no other tier is
+/// mid-rollout and no tier before it (edges, relays, the origin) still has a
+/// change to take: one tier at a time, clients keep reading from the tiers
+/// that are not moving. Readiness cascades (an edge needs a relay, a relay
+/// the origin), so a tier that is itself unhealthy rolls regardless: its
+/// pods are not serving, waiting for the others cannot end (they wait for
+/// it), and the edit that fixes it must be able to land. `gate_off` (the
+/// `dcdn.io/rollout-gate: "off"` annotation) lets every tier roll at once,
+/// for whatever this rule did not foresee.
 fn rollout_gate(
     desired: &BTreeMap<Role, Value>,
     live: &BTreeMap<Role, StatefulSet>,
+    gate_off: bool,
 ) -> (BTreeMap<Role, bool>, Option<String>) {
+    let changed = |role: Role| {
+        live.get(&role).is_some_and(|sts| {
+            desired.get(&role).and_then(|o| template_hash(o)) != live_template_hash(sts)
+        })
+    };
     let mut allowed = BTreeMap::new();
     let mut waiting = None;
-    let mut earlier_done = true;
-    let mut blocker: Option<Role> = None;
-    for role in TIERS {
-        let want = desired.get(&role).and_then(|o| template_hash(o));
+    for (i, role) in TIERS.into_iter().enumerate() {
+        // A tier that does not exist yet is created, not rolled.
         let Some(sts) = live.get(&role) else {
-            // Creating a tier is not a rollout.
             allowed.insert(role, true);
             continue;
         };
-        let changed = want != live_template_hash(sts);
-        let others_settled = TIERS
-            .iter()
-            .filter(|r| **r != role)
-            .all(|r| live.get(r).is_none_or(settled));
-        let ok = !changed || (earlier_done && others_settled);
-        allowed.insert(role, ok);
-        if changed && !ok && waiting.is_none() {
-            let by = blocker.or_else(|| {
-                TIERS
-                    .iter()
-                    .copied()
-                    .find(|r| *r != role && live.get(r).is_some_and(|s| !settled(s)))
-            });
-            waiting = Some(match by {
-                Some(b) => format!(
-                    "{} waits for {} to finish rolling out",
-                    role.as_str(),
-                    b.as_str()
-                ),
-                None => format!("{} waits for its turn", role.as_str()),
-            });
+        if !changed(role) || gate_off || unhealthy(sts) {
+            allowed.insert(role, true);
+            continue;
         }
-        if changed || !settled(sts) {
-            earlier_done = false;
-            blocker.get_or_insert(role);
+        let earlier = TIERS[..i].iter().copied().find(|r| changed(*r));
+        let rolling = TIERS
+            .iter()
+            .copied()
+            .find(|r| *r != role && live.get(r).is_some_and(mid_rollout));
+        let by = match (rolling, earlier) {
+            (Some(r), _) => Some(format!("{} to finish rolling out", r.as_str())),
+            (None, Some(e)) => Some(format!("{} to roll first", e.as_str())),
+            (None, None) => None,
+        };
+        allowed.insert(role, by.is_none());
+        if let (Some(by), None) = (by, &waiting) {
+            waiting = Some(format!(
+                "{} waits for {by} (annotate the DcdnCluster {ROLLOUT_GATE_ANNOTATION}=off to roll every tier now)",
+                role.as_str()
+            ));
         }
     }
     (allowed, waiting)
@@ -693,7 +727,11 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .map(|r| (*r, o.clone()))
         })
         .collect();
-    let (allowed, rollout_wait) = rollout_gate(&sts_desired, &live.stateful_sets);
+    let gate_off = c
+        .annotations()
+        .get(ROLLOUT_GATE_ANNOTATION)
+        .is_some_and(|v| v == "off");
+    let (allowed, rollout_wait) = rollout_gate(&sts_desired, &live.stateful_sets, gate_off);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let mut applied_names: Vec<(String, String)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();

@@ -408,6 +408,105 @@ async fn a_config_change_rolls_only_the_changed_tiers_one_at_a_time_edges_first(
     assert_eq!(w.pass().await, 0);
 }
 
+/// A tier whose pods all run its current template, none of them ready: a
+/// crash-looping tier, or one whose upstream is down. `changed_from` is
+/// the revision the controller still calls current (the StatefulSet
+/// controller only records a rollout complete once the pods are ready).
+async fn not_ready(w: &World, tier: &str) {
+    let name = format!("demo-{tier}");
+    let s = w.sts().get(&name).await.unwrap();
+    let replicas = s.spec.as_ref().unwrap().replicas.unwrap_or(1);
+    let rev = s.annotations()["dcdn.io/template-hash"].clone();
+    let status = StatefulSetStatus {
+        observed_generation: s.metadata.generation,
+        replicas,
+        ready_replicas: Some(0),
+        updated_replicas: Some(replicas),
+        current_replicas: Some(0),
+        current_revision: Some("before".into()),
+        update_revision: Some(rev),
+        ..Default::default()
+    };
+    w.set_status(&name, status).await;
+}
+
+#[tokio::test]
+async fn the_fix_for_a_broken_origin_rolls_although_the_tiers_that_need_it_are_not_ready() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    // A bad origin config rolls (the only changed tier, the cluster healthy)…
+    w.edit(
+        serde_json::json!({"spec": {"origin": {"config": {"fec": {"default_parity_count": 7}}}}}),
+    )
+    .await;
+    w.pass().await;
+    let broken = w.template_of("origin").await;
+    // …the origin crash-loops, so relays lose their upstream and edges theirs.
+    for t in ["origin", "relay", "edge"] {
+        not_ready(&w, t).await;
+    }
+    w.pass().await;
+    // The edit that fixes it must land: nothing else can make the others ready.
+    w.edit(
+        serde_json::json!({"spec": {"origin": {"config": {"fec": {"default_parity_count": 4}}}}}),
+    )
+    .await;
+    w.pass().await;
+    assert_ne!(
+        w.template_of("origin").await,
+        broken,
+        "the fix is held back"
+    );
+    let (_, reason, msg) = w.condition("Progressing").await;
+    assert_ne!(reason, "WaitingForTier", "{msg}");
+    // An edit of every tier while all are down lands everywhere at once:
+    // the order protects delivery, and there is none to protect.
+    let before: Vec<String> =
+        futures_util::future::join_all(["edge", "relay", "origin"].map(|t| w.template_of(t))).await;
+    w.edit(serde_json::json!({"spec": {"image": "dcdn/node:0.1.1"}}))
+        .await;
+    w.pass().await;
+    for (t, b) in ["edge", "relay", "origin"].iter().zip(before) {
+        assert_ne!(w.template_of(t).await, b, "{t} held back");
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_tier_waits_for_a_rolling_one_unless_the_gate_is_turned_off() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    let relay = w.template_of("relay").await;
+    w.edit(serde_json::json!({"spec": {
+        "edge": {"config": {"fec": {"default_parity_count": 6}}},
+        "relay": {"config": {"fec": {"default_parity_count": 6}}},
+    }}))
+    .await;
+    w.pass().await;
+    w.rolling("edge").await;
+    w.pass().await;
+    assert_eq!(w.template_of("relay").await, relay, "relays wait for edges");
+    let (_, reason, msg) = w.condition("Progressing").await;
+    assert_eq!(reason, "WaitingForTier");
+    assert!(msg.contains("dcdn.io/rollout-gate=off"), "{msg}");
+    // The escape hatch: every tier takes its template now.
+    w.clusters()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"dcdn.io/rollout-gate": "off"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    w.pass().await;
+    assert_ne!(w.template_of("relay").await, relay, "the gate is off");
+}
+
 #[tokio::test]
 async fn a_rollout_restart_annotation_survives_the_operators_applies() {
     let w = World::new().await;
