@@ -2,8 +2,9 @@
 //! (tier-gated) → prune → status.
 //!
 //! Writes are skipped when the live object already carries the hash of
-//! what would be applied, so a pass over an unchanged cluster writes
-//! nothing. Every object is server-side applied by the `dcdn-operator`
+//! what would be applied and every field the operator sets still has its
+//! value, so a pass over an unchanged cluster writes nothing and a
+//! `kubectl scale` or edit of an owned object is put back by the next pass. Every object is server-side applied by the `dcdn-operator`
 //! field manager with a controller owner reference to the `DcdnCluster`,
 //! so deleting the resource deletes everything (garbage collection), and
 //! fields other managers own (`kubectl rollout restart`'s annotation) stay.
@@ -307,6 +308,21 @@ fn rollout_gate(
         }
     }
     (allowed, waiting)
+}
+
+/// Whether `live` carries every field of `want` with the same value. Fields
+/// only the live object has (server defaults, other managers' annotations,
+/// status) do not count; list elements are compared pairwise.
+fn holds(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| holds(lv, wv)) || wv.is_null()),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| holds(lv, wv))
+        }
+        (l, w) => l == w,
+    }
 }
 
 /// Reads or creates the key material.
@@ -759,9 +775,15 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         } else {
             let hash = build::hash_value(&obj);
             obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
+            // The hash says what the operator last applied; the live fields
+            // say whether someone changed them since (`kubectl scale`, an
+            // edited Service): then the apply puts them back.
             live.objects
                 .get(&(kind.clone(), name.clone()))
-                .is_some_and(|(_, o)| o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash))
+                .is_some_and(|(_, o)| {
+                    o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+                        && serde_json::to_value(o).is_ok_and(|l| holds(&l, &obj))
+                })
         };
         if unchanged {
             continue;

@@ -508,6 +508,40 @@ async fn a_healthy_tier_waits_for_a_rolling_one_unless_the_gate_is_turned_off() 
 }
 
 #[tokio::test]
+async fn a_scaled_stateful_set_and_an_edited_service_are_put_back_by_the_next_pass() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    // `kubectl scale` and `kubectl edit`, under their own field managers.
+    w.sts()
+        .patch(
+            "demo-edge",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(w.client.clone(), NS);
+    services
+        .patch(
+            "demo-edge",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+        .unwrap();
+    assert!(w.pass().await >= 2, "the drift is not written back");
+    let replicas = w.sts().get("demo-edge").await.unwrap().spec.unwrap().replicas;
+    assert_eq!(replicas, Some(3));
+    let svc = services.get("demo-edge").await.unwrap();
+    assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.pass().await, 0, "nothing drifted, nothing written");
+}
+
+#[tokio::test]
 async fn a_rollout_restart_annotation_survives_the_operators_applies() {
     let w = World::new().await;
     w.pass().await;
