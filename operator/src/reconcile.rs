@@ -551,14 +551,35 @@ async fn patch_status(
         client.clone(),
         c.namespace().as_deref().unwrap_or("default"),
     );
+    // A merge patch keeps every field it does not mention; fields this
+    // status no longer has (a finished rotation's `nextKeyId`, a `waitingFor`
+    // that is over) are sent as null so they clear.
+    let old = serde_json::to_value(&c.status).unwrap_or(Value::Null);
+    let new = serde_json::to_value(status).unwrap_or(Value::Null);
     api.patch_status(
         &c.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": with_removals(&old, new) })),
     )
     .await
     .map_err(api_err("writing status"))?;
     Ok(())
+}
+
+/// `new` as a merge patch over `old`: every object key `old` has and `new`
+/// lacks becomes `null` (removed by the API server), recursively.
+fn with_removals(old: &Value, mut new: Value) -> Value {
+    if let (Value::Object(o), Value::Object(n)) = (old, &mut new) {
+        for (k, ov) in o {
+            match n.get_mut(k) {
+                None => {
+                    n.insert(k.clone(), Value::Null);
+                }
+                Some(nv) => *nv = with_removals(ov, nv.take()),
+            }
+        }
+    }
+    new
 }
 
 /// Records an invalid resource as `Degraded` instead of failing the pass:

@@ -76,7 +76,12 @@ spec:
 impl World {
     async fn new() -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
-        let (w1, w2, w3) = (writes.clone(), writes.clone(), writes.clone());
+        let (w1, w2, w3, w4) = (
+            writes.clone(),
+            writes.clone(),
+            writes.clone(),
+            writes.clone(),
+        );
         let funcs = kube_fake_client::interceptor::Funcs::new()
             .patch(move |_| {
                 w1.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +93,11 @@ impl World {
             })
             .delete(move |_| {
                 w3.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            })
+            // Status writes are writes too: an unchanged pass makes none.
+            .patch_status(move |_| {
+                w4.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             });
         let client = kube_fake_client::ClientBuilder::new()
@@ -754,6 +764,11 @@ async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {
     w.sync_nodes().await;
     w.pass().await;
     assert_eq!(w.phase().await, RotationPhase::Idle);
+    // What the rotation no longer has is gone from the status, not left
+    // behind by a merge patch that omits it.
+    let rotation = w.cluster().await.status.unwrap().rotation;
+    assert_eq!(rotation.next_key_id, None, "{rotation:?}");
+    assert_eq!(rotation.waiting_for, None, "{rotation:?}");
     let keys = w.signing().await;
     assert_eq!(keys.current.key_id(), new);
     assert!(keys.next.is_none());
