@@ -46,7 +46,8 @@ pub struct DcdnClusterSpec {
     pub edge_service: EdgeServiceSpec,
     #[serde(default)]
     pub key_rotation: KeyRotationSpec,
-    /// Secret holding the admin token (key `token`); generated if unset.
+    /// Secret holding the admin token (key `token`) and the origin's ingest
+    /// token (key `ingest-token`); generated if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret: Option<String>,
     #[serde(default)]

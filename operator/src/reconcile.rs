@@ -40,6 +40,8 @@ pub const APPLIED_HASH_ANNOTATION: &str = "dcdn.io/applied-hash";
 pub const ROLLOUT_GATE_ANNOTATION: &str = "dcdn.io/rollout-gate";
 /// Requeue while something is in motion (rollout, rotation).
 const BUSY_REQUEUE: Duration = Duration::from_secs(10);
+/// Requeue while key material (a user's token Secret) is missing or bad.
+const KEY_REQUEUE: Duration = Duration::from_secs(30);
 /// Requeue at rest: drift and the rotation schedule are checked this often.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Largest number of clusters whose failure counts are remembered.
@@ -369,11 +371,26 @@ async fn read_keys(
     };
     let admin_generated = c.spec.admin_token_secret.is_none();
     let admin = match get(names.admin_secret()) {
+        // Origin pods mount the Secret and read `ingest-token` from it.
+        Some(s)
+            if !admin_generated
+                && !s
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(crate::keys::INGEST_TOKEN_FILE)) =>
+        {
+            return Err(Error::Precondition(format!(
+                "spec.adminTokenSecret names Secret {} in namespace {}, which has no key `{}` (origin pods read the ingest token from it)",
+                names.admin_secret(),
+                names.namespace,
+                crate::keys::INGEST_TOKEN_FILE
+            )));
+        }
         Some(s) => AdminTokens::from_secret(&s, &names.admin_secret())?,
         None if admin_generated => AdminTokens::generate(),
         None => {
             return Err(Error::Precondition(format!(
-                "spec.adminTokenSecret names Secret {} with key `token`, which does not exist in namespace {}",
+                "spec.adminTokenSecret names Secret {} (keys `token` and `ingest-token`), which does not exist in namespace {}",
                 names.admin_secret(),
                 names.namespace
             )));
@@ -582,13 +599,15 @@ fn with_removals(old: &Value, mut new: Value) -> Value {
     new
 }
 
-/// Records an invalid resource as `Degraded` instead of failing the pass:
-/// retrying cannot fix it, a user edit will.
+/// Records a resource that cannot be built as `Degraded` instead of failing
+/// the pass; `then` says when to look again (an invalid spec waits for an
+/// edit, missing key material is looked for again soon).
 async fn degrade<A: NodeAdmin>(
     ctx: &Context<A>,
     c: &DcdnCluster,
     reason: &str,
     message: String,
+    then: Action,
 ) -> Result<Action, Error> {
     let now = (ctx.clock)().to_string();
     let old = c.status.clone().unwrap_or_default();
@@ -615,7 +634,7 @@ async fn degrade<A: NodeAdmin>(
         publish_event(ctx, c, EventType::Warning, reason, message).await;
     }
     patch_status(&ctx.client, c, &status).await?;
-    Ok(Action::await_change())
+    Ok(then)
 }
 
 /// One pass for one cluster.
@@ -675,14 +694,24 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .failures
                 .with_label_values(&["invalid_spec"])
                 .inc();
-            return degrade(ctx, c, "InvalidSpec", e.to_string()).await;
+            // Only an edit can fix the spec: wait for it.
+            return degrade(ctx, c, "InvalidSpec", e.to_string(), Action::await_change()).await;
         }
     };
     let mut keys = match read_keys(client, c, &names).await {
         Ok(k) => k,
         Err(e @ (Error::Keys(_) | Error::Precondition(_))) => {
             ctx.metrics.failures.with_label_values(&[e.reason()]).inc();
-            return degrade(ctx, c, "KeyMaterial", e.to_string()).await;
+            // A Secret created or fixed later is no edit of the resource
+            // (the operator does not watch Secrets): look again soon.
+            return degrade(
+                ctx,
+                c,
+                "KeyMaterial",
+                e.to_string(),
+                Action::requeue(KEY_REQUEUE),
+            )
+            .await;
         }
         Err(e) => return Err(e),
     };

@@ -542,7 +542,14 @@ async fn a_scaled_stateful_set_and_an_edited_service_are_put_back_by_the_next_pa
         .await
         .unwrap();
     assert!(w.pass().await >= 2, "the drift is not written back");
-    let replicas = w.sts().get("demo-edge").await.unwrap().spec.unwrap().replicas;
+    let replicas = w
+        .sts()
+        .get("demo-edge")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas;
     assert_eq!(replicas, Some(3));
     let svc = services.get("demo-edge").await.unwrap();
     assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
@@ -665,14 +672,57 @@ async fn an_invalid_resource_is_degraded_not_a_crash_loop() {
 }
 
 #[tokio::test]
-async fn a_missing_user_admin_secret_is_reported_by_name() {
+async fn a_missing_user_admin_secret_is_reported_by_name_and_picked_up_when_it_appears() {
     let w = World::new().await;
     w.edit(serde_json::json!({"spec": {"adminTokenSecret": "my-tokens"}}))
         .await;
-    w.pass().await;
+    let action = reconcile(Arc::new(w.cluster().await), w.ctx.clone())
+        .await
+        .unwrap();
     let (status, _, msg) = w.condition("Degraded").await;
     assert_eq!(status, "True");
     assert!(msg.contains("my-tokens"), "{msg}");
+    // Key material is not an edit away: the pass comes back on its own.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    // Created later, without the ingest token the origin mounts: named.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let mut s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "my-tokens", "namespace": NS},
+        "stringData": {},
+    }))
+    .unwrap();
+    s.data = Some(
+        [(
+            "token".to_owned(),
+            k8s_openapi::ByteString(b"t0ken".to_vec()),
+        )]
+        .into(),
+    );
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(
+        msg.contains("my-tokens") && msg.contains("ingest-token"),
+        "{msg}"
+    );
+    // Complete: the cluster is built.
+    s.data.as_mut().unwrap().insert(
+        "ingest-token".into(),
+        k8s_openapi::ByteString(b"1ngest".to_vec()),
+    );
+    secrets
+        .replace("my-tokens", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "False", "{msg}");
+    assert!(w.sts().get_opt("demo-origin").await.unwrap().is_some());
 }
 
 /// Drives a rotation through every phase; at each gate the nodes lag first.
