@@ -23,6 +23,9 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "dcdn-oper
 pub const MESH_PORT: u16 = 7400;
 pub const HTTP_PORT: u16 = 8080;
 pub const ADMIN_PORT: u16 = 9090;
+/// Requests of a tier whose `resources` names none.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
 /// The image's numeric non-root user.
 pub const NODE_UID: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/dcdn/config";
@@ -315,9 +318,23 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
         }],
         "volumes": volumes,
     });
-    if let Some(r) = &spec.resources {
-        pod_spec["containers"][0]["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
-    }
+    // Without requests a pod is BestEffort: first evicted under pressure and
+    // invisible to the scheduler's packing. A tier that names none gets
+    // modest ones (the node's defaults run in far less than 256 MiB).
+    pod_spec["containers"][0]["resources"] = match &spec.resources {
+        Some(r) => serde_json::to_value(r).unwrap_or(Value::Null),
+        None => {
+            json!({ "requests": { "cpu": DEFAULT_CPU_REQUEST, "memory": DEFAULT_MEMORY_REQUEST } })
+        }
+    };
+    // Spread each tier's pods over zones when the scheduler can; never
+    // refuse to schedule for it (ScheduleAnyway).
+    pod_spec["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": { "matchLabels": selector(names, role) },
+    }]);
     if !spec.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(spec.node_selector);
     }
@@ -358,7 +375,14 @@ fn pdb(names: &Names, role: Role) -> Value {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": meta(names, names.workload(role), Some(role)),
-        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector(names, role) } },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": { "matchLabels": selector(names, role) },
+            // A pod that is not ready serves nobody: draining its node must
+            // not wait for it (the default, IfHealthyBudget, can block a
+            // node drain behind a crash-looping pod).
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     })
 }
 
@@ -568,6 +592,56 @@ mod tests {
         assert_eq!(h(&before, "edge"), h(&scaled, "edge"));
         // Building twice gives the same objects.
         assert_eq!(before, build(&cluster(MINIMAL)).unwrap());
+    }
+
+    #[test]
+    fn platform_defaults_requests_zone_spread_and_pdbs_that_let_unhealthy_pods_go() {
+        let objects = build(&cluster(MINIMAL)).unwrap();
+        for role in TIERS {
+            let d = stateful_set(&objects, &format!("demo-{}", role.as_str()));
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let req = pod.containers[0]
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.clone())
+                .unwrap_or_default();
+            assert_eq!(req["cpu"].0, DEFAULT_CPU_REQUEST, "{role:?}");
+            assert_eq!(req["memory"].0, DEFAULT_MEMORY_REQUEST, "{role:?}");
+            let spread = pod.topology_spread_constraints.unwrap();
+            assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+            assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        }
+        for o in objects
+            .iter()
+            .filter(|o| o["kind"] == "PodDisruptionBudget")
+        {
+            let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+                serde_json::from_value(o.clone()).unwrap();
+            assert_eq!(
+                pdb.spec.unwrap().unhealthy_pod_eviction_policy.as_deref(),
+                Some("AlwaysAllow")
+            );
+        }
+        // A tier's own resources win.
+        let own = build(&cluster(&MINIMAL.replace(
+            "edge: {replicas: 3}",
+            "edge: {replicas: 3, resources: {requests: {cpu: '2'}}}",
+        )))
+        .unwrap();
+        let pod = stateful_set(&own, "demo-edge")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let req = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(req["cpu"].0, "2");
+        assert!(!req.contains_key("memory"));
     }
 
     #[test]
