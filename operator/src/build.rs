@@ -38,6 +38,8 @@ pub enum BuildError {
     NoNamespace,
     #[error("the resource has no name")]
     NoName,
+    #[error("metadata.name {name:?} cannot name child objects: {reason}")]
+    Name { name: String, reason: &'static str },
     #[error("{tier} config is invalid: {message}")]
     Config { tier: &'static str, message: String },
 }
@@ -57,6 +59,37 @@ fn tier_name(role: Role) -> &'static str {
     role.as_str()
 }
 
+/// Longest cluster name: `{name}-origin` is a StatefulSet, whose revision
+/// label `{sts}-<10 chars>` must fit 63 characters.
+pub const MAX_NAME: usize = 45;
+
+/// The rule the CRD's CEL validation states, for resources that got past
+/// it (an older CRD): every child name must be a DNS-1035 label.
+fn check_name(name: &str) -> Result<(), BuildError> {
+    let bad = |reason| {
+        Err(BuildError::Name {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.len() > MAX_NAME {
+        return bad("longer than 45 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return bad("does not start with a letter a-z");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return bad("has a character other than a-z, 0-9 and '-' (a dot, say)");
+    }
+    if name.ends_with('-') {
+        return bad("ends with '-'");
+    }
+    Ok(())
+}
+
 /// Names of everything a cluster owns, derived from the resource's name.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -68,6 +101,7 @@ pub struct Names {
 impl Names {
     pub fn of(c: &DcdnCluster) -> Result<Self, BuildError> {
         let cluster = c.metadata.name.clone().ok_or(BuildError::NoName)?;
+        check_name(&cluster)?;
         Ok(Self {
             admin_secret: c
                 .spec
@@ -642,6 +676,27 @@ mod tests {
             .unwrap();
         assert_eq!(req["cpu"].0, "2");
         assert!(!req.contains_key("memory"));
+    }
+
+    #[test]
+    fn a_name_that_makes_invalid_child_names_is_refused_with_the_reason() {
+        for (name, reason) in [
+            ("my.cdn", "other than"),
+            ("a-very-long-cluster-name-that-does-not-fit-in-63", "45"),
+            ("9cdn", "start with a letter"),
+        ] {
+            let mut c = cluster(MINIMAL);
+            c.metadata.name = Some(name.into());
+            match build(&c) {
+                Err(e @ BuildError::Name { .. }) => {
+                    assert!(e.to_string().contains(reason), "{e}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut c = cluster(MINIMAL);
+        c.metadata.name = Some("a".repeat(MAX_NAME));
+        assert!(build(&c).is_ok());
     }
 
     #[test]

@@ -686,7 +686,8 @@ pub fn backoff(failures: u32) -> Duration {
 
 async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Result<Action, Error> {
     let client = &ctx.client;
-    let names = Names::of(c)?;
+    // Build first: a resource that cannot be built (its name included) is
+    // Degraded and waits for an edit, not retried in a loop.
     let wanted = match build::build(c) {
         Ok(w) => w,
         Err(e) => {
@@ -698,6 +699,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
             return degrade(ctx, c, "InvalidSpec", e.to_string(), Action::await_change()).await;
         }
     };
+    let names = Names::of(c)?;
     let mut keys = match read_keys(client, c, &names).await {
         Ok(k) => k,
         Err(e @ (Error::Keys(_) | Error::Precondition(_))) => {
