@@ -159,19 +159,24 @@ struct Live {
     pods: Vec<Pod>,
 }
 
-async fn read_live(client: &kube::Client, names: &Names, monitoring: bool) -> Result<Live, Error> {
+async fn read_live(client: &kube::Client, names: &Names) -> Result<Live, Error> {
     let lp = ListParams::default().labels(&selector(names));
     let mut objects = BTreeMap::new();
     let mut kinds = pruned_kinds();
-    if monitoring {
-        kinds.push(service_monitor_resource());
-    }
+    // Listed whether or not monitoring is on, so one turned off is pruned.
+    kinds.push(service_monitor_resource());
     for ar in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
         let list = match api.list(&lp).await {
             Ok(l) => l,
-            // The ServiceMonitor CRD may not be installed; applying will say so.
-            Err(kube::Error::Api(s)) if s.code == 404 && ar.kind == "ServiceMonitor" => continue,
+            // The ServiceMonitor CRD may not be installed (404) or the
+            // operator not allowed to read them (403): nothing to prune then,
+            // and applying one, if asked, says so in Degraded.
+            Err(kube::Error::Api(s))
+                if (s.code == 404 || s.code == 403) && ar.kind == "ServiceMonitor" =>
+            {
+                continue;
+            }
             Err(e) => return Err(api_err(format!("listing {}", ar.plural))(e)),
         };
         for o in list.items {
@@ -717,7 +722,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         }
         Err(e) => return Err(e),
     };
-    let live = read_live(client, &names, c.spec.monitoring.service_monitor).await?;
+    let live = read_live(client, &names).await?;
     let now = (ctx.clock)();
     let old_status = c.status.clone().unwrap_or_default();
 
@@ -857,6 +862,9 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .inc(),
             Err(kube::Error::Api(s)) if s.code == 404 && kind == "ServiceMonitor" => {
                 problems.push("spec.monitoring.serviceMonitor is on but the ServiceMonitor CRD (Prometheus Operator) is not installed".into());
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 && kind == "ServiceMonitor" => {
+                problems.push("spec.monitoring.serviceMonitor is on but the operator may not write ServiceMonitors (RBAC: monitoring.coreos.com servicemonitors)".into());
             }
             Err(e) => return Err(api_err(format!("applying {kind} {name}"))(e)),
         }

@@ -26,6 +26,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const NS: &str = "cdn";
 
+/// The Prometheus Operator's CRD, as installed next to the operator.
+#[derive(
+    kube::CustomResource, serde::Serialize, serde::Deserialize, Clone, Debug, schemars::JsonSchema,
+)]
+#[kube(
+    group = "monitoring.coreos.com",
+    version = "v1",
+    kind = "ServiceMonitor",
+    namespaced
+)]
+struct ServiceMonitorSpec {
+    #[serde(default)]
+    endpoints: Vec<serde_json::Value>,
+}
+
 /// Simulated nodes: what each pod's admin API answers.
 #[derive(Default, Clone)]
 struct FakeNodes {
@@ -102,6 +117,7 @@ impl World {
             });
         let client = kube_fake_client::ClientBuilder::new()
             .with_resource::<DcdnCluster>()
+            .with_resource::<ServiceMonitor>()
             .with_status_subresource::<StatefulSet>()
             .with_interceptor_funcs(funcs)
             .build()
@@ -556,6 +572,28 @@ async fn a_scaled_stateful_set_and_an_edited_service_are_put_back_by_the_next_pa
     w.settle_all().await;
     w.pass().await;
     assert_eq!(w.pass().await, 0, "nothing drifted, nothing written");
+}
+
+#[tokio::test]
+async fn a_service_monitor_turned_off_is_pruned() {
+    let w = World::new().await;
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": true}}}))
+        .await;
+    w.pass().await;
+    let monitors: Api<ServiceMonitor> = Api::namespaced(w.client.clone(), NS);
+    let listed = || async {
+        monitors
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(listed().await, 1);
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": false}}}))
+        .await;
+    w.pass().await;
+    assert_eq!(listed().await, 0, "the ServiceMonitor outlived its switch");
 }
 
 #[tokio::test]
