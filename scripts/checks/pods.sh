@@ -13,6 +13,9 @@ fi
 # live stream byte-identical through the edge Service. On the kind example's
 # cluster, also scenarios 4 (a killed pod comes back, delivery continues)
 # and 6 (a scale through the API is put back). The image is built once
-# (docker-testbed.sh has usually built it already).
-testbed/pods/run.sh deploy/examples/minimal.yaml
+# (docker-testbed.sh has usually built it already; build.sh is then quick).
+# Always (re)build: an image older than the source renders fields its node
+# does not know (seen after a merge: `unknown field http_header_timeout_ms`).
+# After docker-testbed.sh this is a cargo no-op plus a docker build.
+DCDN_PODS_BUILD=1 testbed/pods/run.sh deploy/examples/minimal.yaml
 testbed/pods/run.sh deploy/examples/kind.yaml --scenarios
