@@ -477,7 +477,14 @@ async fn fetch(url: &str, output: &std::path::Path) -> anyhow::Result<()> {
         .headers()
         .get("etag")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_matches('"').to_owned());
+        // `"<blake3>-<version>"`; the digest is what the body must hash to.
+        .map(|v| {
+            v.trim_matches('"')
+                .split('-')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
     let mut file = tokio::fs::File::create(output)
         .await
         .with_context(|| format!("creating {}", output.display()))?;

@@ -240,7 +240,7 @@ pub(super) async fn live_latency() -> anyhow::Result<Vec<BenchResult>> {
     let origin = c.of(Role::Origin)[0].shared.clone();
     let edge = c.of(Role::Edge)[0].shared.clone();
     let mut at_edge = edge.arrivals.subscribe();
-    let stream = crate::chunk::StreamId::from_name("latency");
+    let stream = crate::chunk::StreamId::live("latency");
     let mut latencies = Vec::with_capacity(N);
     for seq in 0..N as u64 {
         let payload = object(16_000);

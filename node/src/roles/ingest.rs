@@ -40,6 +40,9 @@ pub trait Publish: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
+    /// The version the next publish of an object gets: higher than every
+    /// version handed out before.
+    fn next_version(&self) -> u64;
 }
 
 /// A published object or stream segment, as reported to the publisher.
@@ -49,6 +52,8 @@ pub struct Published {
     pub stream: String,
     #[serde(skip)]
     pub stream_id: StreamId,
+    /// Which publish of `name` this is (objects; 0 for live segments).
+    pub version: u64,
     pub len: u64,
     pub chunk_size: u32,
     pub first_seq: u64,
@@ -144,7 +149,10 @@ async fn put_object<P: Publish>(
 ) -> Result<Response, HttpError> {
     check_token(&headers, &state.config.token)?;
     check_name(&name)?;
-    let stream = StreamId::from_name(&name);
+    // Every publish is a new version with its own chunk ids, so its chunks
+    // never collide with (or get dropped as duplicates of) an earlier one.
+    let version = state.publisher.next_version();
+    let stream = StreamId::object(&name, version);
     let chunk_size = state.config.chunk_size;
     let mut hasher = blake3::Hasher::new();
     let mut pending = BytesMut::with_capacity(chunk_size);
@@ -199,6 +207,7 @@ async fn put_object<P: Publish>(
         name: name.clone(),
         stream: stream.to_string(),
         stream_id: stream,
+        version,
         len,
         chunk_size: chunk_size as u32,
         first_seq: 0,
@@ -235,7 +244,7 @@ async fn put_live<P: Publish>(
 ) -> Result<Response, HttpError> {
     check_token(&headers, &state.config.token)?;
     check_name(&name)?;
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let first_seq = state.publisher.next_live_seq(stream);
     let mut seq = first_seq;
     let mut len = 0u64;
@@ -266,6 +275,7 @@ async fn put_live<P: Publish>(
             name,
             stream: stream.to_string(),
             stream_id: stream,
+            version: 0,
             len,
             chunk_size: state.config.chunk_size as u32,
             first_seq,
@@ -311,6 +321,9 @@ mod tests {
         }
         fn next_live_seq(&self, stream: StreamId) -> u64 {
             self.heads.lock().get(&stream).copied().unwrap_or(0)
+        }
+        fn next_version(&self) -> u64 {
+            self.manifests.lock().len() as u64 + 1
         }
     }
 

@@ -519,17 +519,19 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             }
             Frame::NotFound { id }
         }
-        Frame::ManifestRequest { stream } => {
-            if let Some(m) = shared.manifests.lock().get(stream) {
-                return Frame::Manifest(m);
-            }
-            if shared.settings.role == Role::Relay {
-                if let Ok(m) = shared.fetch_manifest(stream).await {
-                    return Frame::Manifest(m);
-                }
-            }
-            Frame::NotFound {
-                id: ChunkId::new(stream, u64::MAX),
+        Frame::ManifestRequest { object } => {
+            // An origin answers what it published; a relay revalidates a
+            // stale entry upstream first; an edge answers what it holds.
+            let answer = if shared.settings.role == Role::Edge {
+                shared.manifests.lock().newest(object).map(|(m, _)| m)
+            } else {
+                shared.fetch_manifest(object).await.ok()
+            };
+            match answer {
+                Some(m) => Frame::Manifest(m),
+                None => Frame::NotFound {
+                    id: ChunkId::new(object, u64::MAX),
+                },
             }
         }
         other => {

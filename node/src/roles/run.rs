@@ -113,6 +113,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         mesh_bytes_out: AtomicU64::new(0),
         shutdown,
         push_upstream: Mutex::new(None),
+        last_version: std::sync::atomic::AtomicU64::new(0),
         settings,
     });
 
@@ -329,6 +330,10 @@ impl Publish for OriginPublisher {
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
         self.0.head(stream).map_or(0, |h| h + 1)
+    }
+
+    fn next_version(&self) -> u64 {
+        self.0.next_version()
     }
 }
 

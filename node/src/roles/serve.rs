@@ -24,6 +24,8 @@ use std::time::Duration;
 pub struct ObjectInfo {
     pub name: String,
     pub stream: StreamId,
+    /// Which publish of `name` this is.
+    pub version: u64,
     pub len: u64,
     pub chunk_size: u32,
     pub chunk_count: u64,
@@ -32,8 +34,10 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
+    /// `"<blake3 hex>-<version>"`: the digest lets a client check the body
+    /// (`dcdn fetch` does), the version names which publish it is.
     fn etag(&self) -> String {
-        format!("\"{}\"", hex::encode(self.digest))
+        format!("\"{}-{}\"", hex::encode(self.digest), self.version)
     }
 }
 
@@ -289,6 +293,7 @@ async fn get_object<C: Content>(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, &etag)
+        .header("x-dcdn-version", info.version)
         .header(header::CONTENT_LENGTH, span.end - span.start);
     if status == StatusCode::PARTIAL_CONTENT {
         builder = builder.header(
@@ -450,7 +455,7 @@ async fn get_stream_head<C: Content>(
     State(state): State<Arc<ServeState<C>>>,
     Path(name): Path<String>,
 ) -> Result<Response, HttpError> {
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let head = state.content.stream_head(stream).ok_or_else(|| {
         HttpError::new(
             StatusCode::NOT_FOUND,
@@ -475,7 +480,7 @@ async fn get_live_chunk<C: Content>(
             format!("sequence {seq:?} is not a non-negative integer"),
         )
     })?;
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let chunk = state
         .content
         .chunk(ChunkId::new(stream, seq), state.config.live_wait)
@@ -555,7 +560,7 @@ mod tests {
     }
 
     fn fake_with_object(data: &[u8], chunk_size: usize) -> Fake {
-        let stream = StreamId::from_name("big.bin");
+        let stream = StreamId::object("big.bin", 7);
         let mut fake = Fake::default();
         for (i, piece) in data.chunks(chunk_size).enumerate() {
             let c = chunk_of(stream, i as u64, piece);
@@ -566,6 +571,7 @@ mod tests {
             ObjectInfo {
                 name: "big.bin".into(),
                 stream,
+                version: 7,
                 len: data.len() as u64,
                 chunk_size: chunk_size as u32,
                 chunk_count: data.len().div_ceil(chunk_size) as u64,
@@ -609,7 +615,7 @@ mod tests {
         assert_eq!(headers[header::CONTENT_LENGTH], "10000");
         assert_eq!(
             headers[header::ETAG],
-            format!("\"{}\"", hex::encode(digest(&d)))
+            format!("\"{}-7\"", hex::encode(digest(&d)))
         );
     }
 
@@ -694,7 +700,7 @@ mod tests {
     #[tokio::test]
     async fn matching_if_none_match_is_304_and_head_has_no_body() {
         let d = data();
-        let etag = format!("\"{}\"", hex::encode(digest(&d)));
+        let etag = format!("\"{}-7\"", hex::encode(digest(&d)));
         let (status, _, body) = call(
             fake_with_object(&d, 1000),
             Request::get("/v1/objects/big.bin")
@@ -719,7 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_chunks_by_sequence_and_head() {
-        let stream = StreamId::from_name("cam");
+        let stream = StreamId::live("cam");
         let mut fake = Fake::default();
         for seq in 0..3 {
             let c = chunk_of(stream, seq, format!("frame{seq}").as_bytes());

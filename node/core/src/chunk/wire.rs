@@ -78,7 +78,12 @@ pub struct ShardFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestFrame {
     pub name: String,
+    /// `StreamId::object(name, version)`: the id every chunk of this
+    /// version carries.
     pub stream: StreamId,
+    /// Which publish of `name` this is; a later publish has a higher one,
+    /// and nodes serve the highest they verified.
+    pub version: u64,
     pub object_len: u64,
     pub chunk_size: u32,
     pub chunk_count: u64,
@@ -150,8 +155,10 @@ pub enum Frame {
         failed: u32,
     },
     Manifest(ManifestFrame),
+    /// Asks for the newest manifest of the object whose
+    /// `StreamId::object_key` is `object`.
     ManifestRequest {
-        stream: StreamId,
+        object: StreamId,
     },
     NotFound {
         id: ChunkId,
@@ -245,6 +252,7 @@ fn put_short_str(out: &mut BytesMut, s: &str) {
 fn put_manifest_fields(out: &mut BytesMut, m: &ManifestFrame) {
     put_short_str(out, &m.name);
     out.put_u64(m.stream.0);
+    out.put_u64(m.version);
     out.put_u64(m.object_len);
     out.put_u32(m.chunk_size);
     out.put_u64(m.chunk_count);
@@ -378,9 +386,9 @@ impl Frame {
                 put_manifest_fields(out, m);
                 out.put_slice(&m.signature);
             }
-            Self::ManifestRequest { stream } => {
+            Self::ManifestRequest { object } => {
                 out.put_u8(tag::MANIFEST_REQUEST);
-                out.put_u64(stream.0);
+                out.put_u64(object.0);
             }
             Self::NotFound { id } => {
                 out.put_u8(tag::NOT_FOUND);
@@ -539,6 +547,7 @@ impl Frame {
             tag::MANIFEST => {
                 let name = r.short_str("name")?;
                 let stream = StreamId(r.u64("stream")?);
+                let version = r.u64("version")?;
                 let object_len = r.u64("object_len")?;
                 let chunk_size = r.u32("chunk_size")?;
                 let chunk_count = r.u64("chunk_count")?;
@@ -572,6 +581,7 @@ impl Frame {
                 Frame::Manifest(ManifestFrame {
                     name,
                     stream,
+                    version,
                     object_len,
                     chunk_size,
                     chunk_count,
@@ -582,7 +592,7 @@ impl Frame {
                 })
             }
             tag::MANIFEST_REQUEST => Frame::ManifestRequest {
-                stream: StreamId(r.u64("stream")?),
+                object: StreamId(r.u64("object")?),
             },
             tag::NOT_FOUND => Frame::NotFound { id: r.id()? },
             tag::ERROR => {
@@ -788,6 +798,7 @@ mod tests {
                 |(name, stream, len, chunk_size, digest, key, ts)| ManifestFrame {
                     name,
                     stream: StreamId(stream),
+                    version: ts ^ stream,
                     object_len: len,
                     chunk_size,
                     chunk_count: len.div_ceil(u64::from(chunk_size)),
@@ -854,7 +865,7 @@ mod tests {
             }),
             any_manifest().prop_map(Frame::Manifest),
             any::<u64>().prop_map(|s| Frame::ManifestRequest {
-                stream: StreamId(s)
+                object: StreamId(s)
             }),
             any_id().prop_map(|id| Frame::NotFound { id }),
             (any::<u16>(), "\\PC{0,100}")
@@ -1004,6 +1015,7 @@ mod tests {
         let m = ManifestFrame {
             name: "a".into(),
             stream: StreamId(1),
+            version: 3,
             object_len: 10,
             chunk_size: 4,
             chunk_count: 2,
