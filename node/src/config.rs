@@ -444,6 +444,11 @@ pub struct OriginSection {
     /// File holding the bearer token publishers present (or set
     /// `DCDN_INGEST_TOKEN`).
     pub ingest_token_file: Option<PathBuf>,
+    /// `Cache-Control` edges answer with for an object published without
+    /// one. The default makes clients revalidate (cheap: a 304), so a
+    /// re-publish is seen at once; publishers of immutable names can send
+    /// `public, max-age=31536000, immutable` with the PUT.
+    pub cache_control: String,
 }
 
 impl Default for OriginSection {
@@ -452,8 +457,23 @@ impl Default for OriginSection {
             chunk_size_kb: Bounded::lit(256),
             max_object_mb: Bounded::lit(65536),
             ingest_token_file: None,
+            cache_control: "public, no-cache".to_owned(),
         }
     }
+}
+
+/// A `Cache-Control` value a manifest may carry: 1–255 bytes of visible
+/// ASCII and spaces (what a header value allows and a manifest field holds).
+pub fn check_cache_control(value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > crate::chunk::wire::MAX_NAME_LEN
+        || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "cache control {value:?} must be 1-255 characters of visible ASCII"
+        ));
+    }
+    Ok(())
 }
 
 /// The admin API's tokens.
@@ -593,6 +613,8 @@ impl NodeConfig {
 
     /// Rules that span fields.
     pub fn validate(&self) -> Result<(), String> {
+        check_cache_control(&self.origin.cache_control)
+            .map_err(|e| format!("origin.cache_control: {e}"))?;
         let f = &self.fec;
         if f.min_parity > f.max_parity {
             return Err(format!(

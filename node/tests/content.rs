@@ -301,3 +301,106 @@ async fn random_interleavings_never_serve_a_body_the_publisher_did_not_produce()
     assert!(fetched > 10);
     c.stop().await;
 }
+
+/// What an edge answers `method` with `headers`, error or not.
+async fn ask(
+    url: &str,
+    method: hyper::Method,
+    headers: &[(hyper::header::HeaderName, String)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let client = Client::new(Duration::from_secs(20));
+    match client
+        .send(method, url, None, headers, axum::body::Body::empty())
+        .await
+    {
+        Ok(r) => (r.status.as_u16(), r.headers, r.body),
+        Err(ClientError::Status { status, body, .. }) => {
+            (status.as_u16(), hyper::HeaderMap::new(), Bytes::from(body))
+        }
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edges_answer_caching_headers_and_conditional_requests() {
+    use hyper::header::{
+        CACHE_CONTROL, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    };
+    let c = TestCluster::start(
+        "http",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        tiny,
+        |_| {},
+    )
+    .await;
+    let edge = &edges(&c)[0];
+    let data = payload(3, 70_000);
+    // With a Cache-Control of its own, and without one (the config default).
+    let client = Client::new(Duration::from_secs(30));
+    client
+        .send(
+            hyper::Method::PUT,
+            &format!("{}/v1/objects/app.js", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            &[(CACHE_CONTROL, "public, max-age=31536000, immutable".into())],
+            axum::body::Body::from(data.clone()),
+        )
+        .await
+        .unwrap();
+    publish(&c, "index.html", &data).await;
+    let url = format!("{edge}/v1/objects/app.js");
+    let got = get(&url).await.unwrap();
+    assert_eq!(
+        got.headers[CACHE_CONTROL],
+        "public, max-age=31536000, immutable"
+    );
+    let plain = get(&format!("{edge}/v1/objects/index.html")).await.unwrap();
+    assert_eq!(plain.headers[CACHE_CONTROL], "public, no-cache");
+    let etag = got.headers[ETAG].to_str().unwrap().to_owned();
+    let modified = got.headers[LAST_MODIFIED].to_str().unwrap().to_owned();
+    // HEAD equals GET, with and without a Range, for a known and an unknown name.
+    for (path, headers) in [
+        ("app.js", vec![]),
+        (
+            "app.js",
+            vec![(hyper::header::RANGE, "bytes=5-70".to_owned())],
+        ),
+        ("nothing-here", vec![]),
+    ] {
+        let u = format!("{edge}/v1/objects/{path}");
+        let (gs, mut gh, _) = ask(&u, hyper::Method::GET, &headers).await;
+        let (hs, mut hh, hb) = ask(&u, hyper::Method::HEAD, &headers).await;
+        gh.remove(hyper::header::DATE);
+        hh.remove(hyper::header::DATE);
+        assert_eq!((gs, gh), (hs, hh), "HEAD {path} {headers:?}");
+        assert!(hb.is_empty());
+    }
+    for (h, v, want) in [
+        (IF_NONE_MATCH, etag.clone(), 304),
+        (IF_NONE_MATCH, format!("W/{etag}"), 304),
+        (IF_NONE_MATCH, "\"stale\"".into(), 200),
+        (IF_MODIFIED_SINCE, modified.clone(), 304),
+        (IF_MATCH, etag.clone(), 200),
+        (IF_MATCH, "\"stale\"".into(), 412),
+    ] {
+        let (status, headers, body) =
+            ask(&url, hyper::Method::GET, &[(h.clone(), v.clone())]).await;
+        assert_eq!(status, want, "{h}: {v}");
+        if want == 304 {
+            assert_eq!(headers[ETAG], etag.as_str());
+            assert!(body.is_empty());
+        }
+        if want == 412 {
+            assert!(String::from_utf8_lossy(&body).contains("precondition_failed"));
+        }
+    }
+    // A re-publish changes the validators: the old ETag no longer matches.
+    publish(&c, "app.js", &payload(4, 70_000)).await;
+    wait_for_body(edge, "app.js", &payload(4, 70_000), Duration::from_secs(5)).await;
+    let (status, _, _) = ask(&url, hyper::Method::GET, &[(IF_NONE_MATCH, etag.clone())]).await;
+    assert_eq!(status, 200);
+    c.stop().await;
+}

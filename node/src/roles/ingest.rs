@@ -54,6 +54,8 @@ pub struct Published {
     pub stream_id: StreamId,
     /// Which publish of `name` this is (objects; 0 for live segments).
     pub version: u64,
+    /// The `Cache-Control` edges answer with (objects).
+    pub cache_control: String,
     pub len: u64,
     pub chunk_size: u32,
     pub first_seq: u64,
@@ -72,6 +74,8 @@ pub struct IngestConfig {
     pub token: String,
     /// Largest object accepted, bytes.
     pub max_object_bytes: u64,
+    /// `Cache-Control` for objects published without one.
+    pub cache_control: String,
 }
 
 struct IngestState<P> {
@@ -149,6 +153,15 @@ async fn put_object<P: Publish>(
 ) -> Result<Response, HttpError> {
     check_token(&headers, &state.config.token)?;
     check_name(&name)?;
+    let cache_control = match headers.get(header::CACHE_CONTROL) {
+        None => state.config.cache_control.clone(),
+        Some(v) => {
+            let v = v.to_str().unwrap_or("\u{fffd}");
+            crate::config::check_cache_control(v)
+                .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_cache_control", e))?;
+            v.to_owned()
+        }
+    };
     // Every publish is a new version with its own chunk ids, so its chunks
     // never collide with (or get dropped as duplicates of) an earlier one.
     let version = state.publisher.next_version();
@@ -208,6 +221,7 @@ async fn put_object<P: Publish>(
         stream: stream.to_string(),
         stream_id: stream,
         version,
+        cache_control,
         len,
         chunk_size: chunk_size as u32,
         first_seq: 0,
@@ -276,6 +290,7 @@ async fn put_live<P: Publish>(
             stream: stream.to_string(),
             stream_id: stream,
             version: 0,
+            cache_control: String::new(),
             len,
             chunk_size: state.config.chunk_size as u32,
             first_seq,
@@ -334,6 +349,7 @@ mod tests {
                 chunk_size: 1000,
                 token: "s3cret".into(),
                 max_object_bytes: 1 << 20,
+                cache_control: "no-cache".into(),
             },
         )
     }

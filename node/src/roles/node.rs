@@ -688,6 +688,7 @@ impl Shared {
             name: p.name.clone(),
             stream: p.stream_id,
             version: p.version,
+            cache_control: p.cache_control.clone(),
             object_len: p.len,
             chunk_size: p.chunk_size,
             chunk_count: p.chunks,
@@ -882,6 +883,8 @@ fn object_info(m: &ManifestFrame) -> ObjectInfo {
         chunk_size: m.chunk_size,
         chunk_count: m.chunk_count,
         digest: m.digest,
+        published_ms: m.timestamp_ms,
+        cache_control: m.cache_control.clone(),
     }
 }
 

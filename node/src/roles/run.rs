@@ -146,6 +146,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                     chunk_size: shared.settings.chunk_size,
                     token: creds.ingest_token.clone(),
                     max_object_bytes: shared.settings.max_object_bytes,
+                    cache_control: shared.settings.config.origin.cache_control.clone(),
                 },
             );
             Some(

@@ -84,6 +84,9 @@ pub struct ManifestFrame {
     /// Which publish of `name` this is; a later publish has a higher one,
     /// and nodes serve the highest they verified.
     pub version: u64,
+    /// The `Cache-Control` edges answer with, as the publisher gave it (or
+    /// the origin's default); signed, so no node can change it.
+    pub cache_control: String,
     pub object_len: u64,
     pub chunk_size: u32,
     pub chunk_count: u64,
@@ -253,6 +256,7 @@ fn put_manifest_fields(out: &mut BytesMut, m: &ManifestFrame) {
     put_short_str(out, &m.name);
     out.put_u64(m.stream.0);
     out.put_u64(m.version);
+    put_short_str(out, &m.cache_control);
     out.put_u64(m.object_len);
     out.put_u32(m.chunk_size);
     out.put_u64(m.chunk_count);
@@ -548,6 +552,7 @@ impl Frame {
                 let name = r.short_str("name")?;
                 let stream = StreamId(r.u64("stream")?);
                 let version = r.u64("version")?;
+                let cache_control = r.short_str("cache_control")?;
                 let object_len = r.u64("object_len")?;
                 let chunk_size = r.u32("chunk_size")?;
                 let chunk_count = r.u64("chunk_count")?;
@@ -582,6 +587,7 @@ impl Frame {
                     name,
                     stream,
                     version,
+                    cache_control,
                     object_len,
                     chunk_size,
                     chunk_count,
@@ -799,6 +805,7 @@ mod tests {
                     name,
                     stream: StreamId(stream),
                     version: ts ^ stream,
+                    cache_control: "public, max-age=60".into(),
                     object_len: len,
                     chunk_size,
                     chunk_count: len.div_ceil(u64::from(chunk_size)),
@@ -1016,6 +1023,7 @@ mod tests {
             name: "a".into(),
             stream: StreamId(1),
             version: 3,
+            cache_control: String::new(),
             object_len: 10,
             chunk_size: 4,
             chunk_count: 2,
