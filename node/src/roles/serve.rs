@@ -870,7 +870,8 @@ mod tests {
         // and headers equal GET's, and HEAD has no body.
         let d = data();
         let etag = format!("\"{}-7\"", hex::encode(digest(&d)));
-        let cases: Vec<(Option<(header::HeaderName, String)>, &str, bool)> = vec![
+        type Case<'a> = (Option<(header::HeaderName, String)>, &'a str, bool);
+        let cases: Vec<Case> = vec![
             (None, "/v1/objects/big.bin", false),
             (
                 Some((header::RANGE, "bytes=10-20".into())),
