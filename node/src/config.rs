@@ -449,6 +449,14 @@ pub struct OriginSection {
     /// re-publish is seen at once; publishers of immutable names can send
     /// `public, max-age=31536000, immutable` with the PUT.
     pub cache_control: String,
+    /// Directory of the origin of record: every acknowledged object version
+    /// is kept here (synced before the 201) and survives restarts; a
+    /// publish that would not fit is refused with 507, nothing is evicted.
+    /// Unset, the origin keeps objects only in its memory store, which
+    /// evicts — for trying things out, not for content you need to keep.
+    pub store_dir: Option<PathBuf>,
+    /// Capacity of `store_dir`, MiB.
+    pub store_capacity_mb: Bounded<1, 1073741824>,
 }
 
 impl Default for OriginSection {
@@ -458,6 +466,8 @@ impl Default for OriginSection {
             max_object_mb: Bounded::lit(65536),
             ingest_token_file: None,
             cache_control: "public, no-cache".to_owned(),
+            store_dir: None,
+            store_capacity_mb: Bounded::lit(10240),
         }
     }
 }

@@ -404,3 +404,99 @@ async fn edges_answer_caching_headers_and_conditional_requests() {
     assert_eq!(status, 200);
     c.stop().await;
 }
+
+/// The origin of record: a publish that would not fit is refused with 507
+/// and nothing already acknowledged is evicted, even though the origin's
+/// memory store is far smaller than what it holds; a restarted origin
+/// serves every acknowledged object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_origin_keeps_what_it_acknowledged_across_pressure_and_restart() {
+    let mut c = TestCluster::start(
+        "record",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            tiny(cfg);
+            cfg.origin.store_capacity_mb = Bounded::new(3).unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    let edge = edges(&c)[0].clone();
+    // 2.5 MB acknowledged in a 1 MiB memory store: a memory origin would
+    // have evicted the first objects by now.
+    let objects: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("keep/{i}"), payload(200 + i, 500_000)))
+        .collect();
+    for (name, data) in &objects {
+        publish(&c, name, data).await;
+    }
+    // 1 MB more does not fit in 3 MiB: refused, streamed or announced.
+    let refused = put(&c, "/v1/objects/too-much", &payload(9, 1_000_000)).await;
+    match refused {
+        Err(ClientError::Status { status, body, .. }) => {
+            assert_eq!(status.as_u16(), 507, "{body}");
+            assert!(body.contains("insufficient_storage"), "{body}");
+            assert!(body.contains("nothing was evicted"), "{body}");
+        }
+        other => panic!("an over-capacity publish was not refused: {other:?}"),
+    }
+    let client = Client::new(Duration::from_secs(30));
+    let announced = client
+        .send(
+            hyper::Method::PUT,
+            &format!("{}/v1/objects/too-much", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            &[],
+            axum::body::Body::from(payload(9, 1_000_000)),
+        )
+        .await;
+    assert!(
+        matches!(&announced, Err(ClientError::Status { status, .. }) if status.as_u16() == 507),
+        "{announced:?}"
+    );
+    for (name, data) in &objects {
+        wait_for_body(&edge, name, data, Duration::from_secs(5)).await;
+    }
+    assert!(get(&format!("{edge}/v1/objects/too-much")).await.is_err());
+    // Restart the origin: everything acknowledged is still served, by an
+    // edge whose relay now reaches a fresh origin process state.
+    let origin = c.by_role(Role::Origin)[0];
+    c.nodes[origin].stop().await;
+    c.restart_node(origin).await;
+    c.wait_ready().await;
+    for i in c
+        .by_role(Role::Relay)
+        .into_iter()
+        .chain(c.by_role(Role::Edge))
+    {
+        c.nodes[i].stop().await;
+        c.restart_node(i).await;
+    }
+    c.wait_ready().await;
+    let edge = edges(&c)[0].clone();
+    for (name, data) in &objects {
+        wait_for_body(&edge, name, data, Duration::from_secs(10)).await;
+    }
+    // And a later publish of a kept name is a newer version.
+    let v2 = payload(300, 1000);
+    let before = get(&format!("{edge}/v1/objects/keep/0")).await.unwrap();
+    publish(&c, "keep/0", &v2).await;
+    wait_for_body(&edge, "keep/0", &v2, Duration::from_secs(5)).await;
+    let after = get(&format!("{edge}/v1/objects/keep/0")).await.unwrap();
+    assert!(
+        after.headers["x-dcdn-version"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > before.headers["x-dcdn-version"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+    );
+    c.stop().await;
+}

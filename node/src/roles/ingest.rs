@@ -22,8 +22,46 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The origin of record has no room; nothing was evicted (507).
+    #[error("{0}")]
+    Full(String),
+    /// Signing or storing failed (503).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for PublishError {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<PublishError> for HttpError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Full(m) => {
+                HttpError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
+            PublishError::Failed(m) => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", m)
+            }
+        }
+    }
+}
+
 /// What the ingest side needs from the origin: sign, store and push.
 pub trait Publish: Send + Sync + 'static {
+    /// Starts object version `stream`, which the request says is `len_hint`
+    /// bytes (0 when it does not say): an origin of record reserves room
+    /// for it, or refuses before the body is read.
+    fn begin_object(&self, _stream: StreamId, _len_hint: u64) -> Result<(), PublishError> {
+        Ok(())
+    }
+    /// Drops an object version that will not be acknowledged.
+    fn abort_object(&self, _stream: StreamId) {}
     /// Signs and distributes chunk `seq` of `stream`; `live` chunks are
     /// pushed downstream at once, object chunks wait to be pulled.
     fn publish_chunk(
@@ -32,12 +70,13 @@ pub trait Publish: Send + Sync + 'static {
         seq: u64,
         payload: Bytes,
         live: bool,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Signs and distributes the manifest of a complete object.
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Makes a complete object version durable (an origin of record), then
+    /// signs and distributes its manifest.
     fn publish_manifest(
         &self,
         object: &Published,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
     /// The version the next publish of an object gets: higher than every
@@ -166,6 +205,37 @@ async fn put_object<P: Publish>(
     // never collide with (or get dropped as duplicates of) an earlier one.
     let version = state.publisher.next_version();
     let stream = StreamId::object(&name, version);
+    let len_hint = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if len_hint > state.config.max_object_bytes {
+        return Err(too_large(state.config.max_object_bytes));
+    }
+    state.publisher.begin_object(stream, len_hint)?;
+    let result = receive_object(&state, name, version, cache_control, stream, body).await;
+    if result.is_err() {
+        state.publisher.abort_object(stream);
+    }
+    result
+}
+
+fn too_large(limit: u64) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("objects are limited to {limit} bytes"),
+    )
+}
+
+async fn receive_object<P: Publish>(
+    state: &IngestState<P>,
+    name: String,
+    version: u64,
+    cache_control: String,
+    stream: StreamId,
+    body: Body,
+) -> Result<Response, HttpError> {
     let chunk_size = state.config.chunk_size;
     let mut hasher = blake3::Hasher::new();
     let mut pending = BytesMut::with_capacity(chunk_size);
@@ -182,14 +252,7 @@ async fn put_object<P: Publish>(
         })?;
         len += piece.len() as u64;
         if len > state.config.max_object_bytes {
-            return Err(HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "objects are limited to {} bytes",
-                    state.config.max_object_bytes
-                ),
-            ));
+            return Err(too_large(state.config.max_object_bytes));
         }
         hasher.update(&piece);
         let mut piece: &[u8] = &piece;
@@ -229,11 +292,7 @@ async fn put_object<P: Publish>(
         digest: hex::encode(digest),
         digest_bytes: digest,
     };
-    state
-        .publisher
-        .publish_manifest(&published)
-        .await
-        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))?;
+    state.publisher.publish_manifest(&published).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
 }
 
@@ -244,10 +303,7 @@ async fn publish<P: Publish>(
     payload: Bytes,
     live: bool,
 ) -> Result<(), HttpError> {
-    publisher
-        .publish_chunk(stream, seq, payload, live)
-        .await
-        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))
+    Ok(publisher.publish_chunk(stream, seq, payload, live).await?)
 }
 
 async fn put_live<P: Publish>(
@@ -325,12 +381,12 @@ mod tests {
             seq: u64,
             payload: Bytes,
             _live: bool,
-        ) -> Result<(), String> {
+        ) -> Result<(), PublishError> {
             self.heads.lock().insert(stream, seq + 1);
             self.chunks.lock().push((stream, seq, payload));
             Ok(())
         }
-        async fn publish_manifest(&self, object: &Published) -> Result<(), String> {
+        async fn publish_manifest(&self, object: &Published) -> Result<(), PublishError> {
             self.manifests.lock().push(object.clone());
             Ok(())
         }

@@ -510,6 +510,9 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             if let Some(c) = shared.store.get(&id, Instant::now()) {
                 return Frame::Chunk(c);
             }
+            if let Some(c) = shared.chunk_from_origin_store(id) {
+                return Frame::Chunk(c);
+            }
             // A relay answers what it lacks by fetching upstream once; an
             // edge asked by a peer only offers what it holds.
             if shared.settings.role == Role::Relay {

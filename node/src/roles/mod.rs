@@ -11,6 +11,7 @@ pub mod framing;
 pub mod ingest;
 pub mod mesh;
 pub mod node;
+pub mod origin_store;
 pub mod run;
 pub mod serve;
 pub mod settings;

@@ -162,6 +162,8 @@ pub struct Shared {
     pub(crate) push_upstream: Mutex<Option<PeerId>>,
     /// The last object version this origin handed out (`next_version`).
     pub(crate) last_version: AtomicU64,
+    /// The origin of record (origins with `origin.store_dir`).
+    pub origin_store: Option<crate::roles::origin_store::OriginStore>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -648,6 +650,16 @@ impl Shared {
         }
     }
 
+    /// Chunk `id` from the origin of record, signed afresh (its bytes and id
+    /// are what was published; the signature and timestamp are today's, so
+    /// old versions outlive the freshness window and key rotations) and
+    /// put through `accept_chunk` into the memory cache like any chunk.
+    pub fn chunk_from_origin_store(self: &Arc<Self>, id: ChunkId) -> Option<Chunk> {
+        let payload = self.origin_store.as_ref()?.read_chunk(id.stream, id.seq)?;
+        self.publish(id.stream, id.seq, payload, false).ok()?;
+        self.store.get(&id, Instant::now())
+    }
+
     /// Signs and distributes a chunk (origin).
     pub fn publish(
         self: &Arc<Self>,
@@ -679,6 +691,15 @@ impl Shared {
 
     /// Signs and distributes an object's manifest (origin).
     pub fn publish_manifest(&self, p: &crate::roles::ingest::Published) -> Result<(), String> {
+        self.publish_manifest_at(p, self.now_ms())
+    }
+
+    /// Signs and distributes an object's manifest stamped `timestamp_ms`.
+    pub fn publish_manifest_at(
+        &self,
+        p: &crate::roles::ingest::Published,
+        timestamp_ms: u64,
+    ) -> Result<(), String> {
         let active = self.keys.read().active().ok_or("no active signing key")?;
         let signers = self.signers.read();
         let signer = signers
@@ -694,7 +715,7 @@ impl Shared {
             chunk_count: p.chunks,
             digest: p.digest_bytes,
             key_id: active,
-            timestamp_ms: self.now_ms(),
+            timestamp_ms,
             signature: [0; 64],
         };
         m.signature = signer.sign(&m.signing_bytes());
