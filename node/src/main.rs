@@ -103,6 +103,17 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Purge every published version of an object from every node.
+    Purge {
+        /// Object name.
+        name: String,
+        /// Origin ingest base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        origin: String,
+        /// Ingest bearer token.
+        #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Fetch an object from an edge to a file.
     Fetch {
         /// Object URL, e.g. http://edge:8080/v1/objects/NAME.
@@ -260,6 +271,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             live,
         } => runtime()?.block_on(publish(&file, &origin, name, &token, live)),
+        Command::Purge {
+            name,
+            origin,
+            token,
+        } => runtime()?.block_on(purge(&name, &origin, &token)),
         Command::Fetch { url, output } => runtime()?.block_on(fetch(&url, &output)),
         Command::Admin {
             command,
@@ -382,6 +398,22 @@ fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Resul
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
+    Ok(())
+}
+
+async fn purge(name: &str, origin: &str, token: &str) -> anyhow::Result<()> {
+    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(30));
+    let url = format!("{}/v1/objects/{name}", origin.trim_end_matches('/'));
+    let resp = client
+        .send(
+            hyper::Method::DELETE,
+            &url,
+            Some(token),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await?;
+    println!("{}", String::from_utf8_lossy(&resp.body));
     Ok(())
 }
 

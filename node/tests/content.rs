@@ -230,8 +230,8 @@ async fn object_and_live_stream_names_cannot_collide() {
     c.stop().await;
 }
 
-/// Random interleavings of publish, re-publish, eviction pressure and
-/// fetches at random edges: every 200 carries a body whose digest the
+/// Random interleavings of publish, re-publish, purge, eviction pressure
+/// and fetches at random edges: every 200 carries a body whose digest the
 /// publisher produced for that name, under an ETag naming that body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_interleavings_never_serve_a_body_the_publisher_did_not_produce() {
@@ -253,7 +253,7 @@ async fn random_interleavings_never_serve_a_body_the_publisher_did_not_produce()
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         for step in 0..40u64 {
             let name = names[rng.gen_range(0..names.len())];
-            match rng.gen_range(0..13) {
+            match rng.gen_range(0..14) {
                 0..=2 => {
                     // Equal lengths across versions, so a mix cannot hide
                     // behind a length check.
@@ -271,6 +271,17 @@ async fn random_interleavings_never_serve_a_body_the_publisher_did_not_produce()
                             &format!("{edge}/v1/objects/{name}"),
                             None,
                             &[(hyper::header::RANGE, "bytes=0-0".to_owned())],
+                            axum::body::Body::empty(),
+                        )
+                        .await;
+                }
+                7 => {
+                    let _ = Client::new(Duration::from_secs(20))
+                        .send(
+                            hyper::Method::DELETE,
+                            &format!("{}/v1/objects/{name}", c.origin().http()),
+                            Some(&c.plan.ingest_token),
+                            &[],
                             axum::body::Body::empty(),
                         )
                         .await;
@@ -497,6 +508,92 @@ async fn the_origin_keeps_what_it_acknowledged_across_pressure_and_restart() {
                 .unwrap()
                 .parse::<u64>()
                 .unwrap()
+    );
+    c.stop().await;
+}
+
+/// `DELETE /v1/objects/{name}` removes the name from every edge within a
+/// second (by a signed purge message, not by expiry); a later publish of
+/// the name is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purge_removes_a_name_from_every_edge_within_a_second() {
+    let c = TestCluster::start(
+        "purge",
+        Counts {
+            relays: 1,
+            edges: 2,
+        },
+        tiny,
+        |_| {},
+    )
+    .await;
+    let edges = edges(&c);
+    let client = Client::new(Duration::from_secs(20));
+    let delete = |token: Option<String>| {
+        let client = client.clone();
+        let url = format!("{}/v1/objects/gone.bin", c.origin().http());
+        async move {
+            client
+                .send(
+                    hyper::Method::DELETE,
+                    &url,
+                    token.as_deref(),
+                    &[],
+                    axum::body::Body::empty(),
+                )
+                .await
+        }
+    };
+    let mut took = Vec::new();
+    for round in 0..5u64 {
+        let data = payload(round + 40, 60_000);
+        publish(&c, "gone.bin", &data).await;
+        for edge in &edges {
+            wait_for_body(edge, "gone.bin", &data, Duration::from_secs(5)).await;
+        }
+        // Without the ingest token: refused, nothing purged.
+        assert!(matches!(
+            delete(None).await,
+            Err(ClientError::Status { status, .. }) if status.as_u16() == 401
+        ));
+        let start = Instant::now();
+        delete(Some(c.plan.ingest_token.clone())).await.unwrap();
+        for edge in &edges {
+            loop {
+                match get(&format!("{edge}/v1/objects/gone.bin")).await {
+                    Err(ClientError::Status { status, .. }) if status.as_u16() == 404 => break,
+                    _ => {}
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(1),
+                    "{edge} still serves gone.bin {:?} after the purge",
+                    start.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        took.push(start.elapsed());
+    }
+    // Purging a name that does not exist is a 404, not a success.
+    let gone = client
+        .send(
+            hyper::Method::DELETE,
+            &format!("{}/v1/objects/never-was", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert!(
+        matches!(&gone, Err(ClientError::Status { status, .. }) if status.as_u16() == 404),
+        "{gone:?}"
+    );
+    took.sort();
+    println!(
+        "FIGURE purge gone from every edge: p50 {:?} max {:?} (n={})",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        took.len()
     );
     c.stop().await;
 }

@@ -77,6 +77,11 @@ pub trait Publish: Send + Sync + 'static {
         &self,
         object: &Published,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Purges every version of object `name` from every node; the highest
+    /// version purged, or None if the name is not known.
+    fn purge(&self, _name: &str) -> Result<Option<u64>, PublishError> {
+        Ok(None)
+    }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
     /// The version the next publish of an object gets: higher than every
@@ -126,7 +131,10 @@ struct IngestState<P> {
 pub fn router<P: Publish>(publisher: Arc<P>, config: IngestConfig) -> Router {
     let state = Arc::new(IngestState { publisher, config });
     Router::new()
-        .route("/v1/objects/{*name}", put(put_object::<P>))
+        .route(
+            "/v1/objects/{*name}",
+            put(put_object::<P>).delete(delete_object::<P>),
+        )
         .route("/v1/streams/{name}", post(put_live::<P>).put(put_live::<P>))
         .with_state(state)
 }
@@ -294,6 +302,27 @@ async fn receive_object<P: Publish>(
     };
     state.publisher.publish_manifest(&published).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
+}
+
+async fn delete_object<P: Publish>(
+    State(state): State<Arc<IngestState<P>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    check_token(&headers, &state.config.token)?;
+    check_name(&name)?;
+    match state.publisher.purge(&name)? {
+        Some(up_to) => Ok(Json(serde_json::json!({
+            "name": name,
+            "purged_up_to_version": up_to,
+        }))
+        .into_response()),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version of object {name} is known to this origin"),
+        )),
+    }
 }
 
 async fn publish<P: Publish>(

@@ -299,6 +299,11 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                 tracing::warn!(peer = %peer.name, error = %e, "manifest refused");
             }
         }
+        Frame::Purge(p) => {
+            if let Err(e) = shared.accept_purge(p, Some(peer.id)) {
+                tracing::warn!(peer = %peer.name, error = %e, "purge refused");
+            }
+        }
         other => {
             shared
                 .metrics

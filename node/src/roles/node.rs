@@ -8,7 +8,7 @@
 //! and nothing reaches the store — and therefore nothing is forwarded or
 //! served — without passing verification there.
 
-use crate::chunk::wire::{Frame, ManifestFrame};
+use crate::chunk::wire::{Frame, ManifestFrame, PurgeFrame};
 use crate::chunk::{Chunk, ChunkId, KeyId, PeerId, StreamId};
 use crate::crypto::{KeyRing, Rejection, ReplayGuard, Reputation, Signer, Verifier};
 use crate::fec::{Assembler, Encoder, ParityPolicy};
@@ -176,6 +176,11 @@ pub struct Manifests {
     order: VecDeque<StreamId>,
     newest: HashMap<StreamId, Newest>,
     newest_order: VecDeque<StreamId>,
+    /// Per object key, the highest version purged: manifests at or below it
+    /// are refused, so a stale cache upstream cannot bring a purged version
+    /// back.
+    purged: HashMap<StreamId, u64>,
+    purged_order: VecDeque<StreamId>,
 }
 
 /// The newest version of a name this node verified, and when it last
@@ -224,6 +229,40 @@ impl Manifests {
                 true
             }
         }
+    }
+
+    /// Whether version `version` of the object keyed `key` was purged.
+    pub fn is_purged(&self, key: StreamId, version: u64) -> bool {
+        self.purged.get(&key).is_some_and(|&up_to| version <= up_to)
+    }
+
+    /// Forgets every version of `name` up to `up_to`; false if this purge
+    /// (or a wider one) was applied before.
+    pub fn purge(&mut self, name: &str, up_to: u64) -> bool {
+        let key = StreamId::object_key(name);
+        match self.purged.get_mut(&key) {
+            Some(v) if *v >= up_to => return false,
+            Some(v) => *v = up_to,
+            None => {
+                self.purged.insert(key, up_to);
+                self.purged_order.push_back(key);
+                if self.purged_order.len() > MAX_MANIFESTS {
+                    if let Some(old) = self.purged_order.pop_front() {
+                        self.purged.remove(&old);
+                    }
+                }
+            }
+        }
+        if self
+            .newest
+            .get(&key)
+            .is_some_and(|n| n.manifest.version <= up_to)
+        {
+            self.newest.remove(&key);
+        }
+        self.by_stream
+            .retain(|_, m| !(m.name == name && m.version <= up_to));
+        true
     }
 
     /// The manifest of one object version, by the id its chunks carry.
@@ -411,6 +450,13 @@ impl Shared {
     /// edge by push, not when some cache entry happens to expire.
     pub fn accept_manifest(&self, m: ManifestFrame, from: Option<PeerId>) -> Result<(), String> {
         self.verify_manifest(&m)?;
+        if self
+            .manifests
+            .lock()
+            .is_purged(StreamId::object_key(&m.name), m.version)
+        {
+            return Err(format!("{} version {} was purged", m.name, m.version));
+        }
         let newest = self.manifests.lock().insert(m.clone(), Instant::now());
         if newest {
             for peer in self.peers.read().values() {
@@ -444,6 +490,65 @@ impl Shared {
                     .inc();
                 format!("manifest for {}: {e}", m.name)
             })
+    }
+
+    /// Applies a verified purge and floods it to every other peer, once.
+    /// Returns whether it was new here.
+    pub fn accept_purge(&self, p: PurgeFrame, from: Option<PeerId>) -> Result<bool, String> {
+        self.verifier
+            .verify_signature(p.key_id, &p.signing_bytes(), &p.signature)
+            .map_err(|e| {
+                self.metrics
+                    .chunks_rejected
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                format!("purge of {}: {e}", p.name)
+            })?;
+        let new = self.manifests.lock().purge(&p.name, p.up_to_version);
+        if new {
+            tracing::info!(name = %p.name, up_to = p.up_to_version, "purged");
+            for peer in self.peer_list() {
+                if Some(peer.id) != from {
+                    let _ = peer.control.try_send(Frame::Purge(p.clone()));
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Purges every version of `name` published so far (origin): drops it
+    /// from the origin of record, then signs the purge and floods it. None
+    /// if no version of `name` is known here.
+    pub fn purge(&self, name: &str) -> Result<Option<u64>, String> {
+        let key = StreamId::object_key(name);
+        let known = self.manifests.lock().newest(key).is_some();
+        let kept = self
+            .origin_store
+            .as_ref()
+            .map_or(0, |s| s.remove_name(name));
+        if !known && kept == 0 {
+            return Ok(None);
+        }
+        // Above every version handed out, so an upload still running is
+        // purged too; the next publish gets a higher one.
+        let up_to = self.next_version();
+        let active = self.keys.read().active().ok_or("no active signing key")?;
+        let mut p = PurgeFrame {
+            name: name.to_owned(),
+            up_to_version: up_to,
+            key_id: active,
+            timestamp_ms: self.now_ms(),
+            signature: [0; 64],
+        };
+        {
+            let signers = self.signers.read();
+            let signer = signers
+                .get(&active)
+                .ok_or_else(|| format!("the active key {active} has no secret key on this node"))?;
+            p.signature = signer.sign(&p.signing_bytes());
+        }
+        self.accept_purge(p, None)?;
+        Ok(Some(up_to))
     }
 
     /// The version the next publish of an object gets (origin): the wall

@@ -283,6 +283,24 @@ impl OriginStore {
         }
     }
 
+    /// Removes every committed version of `name` (a purge); how many.
+    pub fn remove_name(&self, name: &str) -> usize {
+        let mut inner = self.inner.lock();
+        let gone: Vec<StreamId> = inner
+            .objects
+            .values()
+            .filter(|o| o.name == name)
+            .map(StoredObject::stream)
+            .collect();
+        for s in &gone {
+            if let Some(o) = inner.objects.remove(s) {
+                inner.used -= o.len;
+                let _ = fs::remove_dir_all(self.dir.join(s.to_string()));
+            }
+        }
+        gone.len()
+    }
+
     /// Chunk `seq` of committed version `stream`, read from disk.
     pub fn read_chunk(&self, stream: StreamId, seq: u64) -> Option<Bytes> {
         use std::os::unix::fs::FileExt;

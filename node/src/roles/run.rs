@@ -409,6 +409,10 @@ impl Publish for OriginPublisher {
         }
     }
 
+    fn purge(&self, name: &str) -> Result<Option<u64>, PublishError> {
+        Ok(self.0.purge(name)?)
+    }
+
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
         self.0.head(stream).map_or(0, |h| h + 1)
     }

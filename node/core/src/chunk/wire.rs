@@ -27,6 +27,8 @@ pub const MAX_BITFIELD_BYTES: usize = 1024;
 pub const MAX_RANGE_COUNT: u32 = 1024;
 /// Domain separator for manifest signatures, distinct from the chunk one.
 pub const MANIFEST_SIGNING_CONTEXT: &[u8] = b"dcdn/manifest/v1\0";
+/// Domain separator for purge signatures.
+pub const PURGE_SIGNING_CONTEXT: &[u8] = b"dcdn/purge/v1\0";
 
 /// A node's role as announced on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +110,36 @@ impl ManifestFrame {
     }
 }
 
+/// The origin's signed order to forget every version of `name` up to and
+/// including `up_to_version`. Nodes verify it like a chunk, drop those
+/// versions' manifests, refuse them if offered again, and pass it on; a
+/// later publish has a higher version and is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeFrame {
+    pub name: String,
+    pub up_to_version: u64,
+    pub key_id: KeyId,
+    pub timestamp_ms: u64,
+    pub signature: [u8; 64],
+}
+
+impl PurgeFrame {
+    /// The bytes the purge signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(PURGE_SIGNING_CONTEXT.len() + 300);
+        out.put_slice(PURGE_SIGNING_CONTEXT);
+        put_purge_fields(&mut out, self);
+        out.to_vec()
+    }
+}
+
+fn put_purge_fields(out: &mut BytesMut, p: &PurgeFrame) {
+    put_short_str(out, &p.name);
+    out.put_u64(p.up_to_version);
+    out.put_u64(p.key_id.0);
+    out.put_u64(p.timestamp_ms);
+}
+
 /// Every frame of the mesh protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -172,6 +204,8 @@ pub enum Frame {
     },
     /// Asks the receiver to push live chunks to the sender.
     Subscribe,
+    /// A signed purge, flooded to every peer.
+    Purge(PurgeFrame),
 }
 
 /// Why bytes are not a frame.
@@ -237,6 +271,7 @@ mod tag {
     pub(super) const NOT_FOUND: u8 = 16;
     pub(super) const ERROR: u8 = 17;
     pub(super) const SUBSCRIBE: u8 = 18;
+    pub(super) const PURGE: u8 = 19;
 }
 
 fn put_id(out: &mut BytesMut, id: ChunkId) {
@@ -287,6 +322,7 @@ impl Frame {
             Self::NotFound { .. } => "not_found",
             Self::Error { .. } => "error",
             Self::Subscribe => "subscribe",
+            Self::Purge(_) => "purge",
         }
     }
 
@@ -361,6 +397,11 @@ impl Frame {
             Self::Choke => out.put_u8(tag::CHOKE),
             Self::Unchoke => out.put_u8(tag::UNCHOKE),
             Self::Subscribe => out.put_u8(tag::SUBSCRIBE),
+            Self::Purge(p) => {
+                out.put_u8(tag::PURGE);
+                put_purge_fields(out, p);
+                out.put_slice(&p.signature);
+            }
             Self::Interested { stream } => {
                 out.put_u8(tag::INTERESTED);
                 out.put_u64(stream.0);
@@ -534,6 +575,21 @@ impl Frame {
             tag::CHOKE => Frame::Choke,
             tag::UNCHOKE => Frame::Unchoke,
             tag::SUBSCRIBE => Frame::Subscribe,
+            tag::PURGE => {
+                let name = r.short_str("name")?;
+                let up_to_version = r.u64("up_to_version")?;
+                let key_id = KeyId(r.u64("key_id")?);
+                let timestamp_ms = r.u64("timestamp_ms")?;
+                let mut signature = [0u8; 64];
+                signature.copy_from_slice(r.take(64, "signature")?);
+                Frame::Purge(PurgeFrame {
+                    name,
+                    up_to_version,
+                    key_id,
+                    timestamp_ms,
+                    signature,
+                })
+            }
             tag::INTERESTED => Frame::Interested {
                 stream: StreamId(r.u64("stream")?),
             },
@@ -854,6 +910,15 @@ mod tests {
             Just(Frame::Choke),
             Just(Frame::Unchoke),
             Just(Frame::Subscribe),
+            (any_name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(name, v, k, ts)| {
+                Frame::Purge(PurgeFrame {
+                    name,
+                    up_to_version: v,
+                    key_id: KeyId(k),
+                    timestamp_ms: ts,
+                    signature: [9u8; 64],
+                })
+            }),
             any::<u64>().prop_map(|s| Frame::Interested {
                 stream: StreamId(s)
             }),
