@@ -200,6 +200,15 @@ pub struct NetworkSection {
     pub http_listen: SocketAddr,
     /// TCP address of the admin API (health, readiness, metrics, keys).
     pub admin_listen: SocketAddr,
+    /// An HTTP client must send a request's whole header within this many
+    /// milliseconds of starting it (slowloris), on every HTTP listener.
+    pub http_header_timeout_ms: Bounded<100, 600000>,
+    /// An HTTP connection on which no byte moves either way for this many
+    /// milliseconds (a stalled body, upload or reader) is closed.
+    pub http_idle_timeout_ms: Bounded<100, 3600000>,
+    /// Most simultaneous HTTP connections one client IP may hold on each
+    /// listener; more are refused at accept.
+    pub http_max_connections_per_ip: Bounded<1, 100000>,
 }
 
 impl Default for NetworkSection {
@@ -209,6 +218,9 @@ impl Default for NetworkSection {
             mesh_advertise: None,
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            http_header_timeout_ms: Bounded::lit(10_000),
+            http_idle_timeout_ms: Bounded::lit(30_000),
+            http_max_connections_per_ip: Bounded::lit(256),
         }
     }
 }

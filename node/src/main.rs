@@ -118,9 +118,15 @@ enum Command {
     Fetch {
         /// Object URL, e.g. http://edge:8080/v1/objects/NAME.
         url: String,
-        /// Output file.
+        /// Output file; replaced only once the whole body arrived and verified.
         #[arg(short, long)]
         output: PathBuf,
+        /// Seconds to wait for the response's headers.
+        #[arg(long, default_value_t = 30)]
+        response_timeout_secs: u64,
+        /// Seconds without a byte of the body before giving up.
+        #[arg(long, default_value_t = 30)]
+        idle_timeout_secs: u64,
     },
     /// Talk to a node's admin API.
     Admin {
@@ -276,7 +282,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             origin,
             token,
         } => runtime()?.block_on(purge(&name, &origin, &token)),
-        Command::Fetch { url, output } => runtime()?.block_on(fetch(&url, &output)),
+        Command::Fetch {
+            url,
+            output,
+            response_timeout_secs,
+            idle_timeout_secs,
+        } => runtime()?.block_on(fetch(
+            &url,
+            &output,
+            dcdn_node::client::FetchTimeouts {
+                response: std::time::Duration::from_secs(response_timeout_secs.max(1)),
+                idle: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
+            },
+        )),
         Command::Admin {
             command,
             node,
@@ -492,54 +510,18 @@ async fn publish(
     Ok(())
 }
 
-async fn fetch(url: &str, output: &std::path::Path) -> anyhow::Result<()> {
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
-    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(3600));
-    let resp = client
-        .start(
-            hyper::Method::GET,
-            url,
-            None,
-            &[],
-            axum::body::Body::empty(),
-        )
-        .await?;
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        // `"<blake3>-<version>"`; the digest is what the body must hash to.
-        .map(|v| {
-            v.trim_matches('"')
-                .split('-')
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        });
-    let mut file = tokio::fs::File::create(output)
-        .await
-        .with_context(|| format!("creating {}", output.display()))?;
-    let mut body = resp.into_body();
-    let mut hasher = blake3::Hasher::new();
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("reading the response")?;
-        if let Some(data) = frame.data_ref() {
-            hasher.update(data);
-            n += data.len() as u64;
-            file.write_all(data).await.context("writing the output")?;
-        }
-    }
-    file.flush().await?;
-    let digest = hasher.finalize().to_hex().to_string();
-    if let Some(etag) = etag.filter(|e| e.len() == 64) {
-        anyhow::ensure!(
-            etag == digest,
-            "the body's BLAKE3 {digest} does not match the ETag {etag}"
-        );
-    }
-    println!("{n} bytes to {} (blake3 {digest})", output.display());
+async fn fetch(
+    url: &str,
+    output: &std::path::Path,
+    timeouts: dcdn_node::client::FetchTimeouts,
+) -> anyhow::Result<()> {
+    let done = dcdn_node::client::Client::fetch_to_file(url, output, timeouts).await?;
+    println!(
+        "{} bytes to {} (blake3 {})",
+        done.bytes,
+        output.display(),
+        done.digest
+    );
     Ok(())
 }
 

@@ -52,7 +52,8 @@ pub struct Metrics {
     pub store_expirations: IntCounter,
     pub store_hits: IntCounter,
     pub store_misses: IntCounter,
-    /// Connected peers by `state` (choked, unchoked, banned).
+    /// Connected peers by `state` (choked, unchoked); `banned` counts the
+    /// bans in force, connected or not (a banned peer is kept out).
     pub peers: IntGaugeVec,
     /// Smoothed QUIC round-trip time by `peer_class` (origin, relay, edge).
     pub quic_rtt_seconds: prometheus::GaugeVec,
@@ -60,8 +61,14 @@ pub struct Metrics {
     pub quic_lost_packets: IntGaugeVec,
     /// Mesh handshakes refused, by `reason`.
     pub handshakes_refused: IntCounterVec,
+    /// Input from banned peers refused, by `path` (handshake, hello,
+    /// datagram, control, request).
+    pub banned_refused: IntCounterVec,
     /// HTTP requests by `route` and `status`.
     pub http_requests: IntCounterVec,
+    /// HTTP connections refused or cut, by `listener` (http, admin) and
+    /// `reason` (per_ip_limit, header_timeout, idle_timeout).
+    pub http_refused: IntCounterVec,
     /// HTTP latency by `route`.
     pub http_duration: HistogramVec,
     /// Bytes this origin sent to the mesh divided by bytes ingested (origin only).
@@ -155,7 +162,7 @@ impl Metrics {
             peers: gauge_vec(
                 r,
                 "dcdn_peers",
-                "Connected peers by choke state.",
+                "Connected peers by choke state (choked, unchoked); banned: bans in force, connected or not.",
                 &["state"],
             )?,
             quic_rtt_seconds: {
@@ -184,11 +191,23 @@ impl Metrics {
                 "Mesh connections refused during the handshake, by reason.",
                 &["reason"],
             )?,
+            banned_refused: counter(
+                r,
+                "dcdn_banned_refused_total",
+                "Input from banned peers refused, by path (handshake, hello, datagram, control, request).",
+                &["path"],
+            )?,
             http_requests: counter(
                 r,
                 "dcdn_http_requests_total",
                 "HTTP requests by route and status.",
                 &["route", "status"],
+            )?,
+            http_refused: counter(
+                r,
+                "dcdn_http_refused_total",
+                "HTTP connections refused or cut, by listener and reason (per_ip_limit, header_timeout, idle_timeout).",
+                &["listener", "reason"],
             )?,
             http_duration: {
                 let h = HistogramVec::new(

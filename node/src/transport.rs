@@ -196,6 +196,17 @@ impl NodeIdentity {
         })
     }
 
+    /// The id peers know this identity by (its certificate's public key).
+    pub fn peer_id(&self) -> Result<PeerId, TransportError> {
+        let chain = self.chain()?;
+        let der = chain
+            .first()
+            .ok_or_else(|| TransportError::Tls("no certificate".into()))?;
+        peer_info(der)
+            .map(|info| info.peer_id)
+            .map_err(TransportError::Tls)
+    }
+
     fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TransportError> {
         let chain: Result<Vec<_>, _> =
             CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect();

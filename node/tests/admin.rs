@@ -471,7 +471,11 @@ async fn a_changed_trust_bundle_file_is_reloaded_without_a_restart() {
     std::fs::rename(&tmp, &path).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for n in &c.nodes {
-        while n.running().shared.keys.read().state(id).is_none() {
+        // The ring changes a moment before the reload is counted: wait for
+        // both.
+        while n.running().shared.keys.read().state(id).is_none()
+            || n.metric("dcdn_trust_bundle_reloads_total", &[("result", "ok")]) < 1.0
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{} never reloaded the bundle",
@@ -552,4 +556,222 @@ fn the_committed_openapi_document_is_current() {
         ]
     );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_public_keys_are_refused_over_the_admin_api() {
+    let c = TestCluster::start(
+        "weak-keys",
+        Counts {
+            relays: 0,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let token = std::fs::read_to_string(c.dir.join("admin-token")).unwrap();
+    let client = Client::new(Duration::from_secs(20));
+    let edge = &c.nodes[c.by_role(Role::Edge)[0]];
+    let generation = edge.running().shared.keys.read().generation();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // All-zero (order 4), the identity, and an order-8 torsion point.
+    let weak = [
+        hex::encode([0u8; 32]),
+        hex::encode(identity),
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a".to_owned(),
+    ];
+    for key in weak {
+        let headers = [(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".to_owned(),
+        )];
+        let result = client
+            .send(
+                Method::POST,
+                &format!("{}/v1/keys", edge.admin()),
+                Some(token.trim()),
+                &headers,
+                Body::from(format!("{{\"public_key\":\"{key}\"}}")),
+            )
+            .await;
+        match result {
+            Err(dcdn_node::client::ClientError::Status { status, body, .. }) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{key}: {body}");
+                let b: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(b["code"], "bad_public_key", "{key}: {body}");
+                assert!(b["message"].as_str().unwrap().contains("weak"), "{body}");
+            }
+            other => panic!("{key} was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(
+        edge.running().shared.keys.read().generation(),
+        generation,
+        "no weak key entered the ring"
+    );
+    c.stop().await;
+}
+
+/// Waits until `stream` is closed by the server (EOF or reset) and returns
+/// how long that took, or `None` if it is still open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(start + limit),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            // A response (e.g. 408) before the close is fine.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Polls `metric` on `node` until it reaches `at_least` (or 10 s pass).
+async fn metric_reaches(
+    node: &support::cluster::TestNode,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = node.metric(name, labels);
+        if v >= at_least || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_one_ip_cannot_hold_every_connection() {
+    use dcdn_node::config::Bounded;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::start(
+        "slowloris",
+        Counts {
+            relays: 0,
+            edges: 1,
+        },
+        |cfg| {
+            cfg.network.http_header_timeout_ms = Bounded::new(500).unwrap();
+            cfg.network.http_idle_timeout_ms = Bounded::new(800).unwrap();
+            cfg.network.http_max_connections_per_ip = Bounded::new(4).unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    let edge = &c.nodes[c.by_role(Role::Edge)[0]];
+    let origin = c.origin();
+    let addr = |url: String| url.trim_start_matches("http://").to_owned();
+    // Far longer than any limit: the old listeners held these forever.
+    let never = Duration::from_secs(5);
+
+    // A header that never ends, on the edge and on the admin listener.
+    for (node, url, listener) in [
+        (edge, edge.http(), "http"),
+        (origin, origin.admin(), "admin"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr(url)).await.unwrap();
+        s.write_all(b"GET /v1/objects/x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let took = closed_within(&mut s, never).await;
+        assert!(
+            took.is_some(),
+            "{listener}: a partial header held the connection"
+        );
+        assert!(
+            metric_reaches(
+                node,
+                "dcdn_http_refused_total",
+                &[("listener", listener), ("reason", "header_timeout")],
+                1.0
+            )
+            .await
+                >= 1.0
+        );
+    }
+
+    // A request body that stalls, on the origin's ingest listener.
+    let mut s = tokio::net::TcpStream::connect(addr(origin.http()))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/objects/stalled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n",
+        c.plan.ingest_token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[7u8; 1000]).await.unwrap();
+    assert!(
+        closed_within(&mut s, never).await.is_some(),
+        "a stalled upload held the connection"
+    );
+    assert!(
+        metric_reaches(
+            origin,
+            "dcdn_http_refused_total",
+            &[("listener", "http"), ("reason", "idle_timeout")],
+            1.0
+        )
+        .await
+            >= 1.0
+    );
+
+    // Per-IP limit: four idle connections are what one IP may hold; the
+    // fifth is closed at once, and a slot frees when one goes.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(addr(edge.http()))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut fifth = tokio::net::TcpStream::connect(addr(edge.http()))
+        .await
+        .unwrap();
+    let took = closed_within(&mut fifth, Duration::from_millis(400)).await;
+    assert!(took.is_some(), "a fifth connection from one IP was kept");
+    assert!(
+        metric_reaches(
+            edge,
+            "dcdn_http_refused_total",
+            &[("listener", "http"), ("reason", "per_ip_limit")],
+            1.0
+        )
+        .await
+            >= 1.0
+    );
+    drop(held);
+    let client = Client::new(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Freed slots: a real request is answered again (404: no object).
+        match client
+            .get(&format!("{}/v1/objects/none", edge.http()), None)
+            .await
+        {
+            Err(dcdn_node::client::ClientError::Status { status, .. })
+                if status == StatusCode::NOT_FOUND =>
+            {
+                break;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "edge did not answer after slots freed: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop().await;
 }

@@ -19,3 +19,37 @@ fn dcdn_up_check_passes_with_separate_processes() {
     assert!(!stdout.contains("FAIL "));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Counts `dcdn up` must refuse before it writes or starts anything.
+#[test]
+fn dcdn_up_refuses_no_edges_with_check_and_unbounded_counts() {
+    for (args, says) in [
+        (vec!["--edges", "0", "--check"], "at least one edge"),
+        (vec!["--edges", "100000"], "edges must be at most 64"),
+        (vec!["--relays", "1000"], "relays must be at most 16"),
+    ] {
+        let dir = std::env::temp_dir().join(format!(
+            "dcdn-up-refuse-{}-{}",
+            std::process::id(),
+            args.join("")
+        ));
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_dcdn"))
+            .arg("up")
+            .args(&args)
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .expect("running dcdn up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Nothing was laid out.
+        assert!(
+            std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
+            "{args:?} wrote files"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -222,7 +222,41 @@ fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, KeyError> {
     let arr: [u8; 32] = bytes
         .try_into()
         .map_err(|_| KeyError::BadPublicKey("expected 32 bytes".into()))?;
-    VerifyingKey::from_bytes(&arr).map_err(|e| KeyError::BadPublicKey(e.to_string()))
+    strict_public_key(&arr)
+}
+
+/// The one gate every public key passes to enter a key ring (admin API,
+/// trust bundle, config): a point that decodes, in canonical encoding, of
+/// the prime order a real key has. A small-order key (all-zero, the identity
+/// and the other six torsion points) verifies forged signatures under
+/// non-strict equations; a key with a torsion component or a non-canonical
+/// encoding makes the same key verify differently in different libraries.
+pub fn strict_public_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
+    if key.is_weak() {
+        return Err(KeyError::BadPublicKey(
+            "weak key: a small-order point (all-zero, identity or another torsion point)".into(),
+        ));
+    }
+    let point = key.to_edwards();
+    if point.compress().to_bytes() != *bytes {
+        return Err(KeyError::BadPublicKey(
+            "weak key: not the canonical encoding of its point".into(),
+        ));
+    }
+    if !point.is_torsion_free() {
+        return Err(KeyError::BadPublicKey(
+            "weak key: the point has a small-order component".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// Whether a signature's `R` passes the checks `verify_strict` makes of it
+/// (canonical, not of small order), which the batch equation does not.
+fn strict_r(signature: &Signature) -> bool {
+    VerifyingKey::from_bytes(signature.r_bytes())
+        .is_ok_and(|r| !r.is_weak() && r.to_edwards().compress().to_bytes() == *signature.r_bytes())
 }
 
 impl KeyRing {
@@ -261,8 +295,7 @@ impl KeyRing {
 
     /// Trusts a public key (idempotent for a key already trusted).
     pub fn add_trusted(&mut self, public_key: [u8; 32]) -> Result<KeyId, KeyError> {
-        let key = VerifyingKey::from_bytes(&public_key)
-            .map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
+        let key = strict_public_key(&public_key)?;
         let id = KeyId::of_public_key(&public_key);
         if let Some(existing) = self.keys.get(&id) {
             return match existing.state {
@@ -580,7 +613,11 @@ impl Verifier {
             .map(|&i| Signature::from_bytes(&chunks[i].signature))
             .collect();
         let vks: Vec<VerifyingKey> = pending.iter().filter_map(|&i| keys[i]).collect();
-        if ed25519_dalek::verify_batch(&msg_refs, &sigs, &vks).is_err() {
+        // The batch equation accepts an `R` that `verify_strict` refuses (a
+        // small-order or non-canonical point): such a signature is judged
+        // alone, strictly, like every signature of a failed batch.
+        let all_strict = sigs.iter().all(strict_r);
+        if !all_strict || ed25519_dalek::verify_batch(&msg_refs, &sigs, &vks).is_err() {
             for (j, &i) in pending.iter().enumerate() {
                 if vks[j].verify_strict(msg_refs[j], &sigs[j]).is_err() {
                     results[i] = Err(Rejection::Signature);
@@ -848,6 +885,14 @@ impl Reputation {
             .is_some_and(|u| u > now)
     }
 
+    /// How many peers are serving a ban at `now`.
+    pub fn banned(&self, now: Instant) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.banned_until.is_some_and(|u| u > now))
+            .count()
+    }
+
     /// The peer's current score (0 = spotless).
     pub fn score(&self, peer: PeerId, now: Instant) -> f64 {
         self.peers.get(&peer).map_or(0.0, |s| self.decayed(s, now))
@@ -1090,6 +1135,79 @@ mod tests {
         ));
     }
 
+    /// Compressed encodings of small-order points: the identity, the
+    /// all-zero encoding (order 4) and an order-8 point.
+    const WEAK_KEYS: [[u8; 32]; 3] = {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let order8 = [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ];
+        [identity, [0u8; 32], order8]
+    };
+
+    #[test]
+    fn weak_public_keys_are_refused_by_the_ring_and_in_bundles() {
+        for weak in WEAK_KEYS {
+            let mut ring = KeyRing::new();
+            assert!(
+                matches!(ring.add_trusted(weak), Err(KeyError::BadPublicKey(m)) if m.contains("weak")),
+                "{} was trusted",
+                hex::encode(weak)
+            );
+            assert!(ring.is_empty());
+            let bundle = TrustBundle {
+                generation: 1,
+                keys: vec![TrustedKey {
+                    id: KeyId::of_public_key(&weak).to_string(),
+                    public_key: hex::encode(weak),
+                    state: KeyState::Active,
+                }],
+            };
+            assert!(matches!(
+                KeyRing::from_bundle(&bundle),
+                Err(KeyError::BadPublicKey(_))
+            ));
+        }
+        // A real key plus a small-order point: has a torsion component.
+        let real = signer(5).key.verifying_key().to_edwards();
+        let torsion = VerifyingKey::from_bytes(&WEAK_KEYS[2])
+            .unwrap()
+            .to_edwards();
+        let mixed = (real + torsion).compress().to_bytes();
+        assert!(KeyRing::new().add_trusted(mixed).is_err());
+        assert!(KeyRing::new().add_trusted(signer(5).public_key()).is_ok());
+    }
+
+    #[test]
+    fn batch_verification_is_as_strict_as_single_verification() {
+        use sha2::{Digest as _, Sha512};
+        let s = signer(6);
+        let v = verifier(&s);
+        // R = identity and s = k·a: the cofactorless batch equation
+        // [s]B = R + [k]A holds, but verify_strict refuses a small-order R.
+        let mut odd = chunk(&s, 1);
+        let a = s.key.to_scalar();
+        let mut r = [0u8; 32];
+        r[0] = 1;
+        let message = odd.header.signing_bytes();
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(s.public_key());
+        h.update(message);
+        let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        odd.signature[..32].copy_from_slice(&r);
+        odd.signature[32..].copy_from_slice((k * a).as_bytes());
+        assert_eq!(v.verify(&odd, NOW), Err(Rejection::Signature));
+        let good = chunk(&s, 2);
+        assert_eq!(
+            v.verify_batch(&[odd, good], NOW),
+            vec![Err(Rejection::Signature), Ok(())]
+        );
+    }
+
     #[test]
     fn reputation_bans_past_threshold_and_decays() {
         let mut r = Reputation::new(ReputationConfig {
@@ -1120,6 +1238,37 @@ mod tests {
         );
         assert_eq!(r.tracked(), 2);
         assert!(r.is_banned(p, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn reputation_with_time_moving_bans_a_burst_but_not_a_trickle() {
+        // The defaults the node runs with: forgery costs 10, ban at 30,
+        // scores halve every 60 s, a ban lasts 600 s.
+        let mut r = Reputation::new(ReputationConfig::default());
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Forgeries 10 s apart: three have decayed below the threshold
+        // (26.9), the fourth crosses it (33.9).
+        let p = PeerId(1);
+        for s in [0, 10, 20] {
+            assert_eq!(r.record(p, &Rejection::Signature, at(s)), Verdict::Ok);
+        }
+        assert_eq!(r.record(p, &Rejection::Signature, at(30)), Verdict::Banned);
+        // The ban runs from the strike that earned it, while the score decays.
+        assert!(r.is_banned(p, at(30 + 599)));
+        assert!(!r.is_banned(p, at(30 + 601)));
+        assert!(r.score(p, at(30 + 601)) < 0.05);
+        // One forgery a minute never bans: the score settles near 20.
+        let q = PeerId(2);
+        for minute in 0..30 {
+            assert_eq!(
+                r.record(q, &Rejection::Signature, at(minute * 60)),
+                Verdict::Ok,
+                "banned at minute {minute}"
+            );
+        }
+        let settled = r.score(q, at(29 * 60));
+        assert!((19.0..20.0).contains(&settled), "score {settled}");
     }
 
     #[test]

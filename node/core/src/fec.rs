@@ -312,6 +312,10 @@ pub struct AssemblerConfig {
     /// Bytes one source may hold; past it that source's oldest chunks go
     /// first, so a flooding peer evicts its own groups, not everyone's.
     pub max_bytes_per_source: usize,
+    /// The largest encoded chunk a sender may cut into shards: a shard
+    /// declaring more blocks, or a chunk whose groups declare more bytes,
+    /// than a chunk this size can have is refused.
+    pub max_chunk_bytes: usize,
 }
 
 impl Default for AssemblerConfig {
@@ -321,9 +325,32 @@ impl Default for AssemblerConfig {
             max_age: Duration::from_secs(2),
             remember_done: 65_536,
             max_bytes_per_source: 8 * 1024 * 1024,
+            max_chunk_bytes: MAX_CHUNK_FRAME_LEN,
         }
     }
 }
+
+/// The largest encoded chunk frame: version and tag, header, signature and
+/// the largest payload.
+pub const MAX_CHUNK_FRAME_LEN: usize =
+    2 + crate::chunk::ChunkHeader::ENCODED_LEN + 64 + crate::chunk::MAX_CHUNK_LEN as usize;
+
+/// The smallest shard a sender cuts (the node refuses to push with less),
+/// so every block but a chunk's last holds at least this many bytes.
+pub const MIN_SHARD_LEN: usize = 256;
+
+/// What the assembler charges for holding things, besides their bytes: a
+/// peer pays for every structure it makes us allocate, so the cap bounds
+/// the real memory, not just the shard payloads. Each figure is the
+/// structure's size plus its slot in the collections that hold it (hash
+/// tables run at most 7/8 full and double, so a slot is counted twice).
+const PENDING_COST: usize =
+    2 * std::mem::size_of::<(Key, Pending)>() + 2 * std::mem::size_of::<(Instant, Key)>();
+const GROUP_COST: usize = 2 * std::mem::size_of::<(u16, Group)>();
+const SLOT_COST: usize = std::mem::size_of::<Option<Bytes>>();
+const DONE_BLOCK_COST: usize = 2 * std::mem::size_of::<(u16, Bytes)>();
+/// A shard's bytes share its datagram's buffer, header included.
+const SHARD_OVERHEAD: usize = 64;
 
 /// Assembly statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -351,9 +378,13 @@ struct Pending {
     first_seen: Instant,
     blocks: u16,
     groups: HashMap<u16, Group>,
-    done_blocks: Vec<Option<Bytes>>,
-    done_count: u16,
+    /// Rebuilt blocks by index: sized by what arrived, never by the block
+    /// count the peer declared.
+    done_blocks: HashMap<u16, Bytes>,
+    /// Sum of `block_len` over the groups opened: no more than a chunk holds.
+    declared: u64,
     recovered: bool,
+    /// Everything this chunk costs us (see `PENDING_COST`).
     bytes: usize,
 }
 
@@ -437,8 +468,42 @@ impl Assembler {
     }
 
     /// Adds a shard from `source`. Returns the chunk's bytes once every
-    /// block is rebuilt.
+    /// block is rebuilt. Whatever happens, the bytes held stay within the
+    /// caps when it returns.
     pub fn insert(
+        &mut self,
+        source: Source,
+        shard: Shard,
+        now: Instant,
+    ) -> Result<Option<Assembled>, FecError> {
+        let result = self.insert_shard(source, shard, now);
+        self.enforce_source_cap(source);
+        self.enforce_cap();
+        result
+    }
+
+    /// The most blocks a chunk of `max_chunk_bytes` can be cut into.
+    fn max_blocks(&self) -> usize {
+        self.config.max_chunk_bytes.div_ceil(MIN_SHARD_LEN).max(1)
+    }
+
+    fn hold(&mut self, key: Key, bytes: usize) {
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.bytes += bytes;
+        }
+        self.stats.bytes_held += bytes;
+        *self.held_by.entry(key.0).or_default() += bytes;
+    }
+
+    fn release(&mut self, key: Key, bytes: usize) {
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.bytes -= bytes;
+        }
+        self.stats.bytes_held -= bytes;
+        self.charge(key.0, -(bytes as isize));
+    }
+
+    fn insert_shard(
         &mut self,
         source: Source,
         shard: Shard,
@@ -450,52 +515,79 @@ impl Assembler {
             self.stats.duplicates += 1;
             return Ok(None);
         }
+        let mismatch = |field| FecError::Mismatch {
+            chunk: id,
+            block: shard.block,
+            field,
+        };
         let total = usize::from(shard.k) + usize::from(shard.m);
-        if shard.k == 0 || usize::from(shard.index) >= total || shard.block >= shard.blocks {
+        if shard.k == 0
+            || total > usize::from(MAX_SHARDS_PER_GROUP)
+            || usize::from(shard.index) >= total
+            || shard.block >= shard.blocks
+        {
             self.stats.mismatches += 1;
-            return Err(FecError::Mismatch {
-                chunk: id,
-                block: shard.block,
-                field: "index",
-            });
+            return Err(mismatch("index"));
+        }
+        // Declared sizes are checked against what a chunk can be before
+        // anything is allocated for them.
+        if usize::from(shard.blocks) > self.max_blocks() {
+            self.stats.mismatches += 1;
+            return Err(mismatch("blocks"));
+        }
+        if shard.block_len as usize > self.config.max_chunk_bytes {
+            self.stats.mismatches += 1;
+            return Err(mismatch("block_len"));
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.pending.entry(key) {
             e.insert(Pending {
                 first_seen: now,
                 blocks: shard.blocks,
                 groups: HashMap::new(),
-                done_blocks: vec![None; usize::from(shard.blocks)],
-                done_count: 0,
+                done_blocks: HashMap::new(),
+                declared: 0,
                 recovered: false,
                 bytes: 0,
             });
             self.order.push_back((now, key));
+            self.hold(key, PENDING_COST);
         }
         let len = shard.data.len();
+        let max_chunk = self.config.max_chunk_bytes as u64;
         let Some(p) = self.pending.get_mut(&key) else {
             return Ok(None);
-        };
-        let mismatch = |field| FecError::Mismatch {
-            chunk: id,
-            block: shard.block,
-            field,
         };
         if p.blocks != shard.blocks {
             self.stats.mismatches += 1;
             return Err(mismatch("blocks"));
         }
-        if p.done_blocks[usize::from(shard.block)].is_some() {
+        if p.done_blocks.contains_key(&shard.block) {
             self.stats.duplicates += 1;
             return Ok(None);
         }
-        let group = p.groups.entry(shard.block).or_insert_with(|| Group {
-            k: shard.k,
-            m: shard.m,
-            block_len: shard.block_len,
-            shard_len: len,
-            shards: vec![None; total],
-            have: 0,
-        });
+        let mut opened = 0;
+        if !p.groups.contains_key(&shard.block) {
+            if p.declared + u64::from(shard.block_len) > max_chunk {
+                self.stats.mismatches += 1;
+                return Err(mismatch("block_len"));
+            }
+            p.declared += u64::from(shard.block_len);
+            p.groups.insert(
+                shard.block,
+                Group {
+                    k: shard.k,
+                    m: shard.m,
+                    block_len: shard.block_len,
+                    shard_len: len,
+                    shards: vec![None; total],
+                    have: 0,
+                },
+            );
+            opened = GROUP_COST + total * SLOT_COST;
+        }
+        let Some(group) = p.groups.get_mut(&shard.block) else {
+            return Ok(None);
+        };
         let field = if group.k != shard.k {
             Some("k")
         } else if group.m != shard.m {
@@ -507,60 +599,80 @@ impl Assembler {
         } else {
             None
         };
+        // Only a shard that agrees with its group (hence its size) is
+        // indexed into it.
+        let duplicate = field.is_none() && group.shards[usize::from(shard.index)].is_some();
+        if field.is_none() && !duplicate {
+            group.shards[usize::from(shard.index)] = Some(shard.data);
+            group.have += 1;
+        }
+        let complete = group.have >= usize::from(group.k);
+        self.hold(key, opened);
         if let Some(field) = field {
             self.stats.mismatches += 1;
             return Err(mismatch(field));
         }
-        let slot = &mut group.shards[usize::from(shard.index)];
-        if slot.is_some() {
+        if duplicate {
             self.stats.duplicates += 1;
             return Ok(None);
         }
-        *slot = Some(shard.data);
-        group.have += 1;
-        p.bytes += len;
-        self.stats.bytes_held += len;
-        *self.held_by.entry(source).or_default() += len;
-        if group.have >= usize::from(group.k) {
-            let (k, m, block_len) = (usize::from(group.k), usize::from(group.m), group.block_len);
-            let used_parity = group.shards[..k].iter().any(Option::is_none);
-            let held: usize = group.shards.iter().flatten().map(Bytes::len).sum();
-            let decoded = self.decoder.decode_block(k, m, &group.shards);
-            p.groups.remove(&shard.block);
-            p.bytes -= held;
-            self.stats.bytes_held -= held;
-            if let Some(h) = self.held_by.get_mut(&source) {
-                *h = h.saturating_sub(held);
-            }
-            let mut block = decoded?;
-            block.truncate(block_len as usize);
-            let block = block.freeze();
-            p.bytes += block.len();
-            self.stats.bytes_held += block.len();
-            *self.held_by.entry(source).or_default() += block.len();
-            p.done_blocks[usize::from(shard.block)] = Some(block);
-            p.done_count += 1;
-            p.recovered |= used_parity;
-            if p.done_count == p.blocks {
-                let mut out = BytesMut::with_capacity(p.bytes);
-                for b in p.done_blocks.iter().flatten() {
-                    out.extend_from_slice(b);
-                }
-                let recovered = p.recovered;
-                self.drop_pending(&key);
-                self.remember_done(key);
-                self.stats.completed += 1;
-                self.stats.recovered += u64::from(recovered);
-                return Ok(Some(Assembled {
-                    chunk: id,
-                    bytes: out.freeze(),
-                    recovered,
-                }));
+        self.hold(key, len + SHARD_OVERHEAD);
+        if !complete {
+            return Ok(None);
+        }
+        let Some(p) = self.pending.get_mut(&key) else {
+            return Ok(None);
+        };
+        let Some(group) = p.groups.remove(&shard.block) else {
+            return Ok(None);
+        };
+        let (k, m, block_len) = (usize::from(group.k), usize::from(group.m), group.block_len);
+        let used_parity = group.shards[..k].iter().any(Option::is_none);
+        let held = GROUP_COST
+            + group.shards.len() * SLOT_COST
+            + group
+                .shards
+                .iter()
+                .flatten()
+                .map(|b| b.len() + SHARD_OVERHEAD)
+                .sum::<usize>();
+        let decoded = self.decoder.decode_block(k, m, &group.shards);
+        drop(group);
+        self.release(key, held);
+        let mut block = decoded?;
+        block.truncate(block_len as usize);
+        let block = block.freeze();
+        let block_cost = block.len() + DONE_BLOCK_COST;
+        let Some(p) = self.pending.get_mut(&key) else {
+            return Ok(None);
+        };
+        p.done_blocks.insert(shard.block, block);
+        p.recovered |= used_parity;
+        let finished = p.done_blocks.len() == usize::from(p.blocks);
+        self.hold(key, block_cost);
+        if !finished {
+            return Ok(None);
+        }
+        let Some(p) = self.pending.get(&key) else {
+            return Ok(None);
+        };
+        let size: usize = p.done_blocks.values().map(Bytes::len).sum();
+        let mut out = BytesMut::with_capacity(size);
+        for b in 0..p.blocks {
+            if let Some(block) = p.done_blocks.get(&b) {
+                out.extend_from_slice(block);
             }
         }
-        self.enforce_source_cap(source);
-        self.enforce_cap();
-        Ok(None)
+        let recovered = p.recovered;
+        self.drop_pending(&key);
+        self.remember_done(key);
+        self.stats.completed += 1;
+        self.stats.recovered += u64::from(recovered);
+        Ok(Some(Assembled {
+            chunk: id,
+            bytes: out.freeze(),
+            recovered,
+        }))
     }
 
     /// Drops `source`'s oldest incomplete chunks until it is within its share.
@@ -865,6 +977,7 @@ mod tests {
             max_age: Duration::from_secs(60),
             remember_done: 1000,
             max_bytes_per_source: cap,
+            ..AssemblerConfig::default()
         });
         let mut e = Encoder::new();
         let now = Instant::now();
@@ -879,6 +992,214 @@ mod tests {
         assert!(a.stats().dropped_for_cap > 4000);
         assert!(a.stats().chunks_pending <= cap / 1200 + 1);
         assert!(a.order.len() <= 2 * a.pending.len() + 64);
+    }
+
+    /// What the assembler really holds for its pending chunks, counted
+    /// from the structures themselves (their allocated slots and the bytes
+    /// the shards and blocks keep alive), not from its own book-keeping.
+    fn live_bytes(a: &Assembler) -> usize {
+        a.pending
+            .values()
+            .map(|p| {
+                std::mem::size_of::<(Key, Pending)>()
+                    + p.groups.capacity() * std::mem::size_of::<(u16, Group)>()
+                    + p.groups
+                        .values()
+                        .map(|g| {
+                            g.shards.capacity() * SLOT_COST
+                                + g.shards.iter().flatten().map(Bytes::len).sum::<usize>()
+                        })
+                        .sum::<usize>()
+                    + p.done_blocks.capacity() * std::mem::size_of::<(u16, Bytes)>()
+                    + p.done_blocks.values().map(Bytes::len).sum::<usize>()
+            })
+            .sum()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A shard with arbitrary header fields.
+        Hostile {
+            source: u64,
+            seq: u64,
+            block: u16,
+            blocks: u16,
+            k: u16,
+            m: u16,
+            index: u16,
+            block_len: u32,
+            len: usize,
+        },
+        /// Shard `index` of a real chunk of `len` bytes.
+        Real {
+            source: u64,
+            seq: u64,
+            len: usize,
+            index: usize,
+        },
+        /// Time passes and the node expires old groups.
+        Tick(u64),
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (
+                0..3u64,
+                0..40u64,
+                any::<u16>(),
+                any::<u16>(),
+                0..300u16,
+                0..300u16,
+                0..300u16,
+                any::<u32>(),
+                1..1500usize,
+            )
+                .prop_map(|(source, seq, block, blocks, k, m, index, block_len, len)| {
+                    // Half the time a header that passes the index checks,
+                    // so groups really open and grow.
+                    let (k, m) = (k.max(1), m);
+                    let index = if seq % 2 == 0 { index % (k + m).max(1) } else { index };
+                    let blocks = if seq % 2 == 0 { blocks.max(1) } else { blocks };
+                    let block = if seq % 2 == 0 { block % blocks } else { block };
+                    Op::Hostile {
+                        source,
+                        seq,
+                        block,
+                        blocks,
+                        k,
+                        m,
+                        index,
+                        block_len,
+                        len,
+                    }
+                }),
+            3 => (0..3u64, 100..110u64, 1..40_000usize, 0..200usize)
+                .prop_map(|(source, seq, len, index)| Op::Real { source, seq, len, index }),
+            1 => (0..3000u64).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn assembler_memory_never_exceeds_its_cap_for_any_input_sequence(
+            ops in proptest::collection::vec(any_op(), 1..400),
+        ) {
+            let cap = 256 * 1024;
+            let per_source = cap / 2;
+            let mut a = Assembler::new(AssemblerConfig {
+                max_bytes: cap,
+                max_age: Duration::from_secs(2),
+                remember_done: 256,
+                max_bytes_per_source: per_source,
+                max_chunk_bytes: 64 * 1024,
+            });
+            let mut e = Encoder::new();
+            let t0 = Instant::now();
+            let mut now = t0;
+            for op in ops {
+                match op {
+                    Op::Hostile { source, seq, block, blocks, k, m, index, block_len, len } => {
+                        let shard = Shard {
+                            chunk: id(seq),
+                            block,
+                            blocks,
+                            k,
+                            m,
+                            index,
+                            block_len,
+                            data: Bytes::from(vec![7u8; len]),
+                        };
+                        let _ = a.insert(source, shard, now);
+                    }
+                    Op::Real { source, seq, len, index } => {
+                        let shards = e
+                            .encode_chunk(id(seq), &Bytes::from(data(len, seq as u8)), 1000, 8, 2)
+                            .unwrap();
+                        if index >= 150 {
+                            // The whole chunk: groups complete, blocks are
+                            // held, the chunk comes out.
+                            for shard in shards {
+                                let _ = a.insert(source, shard, now);
+                            }
+                        } else {
+                            let shard = shards[index % shards.len()].clone();
+                            let _ = a.insert(source, shard, now);
+                        }
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        a.expire(now);
+                    }
+                }
+                let held = a.stats().bytes_held;
+                prop_assert!(held <= cap, "held {held} > cap {cap}");
+                for (source, h) in &a.held_by {
+                    prop_assert!(*h <= per_source, "source {source} holds {h}");
+                }
+                let live = live_bytes(&a);
+                prop_assert!(live <= held, "really held {live} > counted {held}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_datagram_declaring_the_most_blocks_costs_what_it_carries() {
+        let mut a = Assembler::new(AssemblerConfig::default());
+        let now = Instant::now();
+        let hostile = |seq: u64, blocks: u16| Shard {
+            chunk: id(seq),
+            block: 0,
+            blocks,
+            k: 1,
+            m: 255,
+            index: 0,
+            block_len: 1,
+            data: Bytes::from_static(&[1]),
+        };
+        // More blocks than a 4 MiB chunk can be cut into: refused outright.
+        assert!(matches!(
+            a.insert(1, hostile(1, u16::MAX), now),
+            Err(FecError::Mismatch {
+                field: "blocks",
+                ..
+            })
+        ));
+        assert_eq!(a.stats().chunks_pending, 0);
+        // As many as a chunk can have: held, and every byte of it counted.
+        let most = u16::try_from(a.max_blocks()).unwrap();
+        a.insert(1, hostile(2, most), now).unwrap();
+        let (held, live) = (a.stats().bytes_held, live_bytes(&a));
+        assert!(live <= held, "really held {live} > counted {held}");
+        assert!(held < 16 * 1024, "one datagram holds {held} bytes");
+    }
+
+    #[test]
+    fn groups_declaring_more_bytes_than_a_chunk_holds_are_refused() {
+        let mut a = Assembler::new(AssemblerConfig {
+            max_chunk_bytes: 10_000,
+            ..AssemblerConfig::default()
+        });
+        let now = Instant::now();
+        let shard = |block: u16| Shard {
+            chunk: id(1),
+            block,
+            blocks: 20,
+            k: 4,
+            m: 0,
+            index: 0,
+            block_len: 4000,
+            data: Bytes::from(vec![0u8; 1000]),
+        };
+        a.insert(1, shard(0), now).unwrap();
+        a.insert(1, shard(1), now).unwrap();
+        assert!(matches!(
+            a.insert(1, shard(2), now),
+            Err(FecError::Mismatch {
+                field: "block_len",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -915,6 +1236,7 @@ mod tests {
             max_age: Duration::from_secs(60),
             remember_done: 1000,
             max_bytes_per_source: 50_000,
+            ..AssemblerConfig::default()
         });
         let mut e = Encoder::new();
         let now = Instant::now();

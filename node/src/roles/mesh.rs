@@ -27,6 +27,18 @@ const LOSS_REPORT_EVERY: Duration = Duration::from_millis(500);
 pub(crate) async fn run(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) {
     let conn = pc.connection.clone();
     let name = pc.name.clone();
+    // The certificate names the peer as soon as TLS is done: a banned peer
+    // gets no hello, no session and no say, whichever side dialled.
+    if shared.refuse_if_banned(pc.peer_id, "handshake") {
+        shared
+            .metrics
+            .handshakes_refused
+            .with_label_values(&["banned"])
+            .inc();
+        tracing::info!(peer = %name, "banned peer refused");
+        conn.close(quinn::VarInt::from_u32(CLOSE_BANNED), b"banned");
+        return;
+    }
     match session(shared.clone(), pc, outbound).await {
         Ok(()) => tracing::debug!(peer = %name, "session ended"),
         Err(e) => {
@@ -64,6 +76,12 @@ async fn session(
                 other.kind()
             )));
         }
+    }
+    // A ban can land while the hello is in flight (the peer's other
+    // connection misbehaved): check again before the peer joins the map.
+    if shared.refuse_if_banned(pc.peer_id, "hello") {
+        conn.close(quinn::VarInt::from_u32(CLOSE_BANNED), b"banned");
+        return Ok(());
     }
     if !outbound {
         framing::write_frame(&mut ctl_send, &hello).await?;
@@ -129,6 +147,11 @@ async fn session(
         tasks.spawn(async move {
             loop {
                 match framing::read_frame(&mut ctl_recv, MAX_CONTROL_FRAME, CONTROL_IDLE).await {
+                    Ok(_) if shared.refuse_if_banned(peer.id, "control") => {
+                        peer.conn
+                            .close(quinn::VarInt::from_u32(CLOSE_BANNED), b"banned");
+                        break;
+                    }
                     Ok(frame) => on_control(&shared, &peer, frame),
                     Err(FramingError::Finished) => break,
                     Err(e) => {
@@ -316,6 +339,13 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
 }
 
 fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
+    // Shards already in flight when the ban closed the connection, or sent
+    // on a connection the ban did not find, cost nothing: not even a decode.
+    if shared.refuse_if_banned(peer.id, "datagram") {
+        peer.conn
+            .close(quinn::VarInt::from_u32(CLOSE_BANNED), b"banned");
+        return;
+    }
     let shard = match Frame::decode(datagram) {
         Ok(Frame::Shard(s)) => s,
         Ok(other) => {
@@ -407,7 +437,7 @@ async fn push_chunk(
         .max_datagram_size()
         .ok_or("peer does not accept datagrams")?;
     let shard_len = max.saturating_sub(SHARD_FRAME_OVERHEAD);
-    if shard_len < 256 {
+    if shard_len < crate::fec::MIN_SHARD_LEN {
         return Err(format!("datagram size {max} too small for FEC shards"));
     }
     let bytes = framing::encode(&Frame::Chunk(chunk.clone()));
@@ -493,9 +523,11 @@ async fn serve_request(
 /// Error codes in `Frame::Error` replies.
 pub(crate) const CODE_CHOKED: u16 = 429;
 pub(crate) const CODE_BANNED: u16 = 403;
+/// The QUIC application close code a banned peer's connection carries.
+pub const CLOSE_BANNED: u32 = 403;
 
 async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame {
-    if shared.reputation.lock().is_banned(peer.id, Instant::now()) {
+    if shared.refuse_if_banned(peer.id, "request") {
         return Frame::Error {
             code: CODE_BANNED,
             message: "banned".into(),

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod flight;
 pub mod framing;
 pub mod ingest;
+pub mod listener;
 pub mod mesh;
 pub mod node;
 pub mod origin_store;

@@ -402,7 +402,10 @@ impl Shared {
             if verdict.is_banned() {
                 if let Some(peer) = peer {
                     tracing::warn!(peer = %peer.name, "peer banned: closing its connection");
-                    peer.conn.close(quinn::VarInt::from_u32(403), b"banned");
+                    peer.conn.close(
+                        quinn::VarInt::from_u32(super::mesh::CLOSE_BANNED),
+                        b"banned",
+                    );
                 }
             }
         }
@@ -915,6 +918,18 @@ impl Shared {
         }
     }
 
+    /// True, counted under `path`, when `peer` is serving a ban: the caller
+    /// then refuses what the peer sent (and closes its connection where it
+    /// has one), so a ban keeps the peer out for its whole duration, not only
+    /// out of the pull path.
+    pub(crate) fn refuse_if_banned(&self, peer: PeerId, path: &'static str) -> bool {
+        let banned = self.reputation.lock().is_banned(peer, Instant::now());
+        if banned {
+            self.metrics.banned_refused.with_label_values(&[path]).inc();
+        }
+        banned
+    }
+
     /// Counts bad input against a peer outside chunk verification (e.g. a
     /// FEC group that rebuilt into garbage).
     pub(crate) fn strike(&self, peer: PeerId, rejection: Rejection) {
@@ -949,9 +964,12 @@ impl Shared {
         let peers = self.peer_list();
         let reputation = self.reputation.lock();
         let choker = self.choker.lock();
+        // A banned peer is disconnected and refused, so it is never among
+        // the connected ones: count the bans in force instead.
+        banned += reputation.banned(now) as i64;
         for p in &peers {
             if reputation.is_banned(p.id, now) {
-                banned += 1;
+                continue;
             } else if p.role == Role::Edge
                 && self.settings.role == Role::Edge
                 && !choker.is_unchoked(p.id)

@@ -256,15 +256,14 @@ async fn serve_http(
     let bound = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { what, addr, source })?;
-    let mut shutdown = shared.shutdown_signal();
-    tasks.spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, what, "http server failed");
-        }
-    });
+    tasks.spawn(super::listener::serve(
+        listener,
+        router,
+        shared.settings.http_limits,
+        shared.metrics.clone(),
+        what,
+        shared.shutdown_signal(),
+    ));
     Ok(bound)
 }
 

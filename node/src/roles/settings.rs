@@ -25,6 +25,8 @@ pub struct NodeSettings {
     pub mesh_advertise: SocketAddr,
     pub http_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Slow-client limits of every HTTP listener.
+    pub http_limits: super::listener::Limits,
     pub upstreams: Option<DiscoveryConfig>,
     pub peers: Option<DiscoveryConfig>,
     pub store_budget_bytes: usize,
@@ -78,6 +80,11 @@ impl NodeSettings {
             mesh_advertise,
             http_listen: c.network.http_listen,
             admin_listen: c.network.admin_listen,
+            http_limits: super::listener::Limits {
+                header_timeout: Duration::from_millis(c.network.http_header_timeout_ms.get()),
+                idle_timeout: Duration::from_millis(c.network.http_idle_timeout_ms.get()),
+                max_connections_per_ip: c.network.http_max_connections_per_ip.get() as usize,
+            },
             upstreams,
             peers,
             store_budget_bytes: (c.storage.ring_buffer_size_mb.get() as usize) << 20,
@@ -145,6 +152,9 @@ impl NodeSettings {
             // A push upstream is one peer; half the cap lets it burst while
             // a hostile sender can never take the whole budget.
             max_bytes_per_source: max_bytes / 2,
+            // Relays and edges do not know the origin's chunk size: allow
+            // the protocol's largest.
+            max_chunk_bytes: crate::fec::MAX_CHUNK_FRAME_LEN,
         }
     }
 

@@ -21,6 +21,12 @@ pub struct UpOptions {
 /// Starts the cluster; with `check`, runs the check and stops; otherwise runs
 /// until Ctrl-C. Returns whether everything passed.
 pub async fn run(opts: UpOptions) -> anyhow::Result<bool> {
+    // The check fetches through every edge: with none it would check nothing
+    // and pass.
+    anyhow::ensure!(
+        !(opts.check && opts.counts.edges == 0),
+        "--check needs at least one edge to fetch through (--edges 0 was given)"
+    );
     let plan = plan::plan(&opts.dir, opts.counts, |_| {})?;
     let mut cluster = procs::Cluster::default();
     let result = start_and_serve(&opts, &plan, &mut cluster).await;

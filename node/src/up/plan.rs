@@ -23,7 +23,20 @@ pub enum PlanError {
     Transport(#[from] crate::transport::TransportError),
     #[error(transparent)]
     Key(#[from] crate::crypto::KeyError),
+    #[error("{what} must be at most {max} on one machine (asked for {asked})")]
+    TooMany {
+        what: &'static str,
+        asked: usize,
+        max: usize,
+    },
 }
+
+/// The most relays and edges `dcdn up` lays out: each node is a process
+/// with its own ports, and every edge's config lists every other edge, so
+/// the files grow with the square of the count (`--edges 100000` wrote
+/// 562 MB in 10 s before this bound).
+pub const MAX_RELAYS: usize = 16;
+pub const MAX_EDGES: usize = 64;
 
 /// One node of the plan.
 #[derive(Debug, Clone)]
@@ -127,6 +140,14 @@ pub fn plan(
     counts: Counts,
     tweak: impl Fn(&mut NodeConfig),
 ) -> Result<Plan, PlanError> {
+    for (what, asked, max) in [
+        ("relays", counts.relays, MAX_RELAYS),
+        ("edges", counts.edges, MAX_EDGES),
+    ] {
+        if asked > max {
+            return Err(PlanError::TooMany { what, asked, max });
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|source| PlanError::Write {
         path: dir.display().to_string(),
         source,
