@@ -14,6 +14,10 @@ TRIPLE="$(uname -m)-unknown-linux-gnu"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/$TRIPLE/dist"
 MAX_NODE_BYTES=$((20 * 1000 * 1000))
+# OCI labels that vary per build (the fixed ones are in the Dockerfiles).
+REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+SOURCE="$(sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 packages=(-p dcdn-node)
 images=(node:dcdn)
@@ -50,6 +54,9 @@ for spec in "${images[@]}"; do
   cp "$BIN_DIR/$bin" "$ctx/$bin"
   docker build -q -f "deploy/docker/$name.scratch.Dockerfile" \
     --label "org.opencontainers.image.version=$VERSION" \
+    --label "org.opencontainers.image.revision=$REVISION" \
+    --label "org.opencontainers.image.source=$SOURCE" \
+    --label "org.opencontainers.image.created=$CREATED" \
     -t "dcdn/$name:$VERSION" -t "dcdn/$name:dev" "$ctx" >/dev/null
   rm -rf "$ctx"
   trap - EXIT

@@ -101,6 +101,7 @@ async fn session(
         push: push_tx,
         parity: Mutex::new(shared.settings.parity_policy()),
         current_parity: AtomicU16::new(shared.settings.fec_parity),
+        lost_packets_counted: AtomicU64::new(0),
         unchoked_us: AtomicBool::new(false),
         have: Mutex::new(HaveSet::default()),
         bytes_in: AtomicU64::new(0),
@@ -310,12 +311,8 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                 .parity
                 .lock()
                 .handle_report(u64::from(expected_shards), u64::from(received_shards));
+            // The metric is the per-class maximum, set at scrape time.
             peer.current_parity.store(m, Ordering::Relaxed);
-            shared
-                .metrics
-                .fec_parity
-                .with_label_values(&[&peer.name])
-                .set(i64::from(m));
         }
         Frame::Manifest(m) => {
             if let Err(e) = shared.accept_manifest(m, Some(peer.id)) {

@@ -94,6 +94,9 @@ pub(crate) struct Peer {
     pub push: mpsc::Sender<Chunk>,
     pub parity: Mutex<ParityPolicy>,
     pub current_parity: AtomicU16,
+    /// Lost packets of this connection already added to
+    /// `dcdn_quic_lost_packets_total`.
+    pub lost_packets_counted: AtomicU64,
     /// The peer unchoked us (edge trade): we may request from it.
     pub unchoked_us: AtomicBool,
     pub have: Mutex<HaveSet>,
@@ -958,7 +961,7 @@ impl Shared {
         let now = Instant::now();
         let (mut choked, mut unchoked, mut banned) = (0i64, 0i64, 0i64);
         let mut rtt: HashMap<&'static str, (f64, u32)> = HashMap::new();
-        let mut lost: HashMap<&'static str, i64> = HashMap::new();
+        let mut parity: HashMap<&'static str, u16> = HashMap::new();
         // Lock order: the peer map is read and released first, then the
         // reputation and choker locks are taken.
         let peers = self.peer_list();
@@ -982,18 +985,31 @@ impl Shared {
             let e = rtt.entry(class).or_default();
             e.0 += p.conn.rtt().as_secs_f64();
             e.1 += 1;
-            *lost.entry(class).or_default() += p.conn.stats().path.lost_packets as i64;
+            let p_max = parity.entry(class).or_default();
+            *p_max = (*p_max).max(p.current_parity.load(Ordering::Relaxed));
+            // quinn counts per connection; the counter takes what is new.
+            let lost = p.conn.stats().path.lost_packets;
+            let counted = p.lost_packets_counted.swap(lost, Ordering::Relaxed);
+            m.quic_lost_packets
+                .with_label_values(&[class])
+                .inc_by(lost.saturating_sub(counted));
         }
         m.peers.with_label_values(&["choked"]).set(choked);
         m.peers.with_label_values(&["unchoked"]).set(unchoked);
         m.peers.with_label_values(&["banned"]).set(banned);
+        // Per-class gauges start empty each scrape: a class with no peer
+        // left has no value rather than its last one.
+        m.quic_rtt_seconds.reset();
+        m.fec_parity.reset();
         for (class, (sum, n)) in rtt {
             m.quic_rtt_seconds
                 .with_label_values(&[class])
                 .set(sum / f64::from(n.max(1)));
         }
-        for (class, n) in lost {
-            m.quic_lost_packets.with_label_values(&[class]).set(n);
+        for (class, shards) in parity {
+            m.fec_parity
+                .with_label_values(&[class])
+                .set(i64::from(shards));
         }
     }
 }
