@@ -456,6 +456,19 @@ pub struct OriginSection {
     /// File holding the bearer token publishers present (or set
     /// `DCDN_INGEST_TOKEN`).
     pub ingest_token_file: Option<PathBuf>,
+    /// `Cache-Control` edges answer with for an object published without
+    /// one. The default makes clients revalidate (cheap: a 304), so a
+    /// re-publish is seen at once; publishers of immutable names can send
+    /// `public, max-age=31536000, immutable` with the PUT.
+    pub cache_control: String,
+    /// Directory of the origin of record: every acknowledged object version
+    /// is kept here (synced before the 201) and survives restarts; a
+    /// publish that would not fit is refused with 507, nothing is evicted.
+    /// Unset, the origin keeps objects only in its memory store, which
+    /// evicts — for trying things out, not for content you need to keep.
+    pub store_dir: Option<PathBuf>,
+    /// Capacity of `store_dir`, MiB.
+    pub store_capacity_mb: Bounded<1, 1073741824>,
 }
 
 impl Default for OriginSection {
@@ -464,8 +477,25 @@ impl Default for OriginSection {
             chunk_size_kb: Bounded::lit(256),
             max_object_mb: Bounded::lit(65536),
             ingest_token_file: None,
+            cache_control: "public, no-cache".to_owned(),
+            store_dir: None,
+            store_capacity_mb: Bounded::lit(10240),
         }
     }
+}
+
+/// A `Cache-Control` value a manifest may carry: 1–255 bytes of visible
+/// ASCII and spaces (what a header value allows and a manifest field holds).
+pub fn check_cache_control(value: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > crate::chunk::wire::MAX_NAME_LEN
+        || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "cache control {value:?} must be 1-255 characters of visible ASCII"
+        ));
+    }
+    Ok(())
 }
 
 /// The admin API's tokens.
@@ -605,6 +635,8 @@ impl NodeConfig {
 
     /// Rules that span fields.
     pub fn validate(&self) -> Result<(), String> {
+        check_cache_control(&self.origin.cache_control)
+            .map_err(|e| format!("origin.cache_control: {e}"))?;
         let f = &self.fec;
         if f.min_parity > f.max_parity {
             return Err(format!(

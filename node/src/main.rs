@@ -135,6 +135,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Purge every published version of an object from every node.
+    Purge {
+        /// Object name.
+        name: String,
+        /// Origin ingest base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        origin: String,
+        /// Ingest bearer token.
+        #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Fetch an object from an edge, verify it against its ETag, write it.
     ///
     /// The bytes go to FILE.part, renamed to FILE once verified.
@@ -419,6 +430,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit(&runtime()?.block_on(transfer::publish(p))?, json)
         }
+        Command::Purge {
+            name,
+            origin,
+            token,
+        } => runtime()?.block_on(purge(&name, &origin, &token)),
         Command::Fetch {
             url,
             output,
@@ -637,6 +653,22 @@ fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Resul
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
+    Ok(())
+}
+
+async fn purge(name: &str, origin: &str, token: &str) -> anyhow::Result<()> {
+    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(30));
+    let url = format!("{}/v1/objects/{name}", origin.trim_end_matches('/'));
+    let resp = client
+        .send(
+            hyper::Method::DELETE,
+            &url,
+            Some(token),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await?;
+    println!("{}", String::from_utf8_lossy(&resp.body));
     Ok(())
 }
 

@@ -30,7 +30,7 @@ async fn a_forged_chunk_in_a_batch_is_refused_by_name_and_only_its_sender_struck
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let stream = StreamId::from_name("batch");
+    let stream = StreamId::live("batch");
     let chunk = |seq: u64| {
         signer.sign_chunk(
             ChunkId::new(stream, seq),

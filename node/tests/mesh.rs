@@ -369,7 +369,7 @@ async fn a_malicious_peer_is_banned_kept_out_and_nothing_corrupt_is_served() {
         .unwrap();
     let real = Signer::load(&c.dir.join("signing.key")).unwrap();
     let rogue = Signer::generate(&mut rand::rngs::OsRng);
-    let stream = StreamId::from_name("victim");
+    let stream = StreamId::live("victim");
     let now = dcdn_node::roles::node::unix_ms();
     for seq in 0..3u64 {
         // Forged: signed by a rogue key but claiming the cluster key's id.

@@ -214,6 +214,26 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
     cfg.admin.token_file = Some(PathBuf::from("/etc/dcdn/admin/token"));
     if role == Role::Origin {
         cfg.origin.ingest_token_file = Some(PathBuf::from("/etc/dcdn/admin/ingest-token"));
+        // The origin of record on its claim (see `workload`), filled to at
+        // most 95 % so the filesystem's own overhead never makes an
+        // acknowledged write fail.
+        let mib = c
+            .spec
+            .origin_storage
+            .mebibytes()
+            .ok_or_else(|| BuildError::Config {
+                tier: tier_name(role),
+                message: format!(
+                    "originStorage.size {:?} must be like 512Mi, 10Gi or 1Ti",
+                    c.spec.origin_storage.size
+                ),
+            })?;
+        cfg.origin.store_dir = Some(PathBuf::from(ORIGIN_STORE_DIR));
+        cfg.origin.store_capacity_mb = dcdn_node::config::Bounded::new((mib * 95 / 100).max(1))
+            .map_err(|message| BuildError::Config {
+                tier: tier_name(role),
+                message: format!("originStorage.size: {message}"),
+            })?;
     }
     cfg.validate().map_err(|message| BuildError::Config {
         tier: tier_name(role),
@@ -309,6 +329,8 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
         // The signing key is mounted into origin pods only.
         volumes.push(json!({ "name": "signing", "secret": { "secretName": names.signing_secret(), "defaultMode": 0o400 } }));
         mounts.push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
+        // The origin of record; the volume comes from volumeClaimTemplates.
+        mounts.push(json!({ "name": ORIGIN_STORE_VOLUME, "mountPath": ORIGIN_STORE_DIR }));
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -389,7 +411,7 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     metadata["annotations"] = json!({ TEMPLATE_HASH_ANNOTATION: hash_value(&template) });
     // A StatefulSet: stable pod names carry per-pod certificates, and a pod
     // is never run twice at once (so never two origins signing).
-    json!({
+    let mut set = json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": metadata,
@@ -401,8 +423,26 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
             "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
             "template": template,
         },
-    })
+    });
+    if role == Role::Origin {
+        let mut claim_spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": c.spec.origin_storage.size } },
+        });
+        if let Some(class) = &c.spec.origin_storage.storage_class_name {
+            claim_spec["storageClassName"] = json!(class);
+        }
+        set["spec"]["volumeClaimTemplates"] = json!([{
+            "metadata": { "name": ORIGIN_STORE_VOLUME },
+            "spec": claim_spec,
+        }]);
+    }
+    set
 }
+
+/// Where origin pods keep the origin of record, and the claim's name.
+const ORIGIN_STORE_DIR: &str = "/var/lib/dcdn/origin";
+const ORIGIN_STORE_VOLUME: &str = "origin-store";
 
 fn pdb(names: &Names, role: Role) -> Value {
     json!({
@@ -540,6 +580,42 @@ mod tests {
             .as_ref()
             .unwrap()[CONFIG_HASH_ANNOTATION]
             .clone()
+    }
+
+    #[test]
+    fn the_origin_gets_a_claim_for_its_store_and_no_other_tier_does() {
+        let yaml = MINIMAL.replace(
+            "edge: {replicas: 3}}",
+            "edge: {replicas: 3}, originStorage: {size: 20Gi, storageClassName: fast}}",
+        );
+        let c = cluster(&yaml);
+        let objects = build(&c).unwrap();
+        for role in [Role::Origin, Role::Relay, Role::Edge] {
+            let name = Names::of(&c).unwrap().workload(role);
+            let set = stateful_set(&objects, &name);
+            let spec = set.spec.unwrap();
+            let claims = spec.volume_claim_templates.unwrap_or_default();
+            let mounts = spec.template.spec.unwrap().containers[0]
+                .volume_mounts
+                .clone()
+                .unwrap_or_default();
+            let mounted = mounts.iter().any(|m| m.name == ORIGIN_STORE_VOLUME);
+            if role == Role::Origin {
+                assert_eq!(claims.len(), 1);
+                let claim = claims[0].spec.as_ref().unwrap();
+                assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+                assert_eq!(
+                    claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+                    "20Gi"
+                );
+                assert!(mounted);
+                let cfg = node_config(&c, role).unwrap();
+                assert_eq!(cfg.origin.store_dir, Some(PathBuf::from(ORIGIN_STORE_DIR)));
+                assert_eq!(cfg.origin.store_capacity_mb.get(), 20 * 1024 * 95 / 100);
+            } else {
+                assert!(claims.is_empty() && !mounted, "{name}");
+            }
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct DcdnClusterSpec {
     pub admin_token_secret: Option<String>,
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// The origin of record's disk: a PersistentVolumeClaim per origin pod.
+    #[serde(default)]
+    pub origin_storage: OriginStorageSpec,
 }
 
 /// One tier's pods and the node-config sections it may override.
@@ -174,6 +177,50 @@ impl Default for KeyRotationSpec {
             overlap_minutes: overlap(),
             paused: false,
         }
+    }
+}
+
+/// The volume each origin pod keeps acknowledged content on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginStorageSpec {
+    /// Size of the claim, in `Mi`, `Gi` or `Ti` (e.g. `10Gi`); the origin
+    /// accepts publishes up to 95 % of it and refuses (507) beyond. A
+    /// StatefulSet's claim templates cannot change once created, so pick
+    /// the size up front.
+    #[serde(default = "origin_storage_size")]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]{0,6}(Mi|Gi|Ti)$')").message("size must be like 512Mi, 10Gi or 1Ti"))]
+    pub size: String,
+    /// StorageClass of the claim; the cluster's default if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn origin_storage_size() -> String {
+    "10Gi".to_owned()
+}
+
+impl Default for OriginStorageSpec {
+    fn default() -> Self {
+        Self {
+            size: origin_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+impl OriginStorageSpec {
+    /// The claim's size in MiB, if `size` is well formed.
+    pub fn mebibytes(&self) -> Option<u64> {
+        let (n, unit) = self.size.split_at(self.size.len().checked_sub(2)?);
+        let n: u64 = n.parse().ok()?;
+        let per = match unit {
+            "Mi" => 1,
+            "Gi" => 1 << 10,
+            "Ti" => 1 << 20,
+            _ => return None,
+        };
+        n.checked_mul(per).filter(|&m| m > 0)
     }
 }
 

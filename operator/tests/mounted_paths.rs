@@ -154,7 +154,21 @@ fn missing_files(objects: &[Value], sts: &StatefulSet) -> Vec<String> {
     // mountPath → files under it (None for a directory volume such as emptyDir).
     let mut mounts: BTreeMap<String, Option<BTreeMap<String, String>>> = BTreeMap::new();
     let mut problems = Vec::new();
+    let claims: Vec<String> = sts
+        .spec
+        .clone()
+        .unwrap()
+        .volume_claim_templates
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
     for m in ctr.volume_mounts.clone().unwrap_or_default() {
+        // A claim from volumeClaimTemplates is a writable directory, like emptyDir.
+        if claims.contains(&m.name) {
+            mounts.insert(m.mount_path.trim_end_matches('/').to_owned(), None);
+            continue;
+        }
         let vol = volumes
             .iter()
             .find(|v| v.name == m.name)

@@ -419,7 +419,7 @@ pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<Be
     let origin = c.of(Role::Origin)[0].shared.clone();
     let edge = c.of(Role::Edge)[0].shared.clone();
     let mut at_edge = edge.arrivals.subscribe();
-    let stream = crate::chunk::StreamId::from_name("latency");
+    let stream = crate::chunk::StreamId::live("latency");
     let mut latencies = Vec::with_capacity(n);
     for seq in 0..n as u64 {
         let payload = object(16_000);

@@ -271,7 +271,12 @@ async fn transfer(f: &Fetch) -> anyhow::Result<Fetched> {
         .headers()
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_matches('"').to_owned())
+        // An edge's ETag is `"<blake3>-<version>"`: the digest part is what
+        // the body must hash to.
+        .map(|v| {
+            let v = v.trim_matches('"');
+            v.split('-').next().unwrap_or(v).to_owned()
+        })
         .filter(|e| e.len() == 64);
     let remaining = resp
         .headers()

@@ -22,8 +22,46 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The origin of record has no room; nothing was evicted (507).
+    #[error("{0}")]
+    Full(String),
+    /// Signing or storing failed (503).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for PublishError {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<PublishError> for HttpError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Full(m) => {
+                HttpError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
+            PublishError::Failed(m) => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", m)
+            }
+        }
+    }
+}
+
 /// What the ingest side needs from the origin: sign, store and push.
 pub trait Publish: Send + Sync + 'static {
+    /// Starts object version `stream`, which the request says is `len_hint`
+    /// bytes (0 when it does not say): an origin of record reserves room
+    /// for it, or refuses before the body is read.
+    fn begin_object(&self, _stream: StreamId, _len_hint: u64) -> Result<(), PublishError> {
+        Ok(())
+    }
+    /// Drops an object version that will not be acknowledged.
+    fn abort_object(&self, _stream: StreamId) {}
     /// Signs and distributes chunk `seq` of `stream`; `live` chunks are
     /// pushed downstream at once, object chunks wait to be pulled.
     fn publish_chunk(
@@ -32,14 +70,23 @@ pub trait Publish: Send + Sync + 'static {
         seq: u64,
         payload: Bytes,
         live: bool,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Signs and distributes the manifest of a complete object.
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Makes a complete object version durable (an origin of record), then
+    /// signs and distributes its manifest.
     fn publish_manifest(
         &self,
         object: &Published,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Purges every version of object `name` from every node; the highest
+    /// version purged, or None if the name is not known.
+    fn purge(&self, _name: &str) -> Result<Option<u64>, PublishError> {
+        Ok(None)
+    }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
+    /// The version the next publish of an object gets: higher than every
+    /// version handed out before.
+    fn next_version(&self) -> u64;
 }
 
 /// A published object or stream segment, as reported to the publisher.
@@ -49,6 +96,10 @@ pub struct Published {
     pub stream: String,
     #[serde(skip)]
     pub stream_id: StreamId,
+    /// Which publish of `name` this is (objects; 0 for live segments).
+    pub version: u64,
+    /// The `Cache-Control` edges answer with (objects).
+    pub cache_control: String,
     pub len: u64,
     pub chunk_size: u32,
     pub first_seq: u64,
@@ -67,6 +118,8 @@ pub struct IngestConfig {
     pub token: String,
     /// Largest object accepted, bytes.
     pub max_object_bytes: u64,
+    /// `Cache-Control` for objects published without one.
+    pub cache_control: String,
 }
 
 struct IngestState<P> {
@@ -78,7 +131,10 @@ struct IngestState<P> {
 pub fn router<P: Publish>(publisher: Arc<P>, config: IngestConfig) -> Router {
     let state = Arc::new(IngestState { publisher, config });
     Router::new()
-        .route("/v1/objects/{*name}", put(put_object::<P>))
+        .route(
+            "/v1/objects/{*name}",
+            put(put_object::<P>).delete(delete_object::<P>),
+        )
         .route("/v1/streams/{name}", post(put_live::<P>).put(put_live::<P>))
         .with_state(state)
 }
@@ -144,7 +200,50 @@ async fn put_object<P: Publish>(
 ) -> Result<Response, HttpError> {
     check_token(&headers, &state.config.token)?;
     check_name(&name)?;
-    let stream = StreamId::from_name(&name);
+    let cache_control = match headers.get(header::CACHE_CONTROL) {
+        None => state.config.cache_control.clone(),
+        Some(v) => {
+            let v = v.to_str().unwrap_or("\u{fffd}");
+            crate::config::check_cache_control(v)
+                .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, "bad_cache_control", e))?;
+            v.to_owned()
+        }
+    };
+    // Every publish is a new version with its own chunk ids, so its chunks
+    // never collide with (or get dropped as duplicates of) an earlier one.
+    let version = state.publisher.next_version();
+    let stream = StreamId::object(&name, version);
+    let len_hint = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if len_hint > state.config.max_object_bytes {
+        return Err(too_large(state.config.max_object_bytes));
+    }
+    state.publisher.begin_object(stream, len_hint)?;
+    let result = receive_object(&state, name, version, cache_control, stream, body).await;
+    if result.is_err() {
+        state.publisher.abort_object(stream);
+    }
+    result
+}
+
+fn too_large(limit: u64) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("objects are limited to {limit} bytes"),
+    )
+}
+
+async fn receive_object<P: Publish>(
+    state: &IngestState<P>,
+    name: String,
+    version: u64,
+    cache_control: String,
+    stream: StreamId,
+    body: Body,
+) -> Result<Response, HttpError> {
     let chunk_size = state.config.chunk_size;
     let mut hasher = blake3::Hasher::new();
     let mut pending = BytesMut::with_capacity(chunk_size);
@@ -161,14 +260,7 @@ async fn put_object<P: Publish>(
         })?;
         len += piece.len() as u64;
         if len > state.config.max_object_bytes {
-            return Err(HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "objects are limited to {} bytes",
-                    state.config.max_object_bytes
-                ),
-            ));
+            return Err(too_large(state.config.max_object_bytes));
         }
         hasher.update(&piece);
         let mut piece: &[u8] = &piece;
@@ -199,6 +291,8 @@ async fn put_object<P: Publish>(
         name: name.clone(),
         stream: stream.to_string(),
         stream_id: stream,
+        version,
+        cache_control,
         len,
         chunk_size: chunk_size as u32,
         first_seq: 0,
@@ -206,12 +300,29 @@ async fn put_object<P: Publish>(
         digest: hex::encode(digest),
         digest_bytes: digest,
     };
-    state
-        .publisher
-        .publish_manifest(&published)
-        .await
-        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))?;
+    state.publisher.publish_manifest(&published).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
+}
+
+async fn delete_object<P: Publish>(
+    State(state): State<Arc<IngestState<P>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    check_token(&headers, &state.config.token)?;
+    check_name(&name)?;
+    match state.publisher.purge(&name)? {
+        Some(up_to) => Ok(Json(serde_json::json!({
+            "name": name,
+            "purged_up_to_version": up_to,
+        }))
+        .into_response()),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version of object {name} is known to this origin"),
+        )),
+    }
 }
 
 async fn publish<P: Publish>(
@@ -221,10 +332,7 @@ async fn publish<P: Publish>(
     payload: Bytes,
     live: bool,
 ) -> Result<(), HttpError> {
-    publisher
-        .publish_chunk(stream, seq, payload, live)
-        .await
-        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", e))
+    Ok(publisher.publish_chunk(stream, seq, payload, live).await?)
 }
 
 async fn put_live<P: Publish>(
@@ -235,7 +343,7 @@ async fn put_live<P: Publish>(
 ) -> Result<Response, HttpError> {
     check_token(&headers, &state.config.token)?;
     check_name(&name)?;
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let first_seq = state.publisher.next_live_seq(stream);
     let mut seq = first_seq;
     let mut len = 0u64;
@@ -266,6 +374,8 @@ async fn put_live<P: Publish>(
             name,
             stream: stream.to_string(),
             stream_id: stream,
+            version: 0,
+            cache_control: String::new(),
             len,
             chunk_size: state.config.chunk_size as u32,
             first_seq,
@@ -300,17 +410,20 @@ mod tests {
             seq: u64,
             payload: Bytes,
             _live: bool,
-        ) -> Result<(), String> {
+        ) -> Result<(), PublishError> {
             self.heads.lock().insert(stream, seq + 1);
             self.chunks.lock().push((stream, seq, payload));
             Ok(())
         }
-        async fn publish_manifest(&self, object: &Published) -> Result<(), String> {
+        async fn publish_manifest(&self, object: &Published) -> Result<(), PublishError> {
             self.manifests.lock().push(object.clone());
             Ok(())
         }
         fn next_live_seq(&self, stream: StreamId) -> u64 {
             self.heads.lock().get(&stream).copied().unwrap_or(0)
+        }
+        fn next_version(&self) -> u64 {
+            self.manifests.lock().len() as u64 + 1
         }
     }
 
@@ -321,6 +434,7 @@ mod tests {
                 chunk_size: 1000,
                 token: "s3cret".into(),
                 max_object_bytes: 1 << 20,
+                cache_control: "no-cache".into(),
             },
         )
     }

@@ -335,6 +335,11 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                 tracing::warn!(peer = %peer.name, error = %e, "manifest refused");
             }
         }
+        Frame::Purge(p) => {
+            if let Err(e) = shared.accept_purge(p, Some(peer.id)) {
+                tracing::warn!(peer = %peer.name, error = %e, "purge refused");
+            }
+        }
         other => {
             shared
                 .metrics
@@ -565,6 +570,9 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             if let Some(c) = shared.store.get(&id, Instant::now()) {
                 return Frame::Chunk(c);
             }
+            if let Some(c) = shared.chunk_from_origin_store(id) {
+                return Frame::Chunk(c);
+            }
             // A relay answers what it lacks by fetching upstream once; an
             // edge asked by a peer only offers what it holds.
             if shared.settings.role == Role::Relay {
@@ -574,17 +582,19 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             }
             Frame::NotFound { id }
         }
-        Frame::ManifestRequest { stream } => {
-            if let Some(m) = shared.manifests.lock().get(stream) {
-                return Frame::Manifest(m);
-            }
-            if shared.settings.role == Role::Relay {
-                if let Ok(m) = shared.fetch_manifest(stream).await {
-                    return Frame::Manifest(m);
-                }
-            }
-            Frame::NotFound {
-                id: ChunkId::new(stream, u64::MAX),
+        Frame::ManifestRequest { object } => {
+            // An origin answers what it published; a relay revalidates a
+            // stale entry upstream first; an edge answers what it holds.
+            let answer = if shared.settings.role == Role::Edge {
+                shared.manifests.lock().newest(object).map(|(m, _)| m)
+            } else {
+                shared.fetch_manifest(object).await.ok()
+            };
+            match answer {
+                Some(m) => Frame::Manifest(m),
+                None => Frame::NotFound {
+                    id: ChunkId::new(object, u64::MAX),
+                },
             }
         }
         other => {

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod listener;
 pub mod mesh;
 pub mod node;
+pub mod origin_store;
 pub mod run;
 pub mod serve;
 pub mod settings;

@@ -8,7 +8,7 @@
 //! and nothing reaches the store — and therefore nothing is forwarded or
 //! served — without passing verification there.
 
-use crate::chunk::wire::{Frame, ManifestFrame};
+use crate::chunk::wire::{Frame, ManifestFrame, PurgeFrame};
 use crate::chunk::{Chunk, ChunkId, KeyId, PeerId, StreamId};
 use crate::crypto::{KeyRing, Rejection, ReplayGuard, Reputation, Signer, Verifier};
 use crate::fec::{Assembler, Encoder, ParityPolicy};
@@ -45,6 +45,10 @@ pub(crate) const CONTROL_QUEUE: usize = 1024;
 const HAVE_MEMORY: usize = 65_536;
 /// Manifests a node keeps.
 const MAX_MANIFESTS: usize = 4096;
+/// How long a relay or edge serves the newest manifest it holds before
+/// asking upstream whether a newer version exists. New versions arrive by
+/// push; this bounds staleness when a push was lost.
+pub const MANIFEST_REVALIDATE: Duration = Duration::from_secs(1);
 /// Streams whose newest sequence number a node tracks.
 const MAX_TRACKED_STREAMS: usize = 4096;
 
@@ -159,17 +163,41 @@ pub struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// The one upstream this node takes pushes from; others serve pulls.
     pub(crate) push_upstream: Mutex<Option<PeerId>>,
+    /// The last object version this origin handed out (`next_version`).
+    pub(crate) last_version: AtomicU64,
+    /// The origin of record (origins with `origin.store_dir`).
+    pub origin_store: Option<crate::roles::origin_store::OriginStore>,
 }
 
-/// Verified manifests by stream id and by name, bounded.
+/// Verified manifests: every version kept by its stream id (a client
+/// mid-download of an older version still needs to know its chunks are an
+/// object's), and per object name the newest version, which is what new
+/// requests are served. Both bounded, oldest first out.
 #[derive(Default)]
 pub struct Manifests {
     by_stream: HashMap<StreamId, ManifestFrame>,
     order: VecDeque<StreamId>,
+    newest: HashMap<StreamId, Newest>,
+    newest_order: VecDeque<StreamId>,
+    /// Per object key, the highest version purged: manifests at or below it
+    /// are refused, so a stale cache upstream cannot bring a purged version
+    /// back.
+    purged: HashMap<StreamId, u64>,
+    purged_order: VecDeque<StreamId>,
+}
+
+/// The newest version of a name this node verified, and when it last
+/// learned (by push or by asking upstream) that nothing newer exists.
+struct Newest {
+    manifest: ManifestFrame,
+    checked: Instant,
 }
 
 impl Manifests {
-    pub fn insert(&mut self, m: ManifestFrame) {
+    /// Records a verified manifest; true if it is now the newest version of
+    /// its name (a re-sent or older version is kept for in-flight readers,
+    /// but never replaces a newer one).
+    pub fn insert(&mut self, m: ManifestFrame, now: Instant) -> bool {
         if self.by_stream.insert(m.stream, m.clone()).is_none() {
             self.order.push_back(m.stream);
             if self.order.len() > MAX_MANIFESTS {
@@ -178,10 +206,79 @@ impl Manifests {
                 }
             }
         }
+        let key = StreamId::object_key(&m.name);
+        match self.newest.get_mut(&key) {
+            Some(n) if n.manifest.version > m.version => false,
+            Some(n) => {
+                let newer = m.version > n.manifest.version;
+                n.manifest = m;
+                n.checked = now;
+                newer
+            }
+            None => {
+                self.newest.insert(
+                    key,
+                    Newest {
+                        manifest: m,
+                        checked: now,
+                    },
+                );
+                self.newest_order.push_back(key);
+                if self.newest_order.len() > MAX_MANIFESTS {
+                    if let Some(old) = self.newest_order.pop_front() {
+                        self.newest.remove(&old);
+                    }
+                }
+                true
+            }
+        }
     }
 
+    /// Whether version `version` of the object keyed `key` was purged.
+    pub fn is_purged(&self, key: StreamId, version: u64) -> bool {
+        self.purged.get(&key).is_some_and(|&up_to| version <= up_to)
+    }
+
+    /// Forgets every version of `name` up to `up_to`; false if this purge
+    /// (or a wider one) was applied before.
+    pub fn purge(&mut self, name: &str, up_to: u64) -> bool {
+        let key = StreamId::object_key(name);
+        match self.purged.get_mut(&key) {
+            Some(v) if *v >= up_to => return false,
+            Some(v) => *v = up_to,
+            None => {
+                self.purged.insert(key, up_to);
+                self.purged_order.push_back(key);
+                if self.purged_order.len() > MAX_MANIFESTS {
+                    if let Some(old) = self.purged_order.pop_front() {
+                        self.purged.remove(&old);
+                    }
+                }
+            }
+        }
+        if self
+            .newest
+            .get(&key)
+            .is_some_and(|n| n.manifest.version <= up_to)
+        {
+            self.newest.remove(&key);
+        }
+        self.by_stream
+            .retain(|_, m| !(m.name == name && m.version <= up_to));
+        true
+    }
+
+    /// The manifest of one object version, by the id its chunks carry.
     pub fn get(&self, stream: StreamId) -> Option<ManifestFrame> {
         self.by_stream.get(&stream).cloned()
+    }
+
+    /// The newest verified version of the object whose key is `object`,
+    /// and when it was last confirmed the newest.
+    pub fn newest(&self, object: StreamId) -> Option<(ManifestFrame, Instant)> {
+        self.newest
+            .get(&object)
+            .map(|n| (n.manifest.clone(), n.checked))
     }
 
     pub fn len(&self) -> usize {
@@ -417,12 +514,20 @@ impl Shared {
         }
     }
 
-    /// Stores and forwards a verified manifest.
+    /// Stores a verified manifest and, if it is the newest version of its
+    /// name, forwards it to subscribed peers: a re-publish reaches every
+    /// edge by push, not when some cache entry happens to expire.
     pub fn accept_manifest(&self, m: ManifestFrame, from: Option<PeerId>) -> Result<(), String> {
         self.verify_manifest(&m)?;
-        let known = self.manifests.lock().get(m.stream).is_some();
-        self.manifests.lock().insert(m.clone());
-        if !known {
+        if self
+            .manifests
+            .lock()
+            .is_purged(StreamId::object_key(&m.name), m.version)
+        {
+            return Err(format!("{} version {} was purged", m.name, m.version));
+        }
+        let newest = self.manifests.lock().insert(m.clone(), Instant::now());
+        if newest {
             for peer in self.peers.read().values() {
                 if Some(peer.id) != from && peer.subscribed.load(Ordering::Relaxed) {
                     let _ = peer.control.try_send(Frame::Manifest(m.clone()));
@@ -433,8 +538,17 @@ impl Shared {
     }
 
     fn verify_manifest(&self, m: &ManifestFrame) -> Result<(), String> {
-        if crate::chunk::StreamId::from_name(&m.name) != m.stream {
-            return Err(format!("manifest for {} names the wrong stream id", m.name));
+        // The signature covers name, version and stream id together; this
+        // ties the id the chunks carry to that name and version.
+        if StreamId::object(&m.name, m.version) != m.stream {
+            self.metrics
+                .chunks_rejected
+                .with_label_values(&["manifest_stream"])
+                .inc();
+            return Err(format!(
+                "manifest for {} version {} names the wrong stream id",
+                m.name, m.version
+            ));
         }
         self.verifier
             .verify_signature(m.key_id, &m.signing_bytes(), &m.signature)
@@ -445,6 +559,80 @@ impl Shared {
                     .inc();
                 format!("manifest for {}: {e}", m.name)
             })
+    }
+
+    /// Applies a verified purge and floods it to every other peer, once.
+    /// Returns whether it was new here.
+    pub fn accept_purge(&self, p: PurgeFrame, from: Option<PeerId>) -> Result<bool, String> {
+        self.verifier
+            .verify_signature(p.key_id, &p.signing_bytes(), &p.signature)
+            .map_err(|e| {
+                self.metrics
+                    .chunks_rejected
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                format!("purge of {}: {e}", p.name)
+            })?;
+        let new = self.manifests.lock().purge(&p.name, p.up_to_version);
+        if new {
+            tracing::info!(name = %p.name, up_to = p.up_to_version, "purged");
+            for peer in self.peer_list() {
+                if Some(peer.id) != from {
+                    let _ = peer.control.try_send(Frame::Purge(p.clone()));
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Purges every version of `name` published so far (origin): drops it
+    /// from the origin of record, then signs the purge and floods it. None
+    /// if no version of `name` is known here.
+    pub fn purge(&self, name: &str) -> Result<Option<u64>, String> {
+        let key = StreamId::object_key(name);
+        let known = self.manifests.lock().newest(key).is_some();
+        let kept = self
+            .origin_store
+            .as_ref()
+            .map_or(0, |s| s.remove_name(name));
+        if !known && kept == 0 {
+            return Ok(None);
+        }
+        // Above every version handed out, so an upload still running is
+        // purged too; the next publish gets a higher one.
+        let up_to = self.next_version();
+        let active = self.keys.read().active().ok_or("no active signing key")?;
+        let mut p = PurgeFrame {
+            name: name.to_owned(),
+            up_to_version: up_to,
+            key_id: active,
+            timestamp_ms: self.now_ms(),
+            signature: [0; 64],
+        };
+        {
+            let signers = self.signers.read();
+            let signer = signers
+                .get(&active)
+                .ok_or_else(|| format!("the active key {active} has no secret key on this node"))?;
+            p.signature = signer.sign(&p.signing_bytes());
+        }
+        self.accept_purge(p, None)?;
+        Ok(Some(up_to))
+    }
+
+    /// The version the next publish of an object gets (origin): the wall
+    /// clock in milliseconds, or one more than the last version handed out
+    /// if the clock has not moved on, so versions only grow — also across
+    /// restarts, as long as the clock does not run backwards.
+    pub fn next_version(&self) -> u64 {
+        let now = self.now_ms();
+        let prev = self
+            .last_version
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(prev + 1)
     }
 
     /// Waits up to `wait` for chunk `id` to arrive in the store.
@@ -563,18 +751,32 @@ impl Shared {
         Err(last)
     }
 
-    /// The manifest of `stream`, fetched from upstream if not known.
+    /// The newest manifest of the object whose key is `object`. An origin
+    /// answers from what it published. Elsewhere a version confirmed newer
+    /// than [`MANIFEST_REVALIDATE`] ago is answered at once (pushes keep it
+    /// current); an older one is checked upstream first, so a manifest push
+    /// lost on the way delays a new version by at most that long. If no
+    /// upstream answers, the version held is still a version the publisher
+    /// published whole, so it is served rather than an error.
     pub async fn fetch_manifest(
         self: &Arc<Self>,
-        stream: StreamId,
+        object: StreamId,
     ) -> Result<ManifestFrame, String> {
-        if let Some(m) = self.manifests.lock().get(stream) {
-            return Ok(m);
+        let held = self.manifests.lock().newest(object);
+        if self.settings.role == Role::Origin {
+            return held
+                .map(|(m, _)| m)
+                .ok_or_else(|| format!("origin has no manifest for {object}"));
+        }
+        if let Some((m, checked)) = &held {
+            if checked.elapsed() < MANIFEST_REVALIDATE {
+                return Ok(m.clone());
+            }
         }
         let shared = self.clone();
         let got = self
             .manifest_flight
-            .run(stream, || async move {
+            .run(object, || async move {
                 let upstream: Vec<Arc<Peer>> = shared
                     .peers
                     .read()
@@ -582,21 +784,27 @@ impl Shared {
                     .filter(|p| p.role.is_upstream_of(shared.settings.role))
                     .cloned()
                     .collect();
-                let mut last = format!("no upstream connected to ask for manifest {stream}");
+                let mut last = format!("no upstream connected to ask for manifest {object}");
                 for peer in upstream {
                     match request(
                         &peer.conn,
-                        &Frame::ManifestRequest { stream },
+                        &Frame::ManifestRequest { object },
                         shared.settings.request_timeout,
                     )
                     .await
                     {
-                        Ok(Frame::Manifest(m)) if m.stream == stream => {
+                        Ok(Frame::Manifest(m)) if StreamId::object_key(&m.name) == object => {
                             shared.accept_manifest(m.clone(), Some(peer.id))?;
-                            return Ok(m);
+                            // What we hold now may be newer than the answer
+                            // (a push overtook it): serve the newest.
+                            return Ok(shared
+                                .manifests
+                                .lock()
+                                .newest(object)
+                                .map_or(m, |(n, _)| n));
                         }
                         Ok(Frame::NotFound { .. }) => {
-                            last = format!("{} has no manifest for {stream}", peer.name)
+                            last = format!("{} has no manifest for {object}", peer.name)
                         }
                         Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
                         Err(e) => last = format!("{}: {e}", peer.name),
@@ -605,11 +813,25 @@ impl Shared {
                 Err(last)
             })
             .await;
-        match got {
-            Ok(m) => Ok(m),
-            Err(FlightError::Failed(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
+        match (got, held) {
+            (Ok(m), _) => Ok(m),
+            (Err(FlightError::Failed(e)), None) => Err(e),
+            (Err(e), None) => Err(e.to_string()),
+            (Err(e), Some((m, _))) => {
+                tracing::debug!(error = %e, object = %object, "revalidating a manifest failed; serving the version held");
+                Ok(m)
+            }
         }
+    }
+
+    /// Chunk `id` from the origin of record, signed afresh (its bytes and id
+    /// are what was published; the signature and timestamp are today's, so
+    /// old versions outlive the freshness window and key rotations) and
+    /// put through `accept_chunk` into the memory cache like any chunk.
+    pub fn chunk_from_origin_store(self: &Arc<Self>, id: ChunkId) -> Option<Chunk> {
+        let payload = self.origin_store.as_ref()?.read_chunk(id.stream, id.seq)?;
+        self.publish(id.stream, id.seq, payload, false).ok()?;
+        self.store.get(&id, Instant::now())
     }
 
     /// Signs and distributes a chunk (origin).
@@ -643,6 +865,15 @@ impl Shared {
 
     /// Signs and distributes an object's manifest (origin).
     pub fn publish_manifest(&self, p: &crate::roles::ingest::Published) -> Result<(), String> {
+        self.publish_manifest_at(p, self.now_ms())
+    }
+
+    /// Signs and distributes an object's manifest stamped `timestamp_ms`.
+    pub fn publish_manifest_at(
+        &self,
+        p: &crate::roles::ingest::Published,
+        timestamp_ms: u64,
+    ) -> Result<(), String> {
         let active = self.keys.read().active().ok_or("no active signing key")?;
         let signers = self.signers.read();
         let signer = signers
@@ -651,12 +882,14 @@ impl Shared {
         let mut m = ManifestFrame {
             name: p.name.clone(),
             stream: p.stream_id,
+            version: p.version,
+            cache_control: p.cache_control.clone(),
             object_len: p.len,
             chunk_size: p.chunk_size,
             chunk_count: p.chunks,
             digest: p.digest_bytes,
             key_id: active,
-            timestamp_ms: self.now_ms(),
+            timestamp_ms,
             signature: [0; 64],
         };
         m.signature = signer.sign(&m.signing_bytes());
@@ -868,10 +1101,13 @@ fn object_info(m: &ManifestFrame) -> ObjectInfo {
     ObjectInfo {
         name: m.name.clone(),
         stream: m.stream,
+        version: m.version,
         len: m.object_len,
         chunk_size: m.chunk_size,
         chunk_count: m.chunk_count,
         digest: m.digest,
+        published_ms: m.timestamp_ms,
+        cache_control: m.cache_control.clone(),
     }
 }
 
@@ -884,8 +1120,7 @@ pub struct EdgeContent(pub Arc<Shared>);
 
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
-        let stream = StreamId::from_name(name);
-        match self.0.fetch_manifest(stream).await {
+        match self.0.fetch_manifest(StreamId::object_key(name)).await {
             Ok(m) => Ok(object_info(&m)),
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))

@@ -7,9 +7,10 @@ use crate::metrics::Metrics;
 use crate::p2p::Choker;
 use crate::roles::discovery;
 use crate::roles::flight::SingleFlight;
-use crate::roles::ingest::{self, IngestConfig, Publish, Published};
+use crate::roles::ingest::{self, IngestConfig, Publish, PublishError, Published};
 use crate::roles::mesh;
 use crate::roles::node::{EdgeContent, Manifests, NodeError, Shared};
+use crate::roles::origin_store::{OriginStore, OriginStoreError, StoredObject};
 use crate::roles::serve::{self, ServeConfig};
 use crate::roles::settings::{NodeSettings, Role};
 use crate::store::ChunkStore;
@@ -89,6 +90,18 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         .map(|s| (s.key_id(), s))
         .collect::<HashMap<_, _>>();
     let (shutdown, _) = watch::channel(false);
+    let origin_store = match (&settings.config.origin.store_dir, settings.role) {
+        (Some(dir), Role::Origin) => Some(
+            OriginStore::open(dir, settings.config.origin.store_capacity_mb.get() << 20).map_err(
+                |e| NodeError::Load {
+                    what: "the origin store",
+                    path: dir.display().to_string(),
+                    message: e.to_string(),
+                },
+            )?,
+        ),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         refresh: Mutex::new(()),
         store: ChunkStore::new(settings.store_config()),
@@ -113,8 +126,21 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         mesh_bytes_out: AtomicU64::new(0),
         shutdown,
         push_upstream: Mutex::new(None),
+        last_version: std::sync::atomic::AtomicU64::new(0),
+        origin_store,
         settings,
     });
+    match load_origin_store(&shared) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(versions = n, "origin store loaded"),
+        Err(e) => {
+            return Err(NodeError::Load {
+                what: "the origin store",
+                path: format!("{:?}", shared.settings.config.origin.store_dir),
+                message: e,
+            });
+        }
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(mesh::accept_loop(shared.clone()));
@@ -145,6 +171,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                     chunk_size: shared.settings.chunk_size,
                     token: creds.ingest_token.clone(),
                     max_object_bytes: shared.settings.max_object_bytes,
+                    cache_control: shared.settings.config.origin.cache_control.clone(),
                 },
             );
             Some(
@@ -303,32 +330,132 @@ async fn housekeeping(shared: Arc<Shared>) {
     }
 }
 
-/// The origin's side of ingest: sign, store, push.
+/// The origin's side of ingest: keep (origin of record), sign, store, push.
 struct OriginPublisher(Arc<Shared>);
 
+fn store_error(e: OriginStoreError) -> PublishError {
+    match e {
+        OriginStoreError::Full { .. } => PublishError::Full(e.to_string()),
+        other => PublishError::Failed(other.to_string()),
+    }
+}
+
 impl Publish for OriginPublisher {
+    fn begin_object(
+        &self,
+        stream: crate::chunk::StreamId,
+        len_hint: u64,
+    ) -> Result<(), PublishError> {
+        match &self.0.origin_store {
+            Some(store) => store.begin(stream, len_hint).map_err(|e| {
+                self.0
+                    .metrics
+                    .chunks_rejected
+                    .with_label_values(&["origin_store_full"])
+                    .inc();
+                store_error(e)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn abort_object(&self, stream: crate::chunk::StreamId) {
+        if let Some(store) = &self.0.origin_store {
+            store.abort(stream);
+        }
+    }
+
     fn publish_chunk(
         &self,
         stream: crate::chunk::StreamId,
         seq: u64,
         payload: Bytes,
         live: bool,
-    ) -> impl Future<Output = Result<(), String>> + Send {
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
         let shared = self.0.clone();
-        async move { shared.publish(stream, seq, payload, live) }
+        async move {
+            if let (Some(store), false) = (&shared.origin_store, live) {
+                store.append(stream, &payload).map_err(store_error)?;
+            }
+            Ok(shared.publish(stream, seq, payload, live)?)
+        }
     }
 
     fn publish_manifest(
         &self,
         object: &Published,
-    ) -> impl Future<Output = Result<(), String>> + Send {
-        let result = self.0.publish_manifest(object);
-        async move { result }
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        let shared = self.0.clone();
+        let object = object.clone();
+        async move {
+            let at = crate::roles::node::unix_ms();
+            if let Some(store) = &shared.origin_store {
+                // Durable before the manifest goes out and before the 201.
+                store
+                    .commit(&StoredObject {
+                        name: object.name.clone(),
+                        version: object.version,
+                        len: object.len,
+                        chunk_size: object.chunk_size,
+                        chunks: object.chunks,
+                        digest: object.digest.clone(),
+                        cache_control: object.cache_control.clone(),
+                        published_ms: at,
+                    })
+                    .map_err(store_error)?;
+            }
+            Ok(shared.publish_manifest_at(&object, at)?)
+        }
+    }
+
+    fn purge(&self, name: &str) -> Result<Option<u64>, PublishError> {
+        Ok(self.0.purge(name)?)
     }
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
         self.0.head(stream).map_or(0, |h| h + 1)
     }
+
+    fn next_version(&self) -> u64 {
+        self.0.next_version()
+    }
+}
+
+/// Signs the manifests of every version the origin store kept, so a
+/// restarted origin serves what it acknowledged before; versions continue
+/// above the highest kept. Signed with today's active key and the original
+/// publish time (the `Last-Modified`).
+fn load_origin_store(shared: &Arc<Shared>) -> Result<usize, String> {
+    let Some(store) = &shared.origin_store else {
+        return Ok(0);
+    };
+    let objects = store.objects();
+    for o in &objects {
+        let digest: [u8; 32] = hex::decode(&o.digest)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| format!("origin store: {} has a bad digest", o.name))?;
+        shared.publish_manifest_at(
+            &Published {
+                name: o.name.clone(),
+                stream: o.stream().to_string(),
+                stream_id: o.stream(),
+                version: o.version,
+                cache_control: o.cache_control.clone(),
+                len: o.len,
+                chunk_size: o.chunk_size,
+                first_seq: 0,
+                chunks: o.chunks,
+                digest: o.digest.clone(),
+                digest_bytes: digest,
+            },
+            o.published_ms,
+        )?;
+        shared
+            .last_version
+            .fetch_max(o.version, std::sync::atomic::Ordering::SeqCst);
+    }
+    Ok(objects.len())
 }
 
 impl std::fmt::Debug for Credentials {

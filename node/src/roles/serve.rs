@@ -24,16 +24,25 @@ use std::time::Duration;
 pub struct ObjectInfo {
     pub name: String,
     pub stream: StreamId,
+    /// Which publish of `name` this is.
+    pub version: u64,
     pub len: u64,
     pub chunk_size: u32,
     pub chunk_count: u64,
     /// BLAKE3 of the whole object; the ETag.
     pub digest: Digest,
+    /// When the origin signed the manifest, ms since the Unix epoch: the
+    /// `Last-Modified`.
+    pub published_ms: u64,
+    /// What the publisher asked clients to do (`Cache-Control`).
+    pub cache_control: String,
 }
 
 impl ObjectInfo {
+    /// `"<blake3 hex>-<version>"`: the digest lets a client check the body
+    /// (`dcdn fetch` does), the version names which publish it is.
     fn etag(&self) -> String {
-        format!("\"{}\"", hex::encode(self.digest))
+        format!("\"{}-{}\"", hex::encode(self.digest), self.version)
     }
 }
 
@@ -296,13 +305,30 @@ async fn get_object<C: Content>(
 ) -> Result<Response, HttpError> {
     let info = state.content.object(&name).await?;
     let etag = info.etag();
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    let validators = Validators::of(&info, &etag);
+    // RFC 9110 13.2.2: If-Match first, then If-None-Match, and
+    // If-Modified-Since only when there is no If-None-Match.
+    if let Some(im) = header_str(&headers, header::IF_MATCH) {
+        if !etag_list_matches(im, &etag, Comparison::Strong) {
+            let mut e = HttpError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("If-Match {im:?} does not match the current version {etag} of {name}"),
+            );
+            e.headers = validators.headers();
+            return Err(e);
         }
+    }
+    let not_modified = match header_str(&headers, header::IF_NONE_MATCH) {
+        Some(inm) => etag_list_matches(inm, &etag, Comparison::Weak),
+        None => header_str(&headers, header::IF_MODIFIED_SINCE)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| validators.modified <= since),
+    };
+    if not_modified {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().extend(validators.headers());
+        return Ok(resp);
     }
     // If-Range with a stale ETag means "send the whole thing".
     let if_range_ok = headers
@@ -337,15 +363,17 @@ async fn get_object<C: Content>(
         .status(status)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, &etag)
         .header(header::CONTENT_LENGTH, span.end - span.start);
+    for (k, v) in validators.headers() {
+        builder = builder.header(k, v);
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         builder = builder.header(
             header::CONTENT_RANGE,
             format!("bytes {}-{}/{}", span.start, span.end - 1, info.len),
         );
     }
-    if method == Method::HEAD || span.start == span.end {
+    if span.start == span.end {
         return builder.body(Body::empty()).map_err(|e| {
             HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         });
@@ -360,6 +388,13 @@ async fn get_object<C: Content>(
         .chunk(ChunkId::new(info.stream, first), state.config.chunk_wait)
         .await?;
     check_chunk_len(&info, first, &first_chunk)?;
+    // HEAD stops here, having paid for exactly what decides GET's status:
+    // it never says 200 for an object whose bytes cannot be had.
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).map_err(|e| {
+            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        });
+    }
     if first == last {
         // One chunk: answer from memory, no streaming task.
         let start = first * chunk_size;
@@ -395,6 +430,79 @@ async fn get_object<C: Content>(
     builder
         .body(body)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// How two entity tags are compared (RFC 9110 8.8.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    /// Both strong and equal (If-Match).
+    Strong,
+    /// Equal once any `W/` is dropped (If-None-Match).
+    Weak,
+}
+
+/// Whether an `If-Match`/`If-None-Match` list names `etag` (or is `*`).
+fn etag_list_matches(list: &str, etag: &str, how: Comparison) -> bool {
+    list.split(',').map(str::trim).any(|tag| {
+        if tag == "*" {
+            return true;
+        }
+        match (how, tag.strip_prefix("W/")) {
+            (Comparison::Strong, Some(_)) => false,
+            (Comparison::Strong, None) => tag == etag,
+            (Comparison::Weak, weak) => weak.unwrap_or(tag) == etag,
+        }
+    })
+}
+
+/// The headers that describe an object's current version: sent with 200,
+/// 206, 304 and 412 alike so caches can update what they hold.
+struct Validators {
+    etag: String,
+    /// `Last-Modified`, at the one-second resolution HTTP dates have.
+    modified: std::time::SystemTime,
+    version: u64,
+    cache_control: String,
+}
+
+impl Validators {
+    fn of(info: &ObjectInfo, etag: &str) -> Self {
+        let secs = info.published_ms / 1000;
+        Self {
+            etag: etag.to_owned(),
+            modified: std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            version: info.version,
+            cache_control: info.cache_control.clone(),
+        }
+    }
+
+    fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(4);
+        let mut add = |k: header::HeaderName, v: &str| {
+            // Every value here was validated at publish; one that somehow is
+            // not a header value is left out rather than failing the answer.
+            if let Ok(v) = HeaderValue::from_str(v) {
+                out.push((k, v));
+            }
+        };
+        add(header::ETAG, &self.etag);
+        add(
+            header::LAST_MODIFIED,
+            &httpdate::fmt_http_date(self.modified),
+        );
+        if !self.cache_control.is_empty() {
+            add(header::CACHE_CONTROL, &self.cache_control);
+        }
+        add(
+            header::HeaderName::from_static("x-dcdn-version"),
+            &self.version.to_string(),
+        );
+        out
+    }
 }
 
 fn expected_chunk_len(info: &ObjectInfo, seq: u64) -> u64 {
@@ -499,7 +607,7 @@ async fn get_stream_head<C: Content>(
     State(state): State<Arc<ServeState<C>>>,
     Path(name): Path<String>,
 ) -> Result<Response, HttpError> {
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let head = state.content.stream_head(stream).ok_or_else(|| {
         HttpError::new(
             StatusCode::NOT_FOUND,
@@ -524,7 +632,7 @@ async fn get_live_chunk<C: Content>(
             format!("sequence {seq:?} is not a non-negative integer"),
         )
     })?;
-    let stream = StreamId::from_name(&name);
+    let stream = StreamId::live(&name);
     let chunk = state
         .content
         .chunk(ChunkId::new(stream, seq), state.config.live_wait)
@@ -644,7 +752,7 @@ mod tests {
     }
 
     fn fake_with_object(data: &[u8], chunk_size: usize) -> Fake {
-        let stream = StreamId::from_name("big.bin");
+        let stream = StreamId::object("big.bin", 7);
         let mut fake = Fake::default();
         for (i, piece) in data.chunks(chunk_size).enumerate() {
             let c = chunk_of(stream, i as u64, piece);
@@ -655,10 +763,13 @@ mod tests {
             ObjectInfo {
                 name: "big.bin".into(),
                 stream,
+                version: 7,
                 len: data.len() as u64,
                 chunk_size: chunk_size as u32,
                 chunk_count: data.len().div_ceil(chunk_size) as u64,
                 digest: digest(data),
+                published_ms: 1_700_000_000_000,
+                cache_control: "no-cache".into(),
             },
         );
         fake
@@ -698,7 +809,7 @@ mod tests {
         assert_eq!(headers[header::CONTENT_LENGTH], "10000");
         assert_eq!(
             headers[header::ETAG],
-            format!("\"{}\"", hex::encode(digest(&d)))
+            format!("\"{}-7\"", hex::encode(digest(&d)))
         );
     }
 
@@ -783,7 +894,7 @@ mod tests {
     #[tokio::test]
     async fn matching_if_none_match_is_304_and_head_has_no_body() {
         let d = data();
-        let etag = format!("\"{}\"", hex::encode(digest(&d)));
+        let etag = format!("\"{}-7\"", hex::encode(digest(&d)));
         let (status, _, body) = call(
             fake_with_object(&d, 1000),
             Request::get("/v1/objects/big.bin")
@@ -808,7 +919,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_chunks_by_sequence_and_head() {
-        let stream = StreamId::from_name("cam");
+        let stream = StreamId::live("cam");
         let mut fake = Fake::default();
         for seq in 0..3 {
             let c = chunk_of(stream, seq, format!("frame{seq}").as_bytes());
@@ -833,6 +944,178 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(String::from_utf8_lossy(&body).contains("bad_sequence"));
+    }
+
+    fn get_with(header: header::HeaderName, value: &str) -> Request<Body> {
+        Request::get("/v1/objects/big.bin")
+            .header(header, value)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn head_answers_exactly_what_get_would() {
+        // Whole, ranged, conditional, unknown and unservable: HEAD's status
+        // and headers equal GET's, and HEAD has no body.
+        let d = data();
+        let etag = format!("\"{}-7\"", hex::encode(digest(&d)));
+        type Case<'a> = (Option<(header::HeaderName, String)>, &'a str, bool);
+        let cases: Vec<Case> = vec![
+            (None, "/v1/objects/big.bin", false),
+            (
+                Some((header::RANGE, "bytes=10-20".into())),
+                "/v1/objects/big.bin",
+                false,
+            ),
+            (
+                Some((header::IF_NONE_MATCH, etag.clone())),
+                "/v1/objects/big.bin",
+                false,
+            ),
+            (
+                Some((header::IF_MATCH, "\"nope\"".into())),
+                "/v1/objects/big.bin",
+                false,
+            ),
+            (None, "/v1/objects/nope", false),
+            (None, "/v1/objects/big.bin", true),
+        ];
+        for (h, path, unservable) in cases {
+            let mut answers = Vec::new();
+            for method in [Method::GET, Method::HEAD] {
+                let mut fake = fake_with_object(&d, 1000);
+                if unservable {
+                    fake.chunks.clear();
+                }
+                let mut req = Request::builder().method(method.clone()).uri(path);
+                if let Some((k, v)) = &h {
+                    req = req.header(k, v);
+                }
+                let (status, mut headers, body) =
+                    call(fake, req.body(Body::empty()).unwrap()).await;
+                headers.remove(header::DATE);
+                if method == Method::HEAD {
+                    assert!(body.is_empty(), "HEAD {path} {h:?} has a body");
+                    // HEAD announces GET's length without sending it.
+                }
+                answers.push((status, headers));
+            }
+            assert_eq!(
+                answers[0], answers[1],
+                "GET vs HEAD {path} {h:?} unservable={unservable}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn conditional_requests_answer_304_and_412() {
+        let d = data();
+        let hex = hex::encode(digest(&d));
+        let etag = format!("\"{hex}-7\"");
+        for (name, value, want) in [
+            (
+                header::IF_NONE_MATCH,
+                etag.clone(),
+                StatusCode::NOT_MODIFIED,
+            ),
+            (
+                header::IF_NONE_MATCH,
+                format!("W/{etag}"),
+                StatusCode::NOT_MODIFIED,
+            ),
+            (
+                header::IF_NONE_MATCH,
+                format!("\"x\", {etag}"),
+                StatusCode::NOT_MODIFIED,
+            ),
+            (header::IF_NONE_MATCH, "*".into(), StatusCode::NOT_MODIFIED),
+            (
+                header::IF_NONE_MATCH,
+                format!("\"{hex}-6\""),
+                StatusCode::OK,
+            ),
+            (
+                header::IF_MODIFIED_SINCE,
+                "Sun, 06 Nov 2050 08:49:37 GMT".into(),
+                StatusCode::NOT_MODIFIED,
+            ),
+            (
+                header::IF_MODIFIED_SINCE,
+                "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+                StatusCode::OK,
+            ),
+            (
+                header::IF_MODIFIED_SINCE,
+                "not a date".into(),
+                StatusCode::OK,
+            ),
+            (header::IF_MATCH, etag.clone(), StatusCode::OK),
+            (header::IF_MATCH, "*".into(), StatusCode::OK),
+            // If-Match compares strongly: a weak tag never matches.
+            (
+                header::IF_MATCH,
+                format!("W/{etag}"),
+                StatusCode::PRECONDITION_FAILED,
+            ),
+            (
+                header::IF_MATCH,
+                format!("\"{hex}-6\""),
+                StatusCode::PRECONDITION_FAILED,
+            ),
+        ] {
+            let (status, headers, body) =
+                call(fake_with_object(&d, 1000), get_with(name.clone(), &value)).await;
+            assert_eq!(status, want, "{name}: {value}");
+            match status {
+                StatusCode::NOT_MODIFIED => {
+                    assert!(body.is_empty());
+                    assert_eq!(headers[header::ETAG], etag.as_str());
+                    assert!(headers.contains_key(header::LAST_MODIFIED));
+                    assert!(headers.contains_key(header::CACHE_CONTROL));
+                }
+                StatusCode::PRECONDITION_FAILED => {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(v["code"], "precondition_failed");
+                }
+                _ => assert_eq!(body, d),
+            }
+        }
+        // If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+        let req = Request::get("/v1/objects/big.bin")
+            .header(header::IF_NONE_MATCH, "\"other\"")
+            .header(header::IF_MODIFIED_SINCE, "Sun, 06 Nov 2050 08:49:37 GMT")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            call(fake_with_object(&d, 1000), req).await.0,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_carry_their_cache_control_and_last_modified() {
+        let d = data();
+        let mut fake = fake_with_object(&d, 1000);
+        if let Some(o) = fake.objects.get_mut("big.bin") {
+            o.cache_control = "public, max-age=31536000, immutable".into();
+        }
+        let (status, headers, _) = call(
+            fake,
+            Request::get("/v1/objects/big.bin")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        // 1_700_000_000_000 ms.
+        assert_eq!(
+            headers[header::LAST_MODIFIED],
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
     }
 
     #[test]

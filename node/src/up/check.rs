@@ -226,7 +226,7 @@ async fn check_object(client: &Client, targets: &Targets, sizes: CheckSizes, out
                     .headers
                     .get("etag")
                     .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.trim_matches('"') == object_digest);
+                    .is_some_and(|v| v.trim_matches('"').split('-').next() == Some(&object_digest));
                 let ok = resp.body.len() == object.len() && digest == object_digest && etag_ok;
                 Outcome {
                     what: format!("fetch object via {edge}"),

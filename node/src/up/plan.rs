@@ -228,6 +228,8 @@ pub fn plan(
         if n.role == Role::Origin {
             c.crypto.signing_keys = vec![signing_key.clone()];
             c.origin.ingest_token_file = Some(dir.join("ingest-token"));
+            // The origin of record keeps what it acknowledged across restarts.
+            c.origin.store_dir = Some(dir.join(format!("{}-store", n.name)));
         }
         c.admin.token_file = Some(dir.join("admin-token"));
         c.storage.ring_buffer_size_mb =

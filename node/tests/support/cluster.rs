@@ -165,6 +165,27 @@ impl TestCluster {
         node.running = Some(running);
     }
 
+    /// Starts node `i` again after a stop, retrying while the old
+    /// process's sockets are still being released.
+    pub async fn restart_node(&mut self, i: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let node = &mut self.nodes[i];
+            let creds = run::load_credentials(&node.config, None).unwrap();
+            match run::start(NodeSettings::from_config(node.config.clone()), creds).await {
+                Ok(running) => {
+                    node.running = Some(running);
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "restart: retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("restarting {}: {e}", node.name),
+            }
+        }
+    }
+
     /// Waits until every running node says it is ready and every edge has
     /// its peers.
     pub async fn wait_ready(&self) {

@@ -668,6 +668,34 @@ impl Runner {
             volumes::write(&self.work.join(pod).join(name), c, &self.next_stamp())?;
             digests.insert(name.clone(), c.digest());
         }
+        // A claim from volumeClaimTemplates outlives its pod (the origin of
+        // record keeps what it acknowledged across restarts), so it is made
+        // once and never rewritten; with fsGroup the kubelet hands it to that
+        // group, setgid and group-writable.
+        let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
+        for claim in sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            let dir = self.work.join(pod).join(&name);
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating claim {}", dir.display()))?;
+                use std::os::unix::fs::PermissionsExt;
+                let mode = match fs_group {
+                    Some(g) => {
+                        std::os::unix::fs::chown(&dir, Some(0), u32::try_from(g).ok())?;
+                        0o2775
+                    }
+                    None => 0o777,
+                };
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+            }
+        }
         // The Pod object, owned by its StatefulSet.
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let _ = pod_api.delete(pod, &DeleteParams::default()).await;

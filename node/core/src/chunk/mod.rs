@@ -15,7 +15,14 @@ use std::fmt;
 
 /// Version of the header encoding and of the wire format. Bumped on any
 /// incompatible change; decoders refuse versions they do not know.
-pub const WIRE_VERSION: u8 = 1;
+///
+/// 2: stream ids name a kind (object or live) and, for objects, a version
+/// ([`StreamId::object`], [`StreamId::live`]); manifests carry the version;
+/// a manifest request names an object by [`StreamId::object_key`] and is
+/// answered with its newest version. A v1 node derives different ids for
+/// the same content, so the two must not mix: the bump makes each refuse
+/// the other's frames instead of serving the wrong bytes.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest payload a single chunk may carry. Decoders refuse larger declared
 /// lengths before allocating anything.
@@ -35,17 +42,41 @@ fn hash64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// Identifies a stream (live) or an object (static). Derived from the
-/// content's name so every node computes the same id without coordination.
+/// Identifies a live stream or one version of an object. Derived from what
+/// it names so every node computes the same id without coordination.
+///
+/// Objects and live streams hash under different domain prefixes, so a live
+/// stream and an object of the same name never share an id; an object's
+/// every version hashes to its own id, so chunks of two versions can never
+/// stand in for each other in a store, a request or a body.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct StreamId(pub u64);
 
 impl StreamId {
-    /// The id of the stream or object called `name`: the first eight bytes
-    /// of its BLAKE3 hash. 64 bits keep the chunk id small; a collision needs
-    /// ~2^32 names in one cluster.
-    pub fn from_name(name: &str) -> Self {
-        Self(hash64(name.as_bytes()))
+    /// The live stream called `name`. 64 bits keep the chunk id small; a
+    /// collision needs ~2^32 names in one cluster.
+    pub fn live(name: &str) -> Self {
+        Self(hash64(&[b"dcdn/live\0", name.as_bytes()].concat()))
+    }
+
+    /// Version `version` of the object called `name`: the id its chunks and
+    /// its manifest carry.
+    pub fn object(name: &str, version: u64) -> Self {
+        Self(hash64(
+            &[
+                b"dcdn/object\0".as_slice(),
+                name.as_bytes(),
+                b"\0",
+                &version.to_be_bytes(),
+            ]
+            .concat(),
+        ))
+    }
+
+    /// The object called `name` whatever its version: what a manifest
+    /// request asks for (the answer is the newest version).
+    pub fn object_key(name: &str) -> Self {
+        Self(hash64(&[b"dcdn/object-name\0", name.as_bytes()].concat()))
     }
 }
 
@@ -250,7 +281,7 @@ mod tests {
 
     fn header() -> ChunkHeader {
         ChunkHeader {
-            id: ChunkId::new(StreamId::from_name("live/cam1"), 42),
+            id: ChunkId::new(StreamId::live("live/cam1"), 42),
             len: 5,
             digest: digest(b"hello"),
             key_id: KeyId::of_public_key(&[7u8; 32]),
@@ -291,7 +322,25 @@ mod tests {
 
     #[test]
     fn stream_ids_are_stable_and_distinct() {
-        assert_eq!(StreamId::from_name("a"), StreamId::from_name("a"));
-        assert_ne!(StreamId::from_name("a"), StreamId::from_name("b"));
+        assert_eq!(StreamId::live("a"), StreamId::live("a"));
+        assert_ne!(StreamId::live("a"), StreamId::live("b"));
+        assert_eq!(StreamId::object("a", 1), StreamId::object("a", 1));
+    }
+
+    #[test]
+    fn kinds_and_versions_never_share_an_id() {
+        let ids = [
+            StreamId::live("a"),
+            StreamId::object_key("a"),
+            StreamId::object("a", 1),
+            StreamId::object("a", 2),
+            // A name that ends where another's version begins.
+            StreamId::object("a\0", 1),
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
     }
 }

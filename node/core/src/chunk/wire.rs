@@ -27,6 +27,8 @@ pub const MAX_BITFIELD_BYTES: usize = 1024;
 pub const MAX_RANGE_COUNT: u32 = 1024;
 /// Domain separator for manifest signatures, distinct from the chunk one.
 pub const MANIFEST_SIGNING_CONTEXT: &[u8] = b"dcdn/manifest/v1\0";
+/// Domain separator for purge signatures.
+pub const PURGE_SIGNING_CONTEXT: &[u8] = b"dcdn/purge/v1\0";
 
 /// A node's role as announced on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +80,15 @@ pub struct ShardFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestFrame {
     pub name: String,
+    /// `StreamId::object(name, version)`: the id every chunk of this
+    /// version carries.
     pub stream: StreamId,
+    /// Which publish of `name` this is; a later publish has a higher one,
+    /// and nodes serve the highest they verified.
+    pub version: u64,
+    /// The `Cache-Control` edges answer with, as the publisher gave it (or
+    /// the origin's default); signed, so no node can change it.
+    pub cache_control: String,
     pub object_len: u64,
     pub chunk_size: u32,
     pub chunk_count: u64,
@@ -98,6 +108,36 @@ impl ManifestFrame {
         put_manifest_fields(&mut out, self);
         out.to_vec()
     }
+}
+
+/// The origin's signed order to forget every version of `name` up to and
+/// including `up_to_version`. Nodes verify it like a chunk, drop those
+/// versions' manifests, refuse them if offered again, and pass it on; a
+/// later publish has a higher version and is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeFrame {
+    pub name: String,
+    pub up_to_version: u64,
+    pub key_id: KeyId,
+    pub timestamp_ms: u64,
+    pub signature: [u8; 64],
+}
+
+impl PurgeFrame {
+    /// The bytes the purge signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(PURGE_SIGNING_CONTEXT.len() + 300);
+        out.put_slice(PURGE_SIGNING_CONTEXT);
+        put_purge_fields(&mut out, self);
+        out.to_vec()
+    }
+}
+
+fn put_purge_fields(out: &mut BytesMut, p: &PurgeFrame) {
+    put_short_str(out, &p.name);
+    out.put_u64(p.up_to_version);
+    out.put_u64(p.key_id.0);
+    out.put_u64(p.timestamp_ms);
 }
 
 /// Every frame of the mesh protocol.
@@ -150,8 +190,10 @@ pub enum Frame {
         failed: u32,
     },
     Manifest(ManifestFrame),
+    /// Asks for the newest manifest of the object whose
+    /// `StreamId::object_key` is `object`.
     ManifestRequest {
-        stream: StreamId,
+        object: StreamId,
     },
     NotFound {
         id: ChunkId,
@@ -162,6 +204,8 @@ pub enum Frame {
     },
     /// Asks the receiver to push live chunks to the sender.
     Subscribe,
+    /// A signed purge, flooded to every peer.
+    Purge(PurgeFrame),
 }
 
 /// Why bytes are not a frame.
@@ -227,6 +271,7 @@ mod tag {
     pub(super) const NOT_FOUND: u8 = 16;
     pub(super) const ERROR: u8 = 17;
     pub(super) const SUBSCRIBE: u8 = 18;
+    pub(super) const PURGE: u8 = 19;
 }
 
 fn put_id(out: &mut BytesMut, id: ChunkId) {
@@ -245,6 +290,8 @@ fn put_short_str(out: &mut BytesMut, s: &str) {
 fn put_manifest_fields(out: &mut BytesMut, m: &ManifestFrame) {
     put_short_str(out, &m.name);
     out.put_u64(m.stream.0);
+    out.put_u64(m.version);
+    put_short_str(out, &m.cache_control);
     out.put_u64(m.object_len);
     out.put_u32(m.chunk_size);
     out.put_u64(m.chunk_count);
@@ -275,6 +322,7 @@ impl Frame {
             Self::NotFound { .. } => "not_found",
             Self::Error { .. } => "error",
             Self::Subscribe => "subscribe",
+            Self::Purge(_) => "purge",
         }
     }
 
@@ -349,6 +397,11 @@ impl Frame {
             Self::Choke => out.put_u8(tag::CHOKE),
             Self::Unchoke => out.put_u8(tag::UNCHOKE),
             Self::Subscribe => out.put_u8(tag::SUBSCRIBE),
+            Self::Purge(p) => {
+                out.put_u8(tag::PURGE);
+                put_purge_fields(out, p);
+                out.put_slice(&p.signature);
+            }
             Self::Interested { stream } => {
                 out.put_u8(tag::INTERESTED);
                 out.put_u64(stream.0);
@@ -378,9 +431,9 @@ impl Frame {
                 put_manifest_fields(out, m);
                 out.put_slice(&m.signature);
             }
-            Self::ManifestRequest { stream } => {
+            Self::ManifestRequest { object } => {
                 out.put_u8(tag::MANIFEST_REQUEST);
-                out.put_u64(stream.0);
+                out.put_u64(object.0);
             }
             Self::NotFound { id } => {
                 out.put_u8(tag::NOT_FOUND);
@@ -522,6 +575,21 @@ impl Frame {
             tag::CHOKE => Frame::Choke,
             tag::UNCHOKE => Frame::Unchoke,
             tag::SUBSCRIBE => Frame::Subscribe,
+            tag::PURGE => {
+                let name = r.short_str("name")?;
+                let up_to_version = r.u64("up_to_version")?;
+                let key_id = KeyId(r.u64("key_id")?);
+                let timestamp_ms = r.u64("timestamp_ms")?;
+                let mut signature = [0u8; 64];
+                signature.copy_from_slice(r.take(64, "signature")?);
+                Frame::Purge(PurgeFrame {
+                    name,
+                    up_to_version,
+                    key_id,
+                    timestamp_ms,
+                    signature,
+                })
+            }
             tag::INTERESTED => Frame::Interested {
                 stream: StreamId(r.u64("stream")?),
             },
@@ -539,6 +607,8 @@ impl Frame {
             tag::MANIFEST => {
                 let name = r.short_str("name")?;
                 let stream = StreamId(r.u64("stream")?);
+                let version = r.u64("version")?;
+                let cache_control = r.short_str("cache_control")?;
                 let object_len = r.u64("object_len")?;
                 let chunk_size = r.u32("chunk_size")?;
                 let chunk_count = r.u64("chunk_count")?;
@@ -572,6 +642,8 @@ impl Frame {
                 Frame::Manifest(ManifestFrame {
                     name,
                     stream,
+                    version,
+                    cache_control,
                     object_len,
                     chunk_size,
                     chunk_count,
@@ -582,7 +654,7 @@ impl Frame {
                 })
             }
             tag::MANIFEST_REQUEST => Frame::ManifestRequest {
-                stream: StreamId(r.u64("stream")?),
+                object: StreamId(r.u64("object")?),
             },
             tag::NOT_FOUND => Frame::NotFound { id: r.id()? },
             tag::ERROR => {
@@ -788,6 +860,8 @@ mod tests {
                 |(name, stream, len, chunk_size, digest, key, ts)| ManifestFrame {
                     name,
                     stream: StreamId(stream),
+                    version: ts ^ stream,
+                    cache_control: "public, max-age=60".into(),
                     object_len: len,
                     chunk_size,
                     chunk_count: len.div_ceil(u64::from(chunk_size)),
@@ -836,6 +910,15 @@ mod tests {
             Just(Frame::Choke),
             Just(Frame::Unchoke),
             Just(Frame::Subscribe),
+            (any_name(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(name, v, k, ts)| {
+                Frame::Purge(PurgeFrame {
+                    name,
+                    up_to_version: v,
+                    key_id: KeyId(k),
+                    timestamp_ms: ts,
+                    signature: [9u8; 64],
+                })
+            }),
             any::<u64>().prop_map(|s| Frame::Interested {
                 stream: StreamId(s)
             }),
@@ -854,7 +937,7 @@ mod tests {
             }),
             any_manifest().prop_map(Frame::Manifest),
             any::<u64>().prop_map(|s| Frame::ManifestRequest {
-                stream: StreamId(s)
+                object: StreamId(s)
             }),
             any_id().prop_map(|id| Frame::NotFound { id }),
             (any::<u16>(), "\\PC{0,100}")
@@ -1004,6 +1087,8 @@ mod tests {
         let m = ManifestFrame {
             name: "a".into(),
             stream: StreamId(1),
+            version: 3,
+            cache_control: String::new(),
             object_len: 10,
             chunk_size: 4,
             chunk_count: 2,
