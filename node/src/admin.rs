@@ -474,11 +474,15 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadResult>, H
         ));
     };
     let new = crate::config::NodeConfig::from_file(path, std::env::vars()).map_err(|e| {
-        HttpError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_config",
-            e.to_string(),
-        )
+        // The whole chain: a read error's cause (no such file, ...) is its
+        // source, not part of its own message.
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
     })?;
     let shared = &state.shared;
     let keyring_changed = shared

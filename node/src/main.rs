@@ -566,6 +566,9 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     let config = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())?;
+    config
+        .validate_runnable()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     println!(
         "# {}: valid (config hash {})",
         file.display(),
