@@ -14,6 +14,10 @@ TRIPLE="$(uname -m)-unknown-linux-gnu"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/$TRIPLE/dist"
 MAX_NODE_BYTES=$((20 * 1000 * 1000))
+# OCI labels that vary per build (the fixed ones are in the Dockerfiles).
+REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+SOURCE="$(sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 packages=(-p dcdn-node)
 images=(node:dcdn)
@@ -23,8 +27,10 @@ if [ -f operator/Cargo.toml ]; then
 fi
 
 echo "==> building ${packages[*]} statically for $TRIPLE (profile dist)"
+# --no-default-features: the images leave out the crates only `dcdn bench`
+# compares against (dcdn-node's `bench-baselines` feature).
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --profile dist --target "$TRIPLE" "${packages[@]}"
+  cargo build --locked --profile dist --target "$TRIPLE" --no-default-features "${packages[@]}"
 
 for spec in "${images[@]}"; do
   bin="$BIN_DIR/${spec#*:}"
@@ -50,6 +56,9 @@ for spec in "${images[@]}"; do
   cp "$BIN_DIR/$bin" "$ctx/$bin"
   docker build -q -f "deploy/docker/$name.scratch.Dockerfile" \
     --label "org.opencontainers.image.version=$VERSION" \
+    --label "org.opencontainers.image.revision=$REVISION" \
+    --label "org.opencontainers.image.source=$SOURCE" \
+    --label "org.opencontainers.image.created=$CREATED" \
     -t "dcdn/$name:$VERSION" -t "dcdn/$name:dev" "$ctx" >/dev/null
   rm -rf "$ctx"
   trap - EXIT

@@ -2,6 +2,11 @@
 # shell, no libc, no CA store (the mesh trusts only the cluster CA, which is
 # mounted). Built by deploy/docker/build.sh from a binary linked on the host.
 FROM scratch
+# OCI annotations (opencontainers image-spec, annotations.md); build.sh adds
+# version, revision, created and source from the checkout.
+LABEL org.opencontainers.image.title="dcdn" \
+      org.opencontainers.image.description="DCDN node: origin, relay and edge roles moving signed chunks over QUIC" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY dcdn /usr/local/bin/dcdn
 # Numeric, so Kubernetes' runAsNonRoot can check it without /etc/passwd.
 USER 65532:65532

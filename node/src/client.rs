@@ -42,10 +42,6 @@ pub enum ClientError {
     },
     #[error("GET {url}: no byte arrived for {after:?}")]
     Stalled { url: String, after: Duration },
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("GET {url}: {message}; the output was left as it was")]
-    Verify { url: String, message: String },
 }
 
 /// How long a download may wait.
@@ -56,14 +52,6 @@ pub struct FetchTimeouts {
     /// Between two pieces of the body: a stalled server fails the fetch,
     /// a slow but moving one does not.
     pub idle: Duration,
-}
-
-/// What a finished download wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetched {
-    pub bytes: u64,
-    /// BLAKE3 of the body, hex.
-    pub digest: String,
 }
 
 /// A response whose status was a success.
@@ -186,95 +174,6 @@ impl Client {
 
     pub async fn get(&self, url: &str, token: Option<&str>) -> Result<Response, ClientError> {
         self.send(Method::GET, url, token, &[], Body::empty()).await
-    }
-
-    /// Downloads `url` into `output`. The body goes to a temporary file
-    /// beside `output`, is checked (its length against `Content-Length`,
-    /// its BLAKE3 against the ETag when the ETag is one) and only then
-    /// renamed over `output`: a failed, truncated or unverified download
-    /// never replaces what was there.
-    pub async fn fetch_to_file(
-        url: &str,
-        output: &std::path::Path,
-        timeouts: FetchTimeouts,
-    ) -> Result<Fetched, ClientError> {
-        let client = Self::new(timeouts.response);
-        let resp = client
-            .start(Method::GET, url, None, &[], Body::empty())
-            .await?;
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_matches('"').to_owned());
-        let declared = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let file_err = |path: &std::path::Path, e: std::io::Error| ClientError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let name = output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "output".into());
-        let tmp = output.with_file_name(format!(".{name}.dcdn-partial-{}", std::process::id()));
-        let result = async {
-            use tokio::io::AsyncWriteExt;
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| file_err(&tmp, e))?;
-            let mut body = resp.into_body();
-            let mut hasher = blake3::Hasher::new();
-            let mut n = 0u64;
-            loop {
-                let frame = tokio::time::timeout(timeouts.idle, body.frame())
-                    .await
-                    .map_err(|_| ClientError::Stalled {
-                        url: url.to_owned(),
-                        after: timeouts.idle,
-                    })?;
-                let Some(frame) = frame else { break };
-                let frame = frame.map_err(|e| ClientError::Verify {
-                    url: url.to_owned(),
-                    message: format!("reading the body after {n} bytes: {}", error_chain(&e)),
-                })?;
-                if let Some(data) = frame.data_ref() {
-                    hasher.update(data);
-                    n += data.len() as u64;
-                    file.write_all(data).await.map_err(|e| file_err(&tmp, e))?;
-                }
-            }
-            file.sync_all().await.map_err(|e| file_err(&tmp, e))?;
-            if let Some(declared) = declared.filter(|d| *d != n) {
-                return Err(ClientError::Verify {
-                    url: url.to_owned(),
-                    message: format!("the body is {n} bytes, Content-Length said {declared}"),
-                });
-            }
-            let digest = hasher.finalize().to_hex().to_string();
-            if let Some(etag) = etag.filter(|e| e.len() == 64) {
-                if etag != digest {
-                    return Err(ClientError::Verify {
-                        url: url.to_owned(),
-                        message: format!(
-                            "the body's BLAKE3 {digest} does not match the ETag {etag}"
-                        ),
-                    });
-                }
-            }
-            tokio::fs::rename(&tmp, output)
-                .await
-                .map_err(|e| file_err(output, e))?;
-            Ok(Fetched { bytes: n, digest })
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
     }
 
     /// GET and parse the body as JSON.

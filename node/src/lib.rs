@@ -9,8 +9,10 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod roles;
 pub mod sim;
@@ -18,3 +20,14 @@ pub mod transport;
 pub mod up;
 
 pub use dcdn_core::{chunk, crypto, fec, p2p, store};
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: what `--version` and `dcdn_build_info` say.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
+/// The commit this binary was built from, or `unknown`.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");

@@ -2,16 +2,35 @@
 //! errors to exit codes. Everything else lives in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dcdn_node::bench;
+use dcdn_node::cli::Failure;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// `print!` that returns an error instead of panicking when standard output
+/// is gone (`dcdn completion bash | head`); `main` exits quietly on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).context("writing to standard output")
+    }};
+}
+
+/// `println!`, see [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to standard output")
+    }};
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "dcdn",
-    version,
-    about = "DCDN node: origin, relay and edge roles"
+    version = dcdn_node::VERSION,
+    about = "DCDN node: origin, relay and edge roles",
+    after_help = dcdn_node::cli::exit_codes_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,9 +44,8 @@ enum Command {
         /// The node's config file (TOML or YAML).
         #[arg(long, short, env = "DCDN_CONFIG")]
         config: PathBuf,
-        /// Log as JSON lines instead of human-readable text.
-        #[arg(long)]
-        log_json: bool,
+        #[command(flatten)]
+        log: dcdn_node::logging::LogArgs,
     },
     /// Run a whole DCDN on this machine: origin, relays and edges as local processes.
     Up {
@@ -44,22 +62,30 @@ enum Command {
         /// edge, compare, and exit 0 only if every byte arrived verified.
         #[arg(long)]
         check: bool,
+        /// Print the nodes' URLs (and the check's outcome) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a running DCDN end to end: publish an object and a live stream
     /// at the origin, fetch both through every edge, compare bytes and
     /// digests. Exits 0 only if every byte arrived verified.
     Check {
         /// Origin ingest base URL, e.g. http://10.0.0.10:8080.
-        #[arg(long)]
+        #[arg(long, env = "DCDN_ORIGIN")]
         origin: String,
         /// Ingest bearer token.
         #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
         token: String,
-        /// Edge client base URL (repeatable).
-        #[arg(long = "edge", required = true)]
+        /// Edge client base URL (repeatable; the variable takes a comma-separated list).
+        #[arg(
+            long = "edge",
+            env = "DCDN_EDGE",
+            value_delimiter = ',',
+            required = true
+        )]
         edges: Vec<String>,
         /// The origin's admin base URL: also measure origin offload.
-        #[arg(long)]
+        #[arg(long, env = "DCDN_ADMIN_URL")]
         origin_admin: Option<String>,
         /// Object size in bytes (0: no object).
         #[arg(long, default_value_t = 8 * 1024 * 1024 + 12_345)]
@@ -73,6 +99,9 @@ enum Command {
         /// Milliseconds between live pieces.
         #[arg(long, default_value_t = 20)]
         live_interval_ms: u64,
+        /// Print the outcome of every step and the figures as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate a cluster CA, a signing key with its trust bundle, and node certificates.
     Keygen {
@@ -91,7 +120,7 @@ enum Command {
         /// The file to publish, or `-` for standard input.
         file: PathBuf,
         /// Origin ingest base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
+        #[arg(long, env = "DCDN_ORIGIN")]
         origin: String,
         /// Object name (default: the file name).
         #[arg(long)]
@@ -102,31 +131,80 @@ enum Command {
         /// Publish as a live stream (chunks pushed as they are read) instead of an object.
         #[arg(long)]
         live: bool,
+        /// Print what was published as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Fetch an object from an edge to a file.
+    /// Fetch an object from an edge, verify it against its ETag, write it.
+    ///
+    /// The bytes go to FILE.part, renamed to FILE once verified.
     Fetch {
-        /// Object URL, e.g. http://edge:8080/v1/objects/NAME.
+        /// Object URL (http://edge:8080/v1/objects/NAME), or an object NAME
+        /// looked up at --edge.
         url: String,
-        /// Output file; replaced only once the whole body arrived and verified.
+        /// Output file (replaced only once the whole body arrived and
+        /// verified), or `-` for standard output.
         #[arg(short, long)]
         output: PathBuf,
+        /// Edge client base URL, used when the argument is a NAME.
+        #[arg(long, env = "DCDN_EDGE")]
+        edge: Option<String>,
+        /// Keep FILE.part when interrupted, and resume from it (HTTP Range).
+        #[arg(short = 'c', long = "continue")]
+        resume: bool,
         /// Seconds to wait for the response's headers.
         #[arg(long, default_value_t = 30)]
         response_timeout_secs: u64,
         /// Seconds without a byte of the body before giving up.
         #[arg(long, default_value_t = 30)]
         idle_timeout_secs: u64,
+        /// Print what was fetched as JSON (to stderr when the object goes to stdout).
+        #[arg(long)]
+        json: bool,
     },
     /// Talk to a node's admin API.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
         /// Admin base URL, e.g. http://127.0.0.1:9090.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:9090")]
+        #[arg(
+            long,
+            global = true,
+            env = "DCDN_ADMIN_URL",
+            default_value = "http://127.0.0.1:9090"
+        )]
         node: String,
-        /// Bearer token (read scope is enough except for reload).
+        /// Bearer token (read scope is enough except for reload and key changes).
         #[arg(long, global = true, env = "DCDN_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Show a whole cluster at once: every node's role, peers, store fill,
+    /// active key and the origin's offload, from the nodes' admin URLs.
+    Status {
+        /// Admin base URLs (repeatable; the variable takes a comma-separated list).
+        #[arg(
+            long = "admin",
+            env = "DCDN_ADMIN_URL",
+            value_delimiter = ',',
+            required = true
+        )]
+        admins: Vec<String>,
+        /// Bearer token with read scope.
+        #[arg(long, env = "DCDN_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// e.g. `dcdn completion bash > /etc/bash_completion.d/dcdn`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages (dcdn.1, dcdn-fetch.1, ...) into a directory.
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
     /// Work with node configuration files.
     Config {
@@ -167,10 +245,50 @@ enum AdminCommand {
     Status,
     /// Connected peers with traffic, choke state and reputation.
     Peers,
-    /// Keys, their states and the generation.
-    Keys,
+    /// Store fill, budget, hits, misses, evictions.
+    Store,
+    /// The node's effective config and its hash.
+    Config,
+    /// Keys, their states and the generation; with a subcommand, change them.
+    Keys {
+        #[command(subcommand)]
+        command: Option<KeysCommand>,
+    },
     /// Re-read the config file; prints what was applied and what needs a restart.
     Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Trust a public key (64 hex digits): the first step of a rotation.
+    Add { public_key: String },
+    /// Sign with a trusted key (origin) or accept it as the active one.
+    Activate { id: String },
+    /// Stop trusting a key; chunks signed with it are refused.
+    Revoke { id: String },
+}
+
+impl AdminCommand {
+    fn call(self) -> dcdn_node::cli::admin::Call {
+        use dcdn_node::cli::admin::Call;
+        match self {
+            Self::Status => Call::Status,
+            Self::Peers => Call::Peers,
+            Self::Store => Call::Store,
+            Self::Config => Call::Config,
+            Self::Keys { command: None } => Call::Keys,
+            Self::Keys {
+                command: Some(KeysCommand::Add { public_key }),
+            } => Call::KeyAdd { public_key },
+            Self::Keys {
+                command: Some(KeysCommand::Activate { id }),
+            } => Call::KeyActivate { id },
+            Self::Keys {
+                command: Some(KeysCommand::Revoke { id }),
+            } => Call::KeyRevoke { id },
+            Self::Reload => Call::Reload,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +297,9 @@ enum ConfigCommand {
     Check {
         /// The file to check; `DCDN_*` environment variables are applied on top.
         file: PathBuf,
+        /// Print `{file, valid, config_hash, config}` or `{file, valid, error}` as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -200,9 +321,9 @@ fn sim(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table())?;
     }
     Ok(())
 }
@@ -211,17 +332,36 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(dcdn_node::cli::exit_for(&e).code())
         }
     }
 }
 
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints `value` as pretty JSON, or `text` when `json` is off.
+fn emit<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(value)?)?;
+    } else {
+        outln!("{value}")?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, log_json } => {
-            init_logs(log_json);
+        Command::Run { config, log } => {
+            log.init()?;
             runtime()?.block_on(run_node(&config))
         }
         Command::Check {
@@ -233,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             live_pieces,
             live_piece_bytes,
             live_interval_ms,
+            json,
         } => {
             use dcdn_node::up::check;
             let targets = check::Targets {
@@ -247,11 +388,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 live_piece_bytes,
                 live_interval: std::time::Duration::from_millis(live_interval_ms),
             };
-            let outcomes = runtime()?.block_on(check::run(&targets, sizes));
-            if check::report(&outcomes) {
+            let report = runtime()?.block_on(check::run(&targets, sizes));
+            emit(&report, json)?;
+            if report.ok {
                 Ok(())
             } else {
-                anyhow::bail!("the check failed")
+                Err(Failure::CheckFailed("the check failed".into()).into())
             }
         }
         Command::Keygen {
@@ -265,32 +407,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             token,
             live,
-        } => runtime()?.block_on(publish(&file, &origin, name, &token, live)),
+            json,
+        } => {
+            use dcdn_node::cli::transfer;
+            let p = transfer::Publish {
+                file,
+                origin,
+                name,
+                token,
+                live,
+            };
+            emit(&runtime()?.block_on(transfer::publish(p))?, json)
+        }
         Command::Fetch {
             url,
             output,
+            edge,
+            resume,
             response_timeout_secs,
             idle_timeout_secs,
-        } => runtime()?.block_on(fetch(
-            &url,
-            &output,
-            dcdn_node::client::FetchTimeouts {
-                response: std::time::Duration::from_secs(response_timeout_secs.max(1)),
-                idle: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
-            },
-        )),
+            json,
+        } => {
+            use dcdn_node::cli::transfer;
+            let url = match edge {
+                _ if url.contains("://") => url,
+                Some(edge) => dcdn_node::cli::join(&edge, &format!("/v1/objects/{url}")),
+                None => {
+                    return Err(Failure::Usage(format!(
+                        "{url:?} is not a URL; pass --edge (or set DCDN_EDGE) to fetch it by name"
+                    ))
+                    .into());
+                }
+            };
+            let output = transfer::Output::parse(&output);
+            let to_stdout = output == transfer::Output::Stdout;
+            let f = transfer::Fetch {
+                url,
+                output,
+                resume,
+                timeouts: dcdn_node::client::FetchTimeouts {
+                    response: std::time::Duration::from_secs(response_timeout_secs.max(1)),
+                    idle: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
+                },
+            };
+            let fetched = runtime()?.block_on(transfer::fetch(f))?;
+            match (json, to_stdout) {
+                (true, false) => emit(&fetched, true),
+                // Standard output carries the object: the summary goes aside.
+                (true, true) => {
+                    eprintln!("{}", serde_json::to_string_pretty(&fetched)?);
+                    Ok(())
+                }
+                (false, false) => emit(&fetched, false),
+                (false, true) => Ok(()),
+            }
+        }
         Command::Admin {
             command,
             node,
             token,
-        } => runtime()?.block_on(admin(command, &node, token.as_deref())),
+        } => {
+            let call = command.call();
+            let value =
+                runtime()?.block_on(dcdn_node::cli::admin::call(&node, token.as_deref(), &call))?;
+            outln!("{}", serde_json::to_string_pretty(&value)?)?;
+            Ok(())
+        }
+        Command::Status {
+            admins,
+            token,
+            json,
+        } => {
+            let status = runtime()?.block_on(dcdn_node::cli::admin::cluster_status(
+                &admins,
+                token.as_deref(),
+            ));
+            emit(&status, json)?;
+            // The first node that could not be asked decides the exit code,
+            // as it would for `dcdn admin status` against that node alone.
+            match status
+                .nodes
+                .iter()
+                .find_map(|n| Some((n.exit?, n.error.clone()?)))
+            {
+                Some((exit, e)) => Err(Failure::error(exit, e)),
+                None => Ok(()),
+            }
+        }
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dcdn", &mut script);
+            out!("{}", String::from_utf8_lossy(&script))
+        }
+        Command::Man { out } => man_pages(&out),
         Command::Up {
             relays,
             edges,
             dir,
             check,
+            json,
         } => {
-            init_logs(false);
+            dcdn_node::logging::LogArgs::default().init()?;
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("dcdn-up-{}", std::process::id()))
             });
@@ -299,16 +516,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 check,
                 program: std::env::current_exe().context("locating the dcdn binary")?,
+                json,
             };
             if runtime()?.block_on(dcdn_node::up::run(opts))? {
                 Ok(())
             } else {
-                anyhow::bail!("the local DCDN did not pass")
+                Err(Failure::CheckFailed("the local DCDN did not pass".into()).into())
             }
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => config_check(&file),
+            command: ConfigCommand::Check { file, json },
+        } => config_check(&file, json),
         Command::Sim {
             scenario,
             overrides,
@@ -320,29 +538,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             filter,
         } => {
-            let mut options = bench::BenchOptions::default();
-            if quick {
-                options.duration = std::time::Duration::from_millis(200);
-            }
-            let results = bench::run_all(options, |name| {
+            let options = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::default()
+            };
+            let report = bench::run_all(options, |name| {
                 filter.as_deref().is_none_or(|f| name.contains(f))
             });
+            let results = &report.results;
             if json {
-                for r in &results {
-                    println!("{}", serde_json::to_string(r).context("encoding result")?);
+                for r in results {
+                    outln!("{}", serde_json::to_string(r).context("encoding result")?)?;
                 }
             } else {
-                println!(
+                outln!(
                     "{:<16} {:>14} {:>14} {:>7}  {:<10} baseline",
-                    "bench", "ours", "baseline", "ratio", "unit"
-                );
-                for r in &results {
-                    println!(
+                    "bench",
+                    "ours",
+                    "baseline",
+                    "ratio",
+                    "unit"
+                )?;
+                for r in results {
+                    outln!(
                         "{:<16} {:>14.1} {:>14.1} {:>7.2}  {:<10} {}",
-                        r.bench, r.ours, r.baseline, r.ratio, r.unit, r.baseline_name
-                    );
+                        r.bench,
+                        r.ours,
+                        r.baseline,
+                        r.ratio,
+                        r.unit,
+                        r.baseline_name
+                    )?;
                 }
             }
+            for (name, why) in &report.failures {
+                eprintln!("bench {name} failed: {why}");
+            }
+            anyhow::ensure!(
+                report.failures.is_empty(),
+                "{} benchmark(s) failed",
+                report.failures.len()
+            );
             Ok(())
         }
     }
@@ -359,7 +596,7 @@ fn keygen(out: &std::path::Path, cluster: &str, nodes: &[String]) -> anyhow::Res
         let ca = ClusterCa::generate(cluster)?;
         write_file(&ca_cert, ca.cert_pem(), false)?;
         write_file(&ca_key, ca.key_pem(), true)?;
-        println!("wrote {} and {}", ca_cert.display(), ca_key.display());
+        outln!("wrote {} and {}", ca_cert.display(), ca_key.display())?;
         ca
     };
     let key_path = out.join("signing.key");
@@ -374,10 +611,10 @@ fn keygen(out: &std::path::Path, cluster: &str, nodes: &[String]) -> anyhow::Res
             &ring.to_bundle().to_json(),
             false,
         )?;
-        println!(
+        outln!(
             "wrote {} (key {id}) and trust-bundle.json",
             key_path.display()
-        );
+        )?;
     }
     for spec in nodes {
         let (name, role) = spec
@@ -388,7 +625,7 @@ fn keygen(out: &std::path::Path, cluster: &str, nodes: &[String]) -> anyhow::Res
         let id = ca.issue_node(name, role)?;
         write_file(&out.join(format!("{name}.pem")), &id.cert_pem, false)?;
         write_file(&out.join(format!("{name}.key")), &id.key_pem, true)?;
-        println!("wrote {name}.pem and {name}.key ({role})");
+        outln!("wrote {name}.pem and {name}.key ({role})")?;
     }
     Ok(())
 }
@@ -403,138 +640,11 @@ fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn publish(
-    file: &std::path::Path,
-    origin: &str,
-    name: Option<String>,
-    token: &str,
-    live: bool,
-) -> anyhow::Result<()> {
-    use tokio::io::AsyncReadExt;
-    let stdin = file.as_os_str() == "-";
-    let name = match name {
-        Some(n) => n,
-        None if stdin => anyhow::bail!("publishing standard input needs --name"),
-        None => file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-            .context("the file has no usable name; pass --name")?,
-    };
-    let total = if stdin {
-        None
-    } else {
-        std::fs::metadata(file).ok().map(|m| m.len())
-    };
-    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if stdin {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(
-            tokio::fs::File::open(file)
-                .await
-                .with_context(|| format!("opening {}", file.display()))?,
-        )
-    };
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let progress = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let n = sent.load(std::sync::atomic::Ordering::Relaxed);
-                match total {
-                    Some(t) if t > 0 => eprint!(
-                        "\r{:>6.1}% {:>12} / {} bytes",
-                        n as f64 * 100.0 / t as f64,
-                        n,
-                        t
-                    ),
-                    _ => eprint!("\r{n:>12} bytes"),
-                }
-            }
-        })
-    };
-    let body = futures_util::stream::unfold((reader, sent), |(mut r, sent)| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                Some((Ok(bytes::Bytes::from(buf)), (r, sent)))
-            }
-            Err(e) => Some((Err(e), (r, sent))),
-        }
-    });
-    let kind = if live { "streams" } else { "objects" };
-    let url = format!("{}/v1/{kind}/{name}", origin.trim_end_matches('/'));
-    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(3600));
-    let result = client.put_stream(&url, Some(token), body).await;
-    progress.abort();
-    eprintln!();
-    let resp = result?;
-    println!("{}", String::from_utf8_lossy(&resp.body));
-    Ok(())
-}
-
-async fn fetch(
-    url: &str,
-    output: &std::path::Path,
-    timeouts: dcdn_node::client::FetchTimeouts,
-) -> anyhow::Result<()> {
-    let done = dcdn_node::client::Client::fetch_to_file(url, output, timeouts).await?;
-    println!(
-        "{} bytes to {} (blake3 {})",
-        done.bytes,
-        output.display(),
-        done.digest
-    );
-    Ok(())
-}
-
-async fn admin(command: AdminCommand, node: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(10));
-    let base = node.trim_end_matches('/');
-    let value = match command {
-        AdminCommand::Status => client.get_json(&format!("{base}/v1/status"), token).await?,
-        AdminCommand::Peers => client.get_json(&format!("{base}/v1/peers"), token).await?,
-        AdminCommand::Keys => client.get_json(&format!("{base}/v1/keys"), token).await?,
-        AdminCommand::Reload => {
-            let resp = client
-                .send(
-                    hyper::Method::POST,
-                    &format!("{base}/v1/config/reload"),
-                    token,
-                    &[],
-                    axum::body::Body::empty(),
-                )
-                .await?;
-            serde_json::from_slice(&resp.body).context("the reply is not JSON")?
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(())
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DCDN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
@@ -564,16 +674,65 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
-    let config = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())?;
-    config
-        .validate_runnable()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    println!(
-        "# {}: valid (config hash {})",
-        file.display(),
-        config.config_hash()
-    );
-    print!("{}", config.to_toml());
+fn config_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    // A file a node will run must also pass `validate_runnable` (an edge or
+    // relay needs an upstream).
+    let loaded = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            // A ConfigError, so it exits 3 like any invalid config.
+            config.validate_runnable().map_err(|message| {
+                dcdn_node::config::ConfigError::Invalid {
+                    path: file.display().to_string(),
+                    message,
+                }
+            })?;
+            Ok(config)
+        });
+    if json {
+        let value = match &loaded {
+            Ok(config) => serde_json::json!({
+                "file": file,
+                "valid": true,
+                "config_hash": config.config_hash(),
+                "config": config,
+            }),
+            Err(e) => {
+                serde_json::json!({ "file": file, "valid": false, "error": format!("{e:#}") })
+            }
+        };
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
+    }
+    let config = loaded?;
+    if !json {
+        outln!(
+            "# {}: valid (config hash {})",
+            file.display(),
+            config.config_hash()
+        )?;
+        out!("{}", config.to_toml())?;
+    }
+    Ok(())
+}
+
+/// One page for `dcdn` and one per subcommand, as `git` and `kubectl` ship.
+fn man_pages(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("dcdn".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let page = sub.clone().bin_name(format!("dcdn {}", sub.get_name()));
+        pages.push((format!("dcdn-{}", sub.get_name()), page));
+    }
+    for (name, page) in pages {
+        let path = out.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page)
+            .title(name.clone())
+            .render(&mut buf)
+            .with_context(|| format!("rendering {}", path.display()))?;
+        write_file(&path, &String::from_utf8_lossy(&buf), false)?;
+    }
+    outln!("wrote man pages to {}", out.display())?;
     Ok(())
 }

@@ -40,7 +40,9 @@ pub struct Metrics {
     pub chunks_rejected: IntCounterVec,
     /// FEC groups by `outcome` (complete, rebuilt, failed, dropped).
     pub fec_groups: IntCounterVec,
-    /// Parity shards currently sent per group, by downstream `peer`.
+    /// Parity shards per group currently sent, the most over peers of a
+    /// `peer_class` (per peer: `dcdn admin peers`; a peer label would keep a
+    /// series for every peer ever seen).
     pub fec_parity: IntGaugeVec,
     /// Repair fetches by `outcome` (ok, failed).
     pub repairs: IntCounterVec,
@@ -57,8 +59,9 @@ pub struct Metrics {
     pub peers: IntGaugeVec,
     /// Smoothed QUIC round-trip time by `peer_class` (origin, relay, edge).
     pub quic_rtt_seconds: prometheus::GaugeVec,
-    /// QUIC packets lost by `peer_class`.
-    pub quic_lost_packets: IntGaugeVec,
+    /// QUIC packets lost by `peer_class`, counted at scrape time from each
+    /// connection's own count.
+    pub quic_lost_packets: IntCounterVec,
     /// Mesh handshakes refused, by `reason`.
     pub handshakes_refused: IntCounterVec,
     /// Input from banned peers refused, by `path` (handshake, hello,
@@ -79,6 +82,8 @@ pub struct Metrics {
     pub frames_malformed: IntCounterVec,
     /// Trust-bundle reloads (file change, SIGHUP, admin) by `result` (ok, failed).
     pub trust_bundle_reloads: IntCounterVec,
+    /// Always 1, labelled with the `version` and `commit` this binary is.
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -94,6 +99,16 @@ impl Metrics {
             source,
         })?;
         let r = &registry;
+        // process_cpu_seconds_total, process_resident_memory_bytes, ...: the
+        // names every Prometheus client exports, so stock dashboards work.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .map_err(|source| MetricsError::Register {
+            name: "process",
+            source,
+        })?;
         Ok(Self {
             chunks: counter(
                 r,
@@ -128,8 +143,8 @@ impl Metrics {
             fec_parity: gauge_vec(
                 r,
                 "dcdn_fec_parity_shards",
-                "Parity shards per FEC group currently sent, per downstream peer.",
-                &["peer"],
+                "Parity shards per FEC group currently sent, the most over connected peers of a class.",
+                &["peer_class"],
             )?,
             repairs: counter(
                 r,
@@ -179,10 +194,10 @@ impl Metrics {
                 })?;
                 register(r, "dcdn_quic_rtt_seconds", g)?
             },
-            quic_lost_packets: gauge_vec(
+            quic_lost_packets: counter(
                 r,
-                "dcdn_quic_lost_packets",
-                "QUIC packets lost on current connections, by peer class.",
+                "dcdn_quic_lost_packets_total",
+                "QUIC packets lost, by peer class.",
                 &["peer_class"],
             )?,
             handshakes_refused: counter(
@@ -259,6 +274,17 @@ impl Metrics {
                 "Trust-bundle reloads by result (ok, failed).",
                 &["result"],
             )?,
+            build_info: {
+                let g = gauge_vec(
+                    r,
+                    "dcdn_build_info",
+                    "Always 1; the labels say which build this node runs.",
+                    &["version", "commit"],
+                )?;
+                g.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT])
+                    .set(1);
+                g
+            },
             registry,
         })
     }
@@ -343,6 +369,41 @@ mod tests {
         assert!(text.contains(r#"dcdn_chunks_total{direction="in",path="push",role="edge"} 3"#));
         assert!(text.contains(r#"dcdn_chunks_rejected_total{reason="signature",role="edge"} 1"#));
         assert!(text.contains(r#"dcdn_keyring_generation{role="edge"} 7"#));
+        let build = format!(
+            r#"dcdn_build_info{{commit="{}",version="{}",role="edge"}} 1"#,
+            crate::COMMIT,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes{role=\"edge\"}"));
+    }
+
+    /// Prometheus naming: every counter ends in `_total`, nothing else does,
+    /// and no label names a peer (one series per peer ever seen).
+    #[test]
+    fn counters_end_in_total_and_labels_are_bounded() {
+        let m = Metrics::new("edge").unwrap();
+        m.quic_lost_packets.with_label_values(&["relay"]).inc();
+        m.fec_parity.with_label_values(&["relay"]).set(2);
+        for family in m.registry.gather() {
+            let name = family.name();
+            let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            assert_eq!(
+                counter,
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
+            );
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        !["peer", "peer_id", "address"].contains(&label.name()),
+                        "{name} has an unbounded label {}",
+                        label.name()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -363,13 +424,12 @@ mod tests {
         );
     }
 
-    /// The Grafana dashboard only queries metrics this module defines.
-    #[test]
-    fn the_dashboard_queries_only_metrics_that_exist() {
-        let dashboard = include_str!("../../deploy/grafana/dcdn.json");
-        let source = include_str!("metrics.rs");
+    /// Every `dcdn_*` name a dashboard queries is defined in `source`
+    /// (histogram suffixes aside), and counters are only read through
+    /// `rate`/`increase`: a raw counter graph is a line that only climbs.
+    fn check_dashboard(dashboard: &str, source: &str) -> usize {
         let json: serde_json::Value = serde_json::from_str(dashboard).unwrap();
-        assert!(json["panels"].as_array().unwrap().len() > 10);
+        assert!(json["panels"].as_array().unwrap().len() > 5);
         let mut checked = 0;
         for (at, _) in dashboard.match_indices("dcdn_") {
             let name: String = dashboard[at..]
@@ -382,10 +442,43 @@ mod tests {
                 .unwrap_or(&name);
             assert!(
                 source.contains(&format!("\"{base}\"")),
-                "the dashboard queries {name}, which the node does not export"
+                "the dashboard queries {name}, which is not exported"
             );
+            if name.ends_with("_total") || name.ends_with("_bucket") {
+                let expr_start = dashboard[..at].rfind("\"expr\"").unwrap();
+                let before = &dashboard[expr_start..at];
+                assert!(
+                    before.contains("rate(") || before.contains("increase("),
+                    "counter {name} is graphed without rate()"
+                );
+            }
             checked += 1;
         }
-        assert!(checked > 20);
+        checked
+    }
+
+    #[test]
+    fn the_dashboards_query_only_metrics_that_exist() {
+        let nodes = include_str!("../../deploy/grafana/dcdn.json");
+        assert!(check_dashboard(nodes, include_str!("metrics.rs")) > 20);
+        let operator = include_str!("../../deploy/grafana/dcdn-operator.json");
+        let operator_source = include_str!("../../operator/src/metrics.rs");
+        assert!(check_dashboard(operator, operator_source) > 5);
+    }
+
+    /// The chart ships the same dashboards as `deploy/grafana/` (Helm reads
+    /// files only from inside the chart, so they are copies).
+    #[test]
+    fn the_chart_ships_the_dashboards_of_deploy_grafana() {
+        assert_eq!(
+            include_str!("../../deploy/grafana/dcdn.json"),
+            include_str!("../../helm/dcdn/dashboards/dcdn.json"),
+            "cp deploy/grafana/dcdn.json helm/dcdn/dashboards/"
+        );
+        assert_eq!(
+            include_str!("../../deploy/grafana/dcdn-operator.json"),
+            include_str!("../../helm/dcdn/dashboards/dcdn-operator.json"),
+            "cp deploy/grafana/dcdn-operator.json helm/dcdn/dashboards/"
+        );
     }
 }

@@ -41,6 +41,7 @@ fn an_edge_or_relay_without_an_upstream_is_refused() {
     ] {
         let (ok, out, err) = check(&temp(name, text));
         assert!(!ok, "{name} was valid: {out}");
+        assert!(!err.contains("panicked"), "{err}");
         assert!(
             err.contains(&format!("an {role} needs an upstream")),
             "{err}"

@@ -131,3 +131,33 @@ fn a_truncated_or_unverified_body_never_replaces_the_old_file() {
     assert!(ok, "{err}");
     assert_eq!(after, BODY);
 }
+
+/// With `--continue` an interrupted fetch keeps what arrived in FILE.part
+/// (the next `-c` asks for the rest with `Range`), exits 4 (unreachable),
+/// and still leaves FILE alone.
+#[test]
+fn an_interrupted_continue_fetch_keeps_its_part() {
+    let dir = std::env::temp_dir().join(format!("dcdn-fetch-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("object.bin");
+    std::fs::write(&out, b"old").unwrap();
+    let url = serve_once(Script::Truncated);
+    let result = Command::new(env!("CARGO_BIN_EXE_dcdn"))
+        .args(["fetch", &url, "-c", "-o"])
+        .arg(&out)
+        .args(["--response-timeout-secs", "1", "--idle-timeout-secs", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("object.bin.part")).unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

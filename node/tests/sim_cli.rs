@@ -45,6 +45,7 @@ fn dcdn_sim_reads_a_scenario_applies_flags_and_prints_json_and_svg() {
         .find(|t| t["tier"] == "edge")
         .unwrap();
     assert_eq!(edge["completed"], 20);
+    assert_eq!(a["end"]["reason"], "complete", "{}", a["end"]);
     assert!(edge["seconds"]["p50"].as_f64().unwrap() > 0.0);
     assert!(a["perf"]["events"].as_u64().unwrap() > 0);
     let drawn = std::fs::read_to_string(&svg).unwrap();

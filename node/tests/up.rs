@@ -4,19 +4,36 @@
 
 use std::process::Command;
 
+/// Run with `--json` so the shape scripts read is pinned too; the text
+/// report is the same `check::Report` (see `tests/cli.rs`).
 #[test]
 fn dcdn_up_check_passes_with_separate_processes() {
     let dir = std::env::temp_dir().join(format!("dcdn-up-test-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_dcdn"))
-        .args(["up", "--check", "--relays", "1", "--edges", "2", "--dir"])
+        .args([
+            "up", "--check", "--json", "--relays", "1", "--edges", "2", "--dir",
+        ])
         .arg(&dir)
         .output()
         .expect("running dcdn up");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
     assert!(out.status.success(), "dcdn up --check failed");
-    assert!(stdout.contains("0 failed"));
-    assert!(!stdout.contains("FAIL "));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4);
+    let role = |r: &str| nodes.iter().filter(|n| n["role"] == r).count();
+    assert_eq!((role("origin"), role("relay"), role("edge")), (1, 1, 2));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["admin"].as_str().unwrap().starts_with("http://"))
+    );
+    assert!(report["check"]["ok"].as_bool().unwrap());
+    assert_eq!(report["check"]["failed"], 0);
+    // Not a terminal: no progress bar redraws in the log.
+    assert!(!stderr.contains('\r'), "progress output without a terminal");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -42,7 +59,7 @@ fn dcdn_up_refuses_no_edges_with_check_and_unbounded_counts() {
             .output()
             .expect("running dcdn up");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: not a usage error");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
         // Nothing was laid out.
@@ -256,6 +273,7 @@ async fn dcdn_up_plans_again_when_a_planned_port_is_taken() {
         dir: dir.clone(),
         check: true,
         program: env!("CARGO_BIN_EXE_dcdn").into(),
+        json: false,
     };
     let mut squatter = None;
     let mut plans = 0;

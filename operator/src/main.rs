@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "dcdn-operator",
-    version,
+    version = dcdn_node::VERSION,
     about = "The DCDN Kubernetes operator"
 )]
 struct Cli {
@@ -17,8 +17,6 @@ struct Cli {
 enum Command {
     /// Print the DcdnCluster CustomResourceDefinition as YAML.
     Crd,
-    /// Print every object the operator would apply for a DcdnCluster (key
-    /// material excepted), as a YAML stream, for review and tests.
     /// Run the operator against the cluster (in a pod, or with KUBECONFIG).
     Run {
         /// Address of /healthz, /readyz and /metrics.
@@ -27,6 +25,7 @@ enum Command {
         /// Take a Lease before reconciling, so one of several replicas acts.
         #[arg(long, env = "DCDN_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
         leader_election: bool,
+        /// Name of the Lease replicas compete for (with --leader-election).
         #[arg(long, env = "DCDN_LEASE_NAME", default_value = "dcdn-operator")]
         lease_name: String,
         /// Namespace of the Lease (the operator's own).
@@ -38,10 +37,11 @@ enum Command {
         /// Watch only this namespace (default: all).
         #[arg(long, env = "DCDN_WATCH_NAMESPACE", default_value = "")]
         watch_namespace: String,
-        /// Log format.
-        #[arg(long, env = "DCDN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
+        #[command(flatten)]
+        log: dcdn_node::logging::LogArgs,
     },
+    /// Print every object the operator would apply for a DcdnCluster (key
+    /// material excepted), as a YAML stream, for review and tests.
     Render {
         /// The DcdnCluster manifest.
         #[arg(short = 'f', long = "filename")]
@@ -50,17 +50,6 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,9 +62,10 @@ fn main() -> anyhow::Result<()> {
             lease_namespace,
             identity,
             watch_namespace,
-            log_format,
+            log,
         } => {
-            init_logs(log_format == "json");
+            // The node's convention: RUST_LOG filter, --log-format/DCDN_LOG_FORMAT.
+            log.init()?;
             // Both rustls backends are linked in test builds; pick one.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config = dcdn_operator::serve::RunConfig {

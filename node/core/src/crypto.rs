@@ -254,9 +254,21 @@ pub fn strict_public_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
 
 /// Whether a signature's `R` passes the checks `verify_strict` makes of it
 /// (canonical, not of small order), which the batch equation does not.
+/// Byte comparisons only: decompressing `R` to ask cost a field
+/// exponentiation per chunk (~10 % of a batch). An `R` that is no point at
+/// all passes here and fails the batch, which then judges each alone.
 fn strict_r(signature: &Signature) -> bool {
-    VerifyingKey::from_bytes(signature.r_bytes())
-        .is_ok_and(|r| !r.is_weak() && r.to_edwards().compress().to_bytes() == *signature.r_bytes())
+    let r = signature.r_bytes();
+    !has_small_order_r(r) && y_is_canonical(r)
+}
+
+/// Whether the y coordinate (sign bit cleared) is below p = 2²⁵⁵ − 19. The
+/// other non-canonical encodings, x = 0 with the sign bit set, are y = ±1:
+/// small-order points, refused by [`has_small_order_r`].
+fn y_is_canonical(r: &[u8; 32]) -> bool {
+    // p in little-endian: ed ff … ff 7f. y ≥ p only if bytes 1..=30 are all
+    // 0xff, byte 31 (sign cleared) is 0x7f and byte 0 is ≥ 0xed.
+    !(r[31] & 0x7f == 0x7f && r[1..31].iter().all(|&b| b == 0xff) && r[0] >= 0xed)
 }
 
 impl KeyRing {
@@ -626,6 +638,50 @@ impl Verifier {
         }
         results
     }
+}
+
+/// The y coordinates (sign bit cleared) of every encoding of a point of
+/// small order: the eight torsion points have y ∈ {1, −1, 0, y₈, −y₈}, and
+/// only y = 0 and y = 1 also have a non-canonical encoding below 2²⁵⁵
+/// (p and p + 1). The same list as libsodium's `has_small_order`; a test
+/// checks each entry against ed25519-dalek's own `is_weak`.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = {
+    let mut t = [[0u8; 32]; 7];
+    // 0 (order 4)
+    // 1 (order 1)
+    t[1][0] = 1;
+    // y₈ and −y₈ (order 8)
+    t[2] = [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ];
+    t[3] = [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ];
+    // p − 1 (order 2), p (= 0), p + 1 (= 1)
+    let mut i = 4;
+    while i < 7 {
+        let mut b = 1;
+        while b < 31 {
+            t[i][b] = 0xff;
+            b += 1;
+        }
+        t[i][31] = 0x7f;
+        t[i][0] = 0xec + (i as u8 - 4);
+        i += 1;
+    }
+    t
+};
+
+/// Whether `R` encodes a point of small order, which `verify_strict`
+/// refuses.
+fn has_small_order_r(r: &[u8; 32]) -> bool {
+    let mut y = *r;
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
 }
 
 /// Per-stream anti-replay window: each sequence number is accepted once;
@@ -1034,6 +1090,83 @@ mod tests {
         }
         let good: Vec<Chunk> = (0..5).map(|i| chunk(&s, i)).collect();
         assert!(v.verify_batch(&good, NOW).iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn the_small_order_list_is_the_torsion_points() {
+        // Every entry, with either sign bit, is a small-order point or no
+        // point at all, by ed25519-dalek's own test; y₈ + (−y₈) = p.
+        let mut weak = 0;
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut b = y;
+                b[31] |= sign;
+                if let Ok(k) = VerifyingKey::from_bytes(&b) {
+                    assert!(k.is_weak(), "{b:02x?} is not of small order");
+                    weak += 1;
+                }
+            }
+        }
+        assert!(weak >= 10, "only {weak} encodings decoded");
+        let (a, b) = (SMALL_ORDER_Y[2], SMALL_ORDER_Y[3]);
+        let mut sum = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(a[i]) + u16::from(b[i]) + carry;
+            sum[i] = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(sum, SMALL_ORDER_Y[5], "y8 and -y8 must sum to p");
+        // An ordinary signature's R is not in the list.
+        let s = signer(1);
+        let sig = Signature::from_bytes(&chunk(&s, 1).signature);
+        assert!(!has_small_order_r(sig.r_bytes()));
+    }
+
+    /// The byte checks decide exactly what decompressing `R` would: on
+    /// every small-order and non-canonical encoding near the edges, and on
+    /// real signatures' `R`s.
+    #[test]
+    fn strict_r_by_bytes_matches_decompressing_r() {
+        let reference = |r: &[u8; 32]| {
+            VerifyingKey::from_bytes(r)
+                .is_ok_and(|k| !k.is_weak() && k.to_edwards().compress().to_bytes() == *r)
+        };
+        let mut cases: Vec<[u8; 32]> = Vec::new();
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut b = y;
+                b[31] |= sign;
+                cases.push(b);
+            }
+        }
+        // Every y from p − 40 to 2²⁵⁵ − 1, both signs: the non-canonical band.
+        for low in 0xc5u8..=0xff {
+            for sign in [0u8, 0x80] {
+                let mut b = [0xffu8; 32];
+                b[0] = low;
+                b[31] = 0x7f | sign;
+                cases.push(b);
+            }
+        }
+        let s = signer(3);
+        for i in 0..200 {
+            let sig = chunk(&s, i).signature;
+            let mut r = [0u8; 32];
+            r.copy_from_slice(&sig[..32]);
+            cases.push(r);
+        }
+        for r in cases {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&r);
+            let sig = Signature::from_bytes(&sig);
+            // An R that is no point fails the batch and is judged alone:
+            // the byte check may pass it, the reference may not.
+            if VerifyingKey::from_bytes(&r).is_err() {
+                continue;
+            }
+            assert_eq!(strict_r(&sig), reference(&r), "R = {r:02x?}");
+        }
     }
 
     #[test]

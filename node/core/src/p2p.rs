@@ -1,4 +1,5 @@
-//! Edge-to-edge trading: BitTorrent's tit-for-tat choker.
+//! Edge-to-edge trading: BitTorrent's tit-for-tat choker, and (in
+//! [`picker`]) which piece to ask which peer for.
 //!
 //! Every unchoke interval the [`Choker`] ranks the interested peers by what
 //! they gave this node over a sliding window (or, once this node has nothing
@@ -12,6 +13,8 @@
 //!
 //! Sans-I/O: time and randomness are arguments, and the caller turns the
 //! returned [`ChokeChange`]s into `Choke`/`Unchoke` frames.
+
+pub mod picker;
 
 use crate::chunk::PeerId;
 use rand::Rng;
@@ -374,7 +377,7 @@ pub fn request_order<T>(
         }
     }
     if !upstream.is_empty() {
-        let r = (seq % upstream.len() as u64) as usize;
+        let r = picker::upstream_share(seq, upstream.len());
         upstream.rotate_left(r);
     }
     edges.append(&mut upstream);

@@ -2,7 +2,7 @@
 //! (real QUIC, certificates, signatures, HTTP) against raw quinn moving the
 //! same bytes in the same run.
 
-use super::BenchResult;
+use super::{BenchOptions, BenchResult};
 use crate::client::Client;
 use crate::config::{Bounded, NodeConfig, Role};
 use crate::roles::run::{self, Running};
@@ -10,6 +10,7 @@ use crate::roles::settings::NodeSettings;
 use crate::transport::{ClusterCa, MeshEndpoint, MeshLimits};
 use crate::up::plan::{self, Counts, Plan};
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,20 @@ struct Cluster {
 
 impl Cluster {
     async fn start(tag: &str, counts: Counts) -> anyhow::Result<Self> {
+        Self::start_with(tag, counts, |_| {}).await
+    }
+
+    /// A cluster whose node configs `tweak` adjusts after the plan's own.
+    async fn start_with(
+        tag: &str,
+        counts: Counts,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("dcdn-bench-{tag}-{}", std::process::id()));
         let plan = plan::plan(&dir, counts, |c: &mut NodeConfig| {
             c.storage.ring_buffer_size_mb =
                 Bounded::new(512).unwrap_or(c.storage.ring_buffer_size_mb);
+            tweak(c);
         })?;
         let mut nodes = Vec::new();
         for n in &plan.nodes {
@@ -99,54 +110,188 @@ fn object(len: usize) -> Bytes {
     )
 }
 
-/// Raw quinn: one connection with the same mTLS setup, one stream carrying
-/// `len` bytes; MB/s.
-async fn raw_quinn_throughput(len: usize) -> anyhow::Result<f64> {
-    let ca = ClusterCa::generate("bench")?;
-    let a = MeshEndpoint::bind(
+/// A mesh endpoint on loopback with a certificate from `ca`.
+fn endpoint(ca: &ClusterCa, name: &str, role: Role) -> anyhow::Result<MeshEndpoint> {
+    Ok(MeshEndpoint::bind(
         "127.0.0.1:0".parse()?,
-        &ca.issue_node("a", Role::Relay)?,
+        &ca.issue_node(name, role)?,
         ca.cert_pem(),
         MeshLimits::default(),
-    )?;
-    let b = MeshEndpoint::bind(
-        "127.0.0.1:0".parse()?,
-        &ca.issue_node("b", Role::Edge)?,
-        ca.cert_pem(),
-        MeshLimits::default(),
-    )?;
-    let addr = a.local_addr()?;
-    let server = tokio::spawn(async move {
-        let Some(Ok(pc)) = a.accept().await else {
-            return;
-        };
-        if let Ok((mut send, _recv)) = pc.connection.accept_bi().await {
-            let data = object(len);
-            let _ = send.write_all(&data).await;
-            let _ = send.finish();
-            let _ = pc.connection.closed().await;
-        }
-    });
-    let pc = b.connect(addr).await?;
-    let start = Instant::now();
-    let (mut send, mut recv) = pc.connection.open_bi().await?;
-    send.write_all(b"go").await?;
-    let got = recv.read_to_end(len + 1).await?;
-    let secs = start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        got.len() == len,
-        "raw quinn moved {} of {len} bytes",
-        got.len()
-    );
-    pc.connection.close(quinn::VarInt::from_u32(0), b"done");
-    server.abort();
-    Ok(len as f64 / 1e6 / secs)
+    )?)
 }
 
-/// Origin → relay → edge for a 64 MiB object fetched cold through the
-/// edge's HTTP; MB/s against raw quinn moving the same bytes.
-pub(super) async fn e2e_throughput() -> anyhow::Result<Vec<BenchResult>> {
-    const LEN: usize = 64 << 20;
+/// Copies a QUIC receive stream into `write` through a 1 MiB buffer: each
+/// read takes everything quinn has ready, so the next hop gets large writes
+/// rather than one packet's worth at a time; returns the bytes moved.
+async fn pipe<W: tokio::io::AsyncWrite + Unpin>(
+    recv: &mut quinn::RecvStream,
+    write: &mut W,
+) -> anyhow::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    let mut moved = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some(n) = recv.read(&mut buf).await? {
+        moved += n;
+        write.write_all(&buf[..n]).await?;
+    }
+    write.flush().await?;
+    Ok(moved)
+}
+
+/// The baselines of `e2e_throughput`, raw quinn with the same mTLS setup
+/// and the object generated before any clock starts:
+/// - `chain`: the same hops as ours — an origin task serving the object on
+///   a QUIC stream, a relay task piping it to the edge's QUIC stream, an
+///   edge task piping that into the client's TCP connection — all
+///   streaming, no signatures, no chunking;
+/// - `one_hop`: one QUIC connection, one stream.
+struct RawQuinn {
+    chain_http: SocketAddr,
+    one_hop: MeshEndpoint,
+    one_hop_server: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    len: usize,
+}
+
+impl RawQuinn {
+    async fn start(data: Bytes) -> anyhow::Result<Self> {
+        let len = data.len();
+        let ca = ClusterCa::generate("bench")?;
+        let (o, r, e) = (
+            endpoint(&ca, "o", Role::Origin)?,
+            endpoint(&ca, "r", Role::Relay)?,
+            endpoint(&ca, "e", Role::Edge)?,
+        );
+        let (o_addr, r_addr) = (o.local_addr()?, r.local_addr()?);
+        let mut tasks = Vec::new();
+        // Origin: every stream opened on it gets the object.
+        let serve = |ep: MeshEndpoint, data: Bytes| async move {
+            while let Some(Ok(pc)) = ep.accept().await {
+                let data = data.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut send, _recv)) = pc.connection.accept_bi().await {
+                        let data = data.clone();
+                        tokio::spawn(async move {
+                            let _ = send.write_chunk(data).await;
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        });
+                    }
+                });
+            }
+        };
+        tasks.push(tokio::spawn(serve(o, data.clone())));
+        // Relay: each stream from the edge becomes one to the origin, piped back.
+        let up = r.connect(o_addr).await?;
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(down)) = r.accept().await {
+                let up = up.connection.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut send, _recv)) = down.connection.accept_bi().await {
+                        let up = up.clone();
+                        tokio::spawn(async move {
+                            let Ok((mut us, mut ur)) = up.open_bi().await else {
+                                return;
+                            };
+                            let _ = us.write_all(b"go").await;
+                            let _ = pipe(&mut ur, &mut send).await;
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        });
+                    }
+                });
+            }
+        }));
+        // Edge: each client TCP connection gets one stream through the relay.
+        let relay = e.connect(r_addr).await?;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let chain_http = http.local_addr()?;
+        tasks.push(tokio::spawn(async move {
+            let _e = e;
+            while let Ok((mut tcp, _)) = http.accept().await {
+                let relay = relay.connection.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut request = [0u8; 64];
+                    let _ = tcp.read(&mut request).await;
+                    let Ok((mut rs, mut rr)) = relay.open_bi().await else {
+                        return;
+                    };
+                    let _ = rs.write_all(b"go").await;
+                    let _ = pipe(&mut rr, &mut tcp).await;
+                });
+            }
+        }));
+        // One hop: its own server and client endpoints.
+        let server = endpoint(&ca, "a", Role::Relay)?;
+        let one_hop_server = server.local_addr()?;
+        tasks.push(tokio::spawn(serve(server, data)));
+        let one_hop = endpoint(&ca, "b", Role::Edge)?;
+        Ok(Self {
+            chain_http,
+            one_hop,
+            one_hop_server,
+            tasks,
+            len,
+        })
+    }
+
+    /// MB/s through the chain, timed from connecting to the last byte.
+    async fn chain(&self) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let start = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(self.chain_http).await?;
+        tcp.write_all(b"GET /object\r\n\r\n").await?;
+        let mut got = Vec::with_capacity(self.len);
+        tcp.read_to_end(&mut got).await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            got.len() == self.len,
+            "raw chain moved {} of {} bytes",
+            got.len(),
+            self.len
+        );
+        Ok(self.len as f64 / 1e6 / secs)
+    }
+
+    /// MB/s over one connection's one stream, timed from the connect on.
+    async fn one_hop(&self) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let pc = self.one_hop.connect(self.one_hop_server).await?;
+        let (mut send, mut recv) = pc.connection.open_bi().await?;
+        send.write_all(b"go").await?;
+        let got = recv.read_to_end(self.len + 1).await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            got.len() == self.len,
+            "raw quinn moved {} of {} bytes",
+            got.len(),
+            self.len
+        );
+        pc.connection.close(quinn::VarInt::from_u32(0), b"done");
+        Ok(self.len as f64 / 1e6 / secs)
+    }
+}
+
+impl Drop for RawQuinn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Origin → relay → edge, a 64 MiB object fetched cold through the edge's
+/// HTTP (each round a freshly published copy, so nothing is cached);
+/// MB/s. Rounds alternate ours, the raw chain of the same hops and one raw
+/// hop; each side's median round counts. The first line compares with the
+/// chain, the second with one hop.
+pub(super) async fn e2e_throughput(options: BenchOptions) -> anyhow::Result<Vec<BenchResult>> {
+    let (len, rounds) = if options.quick {
+        (2 << 20, 1)
+    } else {
+        (64 << 20, 5)
+    };
     let c = Cluster::start(
         "tput",
         Counts {
@@ -155,7 +300,11 @@ pub(super) async fn e2e_throughput() -> anyhow::Result<Vec<BenchResult>> {
         },
     )
     .await?;
-    c.publish("big.bin", object(LEN)).await?;
+    let data = object(len);
+    for r in 0..rounds {
+        c.publish(&format!("big-{r}.bin"), data.clone()).await?;
+    }
+    let raw = RawQuinn::start(data).await?;
     let edge = format!(
         "http://{}",
         c.of(Role::Edge)[0]
@@ -163,41 +312,77 @@ pub(super) async fn e2e_throughput() -> anyhow::Result<Vec<BenchResult>> {
             .unwrap_or(c.of(Role::Edge)[0].admin_addr)
     );
     let client = Client::new(Duration::from_secs(120));
-    let start = Instant::now();
-    let got = client
-        .get(&format!("{edge}/v1/objects/big.bin"), None)
-        .await?;
-    let ours = LEN as f64 / 1e6 / start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        got.body.len() == LEN,
-        "fetched {} of {LEN} bytes",
-        got.body.len()
-    );
+    let (mut ours, mut chain, mut hop) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let start = Instant::now();
+        let got = client
+            .get(&format!("{edge}/v1/objects/big-{r}.bin"), None)
+            .await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            got.body.len() == len,
+            "fetched {} of {len} bytes",
+            got.body.len()
+        );
+        ours.push(len as f64 / 1e6 / secs);
+        chain.push(raw.chain().await?);
+        hop.push(raw.one_hop().await?);
+    }
+    drop(raw);
     c.stop().await;
-    let raw = raw_quinn_throughput(LEN).await?;
+    let ours = super::median(&mut ours);
+    Ok(vec![
+        BenchResult::new(
+            "e2e_throughput",
+            "MB/s",
+            ours,
+            super::median(&mut chain),
+            "raw quinn relay chain, same hops (origin→relay→edge QUIC, edge→client TCP)",
+        ),
+        BenchResult::new(
+            "e2e_throughput_vs_one_hop",
+            "MB/s",
+            ours,
+            super::median(&mut hop),
+            "raw quinn, one connection, one stream",
+        ),
+    ])
+}
+
+/// Origin bytes sent for one object fetched through every edge, per byte
+/// of object, against the same cluster with edge trading and relay
+/// sharing off (every edge fetching from the origin itself, no edge peers).
+pub(super) async fn origin_offload(options: BenchOptions) -> anyhow::Result<Vec<BenchResult>> {
+    let (len, edges) = if options.quick {
+        (1 << 20, 3)
+    } else {
+        (16 << 20, 8)
+    };
+    let ours = offload_run("offload", Counts { relays: 1, edges }, len, |_| {}).await?;
+    let alone = offload_run(
+        "offload-base",
+        Counts { relays: 0, edges },
+        len,
+        |c: &mut NodeConfig| c.discovery.peers.clear(),
+    )
+    .await?;
     Ok(vec![BenchResult::new(
-        "e2e_throughput",
-        "MB/s",
+        "origin_offload",
+        "origin bytes / object bytes",
         ours,
-        raw,
-        "raw quinn, one connection, one stream",
+        alone,
+        "same edges, no relay and no edge trading (each edge from the origin)",
     )])
 }
 
-/// One object fetched through 8 edges: bytes the origin sent / object size,
-/// against 8 (every edge fetching from the origin).
-pub(super) async fn origin_offload() -> anyhow::Result<Vec<BenchResult>> {
-    const LEN: usize = 16 << 20;
-    const EDGES: usize = 8;
-    let c = Cluster::start(
-        "offload",
-        Counts {
-            relays: 1,
-            edges: EDGES,
-        },
-    )
-    .await?;
-    c.publish("shared.bin", object(LEN)).await?;
+async fn offload_run(
+    tag: &str,
+    counts: Counts,
+    len: usize,
+    tweak: impl Fn(&mut NodeConfig),
+) -> anyhow::Result<f64> {
+    let c = Cluster::start_with(tag, counts, tweak).await?;
+    c.publish("shared.bin", object(len)).await?;
     let origin = c.of(Role::Origin)[0].shared.clone();
     let before = origin.mesh_bytes_out.load(Ordering::Relaxed);
     let client = Client::new(Duration::from_secs(120));
@@ -209,26 +394,20 @@ pub(super) async fn origin_offload() -> anyhow::Result<Vec<BenchResult>> {
         let client = client.clone();
         async move { client.get(&url, None).await.map(|r| r.body.len()) }
     });
-    for got in futures_util::future::join_all(fetches).await {
-        anyhow::ensure!(got? == LEN, "an edge returned a short object");
-    }
+    let results = futures_util::future::join_all(fetches).await;
     let sent = origin.mesh_bytes_out.load(Ordering::Relaxed) - before;
     c.stop().await;
-    let ours = sent as f64 / LEN as f64;
-    Ok(vec![BenchResult::new(
-        "origin_offload",
-        "origin bytes / object bytes",
-        ours,
-        EDGES as f64,
-        "8 edges each fetching from the origin",
-    )])
+    for got in results {
+        anyhow::ensure!(got? == len, "an edge returned a short object");
+    }
+    Ok(sent as f64 / len as f64)
 }
 
 /// Publish → stored at the edge, 3 nodes on loopback, live chunks of 16 KB
 /// pushed as FEC datagrams; p50 and p99 in ms against raw quinn carrying the
 /// same chunk over two stream hops.
-pub(super) async fn live_latency() -> anyhow::Result<Vec<BenchResult>> {
-    const N: usize = 400;
+pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<BenchResult>> {
+    let n = if options.quick { 50 } else { 400 };
     let c = Cluster::start(
         "latency",
         Counts {
@@ -241,8 +420,8 @@ pub(super) async fn live_latency() -> anyhow::Result<Vec<BenchResult>> {
     let edge = c.of(Role::Edge)[0].shared.clone();
     let mut at_edge = edge.arrivals.subscribe();
     let stream = crate::chunk::StreamId::from_name("latency");
-    let mut latencies = Vec::with_capacity(N);
-    for seq in 0..N as u64 {
+    let mut latencies = Vec::with_capacity(n);
+    for seq in 0..n as u64 {
         let payload = object(16_000);
         let start = Instant::now();
         origin
@@ -268,13 +447,13 @@ pub(super) async fn live_latency() -> anyhow::Result<Vec<BenchResult>> {
     }
     c.stop().await;
     anyhow::ensure!(
-        latencies.len() * 100 >= N * 99,
-        "only {} of {N} chunks arrived",
+        latencies.len() * 100 >= n * 99,
+        "only {} of {n} chunks arrived",
         latencies.len()
     );
     latencies.sort_by(f64::total_cmp);
     let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    let raw = raw_two_hop_latency(16_000, 200).await?;
+    let raw = raw_two_hop_latency(16_000, n / 2).await?;
     Ok(vec![
         BenchResult::new(
             "live_latency_p50",

@@ -40,12 +40,26 @@ impl BenchResult {
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
     pub duration: Duration,
+    /// Smaller objects and fewer rounds in the cluster benchmarks: a smoke
+    /// test that every figure is produced (a debug build moves ~1 MB/s).
+    pub quick: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             duration: Duration::from_millis(1500),
+            quick: false,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// The `--quick` settings.
+    pub fn quick() -> Self {
+        Self {
+            duration: Duration::from_millis(200),
+            quick: true,
         }
     }
 }
@@ -62,21 +76,30 @@ pub fn rate(duration: Duration, mut op: impl FnMut() -> u64) -> f64 {
     done as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Alternates ours and baseline in short rounds and keeps each side's best
-/// round, so a burst of load from a neighbour hurts both sides alike.
+/// Rounds each side runs in [`compare`]; odd, so the median is one round.
+pub const ROUNDS: usize = 7;
+
+/// Alternates ours and baseline in short rounds and reports each side's
+/// median round: a burst of load from a neighbour hurts both sides alike,
+/// and one lucky round cannot set a figure (a best-of would).
 pub fn compare(
     options: BenchOptions,
     mut ours: impl FnMut() -> u64,
     mut baseline: impl FnMut() -> u64,
 ) -> (f64, f64) {
-    const ROUNDS: u32 = 5;
-    let slice = options.duration / ROUNDS;
-    let (mut best_ours, mut best_base) = (0f64, 0f64);
+    let slice = options.duration / ROUNDS as u32;
+    let (mut o, mut b) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
     for _ in 0..ROUNDS {
-        best_ours = best_ours.max(rate(slice, &mut ours));
-        best_base = best_base.max(rate(slice, &mut baseline));
+        o.push(rate(slice, &mut ours));
+        b.push(rate(slice, &mut baseline));
     }
-    (best_ours, best_base)
+    (median(&mut o), median(&mut b))
+}
+
+/// The median of `v` (the upper one of an even count); 0 when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Names of every benchmark, in the order `run_all` runs them.
@@ -91,53 +114,72 @@ pub const NAMES: &[&str] = &[
     "origin_offload",
 ];
 
-/// Runs the benchmarks whose names pass `filter`.
-pub fn run_all(options: BenchOptions, filter: impl Fn(&str) -> bool) -> Vec<BenchResult> {
-    let mut out = Vec::new();
-    for name in NAMES {
-        if filter(name) {
-            out.extend(run_one(name, options));
-        }
-    }
-    out
+/// What a run produced: the figures, and the benchmarks that failed (each
+/// with why). A failure yields no figure rather than a made-up one, and the
+/// command exits non-zero.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub results: Vec<BenchResult>,
+    pub failures: Vec<(String, String)>,
 }
 
-fn run_one(name: &str, options: BenchOptions) -> Vec<BenchResult> {
+/// Runs the benchmarks whose names pass `filter`.
+pub fn run_all(options: BenchOptions, filter: impl Fn(&str) -> bool) -> Report {
+    let mut report = Report::default();
+    for name in NAMES {
+        if filter(name) {
+            match run_one(name, options) {
+                Ok(results) => report.results.extend(results),
+                Err(e) => report.failures.push(((*name).to_owned(), format!("{e:#}"))),
+            }
+        }
+    }
+    report
+}
+
+fn run_one(name: &str, options: BenchOptions) -> anyhow::Result<Vec<BenchResult>> {
     match name {
         "fec_encode" => parts::fec_encode(options),
         "fec_decode" => parts::fec_decode(options),
         "verify_batch" => parts::verify_batch(options),
-        "store_insert" => parts::store_insert(options),
-        "store_get" => parts::store_get(options),
-        "e2e_throughput" => on_runtime(name, mesh::e2e_throughput()),
-        "live_latency" => on_runtime(name, mesh::live_latency()),
-        "origin_offload" => on_runtime(name, mesh::origin_offload()),
-        _ => Vec::new(),
+        "store_insert" => Ok(parts::store_insert(options)),
+        "store_get" => Ok(parts::store_get(options)),
+        "e2e_throughput" => on_runtime(mesh::e2e_throughput(options)),
+        "live_latency" => on_runtime(mesh::live_latency(options)),
+        "origin_offload" => on_runtime(mesh::origin_offload(options)),
+        _ => Ok(Vec::new()),
     }
 }
 
-/// Runs a cluster benchmark on its own runtime; a failure is reported on
-/// stderr and yields no figure rather than a made-up one.
+/// Runs a cluster benchmark on its own runtime, bounded in time.
 fn on_runtime(
-    name: &str,
     bench: impl std::future::Future<Output = anyhow::Result<Vec<BenchResult>>>,
-) -> Vec<BenchResult> {
+) -> anyhow::Result<Vec<BenchResult>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build();
-    let bounded = async {
-        tokio::time::timeout(Duration::from_secs(180), bench)
+        .build()?;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(300), bench)
             .await
-            .map_err(|_| anyhow::anyhow!("did not finish in 180 s"))?
-    };
-    match rt
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(bounded))
-    {
-        Ok(results) => results,
-        Err(e) => {
-            eprintln!("bench {name} failed: {e:#}");
-            Vec::new()
-        }
+            .map_err(|_| anyhow::anyhow!("did not finish in 300 s"))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_cluster_benchmark_is_an_error_not_an_empty_result() {
+        let r = on_runtime(async { anyhow::bail!("the cluster did not start") });
+        assert!(r.is_err());
+        let ok = on_runtime(async { Ok(vec![BenchResult::new("x", "u", 2.0, 1.0, "b")]) });
+        assert_eq!(ok.map(|v| v.len()).ok(), Some(1));
+    }
+
+    #[test]
+    fn median_is_the_middle_round_not_the_best() {
+        assert_eq!(median(&mut [9.0, 1.0, 5.0, 2.0, 100.0]), 5.0);
+        assert_eq!(median(&mut []), 0.0);
     }
 }

@@ -8,6 +8,7 @@ use crate::chunk::{ChunkId, PeerId, StreamId};
 use crate::roles::framing::{self, FramingError};
 use crate::roles::node::{HaveSet, Path, Peer, Role, Shared};
 use crate::transport::PeerConnection;
+use futures_util::FutureExt as _;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -101,6 +102,7 @@ async fn session(
         push: push_tx,
         parity: Mutex::new(shared.settings.parity_policy()),
         current_parity: AtomicU16::new(shared.settings.fec_parity),
+        lost_packets_counted: AtomicU64::new(0),
         unchoked_us: AtomicBool::new(false),
         have: Mutex::new(HaveSet::default()),
         bytes_in: AtomicU64::new(0),
@@ -171,8 +173,23 @@ async fn session(
     {
         let (shared, peer) = (shared.clone(), peer.clone());
         tasks.spawn(async move {
+            // Datagrams already queued are taken with the one awaited, and
+            // the chunks they complete are verified as one batch; a lone
+            // chunk (nothing else queued) is verified at once on its own.
+            let mut burst = Vec::new();
             while let Ok(datagram) = peer.conn.read_datagram().await {
-                on_datagram(&shared, &peer, &datagram);
+                burst.extend(on_datagram(&shared, &peer, &datagram));
+                for _ in 0..MAX_DATAGRAM_BURST {
+                    match peer.conn.read_datagram().now_or_never() {
+                        Some(Ok(d)) => burst.extend(on_datagram(&shared, &peer, &d)),
+                        _ => break,
+                    }
+                }
+                if !burst.is_empty() {
+                    let from = Some(peer.id);
+                    let chunks = burst.drain(..).map(|c| (c, from)).collect();
+                    shared.accept_chunks(chunks, Path::Push);
+                }
             }
         });
     }
@@ -311,12 +328,8 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                 .parity
                 .lock()
                 .handle_report(u64::from(expected_shards), u64::from(received_shards));
+            // The metric is the per-class maximum, set at scrape time.
             peer.current_parity.store(m, Ordering::Relaxed);
-            shared
-                .metrics
-                .fec_parity
-                .with_label_values(&[&peer.name])
-                .set(i64::from(m));
         }
         Frame::Manifest(m) => {
             if let Err(e) = shared.accept_manifest(m, Some(peer.id)) {
@@ -334,13 +347,24 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
     }
 }
 
-fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
+/// Datagrams taken without awaiting after the one awaited: enough for a
+/// few 64 KiB chunks (~55 datagrams each) to complete together, few enough
+/// that the first of them is not held back long.
+const MAX_DATAGRAM_BURST: usize = 256;
+
+/// Feeds one push datagram to the assembler; returns the chunk it
+/// completed, if any, still unverified.
+fn on_datagram(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    datagram: &[u8],
+) -> Option<crate::chunk::Chunk> {
     // Shards already in flight when the ban closed the connection, or sent
     // on a connection the ban did not find, cost nothing: not even a decode.
     if shared.refuse_if_banned(peer.id, "datagram") {
         peer.conn
             .close(quinn::VarInt::from_u32(CLOSE_BANNED), b"banned");
-        return;
+        return None;
     }
     let shard = match Frame::decode(datagram) {
         Ok(Frame::Shard(s)) => s,
@@ -351,7 +375,7 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
                 .frames_malformed
                 .with_label_values(&["unexpected_datagram"])
                 .inc();
-            return;
+            return None;
         }
         Err(e) => {
             shared
@@ -360,7 +384,7 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
                 .with_label_values(&["datagram"])
                 .inc();
             tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
-            return;
+            return None;
         }
     };
     peer.shards_received.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +402,7 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
         }
     }
     if shared.store.contains(&shard.chunk, Instant::now()) {
-        return;
+        return None;
     }
     let outcome = shared
         .assembler
@@ -396,9 +420,7 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
                 }])
                 .inc();
             match Frame::decode(&done.bytes) {
-                Ok(Frame::Chunk(chunk)) => {
-                    shared.accept_chunk(chunk, Some(peer.id), Path::Push);
-                }
+                Ok(Frame::Chunk(chunk)) => return Some(chunk),
                 _ => {
                     // The rebuilt bytes are not a chunk: a corrupt or forged
                     // shard. Count it against the sender like a bad signature.
@@ -421,6 +443,7 @@ fn on_datagram(shared: &Arc<Shared>, peer: &Arc<Peer>, datagram: &[u8]) {
             tracing::debug!(peer = %peer.name, error = %e, "shard refused");
         }
     }
+    None
 }
 
 async fn push_chunk(

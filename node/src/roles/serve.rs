@@ -128,11 +128,60 @@ pub async fn count_requests(
         .http_requests
         .with_label_values(&[route.as_str(), resp.status().as_str()])
         .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[route.as_str()])
-        .observe(start.elapsed().as_secs_f64());
-    resp
+    // The handler returns once the headers are ready; an object's body is
+    // still to stream. The clock stops when the body is done with.
+    let histogram = metrics.http_duration.with_label_values(&[route.as_str()]);
+    resp.map(|body| {
+        axum::body::Body::new(TimedBody {
+            body,
+            timer: Some((histogram, start)),
+        })
+    })
+}
+
+/// A response body that observes its request's duration when the last byte
+/// has been sent, or when the client goes away first (the body is dropped).
+struct TimedBody {
+    body: axum::body::Body,
+    timer: Option<(prometheus::Histogram, std::time::Instant)>,
+}
+
+impl TimedBody {
+    fn observe(&mut self) {
+        if let Some((histogram, start)) = self.timer.take() {
+            histogram.observe(start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.observe();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.observe();
+    }
 }
 
 /// The body of every error answer.
@@ -162,7 +211,7 @@ impl HttpError {
         let mut message = message.into();
         if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         Self {
             status,
@@ -534,6 +583,46 @@ mod tests {
     use http_body_util::BodyExt;
     use std::collections::HashMap;
     use tower::ServiceExt;
+
+    /// The duration histogram covers the body, not just the headers: a
+    /// body that streams for 300 ms is observed as at least 300 ms.
+    #[tokio::test]
+    async fn request_duration_runs_to_the_end_of_the_body() {
+        let metrics = crate::metrics::Metrics::new("edge").unwrap();
+        let slow = || async {
+            let pieces = futures_util::stream::unfold(0u8, |i| async move {
+                if i == 3 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")),
+                    i + 1,
+                ))
+            });
+            axum::body::Body::from_stream(pieces)
+        };
+        let app =
+            Router::new()
+                .route("/slow", get(slow))
+                .layer(axum::middleware::from_fn_with_state(
+                    metrics.clone(),
+                    count_requests,
+                ));
+        let resp = app
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"xxx");
+        let h = metrics.http_duration.with_label_values(&["/slow"]);
+        assert_eq!(h.get_sample_count(), 1);
+        assert!(
+            h.get_sample_sum() >= 0.3,
+            "observed {}s",
+            h.get_sample_sum()
+        );
+    }
 
     #[derive(Default)]
     struct Fake {

@@ -7,6 +7,7 @@ use crate::crypto::{ReplayConfig, ReputationConfig, VerifyConfig};
 use crate::fec::AssemblerConfig;
 use crate::fec::ParityPolicy;
 use crate::p2p::ChokerConfig;
+use crate::p2p::picker::PickerConfig;
 use crate::roles::discovery::DiscoveryConfig;
 use crate::store::StoreConfig;
 use crate::transport::MeshLimits;
@@ -167,6 +168,18 @@ impl NodeSettings {
             rate_window: Duration::from_secs(p.rate_window_seconds.get()),
             optimistic_rotation_ticks: 3,
             max_peers: 1024,
+        }
+    }
+
+    /// The piece picker for an object of `pieces` chunks of `piece_bytes`:
+    /// a peer's rate starts at the node's upload cap (the link it can use)
+    /// and requests time out like every other pull.
+    pub fn picker_config(&self, pieces: u32, piece_bytes: u64) -> PickerConfig {
+        PickerConfig {
+            initial_rate_bytes_per_sec: self.config.p2p.max_upload_mbps.get() * 125_000,
+            request_timeout: self.request_timeout,
+            max_peers: 1024,
+            ..PickerConfig::for_object(pieces, piece_bytes)
         }
     }
 

@@ -24,7 +24,8 @@ mod net;
 mod world;
 
 use report::{
-    Bytes, Fec, FecCounts, FreeRiderCost, Percentiles, Perf, Report, TierCompletion, TierLatency,
+    Bytes, End, Fec, FecCounts, FreeRiderCost, Percentiles, Perf, Report, TierCompletion,
+    TierLatency,
 };
 use scenario::Scenario;
 use std::time::Instant;
@@ -125,6 +126,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
             }
         })
         .collect();
+    let end = end_of(scenario, &outcome);
     let nodes = 1 + u64::from(scenario.tiers.relays) + u64::from(scenario.tiers.edges);
     let peak = report::peak_rss_bytes();
     let c = &scenario.content;
@@ -171,6 +173,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
         crashes: outcome.crashes,
         leaves: outcome.leaves,
         rejoins: outcome.rejoins,
+        end,
         perf: Perf {
             events,
             wall_s,
@@ -180,6 +183,71 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
             rss_bytes_per_node: peak.map(|p| p / nodes),
         },
     })
+}
+
+/// Says why a run stopped. A run cut by `max_time_s` is not a stall: it
+/// reports how far it got and, at the pace it kept, how much longer it needed.
+fn end_of(scenario: &Scenario, o: &world::Outcome) -> End {
+    let readers = o
+        .completions
+        .iter()
+        .filter(|(t, _, _)| *t != "relay")
+        .count() as u64;
+    let nowhere = if o.chunks_nowhere > 0 {
+        format!(
+            "; {} of {} chunks never left the origin",
+            o.chunks_nowhere, o.chunks
+        )
+    } else {
+        String::new()
+    };
+    let (reason, detail) = match &o.ended {
+        world::Ended::Complete => ("complete", "every reader finished".to_owned()),
+        world::Ended::TimeLimit => {
+            let share = o
+                .held
+                .iter()
+                .filter(|(t, _)| *t != "relay")
+                .map(|(_, h)| *h)
+                .sum::<u64>() as f64
+                / (readers.max(1) * o.chunks.max(1)) as f64;
+            let more = if share > 0.0 {
+                format!(
+                    "; at this pace about {:.0} s more",
+                    o.virtual_end_s * (1.0 - share) / share
+                )
+            } else {
+                String::new()
+            };
+            (
+                "time_limit",
+                format!(
+                    "run.max_time_s = {} reached with {} of {} readers unfinished, {:.0} % of their chunks held; chunks still arrived at {:.1} s{}{}",
+                    scenario.run.max_time_s,
+                    o.unfinished,
+                    readers,
+                    share * 100.0,
+                    o.last_progress_s,
+                    nowhere,
+                    more
+                ),
+            )
+        }
+        world::Ended::Stalled(why) => (
+            "stalled",
+            format!(
+                "{why}; {} of {} readers unfinished, last chunk received at {:.1} s{}",
+                o.unfinished, readers, o.last_progress_s, nowhere
+            ),
+        ),
+    };
+    End {
+        reason: reason.to_owned(),
+        detail,
+        unfinished: o.unfinished,
+        last_progress_s: o.last_progress_s,
+        chunks_nowhere: o.chunks_nowhere,
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +405,87 @@ mod tests {
         let edge = tight.completion.iter().find(|t| t.tier == "edge").unwrap();
         assert_eq!(edge.completed, edge.nodes);
         assert!(tight.bytes.edge_to_edge_share < roomy.bytes.edge_to_edge_share);
+    }
+
+    #[test]
+    fn swarming_edges_trade_more_and_finish_sooner_than_in_order_readers() {
+        // Everyone asks at once: in-order readers all want the same chunk.
+        let mut s = small_object();
+        s.peers.start_spread_s = 0.5;
+        let swarm = run(&s).unwrap();
+        s.peers.swarm = false;
+        let readers = run(&s).unwrap();
+        let p99 = |r: &Report| {
+            let e = r.completion.iter().find(|t| t.tier == "edge").unwrap();
+            assert_eq!(e.completed, e.nodes, "{:?}", r.end);
+            e.seconds.unwrap().p99
+        };
+        assert!(
+            swarm.bytes.edge_to_edge_share > readers.bytes.edge_to_edge_share + 0.2,
+            "{:?} vs {:?}",
+            swarm.bytes,
+            readers.bytes
+        );
+        assert!(
+            p99(&swarm) < 0.8 * p99(&readers),
+            "{} vs {}",
+            p99(&swarm),
+            p99(&readers)
+        );
+        // Each relay is a seed of its share: the origin still sends the object once.
+        assert_eq!(swarm.bytes.origin, swarm.content_bytes);
+    }
+
+    #[test]
+    fn a_finished_run_says_complete() {
+        let r = run(&small_object()).unwrap();
+        assert_eq!(r.end.reason, "complete", "{:?}", r.end);
+        assert_eq!((r.end.unfinished, r.end.chunks_nowhere), (0, 0));
+    }
+
+    #[test]
+    fn a_run_cut_by_the_time_limit_says_how_far_it_got_and_is_not_a_stall() {
+        let mut s = small_object();
+        s.run.max_time_s = 3.0;
+        let r = run(&s).unwrap();
+        assert_eq!(r.end.reason, "time_limit", "{:?}", r.end);
+        assert!(r.end.unfinished > 0);
+        assert!(r.end.last_progress_s > 2.0, "{:?}", r.end);
+        assert!(
+            r.end.detail.contains("run.max_time_s = 3"),
+            "{}",
+            r.end.detail
+        );
+        assert!(r.end.detail.contains("s more"), "{}", r.end.detail);
+        assert!(r.table().contains("ended: time_limit"));
+    }
+
+    #[test]
+    fn a_chunk_nobody_can_get_stalls_the_run_which_stops_and_names_it() {
+        let s = small_object();
+        let o = world::World::new(&s, false).unwrap().withhold(5).run();
+        let end = end_of(&s, &o);
+        assert_eq!(end.reason, "stalled", "{end:?}");
+        // Swarming edges got everything else: only the withheld chunk is nowhere.
+        assert_eq!(end.chunks_nowhere, 1, "{end:?}");
+        assert_eq!(end.unfinished, 12);
+        // Stopped by the watchdog, long before the default hour of virtual time.
+        assert!(o.virtual_end_s < end.last_progress_s + 301.0, "{o:?}");
+        assert!(
+            end.detail.contains("1 of 64 chunks never left the origin"),
+            "{}",
+            end.detail
+        );
+        // In-order readers alone stop at the hole: what lies beyond stays home too.
+        let mut readers = s.clone();
+        readers.peers.swarm = false;
+        let o = world::World::new(&readers, false)
+            .unwrap()
+            .withhold(5)
+            .run();
+        let end = end_of(&readers, &o);
+        assert_eq!(end.reason, "stalled", "{end:?}");
+        assert!(end.chunks_nowhere > 1, "{end:?}");
     }
 
     #[test]

@@ -129,6 +129,21 @@ pub struct Perf {
     pub rss_bytes_per_node: Option<u64>,
 }
 
+/// Why the run stopped, so an unfinished run is never silent about it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct End {
+    /// `complete`, `time_limit` (chunks were still arriving) or `stalled`.
+    pub reason: String,
+    /// One sentence a reader can act on.
+    pub detail: String,
+    /// Object readers that had not finished.
+    pub unfinished: u64,
+    /// When a node last received a chunk it lacked, seconds of virtual time.
+    pub last_progress_s: f64,
+    /// Chunks no relay or edge held: what never left the origin.
+    pub chunks_nowhere: u64,
+}
+
 /// A run's report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -152,6 +167,7 @@ pub struct Report {
     pub crashes: u64,
     pub leaves: u64,
     pub rejoins: u64,
+    pub end: End,
     pub perf: Perf,
 }
 
@@ -266,6 +282,7 @@ impl Report {
                 c.slowdown_p90
             );
         }
+        let _ = writeln!(s, "ended: {} — {}", self.end.reason, self.end.detail);
         let p = &self.perf;
         let _ = writeln!(
             s,

@@ -294,6 +294,16 @@ pub struct Peers {
     pub start_spread_s: f64,
     /// Chunks an edge fetches ahead of the one it serves (`ServeConfig::read_ahead`).
     pub read_ahead: u32,
+    /// Edges swarm the whole object with the piece picker (`p2p::picker`):
+    /// the reader's next `read_ahead` chunks by deadline, the rest
+    /// rarest-first from neighbours, each relay asked for its share. False:
+    /// an edge fetches only what its reader reads (the old behaviour).
+    pub swarm: bool,
+    /// Swarming, the reader's next `read_ahead` chunks carry deadlines and go
+    /// first (to a relay when no neighbour has them). False: the edge pulls
+    /// the object with no reader waiting on the next chunk — a preheat, or a
+    /// client that takes the file once whole — so relays only seed.
+    pub deadlines: bool,
     /// Run the scenario again with free-riders behaving honestly, to report
     /// how much they slow the honest edges down.
     pub measure_free_rider_cost: bool,
@@ -307,6 +317,8 @@ impl Default for Peers {
             malicious: 0.0,
             start_spread_s: 0.0,
             read_ahead: 4,
+            swarm: true,
+            deadlines: true,
             measure_free_rider_cost: true,
         }
     }

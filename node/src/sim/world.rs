@@ -17,6 +17,7 @@ use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
 use crate::config::NodeConfig;
 use crate::crypto::{KeyRing, Rejection, Reputation, Signer, Verifier, VerifyConfig};
 use crate::fec::{Assembler, ParityPolicy, block_count, block_layout};
+use crate::p2p::picker::{Bitfield, Picker, upstream_stripe};
 use crate::p2p::{Choker, SourceKind, request_order};
 use crate::roles::framing;
 use crate::roles::settings::NodeSettings;
@@ -51,6 +52,22 @@ const LOSS_REPORT_EVERY: Nanos = 500 * MS;
 const RETRY_AFTER: Nanos = 500 * MS;
 /// The stream every simulated chunk belongs to.
 const STREAM: StreamId = StreamId(0x5133);
+/// An object run in which no node received a chunk it lacked for this long
+/// is stalled: nothing a retry timer or a choke tick does will change that,
+/// so the run stops and says so instead of idling to `max_time_s`.
+const STALL_AFTER: Nanos = 300 * SEC;
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) enum Ended {
+    /// Every object reader finished (or, live, the stream and its grace ran out).
+    #[default]
+    Complete,
+    /// `run.max_time_s` came first, while chunks were still arriving.
+    TimeLimit,
+    /// No node received a new chunk for [`STALL_AFTER`], or no event was left.
+    Stalled(&'static str),
+}
 
 /// A fixed-size bit set: which chunks a node holds.
 #[derive(Debug, Clone)]
@@ -103,6 +120,11 @@ struct EdgeState {
     inflight: Vec<u32>,
     /// The relay this edge takes pushes from.
     upstream: u32,
+    /// Swarming an object: the node's piece picker, whether the reader has
+    /// started, and the picker's requests in flight (chunk, peer, fetch).
+    picker: Option<Box<Picker>>,
+    started: bool,
+    swarm: Vec<(u32, u32, u32)>,
 }
 
 struct RelayState {
@@ -137,6 +159,8 @@ struct Node {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     Client,
+    /// A request the piece picker chose, to one peer.
+    Swarm,
     Repair,
     /// A relay pulling upstream for fetches waiting on it.
     Relay,
@@ -149,6 +173,8 @@ struct Fetch {
     purpose: Purpose,
     order: Vec<u32>,
     next: usize,
+    /// The picker cancelled it (endgame loser): dropped where it is met.
+    cancelled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +298,13 @@ pub(crate) struct Outcome {
     pub(crate) content_bytes: u64,
     pub(crate) chunks: u64,
     pub(crate) store_evictions: u64,
+    pub(crate) ended: Ended,
+    /// Object readers that had not finished when the run stopped.
+    pub(crate) unfinished: u64,
+    /// When a node last received a chunk it lacked, seconds.
+    pub(crate) last_progress_s: f64,
+    /// Chunks no relay or edge held at the end: what never left the origin.
+    pub(crate) chunks_nowhere: u64,
 }
 
 /// A whole simulated cluster.
@@ -300,6 +333,10 @@ pub(crate) struct World {
     /// Object readers (non-malicious edges) and how many have finished.
     readers: u64,
     readers_done: u64,
+    /// When a node last received a chunk it lacked (the stall watchdog).
+    last_progress: Nanos,
+    /// Chunks the origin does not have (tests make a stall with it).
+    withheld: Vec<u32>,
     /// One zeroed buffer of a chunk's size: every stored chunk's payload is
     /// a slice of it, so a store accounts real sizes without the bytes.
     payload: Bytes,
@@ -451,6 +488,9 @@ impl World {
                 cursor: 0,
                 inflight: Vec::new(),
                 upstream,
+                picker: None,
+                started: false,
+                swarm: Vec::new(),
             }));
             nodes.push(n);
         }
@@ -527,6 +567,8 @@ impl World {
             channels,
             readers: 0,
             readers_done: 0,
+            last_progress: 0,
+            withheld: Vec::new(),
             payload: Bytes::from(vec![0u8; s.chunk_bytes() as usize]),
             churn_rate: (s.churn.leave_per_hour + s.churn.crash_per_hour) * f64::from(n_edges)
                 / 3600.0,
@@ -537,6 +579,13 @@ impl World {
             w.connect_edge(e);
         }
         Ok(w)
+    }
+
+    /// The origin will not have chunk `seq`: no node can ever finish.
+    #[cfg(test)]
+    pub(crate) fn withhold(mut self, seq: u32) -> Self {
+        self.withheld.push(seq);
+        self
     }
 
     /// Frame overheads from the real wire encoder.
@@ -557,9 +606,59 @@ impl World {
         self.shard_frame_overhead = framing::encode(&Frame::Shard(shard)).len() as u64;
     }
 
-    /// Registers an edge's neighbours with its choker, as a session does.
+    /// Registers an edge's neighbours with its choker, as a session does,
+    /// and, swarming an object, with a fresh piece picker: neighbours with
+    /// what they hold, each relay as a seed of its share.
     fn connect_edge(&mut self, e: u32) {
         let now = self.instant(self.q.now());
+        let reader = self.nodes[e as usize].behaviour != Behaviour::Malicious;
+        if reader && self.s.peers.swarm && !self.s.content.is_live() {
+            let mut picker = Picker::new(
+                self.settings
+                    .picker_config(self.chunks, self.s.chunk_bytes()),
+            );
+            let relays = self.relays as usize;
+            let rtt_to = |link: super::scenario::Link| {
+                Duration::from_secs_f64(2.0 * link.latency_ms / 1000.0)
+            };
+            for r in 0..relays {
+                let _ = picker.add_seed_of(
+                    PeerId(1 + r as u64),
+                    upstream_stripe(self.chunks, r, relays),
+                    rtt_to(self.s.network.relay_edge),
+                );
+            }
+            let nbs: Vec<u32> = self.nodes[e as usize]
+                .edge
+                .as_ref()
+                .map(|x| x.neighbours.iter().map(|n| n.id).collect())
+                .unwrap_or_default();
+            for nb in nbs {
+                let other = &self.nodes[nb as usize];
+                let has = match other.behaviour {
+                    Behaviour::Malicious => Bitfield::full(self.chunks),
+                    Behaviour::FreeRider => Bitfield::new(self.chunks),
+                    Behaviour::Honest => {
+                        let mut b = Bitfield::new(self.chunks);
+                        if other.held > 0 {
+                            for i in 0..self.chunks {
+                                if other.have.get(i) {
+                                    b.set(i);
+                                }
+                            }
+                        }
+                        b
+                    }
+                };
+                let _ =
+                    picker.add_peer(PeerId(u64::from(nb)), has, rtt_to(self.s.network.edge_edge));
+            }
+            if let Some(x) = self.nodes[e as usize].edge.as_mut() {
+                x.picker = Some(Box::new(picker));
+                x.swarm.clear();
+                x.started = false;
+            }
+        }
         if let Some(x) = self.nodes[e as usize].edge.as_mut() {
             x.choker = Choker::new(self.settings.choker_config());
             for nb in &mut x.neighbours {
@@ -636,9 +735,11 @@ impl World {
             // The origin holds the whole object from the start.
             let o = &mut self.nodes[0];
             for i in 0..self.chunks {
-                o.have.set(i);
+                if !self.withheld.contains(&i) {
+                    o.have.set(i);
+                    o.held += 1;
+                }
             }
-            o.held = self.chunks;
         }
         let spread = secs(self.s.peers.start_spread_s);
         let tick = self.settings.unchoke_interval.as_nanos() as Nanos;
@@ -688,15 +789,31 @@ impl World {
         } else {
             Nanos::MAX
         };
+        let mut ended = Ended::Stalled("no event was left to handle");
         while let Some((now, ev)) = self.q.pop() {
-            if now > limit || now > live_end {
+            if now > live_end {
+                ended = Ended::Complete;
+                break;
+            }
+            if now > limit {
+                ended = Ended::TimeLimit;
+                break;
+            }
+            if !live && now.saturating_sub(self.last_progress) > STALL_AFTER {
+                ended = Ended::Stalled("no node received a chunk it lacked for 300 s");
                 break;
             }
             self.handle(now, ev);
             if !live && self.all_done() {
+                ended = Ended::Complete;
                 break;
             }
         }
+        if live && ended != Ended::TimeLimit {
+            // A live run ends when its stream does, not when readers finish.
+            ended = Ended::Complete;
+        }
+        self.out.ended = ended;
         self.finish()
     }
 
@@ -716,6 +833,9 @@ impl World {
                 let n = &mut self.nodes[e as usize];
                 if n.online {
                     n.start = now;
+                    if let Some(x) = n.edge.as_mut() {
+                        x.started = true;
+                    }
                     self.pump(e, now);
                 }
             }
@@ -726,10 +846,15 @@ impl World {
             Ev::Reply { fetch, from, kind } => self.on_reply(fetch, from, kind, now),
             Ev::Push { from, to, seq, m } => self.on_push(from, to, seq, m, now),
             Ev::Choke { from, to, unchoked } => {
+                let mut ask = false;
                 if let Some(x) = self.nodes[to as usize].edge.as_mut() {
                     if let Some(nb) = x.neighbours.iter_mut().find(|n| n.id == from) {
                         nb.unchoked_us = unchoked;
                     }
+                    ask = unchoked && x.started && x.picker.is_some();
+                }
+                if ask && self.nodes[to as usize].online {
+                    self.pump(to, now);
                 }
             }
             Ev::Repair {
@@ -817,6 +942,7 @@ impl World {
             purpose,
             order,
             next: 0,
+            cancelled: false,
         };
         let id = match self.free_fetches.pop() {
             Some(id) => {
@@ -855,6 +981,11 @@ impl World {
                         x.inflight.retain(|&s| s != f.seq);
                     }
                 }
+                if f.purpose == Purpose::Swarm {
+                    if let Some(x) = self.nodes[f.requester as usize].edge.as_mut() {
+                        x.swarm.retain(|&(_, _, id)| id != fetch);
+                    }
+                }
             }
         }
     }
@@ -884,6 +1015,10 @@ impl World {
         let Some(Some(f)) = self.fetches.get(fetch as usize) else {
             return;
         };
+        if f.cancelled {
+            // The cancel overtook nothing: the server never starts sending.
+            return self.finish_fetch(fetch, now);
+        }
         let (req, seq) = (f.requester, f.seq);
         let server = &self.nodes[to as usize];
         if !server.online {
@@ -969,9 +1104,12 @@ impl World {
         };
         let (req, seq, inc, purpose) = (f.requester, f.seq, f.incarnation, f.purpose);
         let n = &self.nodes[req as usize];
-        if !n.online || n.incarnation != inc {
+        if !n.online || n.incarnation != inc || f.cancelled {
             self.finish_fetch(fetch, now);
             return;
+        }
+        if purpose == Purpose::Swarm {
+            return self.on_swarm_reply(fetch, req, seq, from, kind, now);
         }
         match kind {
             ReplyKind::Good => {
@@ -979,7 +1117,7 @@ impl World {
                     self.out.repairs += 1;
                 }
                 self.finish_fetch(fetch, now);
-                self.deliver(req, seq, from, now);
+                self.deliver(req, seq, from, now, false);
                 if purpose == Purpose::Client {
                     self.pump(req, now);
                 }
@@ -1007,7 +1145,9 @@ impl World {
     }
 
     /// A verified chunk arrives at `node` from `from`.
-    fn deliver(&mut self, node: u32, seq: u32, from: u32, now: Nanos) {
+    /// `pushed`: it came as a push (a relay forwards only those, as the
+    /// node's does), not as a pull.
+    fn deliver(&mut self, node: u32, seq: u32, from: u32, now: Nanos, pushed: bool) {
         let payload = self.s.chunk_len(u64::from(seq));
         let t = self.instant(now);
         let from_tier = self.nodes[from as usize].tier;
@@ -1016,6 +1156,9 @@ impl World {
             return;
         }
         let stored = self.stored_chunk(seq);
+        if !again {
+            self.last_progress = now;
+        }
         let n = &mut self.nodes[node as usize];
         if let Some(st) = n.store.as_ref() {
             // Fits by construction: the budget is validated >= 1 MiB and a
@@ -1026,6 +1169,29 @@ impl World {
             n.have.set(seq);
             n.held += 1;
         }
+        if n.tier == Tier::Edge && !again {
+            if let Some(p) = n.edge.as_mut().and_then(|x| x.picker.as_mut()) {
+                p.mark_held(seq);
+            }
+            if n.behaviour == Behaviour::Honest {
+                // "Have" to every neighbour, read at once (as the model says).
+                let nbs: Vec<u32> = n
+                    .edge
+                    .as_ref()
+                    .map(|x| x.neighbours.iter().map(|nb| nb.id).collect())
+                    .unwrap_or_default();
+                for nb in nbs {
+                    if let Some(p) = self.nodes[nb as usize]
+                        .edge
+                        .as_mut()
+                        .and_then(|x| x.picker.as_mut())
+                    {
+                        p.handle_have(PeerId(u64::from(node)), seq);
+                    }
+                }
+            }
+        }
+        let n = &mut self.nodes[node as usize];
         if n.tier == Tier::Edge {
             self.out.edge_bytes_in += payload;
             if from_tier == Tier::Edge {
@@ -1063,10 +1229,14 @@ impl World {
                 let Some(Some(f)) = self.fetches.get(fetch as usize) else {
                     continue;
                 };
+                if f.cancelled {
+                    self.finish_fetch(fetch, now);
+                    continue;
+                }
                 let req = f.requester;
                 self.send_chunk(fetch, node, req, seq, now, true);
             }
-            if live && !again {
+            if live && !again && pushed {
                 let subs = self.nodes[node as usize]
                     .relay
                     .as_ref()
@@ -1107,6 +1277,13 @@ impl World {
     /// The object reader at edge `e`: serve held chunks in order, keep
     /// `read_ahead` fetches going beyond the one being served.
     fn pump(&mut self, e: u32, now: Nanos) {
+        if self.nodes[e as usize]
+            .edge
+            .as_ref()
+            .is_some_and(|x| x.picker.is_some())
+        {
+            return self.swarm_pump(e, now);
+        }
         let read_ahead = self.s.peers.read_ahead;
         let chunks = self.chunks;
         let n = &mut self.nodes[e as usize];
@@ -1125,7 +1302,9 @@ impl World {
             }
             return;
         }
-        let end = (x.cursor + 1 + read_ahead).min(chunks);
+        // The node's reader keeps `read_ahead` fetches in flight, the chunk
+        // it is about to write included (`serve::stream_object`).
+        let end = (x.cursor + read_ahead).min(chunks);
         let wanted: Vec<u32> = (x.cursor..end)
             .filter(|&s| !n.have.get(s) && !x.inflight.contains(&s))
             .collect();
@@ -1133,6 +1312,167 @@ impl World {
         for seq in wanted {
             self.start_fetch(e, seq, Purpose::Client, now);
         }
+    }
+
+    /// A swarming edge: the reader's next chunks get deadlines, then every
+    /// peer it may ask (neighbours that unchoked it and are not banned, then
+    /// the relays) is given requests until the picker says its pipeline is
+    /// full or it has nothing this node lacks.
+    fn swarm_pump(&mut self, e: u32, now: Nanos) {
+        let t = self.instant(now);
+        let chunks = self.chunks;
+        let read_ahead = self.s.peers.read_ahead;
+        let detect = secs(self.s.churn.detect_crash_s);
+        // A chunk's time on this edge's download link: the reader's pace.
+        let chunk_ns = (self.s.chunk_bytes() as f64 * 8_000.0 / self.s.nodes.edge.down_mbps) as u64;
+        let reachable =
+            |n: &Node| n.online || (n.crashed && now.saturating_sub(n.offline_since) < detect);
+        let mut peers: Vec<u32> = Vec::new();
+        {
+            let n = &self.nodes[e as usize];
+            let Some(x) = n.edge.as_ref() else {
+                return;
+            };
+            for nb in &x.neighbours {
+                if nb.unchoked_us
+                    && reachable(&self.nodes[nb.id as usize])
+                    && !x.reputation.is_banned(PeerId(u64::from(nb.id)), t)
+                {
+                    peers.push(nb.id);
+                }
+            }
+            peers.extend((1..=self.relays).filter(|&r| reachable(&self.nodes[r as usize])));
+        }
+        let n = &mut self.nodes[e as usize];
+        let Some(x) = n.edge.as_mut() else {
+            return;
+        };
+        while x.cursor < chunks && n.have.get(x.cursor) {
+            x.cursor += 1;
+        }
+        if x.cursor >= chunks {
+            if n.done.is_none() {
+                n.done = Some(now);
+                if n.behaviour != Behaviour::Malicious {
+                    self.readers_done += 1;
+                }
+            }
+            return;
+        }
+        let Some(picker) = x.picker.as_mut() else {
+            return;
+        };
+        // The node's reader keeps `read_ahead` fetches in flight, the chunk
+        // it is about to write included (`serve::stream_object`).
+        let end = if self.s.peers.deadlines {
+            (x.cursor + read_ahead).min(chunks)
+        } else {
+            x.cursor
+        };
+        for (i, seq) in (x.cursor..end).enumerate() {
+            if !n.have.get(seq) {
+                picker.set_piece_deadline(seq, t + Duration::from_nanos(chunk_ns * (i as u64 + 1)));
+            }
+        }
+        let mut asks = Vec::new();
+        for peer in peers {
+            while let Some(r) = picker.poll_request(PeerId(u64::from(peer)), t, &mut x.rng) {
+                asks.push((r.piece, peer));
+            }
+        }
+        for (seq, to) in asks {
+            let f = Fetch {
+                requester: e,
+                seq,
+                incarnation: self.nodes[e as usize].incarnation,
+                purpose: Purpose::Swarm,
+                order: vec![to],
+                next: 0,
+                cancelled: false,
+            };
+            let id = match self.free_fetches.pop() {
+                Some(id) => {
+                    self.fetches[id as usize] = Some(f);
+                    id
+                }
+                None => {
+                    self.fetches.push(Some(f));
+                    (self.fetches.len() - 1) as u32
+                }
+            };
+            if let Some(x) = self.nodes[e as usize].edge.as_mut() {
+                x.swarm.push((seq, to, id));
+            }
+            self.send_next(id, now);
+        }
+    }
+
+    /// What came back for a picker's request: the picker learns it (and
+    /// names endgame losers to cancel), then the edge asks for more.
+    fn on_swarm_reply(
+        &mut self,
+        fetch: u32,
+        req: u32,
+        seq: u32,
+        from: u32,
+        kind: ReplyKind,
+        now: Nanos,
+    ) {
+        let t = self.instant(now);
+        let payload = self.s.chunk_len(u64::from(seq));
+        self.finish_fetch(fetch, now);
+        match kind {
+            ReplyKind::Good => {
+                let mut losers = Vec::new();
+                if let Some(x) = self.nodes[req as usize].edge.as_mut() {
+                    if let Some(p) = x.picker.as_mut() {
+                        let got = p.handle_received(PeerId(u64::from(from)), seq, payload, t);
+                        for peer in got.cancel {
+                            if let Some(i) = x
+                                .swarm
+                                .iter()
+                                .position(|&(s, to, _)| s == seq && u64::from(to) == peer.0)
+                            {
+                                losers.push(x.swarm.swap_remove(i).2);
+                            }
+                        }
+                    }
+                }
+                for id in losers {
+                    if let Some(Some(f)) = self.fetches.get_mut(id as usize) {
+                        f.cancelled = true;
+                    }
+                }
+                self.deliver(req, seq, from, now, false);
+            }
+            ReplyKind::Bad => {
+                self.out.chunks_rejected += 1;
+                let rejection = self.forged.clone();
+                let mut newly_banned = false;
+                if let Some(x) = self.nodes[req as usize].edge.as_mut() {
+                    let peer = PeerId(u64::from(from));
+                    let was = x.reputation.is_banned(peer, t);
+                    if x.reputation.record(peer, &rejection, t).is_banned() && !was {
+                        newly_banned = true;
+                        x.choker.set_banned(peer, true);
+                    }
+                    if let Some(p) = x.picker.as_mut() {
+                        p.handle_failed(peer, seq);
+                    }
+                }
+                self.out.peers_banned += u64::from(newly_banned);
+            }
+            ReplyKind::Refused => {
+                if let Some(p) = self.nodes[req as usize]
+                    .edge
+                    .as_mut()
+                    .and_then(|x| x.picker.as_mut())
+                {
+                    p.handle_failed(PeerId(u64::from(from)), seq);
+                }
+            }
+        }
+        self.pump(req, now);
     }
 
     fn choke_tick(&mut self, e: u32, now: Nanos) {
@@ -1277,8 +1617,11 @@ impl World {
         };
         counts[outcome] += 1;
         if ok {
-            self.deliver(to, seq, from, now);
-        } else {
+            self.deliver(to, seq, from, now, true);
+        } else if self.nodes[to as usize].tier == Tier::Edge {
+            // Only an edge repairs a chunk FEC could not rebuild (its player
+            // waits for it). A relay, like the node's, never repairs on its
+            // own: an edge's repair makes it pull the chunk upstream.
             let incarnation = self.nodes[to as usize].incarnation;
             let at = now + self.settings.repair_delay.as_nanos() as Nanos;
             self.q.push(
@@ -1393,6 +1736,16 @@ impl World {
                 None => out.held.push((label, u64::from(n.held))),
             }
         }
+        out.unfinished = self.readers.saturating_sub(self.readers_done);
+        out.last_progress_s = self.last_progress as f64 / SEC as f64;
+        let mut anywhere = Bits::new(self.chunks as usize);
+        for n in self.nodes.iter().filter(|n| n.tier != Tier::Origin) {
+            for (a, b) in anywhere.0.iter_mut().zip(&n.have.0) {
+                *a |= b;
+            }
+        }
+        let held_somewhere: u64 = anywhere.0.iter().map(|w| u64::from(w.count_ones())).sum();
+        out.chunks_nowhere = u64::from(self.chunks).saturating_sub(held_somewhere);
         let [relay, edge, rider] = std::mem::take(&mut self.latency);
         out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
         out

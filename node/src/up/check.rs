@@ -24,11 +24,47 @@ pub struct Targets {
 }
 
 /// One line of the summary.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Outcome {
     pub what: String,
     pub ok: bool,
     pub detail: String,
+}
+
+/// A measurement taken along the way (`publish_to_last_edge_ms`,
+/// `origin_offload`); the testbed reads them from the `FIGURE` lines.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Figure {
+    pub name: &'static str,
+    pub value: f64,
+    pub detail: String,
+}
+
+/// Everything one check found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Every step passed, and there was at least one.
+    pub ok: bool,
+    pub passed: usize,
+    pub failed: usize,
+    pub outcomes: Vec<Outcome>,
+    pub figures: Vec<Figure>,
+}
+
+/// Collects outcomes while the check runs, advancing the progress bar.
+#[derive(Debug)]
+struct Collector {
+    outcomes: Vec<Outcome>,
+    figures: Vec<Figure>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Collector {
+    fn push(&mut self, o: Outcome) {
+        self.bar.inc(1);
+        self.bar.set_message(o.what.clone());
+        self.outcomes.push(o);
+    }
 }
 
 /// The check's sizes.
@@ -92,26 +128,43 @@ where
     }
 }
 
-/// Runs the check and returns one outcome per step.
-pub async fn run(targets: &Targets, sizes: CheckSizes) -> Vec<Outcome> {
+/// Runs the check: one outcome per step, and the figures measured.
+pub async fn run(targets: &Targets, sizes: CheckSizes) -> Report {
     let client = Client::new(Duration::from_secs(30));
-    let mut out = Vec::new();
-
+    let steps = |on: bool| {
+        if on {
+            1 + targets.edges.len() as u64
+        } else {
+            0
+        }
+    };
+    let mut out = Collector {
+        outcomes: Vec::new(),
+        figures: Vec::new(),
+        bar: crate::cli::progress::steps(
+            steps(sizes.object_bytes > 0) + steps(sizes.live_pieces > 0),
+            "check",
+        ),
+    };
     if sizes.object_bytes > 0 {
         check_object(&client, targets, sizes, &mut out).await;
     }
     if sizes.live_pieces > 0 {
         check_live(&client, targets, sizes, &mut out).await;
     }
-    out
+    out.bar.finish_and_clear();
+    let passed = out.outcomes.iter().filter(|o| o.ok).count();
+    let failed = out.outcomes.len() - passed;
+    Report {
+        ok: failed == 0 && passed > 0,
+        passed,
+        failed,
+        outcomes: out.outcomes,
+        figures: out.figures,
+    }
 }
 
-async fn check_object(
-    client: &Client,
-    targets: &Targets,
-    sizes: CheckSizes,
-    out: &mut Vec<Outcome>,
-) {
+async fn check_object(client: &Client, targets: &Targets, sizes: CheckSizes, out: &mut Collector) {
     let egress_before = match &targets.origin_admin {
         Some(a) => origin_mesh_egress(client, a).await,
         None => None,
@@ -201,27 +254,29 @@ async fn check_object(
         out.push(outcome);
     }
     if all_ok {
-        println!(
-            "FIGURE publish_to_last_edge_ms {:.0} ({} edges, {} bytes)",
-            slowest.as_secs_f64() * 1000.0,
-            targets.edges.len(),
-            object.len()
-        );
+        out.figures.push(Figure {
+            name: "publish_to_last_edge_ms",
+            value: (slowest.as_secs_f64() * 1000.0).round(),
+            detail: format!("{} edges, {} bytes", targets.edges.len(), object.len()),
+        });
     }
     if let (Some(before), Some(admin)) = (egress_before, &targets.origin_admin) {
         if let Some(after) = origin_mesh_egress(client, admin).await {
-            println!(
-                "FIGURE origin_offload {:.3} (origin mesh egress {} bytes / object {} bytes, {} edges)",
-                (after - before) / object.len() as f64,
-                after - before,
-                object.len(),
-                targets.edges.len()
-            );
+            out.figures.push(Figure {
+                name: "origin_offload",
+                value: (after - before) / object.len() as f64,
+                detail: format!(
+                    "origin mesh egress {} bytes / object {} bytes, {} edges",
+                    after - before,
+                    object.len(),
+                    targets.edges.len()
+                ),
+            });
         }
     }
 }
 
-async fn check_live(client: &Client, targets: &Targets, sizes: CheckSizes, out: &mut Vec<Outcome>) {
+async fn check_live(client: &Client, targets: &Targets, sizes: CheckSizes, out: &mut Collector) {
     // A live stream: pieces arrive over time, each becomes a chunk at once.
     let stream = format!("check-live-{}", std::process::id());
     let pieces: Vec<Vec<u8>> = (0..sizes.live_pieces)
@@ -298,18 +353,21 @@ async fn check_live(client: &Client, targets: &Targets, sizes: CheckSizes, out: 
     }
 }
 
-/// Prints the outcomes and says whether all passed.
-pub fn report(outcomes: &[Outcome]) -> bool {
-    for o in outcomes {
-        println!(
-            "{} {:<60} {}",
-            if o.ok { "PASS" } else { "FAIL" },
-            o.what,
-            o.detail
-        );
+impl std::fmt::Display for Report {
+    /// One `PASS`/`FAIL` line per step, the `FIGURE` lines, a count.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for o in &self.outcomes {
+            let verdict = if o.ok { "PASS" } else { "FAIL" };
+            writeln!(f, "{verdict} {:<60} {}", o.what, o.detail)?;
+        }
+        for fig in &self.figures {
+            // origin_offload is a ratio; the other figures are whole numbers.
+            if fig.name == "origin_offload" {
+                writeln!(f, "FIGURE {} {:.3} ({})", fig.name, fig.value, fig.detail)?;
+            } else {
+                writeln!(f, "FIGURE {} {:.0} ({})", fig.name, fig.value, fig.detail)?;
+            }
+        }
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
     }
-    let passed = outcomes.iter().filter(|o| o.ok).count();
-    let failed = outcomes.len() - passed;
-    println!("{passed} passed, {failed} failed");
-    failed == 0 && passed > 0
 }

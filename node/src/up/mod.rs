@@ -16,6 +16,58 @@ pub struct UpOptions {
     pub check: bool,
     /// The `dcdn` binary to start for each node.
     pub program: std::path::PathBuf,
+    /// Print [`UpReport`] as JSON instead of text.
+    pub json: bool,
+}
+
+/// One node of a local DCDN, as `dcdn up --json` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeUrls {
+    pub name: String,
+    pub role: crate::config::Role,
+    pub mesh: String,
+    /// Origin ingest base URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<String>,
+    /// Edge client base URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<String>,
+    pub admin: String,
+}
+
+/// What `dcdn up --json` prints: once every node is ready, or with
+/// `--check`, after the check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpReport {
+    pub dir: std::path::PathBuf,
+    /// The throwaway ingest token of this local DCDN.
+    pub ingest_token: String,
+    pub nodes: Vec<NodeUrls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<check::Report>,
+}
+
+impl UpReport {
+    fn new(plan: &plan::Plan) -> Self {
+        use crate::config::Role;
+        Self {
+            dir: plan.dir.clone(),
+            ingest_token: plan.ingest_token.clone(),
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| NodeUrls {
+                    name: n.name.clone(),
+                    role: n.role,
+                    mesh: n.mesh.to_string(),
+                    ingest: (n.role == Role::Origin).then(|| format!("http://{}", n.http)),
+                    serve: (n.role == Role::Edge).then(|| format!("http://{}", n.http)),
+                    admin: format!("http://{}", n.admin),
+                })
+                .collect(),
+            check: None,
+        }
+    }
 }
 
 /// Starts the cluster; with `check`, runs the check and stops; otherwise runs
@@ -23,10 +75,12 @@ pub struct UpOptions {
 pub async fn run(opts: UpOptions) -> anyhow::Result<bool> {
     // The check fetches through every edge: with none it would check nothing
     // and pass.
-    anyhow::ensure!(
-        !(opts.check && opts.counts.edges == 0),
-        "--check needs at least one edge to fetch through (--edges 0 was given)"
-    );
+    if opts.check && opts.counts.edges == 0 {
+        return Err(crate::cli::Failure::Usage(
+            "--check needs at least one edge to fetch through (--edges 0 was given)".into(),
+        )
+        .into());
+    }
     run_planned(&opts, || plan::plan(&opts.dir, opts.counts, |_| {})).await
 }
 
@@ -55,7 +109,7 @@ pub async fn run_planned(
     let result = match result {
         Some(r) => r,
         None => {
-            println!("stopping");
+            eprintln!("stopping");
             // Interrupted: a check did not finish, so it did not pass; a
             // serving cluster passed if no node died.
             Ok(!opts.check && cluster.exited().is_empty() && !cluster.nodes.is_empty())
@@ -90,17 +144,17 @@ async fn start(
                 },
             )?;
         }
-        match cluster.wait_ready(Duration::from_secs(30)).await {
+        let bar = crate::cli::progress::steps(plan.nodes.len() as u64, "starting");
+        let ready = cluster.wait_ready(Duration::from_secs(30), &bar).await;
+        bar.finish_and_clear();
+        match ready {
             Ok(()) => return Ok(plan),
             // Ports are planned free, then released for the nodes to bind:
             // in between another program (often another `dcdn up`) can take
             // one. The ports are not handed over as open sockets, so the cure
             // is fresh ports.
             Err(e) if e.address_in_use() && attempt < START_ATTEMPTS => {
-                eprintln!(
-                    "{e}
-a planned port was taken meanwhile; planning new ports"
-                );
+                eprintln!("{e}\na planned port was taken meanwhile; planning new ports");
                 cluster.stop(Duration::from_secs(5)).await;
                 attempt += 1;
             }
@@ -115,7 +169,12 @@ async fn start_and_serve(
     cluster: &mut procs::Cluster,
 ) -> anyhow::Result<bool> {
     let plan = start(opts, make_plan, cluster).await?;
-    print_urls(&plan, &plan.dir, cluster);
+    let mut report = UpReport::new(&plan);
+    if !opts.json {
+        print_urls(&plan, &plan.dir, cluster);
+    } else if !opts.check {
+        println!("{}", serde_json::to_string(&report)?);
+    }
     let origin = plan
         .origin()
         .ok_or_else(|| anyhow::anyhow!("the plan has no origin"))?;
@@ -126,8 +185,14 @@ async fn start_and_serve(
             edges: plan.edges().map(|e| format!("http://{}", e.http)).collect(),
             origin_admin: Some(format!("http://{}", origin.admin)),
         };
-        let outcomes = check::run(&targets, check::CheckSizes::default()).await;
-        let mut ok = check::report(&outcomes);
+        let outcome = check::run(&targets, check::CheckSizes::default()).await;
+        let mut ok = outcome.ok;
+        if opts.json {
+            report.check = Some(outcome);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{outcome}");
+        }
         for (name, status) in cluster.exited() {
             eprintln!("{name} exited ({status}) during the check");
             ok = false;
@@ -137,7 +202,9 @@ async fn start_and_serve(
         }
         return Ok(ok);
     }
-    println!("\nPress Ctrl-C to stop.");
+    if !opts.json {
+        println!("\nPress Ctrl-C to stop.");
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reported = std::collections::BTreeSet::new();
     loop {
@@ -184,11 +251,29 @@ fn print_urls(plan: &plan::Plan, dir: &Path, cluster: &procs::Cluster) {
     }
     if let Some(o) = plan.origin() {
         println!(
-            "\npublish: curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME",
+            "\npublish: dcdn publish FILE --origin http://{} --token {}",
+            o.http, plan.ingest_token
+        );
+        println!(
+            "         (curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME)",
             plan.ingest_token, o.http
         );
         if let Some(e) = plan.edges().next() {
-            println!("fetch:   curl http://{}/v1/objects/NAME", e.http);
+            println!(
+                "fetch:   dcdn fetch http://{}/v1/objects/NAME -o FILE",
+                e.http
+            );
+            println!("         (curl -o FILE http://{}/v1/objects/NAME)", e.http);
         }
+        let admins: Vec<String> = plan
+            .nodes
+            .iter()
+            .map(|n| format!("http://{}", n.admin))
+            .collect();
+        println!(
+            "status:  dcdn status --admin {} --token $(cat {})",
+            admins.join(","),
+            plan.dir.join("admin-token").display()
+        );
     }
 }

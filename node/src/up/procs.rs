@@ -108,10 +108,16 @@ impl Cluster {
 
     /// Waits until every child answers its readiness URL, failing early when
     /// one exits.
-    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), ProcError> {
+    /// `progress` advances by one per ready node (a hidden bar draws nothing).
+    pub async fn wait_ready(
+        &mut self,
+        deadline: Duration,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<(), ProcError> {
         let client = Client::new(Duration::from_secs(2));
         let start = Instant::now();
         for node in &mut self.nodes {
+            progress.set_message(node.spec.name.clone());
             loop {
                 if let Ok(Some(status)) = node.child.try_wait() {
                     return Err(ProcError::Exited {
@@ -121,6 +127,7 @@ impl Cluster {
                     });
                 }
                 if client.get(&node.spec.ready_url, None).await.is_ok() {
+                    progress.inc(1);
                     break;
                 }
                 if start.elapsed() > deadline {
@@ -168,15 +175,16 @@ impl Cluster {
     }
 }
 
-/// Sends SIGTERM without `unsafe` or a libc binding: the `kill` command is on
-/// every system `dcdn up` runs on.
+/// Sends SIGTERM so the node drains. rustix wraps the system call safely;
+/// a failure (the child already exited) needs no handling: `stop` waits and
+/// then kills whatever is left.
 fn terminate(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +208,7 @@ mod tests {
             )
             .unwrap();
         let err = cluster
-            .wait_ready(Duration::from_secs(10))
+            .wait_ready(Duration::from_secs(10), &indicatif::ProgressBar::hidden())
             .await
             .unwrap_err();
         let text = err.to_string();
@@ -210,24 +218,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stop_terminates_running_children() {
+    async fn stop_sends_sigterm_so_children_drain() {
         let dir = std::env::temp_dir().join(format!("dcdn-procs2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cluster = Cluster::default();
+        // The trap runs only on SIGTERM: a SIGKILL after the grace would
+        // leave the log empty.
         cluster
             .spawn(
-                std::path::Path::new("/bin/sleep"),
+                std::path::Path::new("/bin/sh"),
                 NodeProc {
                     name: "sleeper".into(),
-                    args: vec!["60".into()],
+                    args: vec![
+                        "-c".into(),
+                        "trap 'echo drained; exit 0' TERM; echo up; while :; do sleep 0.05; done"
+                            .into(),
+                    ],
                     log: dir.join("s.log"),
                     ready_url: String::new(),
                 },
             )
             .unwrap();
+        // Let the shell install its trap before the signal.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tail(&dir.join("s.log"), 5).contains("up") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let start = Instant::now();
         cluster.stop(Duration::from_secs(5)).await;
         assert!(start.elapsed() < Duration::from_secs(4));
         assert!(cluster.nodes.is_empty());
+        assert!(tail(&dir.join("s.log"), 5).contains("drained"));
     }
 }

@@ -1,0 +1,1083 @@
+//! The piece picker: which chunk of an object to ask which peer for next.
+//!
+//! One [`Picker`] per object being swarmed. It decides, in this order:
+//!
+//! 1. **Streaming window by deadline** (libtorrent's `set_piece_deadline`):
+//!    pieces a client is reading now carry a deadline and go first, earliest
+//!    deadline first; a deadline piece whose deadline passed may be asked of
+//!    a second peer, so a reader never waits behind one slow peer.
+//! 2. **Random first pieces**: until `random_first` pieces are held, pick at
+//!    random, so a newcomer quickly has something to trade.
+//! 3. **Rarest first** among the neighbours' bitfields (upstream seeds are not
+//!    counted: they have everything and say nothing about rarity), ties
+//!    broken at random so edges asking the same seed ask for different pieces.
+//!    A seed (an upstream) is asked only for pieces at most
+//!    `seed_max_availability` neighbours have — what a neighbour has comes
+//!    from the neighbour, so the tier above hands each piece to a few edges
+//!    and edges trade the rest — unless no neighbour is being asked for
+//!    anything (then the seed is the only way forward and gets any piece).
+//! 4. **Endgame**: once every missing piece is requested, a missing piece may
+//!    be asked of another peer too (at most `endgame_requests` at once); the
+//!    first copy in wins and [`Picker::handle_received`] names the losers to
+//!    cancel.
+//!
+//! How many requests a peer gets at once is its bandwidth-delay product in
+//! pieces (measured delivery rate × round-trip time, plus one so the pipe
+//! never drains between replies), clamped to `[min_pipeline, max_pipeline]`.
+//!
+//! Sans-I/O: time and randomness are arguments; the caller sends the
+//! requests and cancels, and tells the picker what came back. It does not
+//! decide whom we may ask (the choker and reputation do: the caller only
+//! polls peers that unchoked it and are not banned) nor verify anything.
+
+use crate::chunk::PeerId;
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// A fixed-size bit set over an object's pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitfield {
+    words: Vec<u64>,
+    len: u32,
+}
+
+impl Bitfield {
+    /// All clear.
+    pub fn new(len: u32) -> Self {
+        Self {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+        }
+    }
+
+    /// All set (a seed).
+    pub fn full(len: u32) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..len {
+            b.set(i);
+        }
+        b
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Out of range is never set.
+    pub fn get(&self, i: u32) -> bool {
+        i < self.len && self.words[i as usize / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// Sets bit `i`; returns whether it was clear. Out of range is ignored.
+    pub fn set(&mut self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let w = &mut self.words[i as usize / 64];
+        let was = *w >> (i % 64) & 1 == 1;
+        *w |= 1 << (i % 64);
+        !was
+    }
+
+    /// Clears bit `i`; returns whether it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let w = &mut self.words[i as usize / 64];
+        let was = *w >> (i % 64) & 1 == 1;
+        *w &= !(1 << (i % 64));
+        was
+    }
+
+    pub fn count(&self) -> u32 {
+        self.words.iter().map(|w| w.count_ones()).sum()
+    }
+
+    fn word(&self, i: usize) -> u64 {
+        self.words.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// Which of `upstreams` upstreams is the first source for `piece`: the same
+/// rotation [`super::request_order`] applies, so a piece is pulled through
+/// one upstream and the tier above it sends it once.
+pub fn upstream_share(piece: u64, upstreams: usize) -> usize {
+    if upstreams == 0 {
+        return 0;
+    }
+    (piece % upstreams as u64) as usize
+}
+
+/// The pieces of `pieces` whose first source is upstream `index` of `upstreams`.
+pub fn upstream_stripe(pieces: u32, index: usize, upstreams: usize) -> Bitfield {
+    let mut b = Bitfield::new(pieces);
+    for i in 0..pieces {
+        if upstream_share(u64::from(i), upstreams) == index {
+            b.set(i);
+        }
+    }
+    b
+}
+
+/// Picker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PickerConfig {
+    /// Pieces in the object.
+    pub pieces: u32,
+    /// Bytes of a (full) piece, to turn a bandwidth-delay product into pieces.
+    pub piece_bytes: u64,
+    /// Pieces picked at random before rarest-first takes over.
+    pub random_first: u32,
+    /// A seed is asked for a piece only while at most this many neighbours
+    /// have it (deadline pieces and a node with no neighbour to ask excepted).
+    pub seed_max_availability: u16,
+    /// Most requests for one piece at once in endgame or past its deadline.
+    pub endgame_requests: u8,
+    /// Pipeline bounds per peer, requests.
+    pub min_pipeline: u32,
+    pub max_pipeline: u32,
+    /// A peer's delivery rate before anything was measured, bytes/s.
+    pub initial_rate_bytes_per_sec: u64,
+    /// A request unanswered this long is given up (the caller cancels it).
+    pub request_timeout: Duration,
+    /// Most peers tracked.
+    pub max_peers: usize,
+}
+
+impl PickerConfig {
+    /// Settings for an object of `pieces` pieces of `piece_bytes`.
+    pub fn for_object(pieces: u32, piece_bytes: u64) -> Self {
+        Self {
+            pieces,
+            piece_bytes: piece_bytes.max(1),
+            random_first: 4,
+            seed_max_availability: 0,
+            endgame_requests: 2,
+            min_pipeline: 2,
+            max_pipeline: 32,
+            initial_rate_bytes_per_sec: 125_000_000,
+            request_timeout: Duration::from_secs(30),
+            max_peers: 1024,
+        }
+    }
+}
+
+/// Why a peer could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickerError {
+    #[error("already tracking the maximum of {0} peers")]
+    TooManyPeers(usize),
+}
+
+/// A request the caller should send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub piece: u32,
+    /// Why it was picked.
+    pub reason: PickReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickReason {
+    /// In the streaming window, by deadline.
+    Deadline,
+    /// One of the first pieces, at random.
+    Random,
+    /// The rarest among the neighbours.
+    Rarest,
+    /// A duplicate of an outstanding request (endgame or a missed deadline).
+    Endgame,
+}
+
+/// What a received piece means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The piece was missing (false: a late duplicate, drop it).
+    pub new: bool,
+    /// Other peers still asked for this piece: cancel those requests.
+    pub cancel: Vec<PeerId>,
+}
+
+#[derive(Debug, Clone)]
+struct Outstanding {
+    piece: u32,
+    sent: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    has: Bitfield,
+    /// A seed has everything and is not counted in availability.
+    seed: bool,
+    requests: Vec<Outstanding>,
+    /// Smoothed delivery rate, bytes/s, and round-trip time.
+    rate: f64,
+    rtt: Duration,
+    last_delivery: Option<Instant>,
+}
+
+/// The piece picker for one object.
+#[derive(Debug)]
+pub struct Picker {
+    config: PickerConfig,
+    have: Bitfield,
+    /// Non-seed peers that have each piece.
+    availability: Vec<u16>,
+    /// Requests outstanding per piece, across peers.
+    requested: Vec<u8>,
+    /// Missing pieces nobody was asked for (endgame starts at zero); kept
+    /// as a count so a poll never scans the object.
+    open: u32,
+    /// Requests outstanding at neighbours (not seeds).
+    neighbour_requests: u32,
+    /// Word masks mirroring `requested > 0` and `availability > 0`, so a
+    /// pick skips 64 pieces at a time.
+    asked: Bitfield,
+    seen: Bitfield,
+    deadlines: BTreeSet<(Instant, u32)>,
+    deadline_of: HashMap<u32, Instant>,
+    peers: HashMap<PeerId, Peer>,
+}
+
+impl Picker {
+    pub fn new(config: PickerConfig) -> Self {
+        let n = config.pieces;
+        Self {
+            config,
+            have: Bitfield::new(n),
+            availability: vec![0; n as usize],
+            requested: vec![0; n as usize],
+            open: n,
+            neighbour_requests: 0,
+            asked: Bitfield::new(n),
+            seen: Bitfield::new(n),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PickerConfig {
+        &self.config
+    }
+
+    /// What this node holds.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.count() == self.config.pieces
+    }
+
+    /// Marks a piece held without a request (pushed, or already in the store).
+    pub fn mark_held(&mut self, piece: u32) {
+        if self.set_have(piece) {
+            self.deadline_done(piece);
+        }
+    }
+
+    /// Forgets a piece (the store evicted it): it may be picked again.
+    pub fn mark_lost(&mut self, piece: u32) {
+        if self.have.clear(piece) && self.requested[piece as usize] == 0 {
+            self.open += 1;
+        }
+    }
+
+    fn set_have(&mut self, piece: u32) -> bool {
+        if piece >= self.config.pieces || !self.have.set(piece) {
+            return false;
+        }
+        if self.requested[piece as usize] == 0 {
+            self.open -= 1;
+        }
+        true
+    }
+
+    fn add_request(&mut self, piece: u32) {
+        let n = &mut self.requested[piece as usize];
+        if *n == 0 {
+            self.asked.set(piece);
+            if !self.have.get(piece) {
+                self.open -= 1;
+            }
+        }
+        *n = n.saturating_add(1);
+    }
+
+    fn inc_avail(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a = a.saturating_add(1);
+        self.seen.set(piece);
+    }
+
+    fn dec_avail(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a = a.saturating_sub(1);
+        if *a == 0 {
+            self.seen.clear(piece);
+        }
+    }
+
+    /// A neighbour (an edge) with what it announced so far.
+    pub fn add_peer(
+        &mut self,
+        peer: PeerId,
+        has: Bitfield,
+        rtt: Duration,
+    ) -> Result<(), PickerError> {
+        self.insert(peer, has, false, rtt)
+    }
+
+    /// An upstream that has (or fetches) every piece.
+    pub fn add_seed(&mut self, peer: PeerId, rtt: Duration) -> Result<(), PickerError> {
+        self.insert(peer, Bitfield::full(self.config.pieces), true, rtt)
+    }
+
+    /// An upstream asked only for the pieces in `serves` (with several
+    /// upstreams, each is first source for its own share: see
+    /// [`upstream_share`]), so the tier above sends each piece once.
+    pub fn add_seed_of(
+        &mut self,
+        peer: PeerId,
+        serves: Bitfield,
+        rtt: Duration,
+    ) -> Result<(), PickerError> {
+        self.insert(peer, serves, true, rtt)
+    }
+
+    fn insert(
+        &mut self,
+        peer: PeerId,
+        mut has: Bitfield,
+        seed: bool,
+        rtt: Duration,
+    ) -> Result<(), PickerError> {
+        if self.peers.contains_key(&peer) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.config.max_peers {
+            return Err(PickerError::TooManyPeers(self.config.max_peers));
+        }
+        if has.len != self.config.pieces {
+            // A bitfield of the wrong size says nothing trustworthy.
+            has = Bitfield::new(self.config.pieces);
+        }
+        if !seed {
+            for i in 0..self.config.pieces {
+                if has.get(i) {
+                    self.inc_avail(i);
+                }
+            }
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                has,
+                seed,
+                requests: Vec::new(),
+                rate: self.config.initial_rate_bytes_per_sec as f64,
+                rtt,
+                last_delivery: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A peer left: its announcements no longer count and its outstanding
+    /// requests may be picked again.
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if !p.seed {
+            for i in 0..self.config.pieces {
+                if p.has.get(i) {
+                    self.dec_avail(i);
+                }
+            }
+        }
+        if !p.seed {
+            self.neighbour_requests -= p.requests.len() as u32;
+        }
+        for r in p.requests {
+            self.unrequest(r.piece);
+        }
+    }
+
+    /// A peer announced a piece.
+    pub fn handle_have(&mut self, peer: PeerId, piece: u32) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.has.set(piece) && !p.seed {
+                self.inc_avail(piece);
+            }
+        }
+    }
+
+    /// A fresh round-trip time measurement for a peer.
+    pub fn handle_rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.rtt = rtt;
+        }
+    }
+
+    /// A client reads `piece` by `deadline`: it goes before bulk pieces.
+    pub fn set_piece_deadline(&mut self, piece: u32, deadline: Instant) {
+        if piece >= self.config.pieces || self.have.get(piece) {
+            return;
+        }
+        if let Some(old) = self.deadline_of.insert(piece, deadline) {
+            self.deadlines.remove(&(old, piece));
+        }
+        self.deadlines.insert((deadline, piece));
+    }
+
+    /// The client no longer needs `piece` soon.
+    pub fn reset_piece_deadline(&mut self, piece: u32) {
+        self.deadline_done(piece);
+    }
+
+    fn deadline_done(&mut self, piece: u32) {
+        if let Some(d) = self.deadline_of.remove(&piece) {
+            self.deadlines.remove(&(d, piece));
+        }
+    }
+
+    /// How many requests `peer` should have outstanding: its bandwidth-delay
+    /// product in pieces, plus one so the pipe never drains.
+    pub fn pipeline(&self, peer: PeerId) -> u32 {
+        let Some(p) = self.peers.get(&peer) else {
+            return 0;
+        };
+        let bdp = p.rate * p.rtt.as_secs_f64() / self.config.piece_bytes as f64;
+        let depth = (bdp.ceil() as u32).saturating_add(1);
+        depth.clamp(self.config.min_pipeline, self.config.max_pipeline.max(1))
+    }
+
+    /// Requests outstanding at `peer`.
+    pub fn outstanding(&self, peer: PeerId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.requests.len())
+    }
+
+    /// `peer` has something this node lacks.
+    pub fn is_interesting(&self, peer: PeerId) -> bool {
+        let Some(p) = self.peers.get(&peer) else {
+            return false;
+        };
+        (0..self.have.words.len()).any(|w| p.has.word(w) & !self.have.word(w) != 0)
+    }
+
+    /// The next piece to ask `peer` for, if its pipeline has room. The
+    /// caller polls only peers it may ask (unchoked, not banned) and sends
+    /// what this returns.
+    pub fn poll_request<R: Rng>(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Request> {
+        let depth = self.pipeline(peer) as usize;
+        let p = self.peers.get(&peer)?;
+        if p.requests.len() >= depth {
+            return None;
+        }
+        let asked = |piece: u32| p.requests.iter().any(|r| r.piece == piece);
+        let dup_limit = self.config.endgame_requests.max(1);
+        // 1. The streaming window, earliest deadline first.
+        let mut pick = None;
+        for &(deadline, piece) in &self.deadlines {
+            if !p.has.get(piece) || asked(piece) {
+                continue;
+            }
+            let n = self.requested[piece as usize];
+            if n == 0 {
+                pick = Some((piece, PickReason::Deadline));
+                break;
+            }
+            if deadline <= now && n < dup_limit {
+                pick = Some((piece, PickReason::Endgame));
+                break;
+            }
+        }
+        // 2. and 3. Random first, then rarest first, among pieces nobody asked for.
+        if pick.is_none() {
+            let random = self.have.count() < self.config.random_first;
+            let cap = if p.seed && self.asking_neighbours() {
+                self.config.seed_max_availability
+            } else {
+                u16::MAX
+            };
+            pick = self.pick_fresh(p, random, cap, rng).map(|i| {
+                (
+                    i,
+                    if random {
+                        PickReason::Random
+                    } else {
+                        PickReason::Rarest
+                    },
+                )
+            });
+        }
+        // 4. Endgame: every missing piece is already asked for somewhere.
+        if pick.is_none() && self.all_missing_requested() {
+            pick = self
+                .pick_duplicate(p, dup_limit, rng)
+                .map(|i| (i, PickReason::Endgame));
+        }
+        let (piece, reason) = pick?;
+        self.add_request(piece);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.requests.push(Outstanding { piece, sent: now });
+            if !p.seed {
+                self.neighbour_requests += 1;
+            }
+        }
+        Some(Request { piece, reason })
+    }
+
+    fn all_missing_requested(&self) -> bool {
+        self.open == 0
+    }
+
+    /// Some request is outstanding at a neighbour (not a seed).
+    fn asking_neighbours(&self) -> bool {
+        self.neighbour_requests > 0
+    }
+
+    /// Candidate pieces of `p` in word `w`: it has them, we lack them.
+    fn wanted_word(&self, p: &Peer, w: usize) -> u64 {
+        p.has.word(w) & !self.have.word(w)
+    }
+
+    /// A missing, unrequested piece `p` has: random, or rarest with random
+    /// ties (reservoir over the rarest seen), scanning from a random word.
+    fn pick_fresh<R: Rng>(&self, p: &Peer, random: bool, cap: u16, rng: &mut R) -> Option<u32> {
+        let words = self.have.words.len();
+        if words == 0 {
+            return None;
+        }
+        let start = rng.gen_range(0..words);
+        let mut best: Option<(u16, u32)> = None;
+        let mut ties = 0u32;
+        for k in 0..words {
+            let w = (start + k) % words;
+            // Unrequested, and (for a seed capped at zero) seen by no neighbour.
+            let mut bits = self.wanted_word(p, w) & !self.asked.word(w);
+            if cap == 0 {
+                bits &= !self.seen.word(w);
+            }
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                let piece = (w * 64) as u32 + b;
+                let avail = self.availability[piece as usize];
+                if self.requested[piece as usize] > 0 || avail > cap {
+                    continue;
+                }
+                let a = if random { 0 } else { avail };
+                match best {
+                    Some((ba, _)) if a > ba => {}
+                    Some((ba, _)) if a == ba => {
+                        ties += 1;
+                        if rng.gen_range(0..ties) == 0 {
+                            best = Some((a, piece));
+                        }
+                    }
+                    _ => {
+                        best = Some((a, piece));
+                        ties = 1;
+                    }
+                }
+            }
+            // Nothing is rarer than "no neighbour has it": stop scanning once
+            // enough equally rare candidates were seen to spread requests.
+            if best.is_some_and(|(a, _)| a == 0) && ties >= 16 {
+                break;
+            }
+        }
+        best.map(|(_, piece)| piece)
+    }
+
+    /// A missing piece `p` has that others were asked for and this peer was
+    /// not, with fewer than `limit` requests out: fewest requests first.
+    fn pick_duplicate<R: Rng>(&self, p: &Peer, limit: u8, rng: &mut R) -> Option<u32> {
+        let mut best: Option<(u8, u32)> = None;
+        let mut ties = 0u32;
+        for w in 0..self.have.words.len() {
+            let mut bits = self.wanted_word(p, w);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                let piece = (w * 64) as u32 + b;
+                let n = self.requested[piece as usize];
+                if n == 0 || n >= limit || p.requests.iter().any(|r| r.piece == piece) {
+                    continue;
+                }
+                match best {
+                    Some((bn, _)) if n > bn => {}
+                    Some((bn, _)) if n == bn => {
+                        ties += 1;
+                        if rng.gen_range(0..ties) == 0 {
+                            best = Some((n, piece));
+                        }
+                    }
+                    _ => {
+                        best = Some((n, piece));
+                        ties = 1;
+                    }
+                }
+            }
+        }
+        best.map(|(_, piece)| piece)
+    }
+
+    fn unrequest(&mut self, piece: u32) {
+        if let Some(n) = self.requested.get_mut(piece as usize) {
+            if *n > 0 {
+                *n -= 1;
+                if *n == 0 {
+                    self.asked.clear(piece);
+                    if !self.have.get(piece) {
+                        self.open += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_request(&mut self, peer: PeerId, piece: u32) -> Option<Outstanding> {
+        let p = self.peers.get_mut(&peer)?;
+        let i = p.requests.iter().position(|r| r.piece == piece)?;
+        let r = p.requests.swap_remove(i);
+        if !p.seed {
+            self.neighbour_requests -= 1;
+        }
+        self.unrequest(piece);
+        Some(r)
+    }
+
+    /// A verified piece of `bytes` came from `peer`. Returns whether it was
+    /// new and which other peers to cancel the same request at.
+    pub fn handle_received(
+        &mut self,
+        peer: PeerId,
+        piece: u32,
+        bytes: u64,
+        now: Instant,
+    ) -> Received {
+        if let Some(r) = self.take_request(peer, piece) {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                // The delivery rate: bytes over the time since the later of
+                // the request and the previous delivery (replies pipelined
+                // behind each other share the link).
+                let since = p.last_delivery.map_or(r.sent, |d| d.max(r.sent));
+                let secs = now.saturating_duration_since(since).as_secs_f64().max(1e-6);
+                let sample = bytes as f64 / secs;
+                p.rate = 0.75 * p.rate + 0.25 * sample;
+                p.last_delivery = Some(now);
+            }
+        }
+        let new = self.set_have(piece);
+        self.deadline_done(piece);
+        let mut cancel = Vec::new();
+        if piece < self.config.pieces && self.requested[piece as usize] > 0 {
+            let mut ids: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.requests.iter().any(|r| r.piece == piece))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort();
+            for id in ids {
+                self.take_request(id, piece);
+                cancel.push(id);
+            }
+        }
+        Received { new, cancel }
+    }
+
+    /// `peer` refused or failed `piece`: it may be picked again, and this
+    /// peer is not asked for it until it announces it anew.
+    pub fn handle_failed(&mut self, peer: PeerId, piece: u32) {
+        if self.take_request(peer, piece).is_some() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                if !p.seed && p.has.clear(piece) {
+                    self.dec_avail(piece);
+                }
+            }
+        }
+    }
+
+    /// Gives up requests older than the timeout; returns them (peer, piece)
+    /// so the caller cancels them. The pieces may be picked again.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(PeerId, u32)> {
+        let timeout = self.config.request_timeout;
+        let mut expired = Vec::new();
+        for (id, p) in &self.peers {
+            for r in &p.requests {
+                if now.saturating_duration_since(r.sent) >= timeout {
+                    expired.push((*id, r.piece));
+                }
+            }
+        }
+        expired.sort();
+        for &(id, piece) in &expired {
+            self.take_request(id, piece);
+            if let Some(p) = self.peers.get_mut(&id) {
+                // A peer that let a request time out is slow: halve its rate
+                // so its pipeline shrinks.
+                p.rate /= 2.0;
+            }
+        }
+        expired
+    }
+
+    /// Earliest time [`Picker::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| p.requests.iter().map(|r| r.sent))
+            .min()
+            .map(|t| t + self.config.request_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn bits(n: u32, set: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in set {
+            b.set(i);
+        }
+        b
+    }
+
+    fn cfg(pieces: u32) -> PickerConfig {
+        PickerConfig {
+            random_first: 0,
+            ..PickerConfig::for_object(pieces, 1 << 20)
+        }
+    }
+
+    #[test]
+    fn deadline_pieces_go_first_earliest_deadline_first() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(100));
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        p.add_seed(PeerId(1), MS).unwrap();
+        // A rare piece (no neighbour has any) competes with the window.
+        p.set_piece_deadline(40, t0 + 200 * MS);
+        p.set_piece_deadline(41, t0 + 100 * MS);
+        let a = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        let b = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        assert_eq!((a.piece, a.reason), (41, PickReason::Deadline));
+        assert_eq!((b.piece, b.reason), (40, PickReason::Deadline));
+    }
+
+    #[test]
+    fn a_missed_deadline_is_asked_of_a_second_peer_and_the_loser_cancelled() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(10));
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        p.add_seed(PeerId(1), MS).unwrap();
+        p.add_seed(PeerId(2), MS).unwrap();
+        p.set_piece_deadline(3, t0 + 50 * MS);
+        assert_eq!(p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece, 3);
+        // Before the deadline, peer 2 gets other work.
+        assert_ne!(p.poll_request(PeerId(2), t0, &mut rng).unwrap().piece, 3);
+        // Past it, peer 2 is asked too.
+        let late = t0 + 60 * MS;
+        let r = p.poll_request(PeerId(2), late, &mut rng).unwrap();
+        assert_eq!((r.piece, r.reason), (3, PickReason::Endgame));
+        let got = p.handle_received(PeerId(2), 3, 1 << 20, late + MS);
+        assert!(got.new);
+        assert_eq!(got.cancel, vec![PeerId(1)]);
+        assert_eq!(p.outstanding(PeerId(1)), 0);
+        // The cancelled copy arriving anyway is not new.
+        assert!(!p.handle_received(PeerId(1), 3, 1 << 20, late + 2 * MS).new);
+    }
+
+    #[test]
+    fn rarest_among_neighbours_goes_first() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(8));
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        p.add_peer(PeerId(1), bits(8, &[0, 1, 2, 5]), MS).unwrap();
+        p.add_peer(PeerId(2), bits(8, &[0, 1, 2]), MS).unwrap();
+        p.add_peer(PeerId(3), bits(8, &[0, 1]), MS).unwrap();
+        // Availability: 0,1 → 3; 2 → 2; 5 → 1. Peer 1 is asked for 5, then 2.
+        let order: Vec<u32> = (0..2)
+            .map(|_| p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece)
+            .collect();
+        assert_eq!(order, vec![5, 2]);
+    }
+
+    #[test]
+    fn seeds_asked_at_once_hand_out_different_pieces() {
+        // Many edges asking the same seed with no neighbour holding anything
+        // pick at random: the first pieces differ, so edges can trade.
+        let t0 = Instant::now();
+        let mut firsts = std::collections::HashSet::new();
+        for e in 0..20 {
+            let mut p = Picker::new(PickerConfig::for_object(256, 1 << 20));
+            let mut rng = ChaCha8Rng::seed_from_u64(e);
+            p.add_seed(PeerId(0), MS).unwrap();
+            let r = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+            assert_eq!(r.reason, PickReason::Random);
+            firsts.insert(r.piece);
+        }
+        assert!(firsts.len() >= 15, "{firsts:?}");
+    }
+
+    #[test]
+    fn a_seed_is_asked_for_what_no_neighbour_has_while_neighbours_are_asked() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(4));
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        p.add_seed(PeerId(0), MS).unwrap();
+        p.add_peer(PeerId(1), bits(4, &[0, 1, 2]), MS).unwrap();
+        // Nobody is asked yet: the seed may take anything.
+        let first = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        p.handle_failed(PeerId(0), first.piece);
+        // With a neighbour busy, the seed gets only the piece no neighbour has.
+        let n = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        assert!(n.piece < 3);
+        let s = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        assert_eq!(s.piece, 3);
+        assert!(p.poll_request(PeerId(0), t0, &mut rng).is_none());
+        // A deadline overrides it: the reader never waits for a trade.
+        p.set_piece_deadline(2, t0 + MS);
+        assert_eq!(p.poll_request(PeerId(0), t0, &mut rng).unwrap().piece, 2);
+    }
+
+    #[test]
+    fn endgame_asks_twice_at_most_and_cancels_the_loser() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(2));
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for id in 1..=3 {
+            p.add_seed(PeerId(id), MS).unwrap();
+        }
+        let a = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        let b = p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        assert_ne!(a.piece, b.piece);
+        // Everything is requested: peer 2 duplicates, peer 3 too, then no more.
+        let c = p.poll_request(PeerId(2), t0, &mut rng).unwrap();
+        let d = p.poll_request(PeerId(3), t0, &mut rng).unwrap();
+        assert_eq!(
+            (c.reason, d.reason),
+            (PickReason::Endgame, PickReason::Endgame)
+        );
+        assert_ne!(c.piece, d.piece, "fewest requests first");
+        assert!(
+            p.poll_request(PeerId(2), t0, &mut rng).is_none(),
+            "two copies at most"
+        );
+        let got = p.handle_received(PeerId(2), c.piece, 1 << 20, t0 + MS);
+        assert_eq!(got.cancel, vec![PeerId(1)]);
+        assert!(!p.is_complete());
+        p.handle_received(PeerId(1), d.piece, 1 << 20, t0 + MS);
+        assert!(p.is_complete());
+        assert_eq!(p.outstanding(PeerId(3)), 0);
+    }
+
+    #[test]
+    fn the_pipeline_follows_the_bandwidth_delay_product() {
+        let t0 = Instant::now();
+        let mut c = cfg(1000);
+        c.initial_rate_bytes_per_sec = 10_000_000;
+        let mut p = Picker::new(c);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        p.add_seed(PeerId(1), 100 * MS).unwrap();
+        // 10 MB/s × 100 ms = 1 MB ≈ 0.95 pieces → 1 + 1.
+        assert_eq!(p.pipeline(PeerId(1)), 2);
+        // Replies at 100 MB/s (a 1 MiB piece every ~10 ms) grow the pipe.
+        let mut t = t0;
+        for _ in 0..40 {
+            let r = p.poll_request(PeerId(1), t, &mut rng).unwrap();
+            t += Duration::from_micros(10_486);
+            p.handle_received(PeerId(1), r.piece, 1 << 20, t);
+        }
+        assert_eq!(
+            p.pipeline(PeerId(1)),
+            11,
+            "100 MB/s × 100 ms = 10 MB ≈ 9.5 pieces, + 1"
+        );
+        let mut n = 0;
+        while p.poll_request(PeerId(1), t, &mut rng).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 11);
+        // A long link is clamped.
+        p.handle_rtt(PeerId(1), Duration::from_secs(10));
+        assert_eq!(p.pipeline(PeerId(1)), 32);
+    }
+
+    #[test]
+    fn timeouts_free_pieces_and_a_leaving_peer_frees_its_requests() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(1));
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        p.add_peer(PeerId(1), bits(1, &[0]), MS).unwrap();
+        p.add_peer(PeerId(2), bits(1, &[0]), MS).unwrap();
+        p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        assert!(p.handle_timeout(t0 + Duration::from_secs(29)).is_empty());
+        assert_eq!(
+            p.handle_timeout(t0 + Duration::from_secs(30)),
+            vec![(PeerId(1), 0)]
+        );
+        let r = p.poll_request(PeerId(2), t0, &mut rng).unwrap();
+        assert_eq!((r.piece, r.reason), (0, PickReason::Rarest));
+        p.remove_peer(PeerId(2));
+        assert!(p.poll_request(PeerId(1), t0, &mut rng).is_some());
+        // A refusal: that peer is not asked again for the piece.
+        p.handle_failed(PeerId(1), 0);
+        assert!(p.poll_request(PeerId(1), t0, &mut rng).is_none());
+        assert!(!p.is_interesting(PeerId(1)));
+    }
+
+    #[test]
+    fn peers_are_bounded_and_bad_input_is_harmless() {
+        let mut c = cfg(4);
+        c.max_peers = 2;
+        let mut p = Picker::new(c);
+        p.add_peer(PeerId(1), Bitfield::new(99), MS).unwrap();
+        p.add_seed(PeerId(2), MS).unwrap();
+        assert_eq!(p.add_seed(PeerId(3), MS), Err(PickerError::TooManyPeers(2)));
+        // Out-of-range pieces and unknown peers change nothing.
+        p.handle_have(PeerId(1), 1000);
+        p.handle_have(PeerId(9), 1);
+        p.set_piece_deadline(1000, Instant::now());
+        assert!(!p.handle_received(PeerId(9), 1000, 1, Instant::now()).new);
+        p.handle_failed(PeerId(9), 1000);
+        assert!(!p.is_interesting(PeerId(1)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Poll(u64),
+        Have(u64, u32),
+        Deliver(usize),
+        Fail(usize),
+        Deadline(u32, u64),
+        Tick(u64),
+        Leave(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..6u64).prop_map(Op::Poll),
+            2 => (0..6u64, 0..40u32).prop_map(|(p, i)| Op::Have(p, i)),
+            4 => (0..64usize).prop_map(Op::Deliver),
+            1 => (0..64usize).prop_map(Op::Fail),
+            1 => (0..40u32, 0..500u64).prop_map(|(i, d)| Op::Deadline(i, d)),
+            1 => (0..40_000u64).prop_map(Op::Tick),
+            1 => (1..6u64).prop_map(Op::Leave),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, the picker never asks for a held piece, never
+        /// asks a peer for a piece it does not have, never exceeds a peer's
+        /// pipeline or a piece's copy limit — and, once the churn stops, a
+        /// seed alone always finishes the object (no stall).
+        #[test]
+        fn requests_stay_valid_and_bounded_and_the_object_always_completes(
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 0..300),
+        ) {
+            let n = 40;
+            let t0 = Instant::now();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut c = PickerConfig::for_object(n, 1 << 20);
+            c.request_timeout = Duration::from_secs(5);
+            let mut p = Picker::new(c);
+            p.add_seed(PeerId(0), 20 * MS).unwrap();
+            for id in 1..6 {
+                p.add_peer(PeerId(id), Bitfield::new(n), 5 * MS).unwrap();
+            }
+            let mut live: Vec<(PeerId, u32)> = Vec::new();
+            let mut now = t0;
+            let check = |p: &Picker, live: &[(PeerId, u32)]| {
+                for i in 0..n {
+                    let copies = live.iter().filter(|(_, x)| *x == i).count();
+                    assert!(copies <= 2, "piece {i} asked {copies} times");
+                    assert_eq!(copies, p.requested[i as usize] as usize);
+                }
+                let open = (0..n)
+                    .filter(|&i| !p.have.get(i) && p.requested[i as usize] == 0)
+                    .count();
+                assert_eq!(open, p.open as usize, "the open count drifted");
+                for i in 0..n {
+                    assert_eq!(p.asked.get(i), p.requested[i as usize] > 0);
+                    assert_eq!(p.seen.get(i), p.availability[i as usize] > 0);
+                }
+                let at_neighbours = live.iter().filter(|(q, _)| q.0 != 0).count();
+                assert_eq!(at_neighbours, p.neighbour_requests as usize);
+            };
+            for o in ops {
+                match o {
+                    Op::Poll(id) => {
+                        let peer = PeerId(id);
+                        if let Some(r) = p.poll_request(peer, now, &mut rng) {
+                            prop_assert!(!p.have().get(r.piece));
+                            prop_assert!(p.peers[&peer].has.get(r.piece));
+                            prop_assert!(!live.contains(&(peer, r.piece)));
+                            prop_assert!(p.outstanding(peer) <= p.pipeline(peer) as usize);
+                            live.push((peer, r.piece));
+                        }
+                    }
+                    Op::Have(id, i) => p.handle_have(PeerId(id), i),
+                    Op::Deliver(k) if !live.is_empty() => {
+                        let (peer, piece) = live.swap_remove(k % live.len());
+                        now += MS;
+                        let got = p.handle_received(peer, piece, 1 << 20, now);
+                        live.retain(|(q, x)| !(*x == piece && got.cancel.contains(q)));
+                    }
+                    Op::Fail(k) if !live.is_empty() => {
+                        let (peer, piece) = live.swap_remove(k % live.len());
+                        p.handle_failed(peer, piece);
+                    }
+                    Op::Deadline(i, d) => p.set_piece_deadline(i, now + Duration::from_millis(d)),
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        for x in p.handle_timeout(now) {
+                            live.retain(|y| *y != x);
+                        }
+                    }
+                    Op::Leave(id) => {
+                        p.remove_peer(PeerId(id));
+                        live.retain(|(q, _)| q.0 != id);
+                    }
+                    _ => {}
+                }
+                check(&p, &live);
+            }
+            // Liveness: the seed answers everything from here on.
+            for (peer, piece) in std::mem::take(&mut live) {
+                p.handle_failed(peer, piece);
+            }
+            for _ in 0..(2 * n) {
+                now += MS;
+                let Some(r) = p.poll_request(PeerId(0), now, &mut rng) else { break };
+                p.handle_received(PeerId(0), r.piece, 1 << 20, now);
+            }
+            prop_assert!(p.is_complete(), "held {} of {n}", p.have().count());
+        }
+    }
+}
