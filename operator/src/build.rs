@@ -23,9 +23,13 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "dcdn-oper
 pub const MESH_PORT: u16 = 7400;
 pub const HTTP_PORT: u16 = 8080;
 pub const ADMIN_PORT: u16 = 9090;
+/// Requests of a tier whose `resources` names none.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
 /// The image's numeric non-root user.
 pub const NODE_UID: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/dcdn/config";
+const SIGNING_DIR: &str = "/etc/dcdn/signing";
 
 /// Why a cluster cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,6 +38,8 @@ pub enum BuildError {
     NoNamespace,
     #[error("the resource has no name")]
     NoName,
+    #[error("metadata.name {name:?} cannot name child objects: {reason}")]
+    Name { name: String, reason: &'static str },
     #[error("{tier} config is invalid: {message}")]
     Config { tier: &'static str, message: String },
 }
@@ -53,6 +59,37 @@ fn tier_name(role: Role) -> &'static str {
     role.as_str()
 }
 
+/// Longest cluster name: `{name}-origin` is a StatefulSet, whose revision
+/// label `{sts}-<10 chars>` must fit 63 characters.
+pub const MAX_NAME: usize = 45;
+
+/// The rule the CRD's CEL validation states, for resources that got past
+/// it (an older CRD): every child name must be a DNS-1035 label.
+fn check_name(name: &str) -> Result<(), BuildError> {
+    let bad = |reason| {
+        Err(BuildError::Name {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.len() > MAX_NAME {
+        return bad("longer than 45 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return bad("does not start with a letter a-z");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return bad("has a character other than a-z, 0-9 and '-' (a dot, say)");
+    }
+    if name.ends_with('-') {
+        return bad("ends with '-'");
+    }
+    Ok(())
+}
+
 /// Names of everything a cluster owns, derived from the resource's name.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -64,6 +101,7 @@ pub struct Names {
 impl Names {
     pub fn of(c: &DcdnCluster) -> Result<Self, BuildError> {
         let cluster = c.metadata.name.clone().ok_or(BuildError::NoName)?;
+        check_name(&cluster)?;
         Ok(Self {
             admin_secret: c
                 .spec
@@ -155,8 +193,15 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
         cfg.quic = s.clone();
     }
     cfg.crypto.trust_bundle = PathBuf::from("/etc/dcdn/trust/trust-bundle.json");
+    // The origin loads both keys of the signing Secret (see `keys`): outside
+    // a rotation both hold the active key, during one the next key is
+    // already there when the origin is asked to reload, so the config (and
+    // the pod template) never changes for a rotation.
     cfg.crypto.signing_keys = if role == Role::Origin {
-        vec![PathBuf::from("/etc/dcdn/signing/signing.key")]
+        [crate::keys::CURRENT_KEY_FILE, crate::keys::NEXT_KEY_FILE]
+            .iter()
+            .map(|f| PathBuf::from(SIGNING_DIR).join(f))
+            .collect()
     } else {
         Vec::new()
     };
@@ -263,8 +308,7 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     if role == Role::Origin {
         // The signing key is mounted into origin pods only.
         volumes.push(json!({ "name": "signing", "secret": { "secretName": names.signing_secret(), "defaultMode": 0o400 } }));
-        mounts
-            .push(json!({ "name": "signing", "mountPath": "/etc/dcdn/signing", "readOnly": true }));
+        mounts.push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -308,9 +352,23 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
         }],
         "volumes": volumes,
     });
-    if let Some(r) = &spec.resources {
-        pod_spec["containers"][0]["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
-    }
+    // Without requests a pod is BestEffort: first evicted under pressure and
+    // invisible to the scheduler's packing. A tier that names none gets
+    // modest ones (the node's defaults run in far less than 256 MiB).
+    pod_spec["containers"][0]["resources"] = match &spec.resources {
+        Some(r) => serde_json::to_value(r).unwrap_or(Value::Null),
+        None => {
+            json!({ "requests": { "cpu": DEFAULT_CPU_REQUEST, "memory": DEFAULT_MEMORY_REQUEST } })
+        }
+    };
+    // Spread each tier's pods over zones when the scheduler can; never
+    // refuse to schedule for it (ScheduleAnyway).
+    pod_spec["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": { "matchLabels": selector(names, role) },
+    }]);
     if !spec.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(spec.node_selector);
     }
@@ -351,7 +409,14 @@ fn pdb(names: &Names, role: Role) -> Value {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": meta(names, names.workload(role), Some(role)),
-        "spec": { "maxUnavailable": 1, "selector": { "matchLabels": selector(names, role) } },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": { "matchLabels": selector(names, role) },
+            // A pod that is not ready serves nobody: draining its node must
+            // not wait for it (the default, IfHealthyBudget, can block a
+            // node drain behind a crash-looping pod).
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     })
 }
 
@@ -561,6 +626,77 @@ mod tests {
         assert_eq!(h(&before, "edge"), h(&scaled, "edge"));
         // Building twice gives the same objects.
         assert_eq!(before, build(&cluster(MINIMAL)).unwrap());
+    }
+
+    #[test]
+    fn platform_defaults_requests_zone_spread_and_pdbs_that_let_unhealthy_pods_go() {
+        let objects = build(&cluster(MINIMAL)).unwrap();
+        for role in TIERS {
+            let d = stateful_set(&objects, &format!("demo-{}", role.as_str()));
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let req = pod.containers[0]
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.clone())
+                .unwrap_or_default();
+            assert_eq!(req["cpu"].0, DEFAULT_CPU_REQUEST, "{role:?}");
+            assert_eq!(req["memory"].0, DEFAULT_MEMORY_REQUEST, "{role:?}");
+            let spread = pod.topology_spread_constraints.unwrap();
+            assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+            assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        }
+        for o in objects
+            .iter()
+            .filter(|o| o["kind"] == "PodDisruptionBudget")
+        {
+            let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+                serde_json::from_value(o.clone()).unwrap();
+            assert_eq!(
+                pdb.spec.unwrap().unhealthy_pod_eviction_policy.as_deref(),
+                Some("AlwaysAllow")
+            );
+        }
+        // A tier's own resources win.
+        let own = build(&cluster(&MINIMAL.replace(
+            "edge: {replicas: 3}",
+            "edge: {replicas: 3, resources: {requests: {cpu: '2'}}}",
+        )))
+        .unwrap();
+        let pod = stateful_set(&own, "demo-edge")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let req = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(req["cpu"].0, "2");
+        assert!(!req.contains_key("memory"));
+    }
+
+    #[test]
+    fn a_name_that_makes_invalid_child_names_is_refused_with_the_reason() {
+        for (name, reason) in [
+            ("my.cdn", "other than"),
+            ("a-very-long-cluster-name-that-does-not-fit-in-63", "45"),
+            ("9cdn", "start with a letter"),
+        ] {
+            let mut c = cluster(MINIMAL);
+            c.metadata.name = Some(name.into());
+            match build(&c) {
+                Err(e @ BuildError::Name { .. }) => {
+                    assert!(e.to_string().contains(reason), "{e}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut c = cluster(MINIMAL);
+        c.metadata.name = Some("a".repeat(MAX_NAME));
+        assert!(build(&c).is_ok());
     }
 
     #[test]

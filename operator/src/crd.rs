@@ -26,7 +26,12 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Edges","type":"string","jsonPath":".status.tiers.edge.ready"}"#,
     printcolumn = r#"{"name":"Key","type":"string","jsonPath":".status.activeKeyId"}"#,
     printcolumn = r#"{"name":"Rotation","type":"string","jsonPath":".status.rotationPhase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Child names (`{name}-origin-mesh`, pods `{name}-origin-0`, the
+    // StatefulSet's revision label `{name}-origin-<10>`) must be DNS-1035
+    // labels of at most 63 characters: refused here, with a message, not
+    // by a 422 on every apply. `build::Names::of` holds the same rule.
+    validation = Rule::new("self.metadata.name.size() <= 45 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be at most 45 characters of a-z, 0-9 and '-', starting with a letter (no dots): it prefixes the names of Services, StatefulSets and pods")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.edge.replicas >= 1 || self.relay.replicas == 0").message("a cluster with relays needs at least one edge"))]
@@ -46,7 +51,8 @@ pub struct DcdnClusterSpec {
     pub edge_service: EdgeServiceSpec,
     #[serde(default)]
     pub key_rotation: KeyRotationSpec,
-    /// Secret holding the admin token (key `token`); generated if unset.
+    /// Secret holding the admin token (key `token`) and the origin's ingest
+    /// token (key `ingest-token`); generated if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret: Option<String>,
     #[serde(default)]
@@ -393,5 +399,10 @@ mod tests {
             spec["x-kubernetes-validations"].as_array().unwrap().len(),
             2
         );
+        // Names that would make invalid child names are refused at admission.
+        let root = schema["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(root.contains("self.metadata.name.size() <= 45"), "{root}");
     }
 }

@@ -2,8 +2,9 @@
 //! (tier-gated) → prune → status.
 //!
 //! Writes are skipped when the live object already carries the hash of
-//! what would be applied, so a pass over an unchanged cluster writes
-//! nothing. Every object is server-side applied by the `dcdn-operator`
+//! what would be applied and every field the operator sets still has its
+//! value, so a pass over an unchanged cluster writes nothing and a
+//! `kubectl scale` or edit of an owned object is put back by the next pass. Every object is server-side applied by the `dcdn-operator`
 //! field manager with a controller owner reference to the `DcdnCluster`,
 //! so deleting the resource deletes everything (garbage collection), and
 //! fields other managers own (`kubectl rollout restart`'s annotation) stay.
@@ -34,8 +35,13 @@ use std::time::{Duration, Instant};
 pub const FIELD_MANAGER: &str = "dcdn-operator";
 /// Hash of what the operator last applied to an object.
 pub const APPLIED_HASH_ANNOTATION: &str = "dcdn.io/applied-hash";
+/// Annotation on a `DcdnCluster`: `off` lets every tier take its new pod
+/// template at once, bypassing the tier order (the escape hatch).
+pub const ROLLOUT_GATE_ANNOTATION: &str = "dcdn.io/rollout-gate";
 /// Requeue while something is in motion (rollout, rotation).
 const BUSY_REQUEUE: Duration = Duration::from_secs(10);
+/// Requeue while key material (a user's token Secret) is missing or bad.
+const KEY_REQUEUE: Duration = Duration::from_secs(30);
 /// Requeue at rest: drift and the rotation schedule are checked this often.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Largest number of clusters whose failure counts are remembered.
@@ -153,19 +159,24 @@ struct Live {
     pods: Vec<Pod>,
 }
 
-async fn read_live(client: &kube::Client, names: &Names, monitoring: bool) -> Result<Live, Error> {
+async fn read_live(client: &kube::Client, names: &Names) -> Result<Live, Error> {
     let lp = ListParams::default().labels(&selector(names));
     let mut objects = BTreeMap::new();
     let mut kinds = pruned_kinds();
-    if monitoring {
-        kinds.push(service_monitor_resource());
-    }
+    // Listed whether or not monitoring is on, so one turned off is pruned.
+    kinds.push(service_monitor_resource());
     for ar in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
         let list = match api.list(&lp).await {
             Ok(l) => l,
-            // The ServiceMonitor CRD may not be installed; applying will say so.
-            Err(kube::Error::Api(s)) if s.code == 404 && ar.kind == "ServiceMonitor" => continue,
+            // The ServiceMonitor CRD may not be installed (404) or the
+            // operator not allowed to read them (403): nothing to prune then,
+            // and applying one, if asked, says so in Degraded.
+            Err(kube::Error::Api(s))
+                if (s.code == 404 || s.code == 403) && ar.kind == "ServiceMonitor" =>
+            {
+                continue;
+            }
             Err(e) => return Err(api_err(format!("listing {}", ar.plural))(e)),
         };
         for o in list.items {
@@ -226,53 +237,99 @@ fn live_template_hash(sts: &StatefulSet) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Which tiers may take a new pod template now. A tier whose template
-/// changed rolls only when every tier before it (edges, relays, origin) is
-/// on its new template and settled, and no other tier is mid-roll.
+/// Whether a StatefulSet is still replacing pods with its current
+/// template: the controller has not seen the latest spec, not every pod runs
+/// the update revision, or (as the StatefulSet controller records it) the
+/// updated pods are not all ready yet.
+fn mid_rollout(sts: &StatefulSet) -> bool {
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &sts.status else {
+        return false;
+    };
+    st.observed_generation.unwrap_or(0) < sts.metadata.generation.unwrap_or(0)
+        || st.updated_replicas.unwrap_or(0) < want
+        || (st.update_revision.is_some() && st.current_revision != st.update_revision)
+}
+
+/// Whether a tier has fewer ready pods than it wants.
+fn unhealthy(sts: &StatefulSet) -> bool {
+    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    ready < want
+}
+
+/// Which tiers may take a new pod template now, and why the first one that
+/// may not waits.
+///
+/// In a healthy cluster a changed tier rolls only when no other tier is
+/// mid-rollout and no tier before it (edges, relays, the origin) still has a
+/// change to take: one tier at a time, clients keep reading from the tiers
+/// that are not moving. Readiness cascades (an edge needs a relay, a relay
+/// the origin), so a tier that is itself unhealthy rolls regardless: its
+/// pods are not serving, waiting for the others cannot end (they wait for
+/// it), and the edit that fixes it must be able to land. `gate_off` (the
+/// `dcdn.io/rollout-gate: "off"` annotation) lets every tier roll at once,
+/// for whatever this rule did not foresee.
 fn rollout_gate(
     desired: &BTreeMap<Role, Value>,
     live: &BTreeMap<Role, StatefulSet>,
+    gate_off: bool,
 ) -> (BTreeMap<Role, bool>, Option<String>) {
+    let changed = |role: Role| {
+        live.get(&role).is_some_and(|sts| {
+            desired.get(&role).and_then(|o| template_hash(o)) != live_template_hash(sts)
+        })
+    };
     let mut allowed = BTreeMap::new();
     let mut waiting = None;
-    let mut earlier_done = true;
-    let mut blocker: Option<Role> = None;
-    for role in TIERS {
-        let want = desired.get(&role).and_then(|o| template_hash(o));
+    for (i, role) in TIERS.into_iter().enumerate() {
+        // A tier that does not exist yet is created, not rolled.
         let Some(sts) = live.get(&role) else {
-            // Creating a tier is not a rollout.
             allowed.insert(role, true);
             continue;
         };
-        let changed = want != live_template_hash(sts);
-        let others_settled = TIERS
-            .iter()
-            .filter(|r| **r != role)
-            .all(|r| live.get(r).is_none_or(settled));
-        let ok = !changed || (earlier_done && others_settled);
-        allowed.insert(role, ok);
-        if changed && !ok && waiting.is_none() {
-            let by = blocker.or_else(|| {
-                TIERS
-                    .iter()
-                    .copied()
-                    .find(|r| *r != role && live.get(r).is_some_and(|s| !settled(s)))
-            });
-            waiting = Some(match by {
-                Some(b) => format!(
-                    "{} waits for {} to finish rolling out",
-                    role.as_str(),
-                    b.as_str()
-                ),
-                None => format!("{} waits for its turn", role.as_str()),
-            });
+        if !changed(role) || gate_off || unhealthy(sts) {
+            allowed.insert(role, true);
+            continue;
         }
-        if changed || !settled(sts) {
-            earlier_done = false;
-            blocker.get_or_insert(role);
+        let earlier = TIERS[..i].iter().copied().find(|r| changed(*r));
+        let rolling = TIERS
+            .iter()
+            .copied()
+            .find(|r| *r != role && live.get(r).is_some_and(mid_rollout));
+        let by = match (rolling, earlier) {
+            (Some(r), _) => Some(format!("{} to finish rolling out", r.as_str())),
+            (None, Some(e)) => Some(format!("{} to roll first", e.as_str())),
+            (None, None) => None,
+        };
+        allowed.insert(role, by.is_none());
+        if let (Some(by), None) = (by, &waiting) {
+            waiting = Some(format!(
+                "{} waits for {by} (annotate the DcdnCluster {ROLLOUT_GATE_ANNOTATION}=off to roll every tier now)",
+                role.as_str()
+            ));
         }
     }
     (allowed, waiting)
+}
+
+/// Whether `live` carries every field of `want` with the same value. Fields
+/// only the live object has (server defaults, other managers' annotations,
+/// status) do not count; list elements are compared pairwise.
+fn holds(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| holds(lv, wv)) || wv.is_null()),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| holds(lv, wv))
+        }
+        (l, w) => l == w,
+    }
 }
 
 /// Reads or creates the key material.
@@ -319,11 +376,26 @@ async fn read_keys(
     };
     let admin_generated = c.spec.admin_token_secret.is_none();
     let admin = match get(names.admin_secret()) {
+        // Origin pods mount the Secret and read `ingest-token` from it.
+        Some(s)
+            if !admin_generated
+                && !s
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(crate::keys::INGEST_TOKEN_FILE)) =>
+        {
+            return Err(Error::Precondition(format!(
+                "spec.adminTokenSecret names Secret {} in namespace {}, which has no key `{}` (origin pods read the ingest token from it)",
+                names.admin_secret(),
+                names.namespace,
+                crate::keys::INGEST_TOKEN_FILE
+            )));
+        }
         Some(s) => AdminTokens::from_secret(&s, &names.admin_secret())?,
         None if admin_generated => AdminTokens::generate(),
         None => {
             return Err(Error::Precondition(format!(
-                "spec.adminTokenSecret names Secret {} with key `token`, which does not exist in namespace {}",
+                "spec.adminTokenSecret names Secret {} (keys `token` and `ingest-token`), which does not exist in namespace {}",
                 names.admin_secret(),
                 names.namespace
             )));
@@ -501,23 +573,46 @@ async fn patch_status(
         client.clone(),
         c.namespace().as_deref().unwrap_or("default"),
     );
+    // A merge patch keeps every field it does not mention; fields this
+    // status no longer has (a finished rotation's `nextKeyId`, a `waitingFor`
+    // that is over) are sent as null so they clear.
+    let old = serde_json::to_value(&c.status).unwrap_or(Value::Null);
+    let new = serde_json::to_value(status).unwrap_or(Value::Null);
     api.patch_status(
         &c.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": with_removals(&old, new) })),
     )
     .await
     .map_err(api_err("writing status"))?;
     Ok(())
 }
 
-/// Records an invalid resource as `Degraded` instead of failing the pass:
-/// retrying cannot fix it, a user edit will.
+/// `new` as a merge patch over `old`: every object key `old` has and `new`
+/// lacks becomes `null` (removed by the API server), recursively.
+fn with_removals(old: &Value, mut new: Value) -> Value {
+    if let (Value::Object(o), Value::Object(n)) = (old, &mut new) {
+        for (k, ov) in o {
+            match n.get_mut(k) {
+                None => {
+                    n.insert(k.clone(), Value::Null);
+                }
+                Some(nv) => *nv = with_removals(ov, nv.take()),
+            }
+        }
+    }
+    new
+}
+
+/// Records a resource that cannot be built as `Degraded` instead of failing
+/// the pass; `then` says when to look again (an invalid spec waits for an
+/// edit, missing key material is looked for again soon).
 async fn degrade<A: NodeAdmin>(
     ctx: &Context<A>,
     c: &DcdnCluster,
     reason: &str,
     message: String,
+    then: Action,
 ) -> Result<Action, Error> {
     let now = (ctx.clock)().to_string();
     let old = c.status.clone().unwrap_or_default();
@@ -544,7 +639,7 @@ async fn degrade<A: NodeAdmin>(
         publish_event(ctx, c, EventType::Warning, reason, message).await;
     }
     patch_status(&ctx.client, c, &status).await?;
-    Ok(Action::await_change())
+    Ok(then)
 }
 
 /// One pass for one cluster.
@@ -596,7 +691,8 @@ pub fn backoff(failures: u32) -> Duration {
 
 async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Result<Action, Error> {
     let client = &ctx.client;
-    let names = Names::of(c)?;
+    // Build first: a resource that cannot be built (its name included) is
+    // Degraded and waits for an edit, not retried in a loop.
     let wanted = match build::build(c) {
         Ok(w) => w,
         Err(e) => {
@@ -604,18 +700,29 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .failures
                 .with_label_values(&["invalid_spec"])
                 .inc();
-            return degrade(ctx, c, "InvalidSpec", e.to_string()).await;
+            // Only an edit can fix the spec: wait for it.
+            return degrade(ctx, c, "InvalidSpec", e.to_string(), Action::await_change()).await;
         }
     };
+    let names = Names::of(c)?;
     let mut keys = match read_keys(client, c, &names).await {
         Ok(k) => k,
         Err(e @ (Error::Keys(_) | Error::Precondition(_))) => {
             ctx.metrics.failures.with_label_values(&[e.reason()]).inc();
-            return degrade(ctx, c, "KeyMaterial", e.to_string()).await;
+            // A Secret created or fixed later is no edit of the resource
+            // (the operator does not watch Secrets): look again soon.
+            return degrade(
+                ctx,
+                c,
+                "KeyMaterial",
+                e.to_string(),
+                Action::requeue(KEY_REQUEUE),
+            )
+            .await;
         }
         Err(e) => return Err(e),
     };
-    let live = read_live(client, &names, c.spec.monitoring.service_monitor).await?;
+    let live = read_live(client, &names).await?;
     let now = (ctx.clock)();
     let old_status = c.status.clone().unwrap_or_default();
 
@@ -693,7 +800,11 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .map(|r| (*r, o.clone()))
         })
         .collect();
-    let (allowed, rollout_wait) = rollout_gate(&sts_desired, &live.stateful_sets);
+    let gate_off = c
+        .annotations()
+        .get(ROLLOUT_GATE_ANNOTATION)
+        .is_some_and(|v| v == "off");
+    let (allowed, rollout_wait) = rollout_gate(&sts_desired, &live.stateful_sets, gate_off);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let mut applied_names: Vec<(String, String)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
@@ -721,9 +832,15 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         } else {
             let hash = build::hash_value(&obj);
             obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
+            // The hash says what the operator last applied; the live fields
+            // say whether someone changed them since (`kubectl scale`, an
+            // edited Service): then the apply puts them back.
             live.objects
                 .get(&(kind.clone(), name.clone()))
-                .is_some_and(|(_, o)| o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash))
+                .is_some_and(|(_, o)| {
+                    o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+                        && serde_json::to_value(o).is_ok_and(|l| holds(&l, &obj))
+                })
         };
         if unchanged {
             continue;
@@ -745,6 +862,9 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .inc(),
             Err(kube::Error::Api(s)) if s.code == 404 && kind == "ServiceMonitor" => {
                 problems.push("spec.monitoring.serviceMonitor is on but the ServiceMonitor CRD (Prometheus Operator) is not installed".into());
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 && kind == "ServiceMonitor" => {
+                problems.push("spec.monitoring.serviceMonitor is on but the operator may not write ServiceMonitors (RBAC: monitoring.coreos.com servicemonitors)".into());
             }
             Err(e) => return Err(api_err(format!("applying {kind} {name}"))(e)),
         }

@@ -26,6 +26,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const NS: &str = "cdn";
 
+/// The Prometheus Operator's CRD, as installed next to the operator.
+#[derive(
+    kube::CustomResource, serde::Serialize, serde::Deserialize, Clone, Debug, schemars::JsonSchema,
+)]
+#[kube(
+    group = "monitoring.coreos.com",
+    version = "v1",
+    kind = "ServiceMonitor",
+    namespaced
+)]
+struct ServiceMonitorSpec {
+    #[serde(default)]
+    endpoints: Vec<serde_json::Value>,
+}
+
 /// Simulated nodes: what each pod's admin API answers.
 #[derive(Default, Clone)]
 struct FakeNodes {
@@ -76,7 +91,12 @@ spec:
 impl World {
     async fn new() -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
-        let (w1, w2, w3) = (writes.clone(), writes.clone(), writes.clone());
+        let (w1, w2, w3, w4) = (
+            writes.clone(),
+            writes.clone(),
+            writes.clone(),
+            writes.clone(),
+        );
         let funcs = kube_fake_client::interceptor::Funcs::new()
             .patch(move |_| {
                 w1.fetch_add(1, Ordering::Relaxed);
@@ -89,9 +109,15 @@ impl World {
             .delete(move |_| {
                 w3.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
+            })
+            // Status writes are writes too: an unchanged pass makes none.
+            .patch_status(move |_| {
+                w4.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
             });
         let client = kube_fake_client::ClientBuilder::new()
             .with_resource::<DcdnCluster>()
+            .with_resource::<ServiceMonitor>()
             .with_status_subresource::<StatefulSet>()
             .with_interceptor_funcs(funcs)
             .build()
@@ -408,6 +434,168 @@ async fn a_config_change_rolls_only_the_changed_tiers_one_at_a_time_edges_first(
     assert_eq!(w.pass().await, 0);
 }
 
+/// A tier whose pods all run its current template, none of them ready: a
+/// crash-looping tier, or one whose upstream is down. `changed_from` is
+/// the revision the controller still calls current (the StatefulSet
+/// controller only records a rollout complete once the pods are ready).
+async fn not_ready(w: &World, tier: &str) {
+    let name = format!("demo-{tier}");
+    let s = w.sts().get(&name).await.unwrap();
+    let replicas = s.spec.as_ref().unwrap().replicas.unwrap_or(1);
+    let rev = s.annotations()["dcdn.io/template-hash"].clone();
+    let status = StatefulSetStatus {
+        observed_generation: s.metadata.generation,
+        replicas,
+        ready_replicas: Some(0),
+        updated_replicas: Some(replicas),
+        current_replicas: Some(0),
+        current_revision: Some("before".into()),
+        update_revision: Some(rev),
+        ..Default::default()
+    };
+    w.set_status(&name, status).await;
+}
+
+#[tokio::test]
+async fn the_fix_for_a_broken_origin_rolls_although_the_tiers_that_need_it_are_not_ready() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    // A bad origin config rolls (the only changed tier, the cluster healthy)…
+    w.edit(
+        serde_json::json!({"spec": {"origin": {"config": {"fec": {"default_parity_count": 7}}}}}),
+    )
+    .await;
+    w.pass().await;
+    let broken = w.template_of("origin").await;
+    // …the origin crash-loops, so relays lose their upstream and edges theirs.
+    for t in ["origin", "relay", "edge"] {
+        not_ready(&w, t).await;
+    }
+    w.pass().await;
+    // The edit that fixes it must land: nothing else can make the others ready.
+    w.edit(
+        serde_json::json!({"spec": {"origin": {"config": {"fec": {"default_parity_count": 4}}}}}),
+    )
+    .await;
+    w.pass().await;
+    assert_ne!(
+        w.template_of("origin").await,
+        broken,
+        "the fix is held back"
+    );
+    let (_, reason, msg) = w.condition("Progressing").await;
+    assert_ne!(reason, "WaitingForTier", "{msg}");
+    // An edit of every tier while all are down lands everywhere at once:
+    // the order protects delivery, and there is none to protect.
+    let before: Vec<String> =
+        futures_util::future::join_all(["edge", "relay", "origin"].map(|t| w.template_of(t))).await;
+    w.edit(serde_json::json!({"spec": {"image": "dcdn/node:0.1.1"}}))
+        .await;
+    w.pass().await;
+    for (t, b) in ["edge", "relay", "origin"].iter().zip(before) {
+        assert_ne!(w.template_of(t).await, b, "{t} held back");
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_tier_waits_for_a_rolling_one_unless_the_gate_is_turned_off() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    let relay = w.template_of("relay").await;
+    w.edit(serde_json::json!({"spec": {
+        "edge": {"config": {"fec": {"default_parity_count": 6}}},
+        "relay": {"config": {"fec": {"default_parity_count": 6}}},
+    }}))
+    .await;
+    w.pass().await;
+    w.rolling("edge").await;
+    w.pass().await;
+    assert_eq!(w.template_of("relay").await, relay, "relays wait for edges");
+    let (_, reason, msg) = w.condition("Progressing").await;
+    assert_eq!(reason, "WaitingForTier");
+    assert!(msg.contains("dcdn.io/rollout-gate=off"), "{msg}");
+    // The escape hatch: every tier takes its template now.
+    w.clusters()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"dcdn.io/rollout-gate": "off"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    w.pass().await;
+    assert_ne!(w.template_of("relay").await, relay, "the gate is off");
+}
+
+#[tokio::test]
+async fn a_scaled_stateful_set_and_an_edited_service_are_put_back_by_the_next_pass() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    // `kubectl scale` and `kubectl edit`, under their own field managers.
+    w.sts()
+        .patch(
+            "demo-edge",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(w.client.clone(), NS);
+    services
+        .patch(
+            "demo-edge",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"type": "NodePort"}})),
+        )
+        .await
+        .unwrap();
+    assert!(w.pass().await >= 2, "the drift is not written back");
+    let replicas = w
+        .sts()
+        .get("demo-edge")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, Some(3));
+    let svc = services.get("demo-edge").await.unwrap();
+    assert_eq!(svc.spec.unwrap().type_.as_deref(), Some("ClusterIP"));
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.pass().await, 0, "nothing drifted, nothing written");
+}
+
+#[tokio::test]
+async fn a_service_monitor_turned_off_is_pruned() {
+    let w = World::new().await;
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": true}}}))
+        .await;
+    w.pass().await;
+    let monitors: Api<ServiceMonitor> = Api::namespaced(w.client.clone(), NS);
+    let listed = || async {
+        monitors
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(listed().await, 1);
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": false}}}))
+        .await;
+    w.pass().await;
+    assert_eq!(listed().await, 0, "the ServiceMonitor outlived its switch");
+}
+
 #[tokio::test]
 async fn a_rollout_restart_annotation_survives_the_operators_applies() {
     let w = World::new().await;
@@ -522,14 +710,57 @@ async fn an_invalid_resource_is_degraded_not_a_crash_loop() {
 }
 
 #[tokio::test]
-async fn a_missing_user_admin_secret_is_reported_by_name() {
+async fn a_missing_user_admin_secret_is_reported_by_name_and_picked_up_when_it_appears() {
     let w = World::new().await;
     w.edit(serde_json::json!({"spec": {"adminTokenSecret": "my-tokens"}}))
         .await;
-    w.pass().await;
+    let action = reconcile(Arc::new(w.cluster().await), w.ctx.clone())
+        .await
+        .unwrap();
     let (status, _, msg) = w.condition("Degraded").await;
     assert_eq!(status, "True");
     assert!(msg.contains("my-tokens"), "{msg}");
+    // Key material is not an edit away: the pass comes back on its own.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    // Created later, without the ingest token the origin mounts: named.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let mut s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "my-tokens", "namespace": NS},
+        "stringData": {},
+    }))
+    .unwrap();
+    s.data = Some(
+        [(
+            "token".to_owned(),
+            k8s_openapi::ByteString(b"t0ken".to_vec()),
+        )]
+        .into(),
+    );
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(
+        msg.contains("my-tokens") && msg.contains("ingest-token"),
+        "{msg}"
+    );
+    // Complete: the cluster is built.
+    s.data.as_mut().unwrap().insert(
+        "ingest-token".into(),
+        k8s_openapi::ByteString(b"1ngest".to_vec()),
+    );
+    secrets
+        .replace("my-tokens", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "False", "{msg}");
+    assert!(w.sts().get_opt("demo-origin").await.unwrap().is_some());
 }
 
 /// Drives a rotation through every phase; at each gate the nodes lag first.
@@ -621,6 +852,11 @@ async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {
     w.sync_nodes().await;
     w.pass().await;
     assert_eq!(w.phase().await, RotationPhase::Idle);
+    // What the rotation no longer has is gone from the status, not left
+    // behind by a merge patch that omits it.
+    let rotation = w.cluster().await.status.unwrap().rotation;
+    assert_eq!(rotation.next_key_id, None, "{rotation:?}");
+    assert_eq!(rotation.waiting_for, None, "{rotation:?}");
     let keys = w.signing().await;
     assert_eq!(keys.current.key_id(), new);
     assert!(keys.next.is_none());

@@ -28,6 +28,9 @@ For the chart's default values and for each VALUES_FILE (merged over them, as
 
 checks only the last point, for any YAML stream (the operator's output).
 
+A VALUES_FILE whose first line is `# fails: TEXT` must instead be refused
+by the chart (a `fail` in a template) with a message containing TEXT.
+
 Exits 1 if anything failed; prints one line per check.
 """
 
@@ -256,14 +259,29 @@ def main():
         if values_file:
             with open(values_file) as f:
                 overlay = yaml.safe_load(f) or {}
-        problems = lint(chart, overlay)
+        # A values file whose first line is `# fails: TEXT` must be refused
+        # by the chart with a message containing TEXT.
+        expected = None
+        if values_file:
+            with open(values_file) as f:
+                first = f.readline()
+            if first.startswith("# fails:"):
+                expected = first[len("# fails:"):].strip()
+        problems = [] if expected else lint(chart, overlay)
         if problems:
             print(f"FAIL {label}: helm lint: {'; '.join(problems)}")
             failures += 1
         try:
             objects, hooks, notes = install(chart, overlay)
         except helm_sdkpy.HelmError as e:
-            print(f"FAIL {label}: helm install (render): {e}")
+            if expected and expected in str(e):
+                print(f"ok   {label}: refused as it must be ({expected})")
+            else:
+                print(f"FAIL {label}: helm install (render): {e}")
+                failures += 1
+            continue
+        if expected:
+            print(f"FAIL {label}: rendered, but must be refused with '{expected}'")
             failures += 1
             continue
         if not notes.strip():
