@@ -331,6 +331,11 @@ struct PeerInfo {
     address: String,
     bytes_in: u64,
     bytes_out: u64,
+    /// New chunks this peer pushed to us.
+    chunks_pushed_in: u64,
+    /// We take pushes from this peer (one upstream at a time; the others
+    /// answer pulls).
+    push_upstream: bool,
     download_rate_bytes_per_second: Option<f64>,
     upload_rate_bytes_per_second: Option<f64>,
     /// Our choker lets this peer download from us.
@@ -359,6 +364,7 @@ async fn peers(State(state): State<AdminState>) -> Json<PeerList> {
     let now = Instant::now();
     let peer_list = shared.peer_list();
     let choker_stats = shared.choker.lock().stats(now);
+    let push_upstream = *shared.push_upstream.lock();
     let reputation = shared.reputation.lock();
     let peers = peer_list
         .iter()
@@ -371,6 +377,8 @@ async fn peers(State(state): State<AdminState>) -> Json<PeerList> {
                 address: p.conn.remote_address().to_string(),
                 bytes_in: p.bytes_in.load(Relaxed),
                 bytes_out: p.bytes_out.load(Relaxed),
+                chunks_pushed_in: p.chunks_pushed_in.load(Relaxed),
+                push_upstream: push_upstream == Some(p.id),
                 download_rate_bytes_per_second: c.map(|c| c.download_rate),
                 upload_rate_bytes_per_second: c.map(|c| c.upload_rate),
                 unchoked_by_us: c.map(|c| c.unchoked),
@@ -466,11 +474,15 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadResult>, H
         ));
     };
     let new = crate::config::NodeConfig::from_file(path, std::env::vars()).map_err(|e| {
-        HttpError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_config",
-            e.to_string(),
-        )
+        // The whole chain: a read error's cause (no such file, ...) is its
+        // source, not part of its own message.
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
     })?;
     let shared = &state.shared;
     let keyring_changed = shared

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    // The cause is the `#[source]`, not in the message too: `error: {e:#}`
+    // printed the OS error twice.
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]
@@ -693,6 +695,30 @@ impl NodeConfig {
             if let Some(v) = v {
                 split_host_port(v).map_err(|e| format!("{field}: {e}"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Rules for a config a node will run, on top of `validate`: an edge or
+    /// relay must name an upstream (`discovery.upstream` or
+    /// `discovery.upstream_dns`), or it serves nothing and waits forever.
+    ///
+    /// Not part of `validate`, on purpose: the default config (an edge with
+    /// no upstream) must stay valid as a template, since the operator
+    /// validates it before filling in the upstream Service, and partial
+    /// configs are layered under environment overrides. `dcdn config check`
+    /// judges the file a node will actually get, so it applies this too.
+    pub fn validate_runnable(&self) -> Result<(), String> {
+        self.validate()?;
+        let needs_upstream = matches!(self.node.role, Role::Edge | Role::Relay);
+        if needs_upstream
+            && self.discovery.upstream.is_empty()
+            && self.discovery.upstream_dns.is_none()
+        {
+            return Err(format!(
+                "an {} needs an upstream: set discovery.upstream or discovery.upstream_dns",
+                self.node.role.as_str()
+            ));
         }
         Ok(())
     }

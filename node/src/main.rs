@@ -707,7 +707,20 @@ async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn config_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let loaded = dcdn_node::config::NodeConfig::from_file(file, std::env::vars());
+    // A file a node will run must also pass `validate_runnable` (an edge or
+    // relay needs an upstream).
+    let loaded = dcdn_node::config::NodeConfig::from_file(file, std::env::vars())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            // A ConfigError, so it exits 3 like any invalid config.
+            config.validate_runnable().map_err(|message| {
+                dcdn_node::config::ConfigError::Invalid {
+                    path: file.display().to_string(),
+                    message,
+                }
+            })?;
+            Ok(config)
+        });
     if json {
         let value = match &loaded {
             Ok(config) => serde_json::json!({
@@ -716,7 +729,9 @@ fn config_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 "config_hash": config.config_hash(),
                 "config": config,
             }),
-            Err(e) => serde_json::json!({ "file": file, "valid": false, "error": e.to_string() }),
+            Err(e) => {
+                serde_json::json!({ "file": file, "valid": false, "error": format!("{e:#}") })
+            }
         };
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     }

@@ -232,37 +232,153 @@ async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
     }
 }
 
+/// An edge's relays as its admin API sees them: (name, whether the edge
+/// takes pushes from it, new chunks it pushed to the edge).
+async fn relays_seen_by(c: &TestCluster, edge: usize) -> Vec<(String, bool, u64)> {
+    let client = Client::new(Duration::from_secs(5));
+    let resp = client
+        .get(
+            &format!("{}/v1/peers", c.nodes[edge].admin()),
+            Some(&c.plan.admin_token),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] == "relay")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["push_upstream"].as_bool().unwrap(),
+                p["chunks_pushed_in"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Chunks `relay` has pushed to `edge` so far (0 when not connected).
+async fn pushed_by(c: &TestCluster, edge: usize, relay: &str) -> u64 {
+    relays_seen_by(c, edge)
+        .await
+        .into_iter()
+        .find(|r| r.0 == relay)
+        .map_or(0, |r| r.2)
+}
+
+/// Waits (up to 30 s) until `edge` takes pushes from a relay other than
+/// `not`, and returns that relay's name.
+async fn wait_push_upstream(c: &TestCluster, edge: usize, not: Option<&str>) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let relays = relays_seen_by(c, edge).await;
+        if let Some(r) = relays.iter().find(|r| r.1 && Some(r.0.as_str()) != not) {
+            return r.0.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never took pushes from a relay other than {not:?}: {relays:?}",
+            c.nodes[edge].name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The relay that is really pushing to the edges dies as in a crash
+/// (SIGKILL: no close frame, the edges learn it from the QUIC idle timeout)
+/// while a live stream flows. Every edge it fed must subscribe to the other
+/// relay, which must then push to it, and no chunk may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_relay_killed_mid_stream_loses_no_chunk() {
-    const N: usize = 120;
+async fn the_pushing_relay_sigkilled_mid_stream_fails_pushes_over_and_loses_no_chunk() {
+    const N: usize = 200;
     const LEN: usize = 8000;
-    let mut c = TestCluster::start(
+    let (plan, dir) = TestCluster::plan(
         "kill",
         Counts {
             relays: 2,
             edges: 2,
         },
-        small,
-        |_| {},
-    )
-    .await;
+        |cfg| {
+            small(cfg);
+            // A dead peer is noticed after the idle timeout: keep it short.
+            cfg.quic.idle_timeout_ms = dcdn_node::config::Bounded::new(2_000).unwrap();
+            cfg.quic.keep_alive_ms = dcdn_node::config::Bounded::new(500).unwrap();
+        },
+    );
+    // Relays run as processes so that one can be SIGKILLed.
+    let mut c =
+        TestCluster::start_planned_with_processes(plan, dir, |_| {}, |r| r == Role::Relay).await;
+    let edges = c.by_role(Role::Edge);
+    let mut pushing = Vec::new();
+    for &e in &edges {
+        pushing.push(wait_push_upstream(&c, e, None).await);
+    }
+    let victim_name = pushing[0].clone();
+    let victim = c.nodes.iter().position(|n| n.name == victim_name).unwrap();
+    let fed: Vec<usize> = edges
+        .iter()
+        .zip(&pushing)
+        .filter(|(_, p)| **p == victim_name)
+        .map(|(e, _)| *e)
+        .collect();
+
     let origin = c.origin().http();
     let token = c.plan.ingest_token.clone();
     let publisher = tokio::spawn(async move {
-        publish_live_from(&origin, &token, "k", N, LEN, Duration::from_millis(10)).await
+        publish_live_from(&origin, &token, "k", N, LEN, Duration::from_millis(20)).await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let relays = c.by_role(Role::Relay);
-    c.nodes[relays[0]].stop().await;
-    let live = publisher.await.unwrap();
-    for e in c.by_role(Role::Edge) {
-        let got = fetch_live_all(&c.nodes[e].http(), "k", &live).await;
-        assert_eq!(
-            got,
-            (live.chunks, true),
-            "edge {} lost chunks",
-            c.nodes[e].name
+    // Kill it once its pushes are flowing, not at a guessed moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pushed_by(&c, fed[0], &victim_name).await < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{victim_name} never pushed"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.nodes[victim].kill_process();
+    let mut before = Vec::new();
+    for &e in &fed {
+        let next = wait_push_upstream(&c, e, Some(&victim_name)).await;
+        before.push((e, next.clone(), pushed_by(&c, e, &next).await));
+    }
+    let live = publisher.await.unwrap();
+    // A second stream, published after every fed edge has failed over, can
+    // reach them by push only from the survivor.
+    let live2 = publish_live(&c, "k2", 20, LEN, Duration::from_millis(10)).await;
+    for (e, next, at_failover) in &before {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = pushed_by(&c, *e, next).await;
+            println!(
+                "{}: {now} chunks pushed by {next}, {at_failover} of them before it took over",
+                c.nodes[*e].name
+            );
+            if now >= at_failover + live2.chunks as u64 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: only {} chunks pushed by {next} after the failover, {} published",
+                c.nodes[*e].name,
+                now - at_failover,
+                live2.chunks
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for e in c.by_role(Role::Edge) {
+        for (name, l) in [("k", &live), ("k2", &live2)] {
+            let got = fetch_live_all(&c.nodes[e].http(), name, l).await;
+            assert_eq!(
+                got,
+                (l.chunks, true),
+                "edge {} lost chunks of {name}",
+                c.nodes[e].name
+            );
+        }
     }
     c.stop().await;
 }

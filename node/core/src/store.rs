@@ -11,18 +11,24 @@
 //! instant. Statistics live inside the shards (no shared counter for two
 //! threads to fight over) and are summed on demand.
 //!
-//! Memory overhead per chunk beyond the bytes it stores (`stored_len`): 123
-//! bytes requested from the allocator (plus glibc's ~16-byte header on the
-//! boxed entry), measured by `node/tests/store_overhead.rs` with a counting
-//! allocator over 200,000 chunks; the seed's design said ~300 B. Entries are
-//! boxed so the hash table's slots stay 24 bytes and its spare capacity
-//! costs little.
+//! Memory overhead per chunk beyond the bytes it stores (`stored_len`), at
+//! most ~105 bytes requested from the allocator at every size (plus glibc's
+//! ~16-byte header on the boxed entry), measured by
+//! `node/tests/store_overhead.rs` with a counting allocator every 2,500
+//! chunks up to 300,000; the seed's design said ~300 B. The per-chunk
+//! bookkeeping is the boxed entry (~60 B beyond the header and signature), one
+//! 9-byte hash-table slot (the entry's own id is the key, so a slot is a
+//! pointer and a control byte) and one 24-byte queue record. The worst case
+//! is just past a hash-table resize, when the table is 7/16 full: ~21 B per
+//! chunk for the table. The queue grows by fixed blocks instead of doubling,
+//! so it never holds more than one spare block.
 //!
 //! The store holds only what callers verified; it does no verification.
 
 use crate::chunk::{Chunk, ChunkId, StreamId};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Borrow;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -87,12 +93,113 @@ struct Entry {
     inserted: Instant,
 }
 
+/// A hash-table slot: the boxed entry, keyed by its own chunk's id. Keeping
+/// the id only inside the entry makes a slot 8 bytes (a `HashMap` from id to
+/// box would take 24), which matters most just after the table doubles, when
+/// more than half its slots are spare.
+struct Slot(Box<Entry>);
+
+impl std::ops::Deref for Slot {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
+impl Borrow<ChunkId> for Slot {
+    fn borrow(&self) -> &ChunkId {
+        &self.0.chunk.header.id
+    }
+}
+
+// Hash and equality are the id's, as `Borrow` requires.
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.chunk.header.id.hash(state);
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.chunk.header.id == other.0.chunk.header.id
+    }
+}
+
+impl Eq for Slot {}
+
+/// Records per queue block: 512 × 24 B = 12 KiB, small next to a shard of
+/// thousands of chunks, large enough that block pointers cost nothing.
+const QUEUE_BLOCK: usize = 512;
+
+/// A FIFO that grows one fixed block at a time. A `VecDeque` doubles, so
+/// just past a resize it holds one spare record per live one (24 B per
+/// chunk); this one holds at most one partly used block per end.
+struct BlockQueue<T> {
+    blocks: VecDeque<VecDeque<T>>,
+    len: usize,
+}
+
+// Not derived: the derive would ask `T: Default`.
+impl<T> Default for BlockQueue<T> {
+    fn default() -> Self {
+        Self {
+            blocks: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> BlockQueue<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push_back(&mut self, value: T) {
+        match self.blocks.back_mut() {
+            Some(b) if b.len() < QUEUE_BLOCK => b.push_back(value),
+            _ => {
+                let mut b = VecDeque::with_capacity(QUEUE_BLOCK);
+                b.push_back(value);
+                self.blocks.push_back(b);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.blocks.front().and_then(VecDeque::front)
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let front = self.blocks.front_mut()?;
+        let value = front.pop_front();
+        if front.is_empty() {
+            self.blocks.pop_front();
+        }
+        if value.is_some() {
+            self.len -= 1;
+        }
+        value
+    }
+
+    /// Keeps the records `keep` accepts, in order, and repacks them into
+    /// full blocks so a sparse queue gives its memory back.
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let old = std::mem::take(self);
+        for value in old.blocks.into_iter().flatten() {
+            if keep(&value) {
+                self.push_back(value);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<ChunkId, Box<Entry>, IdHasher>,
+    map: HashSet<Slot, IdHasher>,
     /// (ticket, id) in insertion order; entries whose ticket no longer
     /// matches the map are stale and skipped.
-    fifo: VecDeque<(u64, ChunkId)>,
+    fifo: BlockQueue<(u64, ChunkId)>,
     hits: u64,
     misses: u64,
     inserts: u64,
@@ -191,14 +298,11 @@ impl ChunkStore {
         self.reserve(size);
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(&id).lock();
-        let replaced = shard.map.insert(
-            id,
-            Box::new(Entry {
-                chunk,
-                ticket,
-                inserted: now,
-            }),
-        );
+        let replaced = shard.map.replace(Slot(Box::new(Entry {
+            chunk,
+            ticket,
+            inserted: now,
+        })));
         shard.fifo.push_back((ticket, id));
         shard.inserts += 1;
         match replaced {
@@ -272,7 +376,7 @@ impl ChunkStore {
         let Some((_, id)) = shard.fifo.pop_front() else {
             return true;
         };
-        if let Some(e) = shard.map.remove(&id) {
+        if let Some(e) = shard.map.take(&id) {
             shard.evictions += 1;
             drop(shard);
             self.release(e.chunk.stored_len(), true);
@@ -307,7 +411,7 @@ impl ChunkStore {
 
     /// Removes `id`; true if it was held.
     pub fn remove(&self, id: &ChunkId) -> bool {
-        let removed = self.shard(id).lock().map.remove(id);
+        let removed = self.shard(id).lock().map.take(id);
         match removed {
             Some(e) => {
                 self.release(e.chunk.stored_len(), true);
@@ -337,7 +441,7 @@ impl ChunkStore {
                         break;
                     }
                     shard.fifo.pop_front();
-                    if let Some(e) = shard.map.remove(&id) {
+                    if let Some(e) = shard.map.take(&id) {
                         freed.push(e.chunk.stored_len());
                         shard.expirations += 1;
                     }
@@ -364,7 +468,8 @@ impl ChunkStore {
             out.extend(
                 shard
                     .map
-                    .keys()
+                    .iter()
+                    .map(|e| e.chunk.header.id)
                     .filter(|k| k.stream == stream)
                     .map(|k| k.seq),
             );
@@ -540,11 +645,29 @@ mod tests {
         let mut held = 0;
         let mut n = 0;
         for sh in &s.shards {
-            for e in sh.lock().map.values() {
+            for e in sh.lock().map.iter() {
                 held += e.chunk.stored_len();
                 n += 1;
             }
         }
         assert_eq!((st.bytes, st.chunks), (held, n));
+    }
+
+    #[test]
+    fn block_queue_keeps_fifo_order_across_blocks_and_retain() {
+        let mut q = BlockQueue::default();
+        let n = 3 * QUEUE_BLOCK + 7;
+        for i in 0..n {
+            q.push_back(i);
+        }
+        assert_eq!((q.len(), q.blocks.len()), (n, 4));
+        for i in 0..QUEUE_BLOCK + 1 {
+            assert_eq!(q.pop_front(), Some(i));
+        }
+        q.retain(|v| v % 2 == 0);
+        let rest: Vec<usize> = std::iter::from_fn(|| q.pop_front()).collect();
+        let want: Vec<usize> = (QUEUE_BLOCK + 1..n).filter(|v| v % 2 == 0).collect();
+        assert_eq!(rest, want);
+        assert_eq!((q.len(), q.front(), q.blocks.len()), (0, None, 0));
     }
 }

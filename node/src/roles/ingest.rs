@@ -136,6 +136,7 @@ pub fn router<P: Publish>(publisher: Arc<P>, config: IngestConfig) -> Router {
             put(put_object::<P>).delete(delete_object::<P>),
         )
         .route("/v1/streams/{name}", post(put_live::<P>).put(put_live::<P>))
+        .fallback(crate::roles::serve::unknown_path)
         .with_state(state)
 }
 

@@ -107,6 +107,7 @@ async fn session(
         have: Mutex::new(HaveSet::default()),
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
+        chunks_pushed_in: AtomicU64::new(0),
         shards_received: AtomicU64::new(0),
         shards_expected: AtomicU64::new(0),
         groups_seen: Mutex::new(HaveSet::default()),

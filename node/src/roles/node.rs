@@ -102,6 +102,9 @@ pub(crate) struct Peer {
     pub have: Mutex<HaveSet>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// New chunks this peer pushed to us (duplicates and rejects excluded):
+    /// shows which upstream is really feeding us, and that a failover took.
+    pub chunks_pushed_in: AtomicU64,
     /// Shards received from this peer and shards its groups promised,
     /// since the last loss report.
     pub shards_received: AtomicU64,
@@ -443,6 +446,9 @@ impl Shared {
         let sender = from.and_then(|p| self.peers.read().get(&p).cloned());
         if let Some(peer) = sender {
             peer.bytes_in.fetch_add(len, Ordering::Relaxed);
+            if path == Path::Push {
+                peer.chunks_pushed_in.fetch_add(1, Ordering::Relaxed);
+            }
             if peer.role == Role::Edge {
                 self.choker.lock().record_downloaded(peer.id, len, now);
             }

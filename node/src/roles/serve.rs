@@ -111,7 +111,14 @@ pub fn router<C: Content>(content: Arc<C>, config: ServeConfig) -> Router {
         )
         .route("/v1/streams/{name}", get(get_stream_head::<C>))
         .route("/v1/streams/{name}/{seq}", get(get_live_chunk::<C>))
+        .fallback(unknown_path)
         .with_state(state)
+}
+
+/// Any path no route knows: the same JSON error shape as every other error,
+/// not axum's empty 404.
+pub async fn unknown_path() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
 }
 
 /// Counts every request by route template and status, and times it.
@@ -204,12 +211,21 @@ pub struct HttpError {
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
+/// Longest error message sent: messages quote names and header values the
+/// client sent, and a 5,000-character name should not come back whole.
+pub const MAX_MESSAGE_CHARS: usize = 256;
+
 impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
         Self {
             status,
             code,
-            message: message.into(),
+            message,
             headers: Vec::new(),
         }
     }
@@ -253,9 +269,12 @@ pub struct ByteRange {
 }
 
 /// Parses a `Range` header against an object of `len` bytes. `Ok(None)`
-/// means "serve the whole object": no header, a unit other than bytes, or
+/// means "serve the whole object": no header, a unit other than bytes,
 /// several ranges (RFC 9110 lets a server ignore Range; multipart responses
-/// are not worth their complexity here). `Err(())` means 416.
+/// are not worth their complexity here), or a malformed or invalid range
+/// (RFC 9110 §14.2: a server ignores a Range it cannot parse; a 416 would
+/// tell the client its range is past the end, which it is not). `Err(())`
+/// means 416: a well-formed range the object cannot satisfy.
 #[allow(clippy::result_unit_err)]
 pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
@@ -265,12 +284,23 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
         return Ok(None);
     }
     let Some((first, last)) = spec.trim().split_once('-') else {
-        return Err(());
+        return Ok(None);
     };
     let (first, last) = (first.trim(), last.trim());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = match (first.is_empty(), last.is_empty()) {
+        (true, _) => digits(last),
+        (false, true) => digits(first),
+        (false, false) => digits(first) && digits(last),
+    };
+    if !well_formed {
+        return Ok(None);
+    }
+    // Digits too many for a u64 are a position past any object's end.
+    let pos = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
     let range = if first.is_empty() {
         // Suffix range: the last N bytes.
-        let n: u64 = last.parse().map_err(|_| ())?;
+        let n = pos(last);
         if n == 0 || len == 0 {
             return Err(());
         }
@@ -279,13 +309,14 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
             end: len,
         }
     } else {
-        let start: u64 = first.parse().map_err(|_| ())?;
+        let start = pos(first);
         let end = if last.is_empty() {
             len
         } else {
-            let last: u64 = last.parse().map_err(|_| ())?;
+            let last = pos(last);
             if last < start {
-                return Err(());
+                // Invalid, not unsatisfiable (RFC 9110 §14.1.1): ignored.
+                return Ok(None);
             }
             last.saturating_add(1).min(len)
         };
@@ -867,6 +898,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_malformed_range_is_ignored_and_the_whole_object_served() {
+        for bad in ["bytes=a-b", "bytes=5-2", "bytes=", "bytes=-x"] {
+            let (status, headers, body) = call(
+                fake_with_object(&data(), 1000),
+                Request::get("/v1/objects/big.bin")
+                    .header(header::RANGE, bad)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{bad}");
+            assert!(headers.get(header::CONTENT_RANGE).is_none(), "{bad}");
+            assert_eq!(body.len(), data().len(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_answer_the_json_error_shape() {
+        for path in ["/", "/v2/objects/x", "/v1/nothing"] {
+            let (status, headers, body) = call(
+                Fake::default(),
+                Request::get(path).body(Body::empty()).unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{path}");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["code"], "not_found", "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_do_not_echo_a_long_name_back() {
+        let name = "n".repeat(5000);
+        let (status, _, body) = call(
+            Fake::default(),
+            Request::get(format!("/v1/objects/{name}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.chars().count() <= MAX_MESSAGE_CHARS + 1,
+            "{} chars",
+            message.len()
+        );
+    }
+
+    #[tokio::test]
     async fn unknown_object_is_404_and_missing_chunks_503() {
         let (status, _, body) = call(
             Fake::default(),
@@ -1132,10 +1215,17 @@ mod tests {
             parse_range("bytes=-30", 10),
             Ok(Some(ByteRange { start: 0, end: 10 }))
         );
-        assert_eq!(parse_range("bytes=5-2", 10), Err(()));
+        // Unsatisfiable: 416.
         assert_eq!(parse_range("bytes=10-", 10), Err(()));
-        assert_eq!(parse_range("bytes=a-b", 10), Err(()));
         assert_eq!(parse_range("bytes=-0", 10), Err(()));
+        assert_eq!(parse_range("bytes=99999999999999999999-", 10), Err(()));
+        // Malformed or invalid: ignored, the whole object is served.
+        assert_eq!(parse_range("bytes=5-2", 10), Ok(None));
+        assert_eq!(parse_range("bytes=a-b", 10), Ok(None));
+        assert_eq!(parse_range("bytes=", 10), Ok(None));
+        assert_eq!(parse_range("bytes=0", 10), Ok(None));
+        assert_eq!(parse_range("bytes=-", 10), Ok(None));
+        assert_eq!(parse_range("bytes=1-x", 10), Ok(None));
         assert_eq!(parse_range("items=0-1", 10), Ok(None));
         assert_eq!(parse_range("bytes=0-1,3-4", 10), Ok(None));
     }

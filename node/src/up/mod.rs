@@ -81,40 +81,97 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<bool> {
         )
         .into());
     }
-    let plan = plan::plan(&opts.dir, opts.counts, |_| {})?;
+    run_planned(&opts, || plan::plan(&opts.dir, opts.counts, |_| {})).await
+}
+
+/// How many times `up` plans fresh ports and starts again when a node could
+/// not bind a planned one.
+pub const START_ATTEMPTS: usize = 3;
+
+/// `run` with the planning step given: `make_plan` is called once per start
+/// attempt (tests use it to take a planned port first).
+pub async fn run_planned(
+    opts: &UpOptions,
+    mut make_plan: impl FnMut() -> Result<plan::Plan, plan::PlanError>,
+) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Signals are caught from the very start, not only once serving: before,
+    // a Ctrl-C during startup or the check took the default action, killed
+    // `up` at once (no destructor runs) and left every node running.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let mut cluster = procs::Cluster::default();
-    let result = start_and_serve(&opts, &plan, &mut cluster).await;
+    let result = tokio::select! {
+        r = start_and_serve(opts, &mut make_plan, &mut cluster) => Some(r),
+        _ = interrupt.recv() => None,
+        _ = terminate.recv() => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            eprintln!("stopping");
+            // Interrupted: a check did not finish, so it did not pass; a
+            // serving cluster passed if no node died.
+            Ok(!opts.check && cluster.exited().is_empty() && !cluster.nodes.is_empty())
+        }
+    };
     cluster.stop(Duration::from_secs(10)).await;
     result
 }
 
+/// Plans, starts every node and waits until all are ready; when a node could
+/// not bind a planned port, plans fresh ports and starts again.
+async fn start(
+    opts: &UpOptions,
+    make_plan: &mut impl FnMut() -> Result<plan::Plan, plan::PlanError>,
+    cluster: &mut procs::Cluster,
+) -> anyhow::Result<plan::Plan> {
+    let mut attempt = 1;
+    loop {
+        let plan = make_plan()?;
+        for n in &plan.nodes {
+            cluster.spawn(
+                &opts.program,
+                procs::NodeProc {
+                    name: n.name.clone(),
+                    args: vec![
+                        "run".into(),
+                        "--config".into(),
+                        n.config_path.display().to_string(),
+                    ],
+                    log: plan.dir.join(format!("{}.log", n.name)),
+                    ready_url: format!("http://{}/readyz", n.admin),
+                },
+            )?;
+        }
+        let bar = crate::cli::progress::steps(plan.nodes.len() as u64, "starting");
+        let ready = cluster.wait_ready(Duration::from_secs(30), &bar).await;
+        bar.finish_and_clear();
+        match ready {
+            Ok(()) => return Ok(plan),
+            // Ports are planned free, then released for the nodes to bind:
+            // in between another program (often another `dcdn up`) can take
+            // one. The ports are not handed over as open sockets, so the cure
+            // is fresh ports.
+            Err(e) if e.address_in_use() && attempt < START_ATTEMPTS => {
+                eprintln!("{e}\na planned port was taken meanwhile; planning new ports");
+                cluster.stop(Duration::from_secs(5)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn start_and_serve(
     opts: &UpOptions,
-    plan: &plan::Plan,
+    make_plan: &mut impl FnMut() -> Result<plan::Plan, plan::PlanError>,
     cluster: &mut procs::Cluster,
 ) -> anyhow::Result<bool> {
-    for n in &plan.nodes {
-        cluster.spawn(
-            &opts.program,
-            procs::NodeProc {
-                name: n.name.clone(),
-                args: vec![
-                    "run".into(),
-                    "--config".into(),
-                    n.config_path.display().to_string(),
-                ],
-                log: plan.dir.join(format!("{}.log", n.name)),
-                ready_url: format!("http://{}/readyz", n.admin),
-            },
-        )?;
-    }
-    let bar = crate::cli::progress::steps(plan.nodes.len() as u64, "starting");
-    let ready = cluster.wait_ready(Duration::from_secs(30), &bar).await;
-    bar.finish_and_clear();
-    ready?;
-    let mut report = UpReport::new(plan);
+    let plan = start(opts, make_plan, cluster).await?;
+    let mut report = UpReport::new(&plan);
     if !opts.json {
-        print_urls(plan, &plan.dir);
+        print_urls(&plan, &plan.dir, cluster);
     } else if !opts.check {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -129,12 +186,16 @@ async fn start_and_serve(
             origin_admin: Some(format!("http://{}", origin.admin)),
         };
         let outcome = check::run(&targets, check::CheckSizes::default()).await;
-        let ok = outcome.ok;
+        let mut ok = outcome.ok;
         if opts.json {
             report.check = Some(outcome);
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!("{outcome}");
+        }
+        for (name, status) in cluster.exited() {
+            eprintln!("{name} exited ({status}) during the check");
+            ok = false;
         }
         if !ok {
             eprintln!("logs: {}", plan.dir.display());
@@ -145,27 +206,27 @@ async fn start_and_serve(
         println!("\nPress Ctrl-C to stop.");
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut reported = std::collections::BTreeSet::new();
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = tick.tick() => {
-                let exited = cluster.exited();
-                if !exited.is_empty() {
-                    for (name, status) in exited {
-                        eprintln!("{name} exited ({status}); see {}", plan.dir.join(format!("{name}.log")).display());
-                    }
-                    return Ok(false);
-                }
+        tick.tick().await;
+        // One node dying is reported, once; the others keep serving (an
+        // edge's clients can use another edge, a relay's edges fail over).
+        for (name, status) in cluster.exited() {
+            if reported.insert(name.clone()) {
+                eprintln!(
+                    "{name} exited ({status}); the other nodes keep serving; see {}",
+                    plan.dir.join(format!("{name}.log")).display()
+                );
             }
         }
+        if reported.len() == cluster.nodes.len() {
+            eprintln!("every node has exited");
+            return Ok(false);
+        }
     }
-    eprintln!("stopping");
-    Ok(true)
 }
 
-fn print_urls(plan: &plan::Plan, dir: &Path) {
+fn print_urls(plan: &plan::Plan, dir: &Path, cluster: &procs::Cluster) {
     println!(
         "DCDN is up ({} nodes); files and logs in {}",
         plan.nodes.len(),
@@ -177,8 +238,14 @@ fn print_urls(plan: &plan::Plan, dir: &Path) {
             crate::config::Role::Edge => format!("serve  http://{}", n.http),
             crate::config::Role::Relay => "-".to_owned(),
         };
+        let pid = cluster
+            .nodes
+            .iter()
+            .find(|r| r.spec.name == n.name)
+            .and_then(procs::Running::pid)
+            .map_or_else(|| "-".to_owned(), |p| p.to_string());
         println!(
-            "  {:<10} {:<7} mesh {:<21} {:<32} admin http://{}",
+            "  {:<10} {:<7} mesh {:<21} {:<32} admin http://{:<21} pid {pid}",
             n.name, n.role, n.mesh, http, n.admin
         );
     }

@@ -172,14 +172,29 @@ pub fn plan(
     let roles = std::iter::once((Role::Origin, "origin-0".to_owned()))
         .chain((0..counts.relays).map(|i| (Role::Relay, format!("relay-{i}"))))
         .chain((0..counts.edges).map(|i| (Role::Edge, format!("edge-{i}"))));
+    // Each picked port is released at once, so a later pick could return it
+    // again: never hand out one port twice in a plan.
+    let mut taken = std::collections::HashSet::new();
+    let mut unique = |pick: fn() -> Result<SocketAddr, PlanError>| {
+        for _ in 0..64 {
+            let addr = pick()?;
+            if taken.insert(addr.port()) {
+                return Ok(addr);
+            }
+        }
+        Err(PlanError::Port(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no unused port after 64 picks",
+        )))
+    };
     for (role, name) in roles {
         nodes.push(PlannedNode {
             config_path: dir.join(format!("{name}.toml")),
             name,
             role,
-            mesh: free_udp()?,
-            http: free_tcp()?,
-            admin: free_tcp()?,
+            mesh: unique(free_udp)?,
+            http: unique(free_tcp)?,
+            admin: unique(free_tcp)?,
         });
     }
     let mesh_of = |r: Role| -> Vec<String> {

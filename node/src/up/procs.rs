@@ -35,6 +35,14 @@ pub enum ProcError {
     },
 }
 
+impl ProcError {
+    /// The node could not bind one of its planned ports. Matched on the OS's
+    /// message in the node's log, the only channel a child has to tell us.
+    pub fn address_in_use(&self) -> bool {
+        matches!(self, Self::Exited { log, .. } if log.contains("Address already in use"))
+    }
+}
+
 /// One node process to start.
 #[derive(Debug, Clone)]
 pub struct NodeProc {
@@ -50,6 +58,13 @@ pub struct NodeProc {
 pub struct Running {
     pub spec: NodeProc,
     child: Child,
+}
+
+impl Running {
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// Every child of one `dcdn up`.

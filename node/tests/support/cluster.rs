@@ -16,6 +16,9 @@ pub struct TestNode {
     pub role: Role,
     pub config: NodeConfig,
     pub running: Option<Running>,
+    /// The node as a `dcdn run` child process instead, for tests that must
+    /// kill it as the kernel would (SIGKILL: no goodbye, no close frames).
+    pub process: Option<std::process::Child>,
 }
 
 impl TestNode {
@@ -31,7 +34,17 @@ impl TestNode {
     }
 
     pub fn admin(&self) -> String {
-        format!("http://{}", self.running().admin_addr)
+        match &self.running {
+            Some(r) => format!("http://{}", r.admin_addr),
+            None => format!("http://{}", self.config.network.admin_listen),
+        }
+    }
+
+    /// SIGKILLs the node's process and reaps it.
+    pub fn kill_process(&mut self) {
+        let mut child = self.process.take().expect("node runs as a process");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     pub fn mesh(&self) -> SocketAddr {
@@ -49,6 +62,9 @@ impl TestNode {
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(2)).await;
+        }
+        if self.process.is_some() {
+            self.kill_process();
         }
     }
 }
@@ -136,6 +152,18 @@ impl TestCluster {
     }
 
     pub async fn start_planned(plan: Plan, dir: PathBuf, adjust: impl Fn(&mut NodeConfig)) -> Self {
+        Self::start_planned_with_processes(plan, dir, adjust, |_| false).await
+    }
+
+    /// Like `start_planned`, but the nodes `as_process` picks run as `dcdn
+    /// run` child processes from their planned config file (`adjust` does
+    /// not reach them).
+    pub async fn start_planned_with_processes(
+        plan: Plan,
+        dir: PathBuf,
+        adjust: impl Fn(&mut NodeConfig),
+        as_process: impl Fn(Role) -> bool,
+    ) -> Self {
         let mut nodes = Vec::new();
         for n in &plan.nodes {
             let mut config =
@@ -146,11 +174,24 @@ impl TestCluster {
                 role: n.role,
                 config,
                 running: None,
+                process: None,
             });
         }
         let mut cluster = Self { plan, nodes, dir };
         for i in 0..cluster.nodes.len() {
-            cluster.start_node(i).await;
+            if as_process(cluster.nodes[i].role) {
+                let config_path = &cluster.plan.nodes[i].config_path;
+                let child = std::process::Command::new(env!("CARGO_BIN_EXE_dcdn"))
+                    .arg("run")
+                    .arg("--config")
+                    .arg(config_path)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                cluster.nodes[i].process = Some(child);
+            } else {
+                cluster.start_node(i).await;
+            }
         }
         cluster.wait_ready().await;
         cluster
@@ -191,7 +232,8 @@ impl TestCluster {
     pub async fn wait_ready(&self) {
         let client = dcdn_node::client::Client::new(Duration::from_secs(2));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+        let up = |n: &&TestNode| n.running.is_some() || n.process.is_some();
+        for n in self.nodes.iter().filter(up) {
             loop {
                 if client
                     .get(&format!("{}/readyz", n.admin()), None)
@@ -227,5 +269,15 @@ impl TestCluster {
             n.stop().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A failing test must not leave node processes behind.
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
