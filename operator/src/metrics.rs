@@ -1,6 +1,8 @@
 //! The operator's own Prometheus metrics (`dcdn_operator_*`).
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use prometheus::{GaugeVec, TextEncoder};
 
 #[derive(Clone, Debug)]
@@ -72,8 +74,29 @@ impl Metrics {
             &["namespace", "cluster", "phase"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        // Which build runs, as the nodes say it (dcdn_build_info).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "dcdn_operator_build_info",
+                "Always 1; the labels say which build this operator runs.",
+            ),
+            &["version", "commit"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), dcdn_node::COMMIT])
+            .set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, ...: the
+        // names every Prometheus client exports, so stock dashboards work.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| unreachable!("the process collector registers once: {e}"));
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(writes.clone()),
@@ -101,5 +124,26 @@ impl Metrics {
         // Encoding into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_process_metrics_and_build_info() {
+        let text = Metrics::new().render();
+        #[cfg(target_os = "linux")]
+        assert!(
+            text.contains("process_resident_memory_bytes "),
+            "no process_* metrics in:\n{text}"
+        );
+        let line = format!(
+            "dcdn_operator_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            dcdn_node::COMMIT,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&line), "no `{line}` in:\n{text}");
     }
 }
