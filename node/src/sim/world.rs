@@ -1274,6 +1274,29 @@ impl World {
         }
     }
 
+    /// Moves edge `e`'s reader past the chunks it holds; true once it holds
+    /// them all (the edge is then done), or when `e` is not an edge.
+    fn advance_reader(&mut self, e: u32, now: Nanos) -> bool {
+        let chunks = self.chunks;
+        let n = &mut self.nodes[e as usize];
+        let Some(x) = n.edge.as_mut() else {
+            return true;
+        };
+        while x.cursor < chunks && n.have.get(x.cursor) {
+            x.cursor += 1;
+        }
+        if x.cursor < chunks {
+            return false;
+        }
+        if n.done.is_none() {
+            n.done = Some(now);
+            if n.behaviour != Behaviour::Malicious {
+                self.readers_done += 1;
+            }
+        }
+        true
+    }
+
     /// The object reader at edge `e`: serve held chunks in order, keep
     /// `read_ahead` fetches going beyond the one being served.
     fn pump(&mut self, e: u32, now: Nanos) {
@@ -1286,22 +1309,13 @@ impl World {
         }
         let read_ahead = self.s.peers.read_ahead;
         let chunks = self.chunks;
+        if self.advance_reader(e, now) {
+            return;
+        }
         let n = &mut self.nodes[e as usize];
         let Some(x) = n.edge.as_mut() else {
             return;
         };
-        while x.cursor < chunks && n.have.get(x.cursor) {
-            x.cursor += 1;
-        }
-        if x.cursor >= chunks {
-            if n.done.is_none() {
-                n.done = Some(now);
-                if n.behaviour != Behaviour::Malicious {
-                    self.readers_done += 1;
-                }
-            }
-            return;
-        }
         // The node's reader keeps `read_ahead` fetches in flight, the chunk
         // it is about to write included (`serve::stream_object`).
         let end = (x.cursor + read_ahead).min(chunks);
@@ -1343,22 +1357,13 @@ impl World {
             }
             peers.extend((1..=self.relays).filter(|&r| reachable(&self.nodes[r as usize])));
         }
+        if self.advance_reader(e, now) {
+            return;
+        }
         let n = &mut self.nodes[e as usize];
         let Some(x) = n.edge.as_mut() else {
             return;
         };
-        while x.cursor < chunks && n.have.get(x.cursor) {
-            x.cursor += 1;
-        }
-        if x.cursor >= chunks {
-            if n.done.is_none() {
-                n.done = Some(now);
-                if n.behaviour != Behaviour::Malicious {
-                    self.readers_done += 1;
-                }
-            }
-            return;
-        }
         let Some(picker) = x.picker.as_mut() else {
             return;
         };
