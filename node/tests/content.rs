@@ -25,6 +25,11 @@ fn hex_digest(data: &[u8]) -> String {
     hex::encode(blake3::hash(data).as_bytes())
 }
 
+/// One origin, one relay and `edges` edges with `tiny`'s small chunks and store.
+async fn small_cluster(name: &str, edges: usize) -> TestCluster {
+    TestCluster::start(name, Counts { relays: 1, edges }, tiny, |_| {}).await
+}
+
 /// 16 KiB chunks, 1 MiB stores: a 320 KB object is 20 chunks and a few
 /// uploads push it out of the origin's memory.
 fn tiny(c: &mut NodeConfig) {
@@ -95,16 +100,7 @@ async fn wait_for_body(edge: &str, name: &str, want: &[u8], within: Duration) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn republish_serves_the_new_version_at_every_edge() {
-    let c = TestCluster::start(
-        "republish",
-        Counts {
-            relays: 1,
-            edges: 2,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("republish", 2).await;
     let edges = edges(&c);
     let v1 = payload(1, 100_000);
     let first = publish(&c, "site/index.html", &v1).await;
@@ -137,16 +133,7 @@ async fn republish_serves_the_new_version_at_every_edge() {
 /// whole, or an error — never v1's first chunk followed by v2's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_version_sequence_returns_one_version_whole_or_an_error() {
-    let c = TestCluster::start(
-        "mixed",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("mixed", 1).await;
     let edge = &edges(&c)[0];
     let v1 = payload(10, 320_000);
     let v2 = payload(20, 320_000);
@@ -196,16 +183,7 @@ async fn mixed_version_sequence_returns_one_version_whole_or_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn object_and_live_stream_names_cannot_collide() {
-    let c = TestCluster::start(
-        "namespaces",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("namespaces", 1).await;
     let edge = &edges(&c)[0];
     let live = payload(5, 1000);
     let object = payload(6, 50_000);
@@ -235,16 +213,7 @@ async fn object_and_live_stream_names_cannot_collide() {
 /// publisher produced for that name, under an ETag naming that body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_interleavings_never_serve_a_body_the_publisher_did_not_produce() {
-    let c = TestCluster::start(
-        "interleave",
-        Counts {
-            relays: 1,
-            edges: 2,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("interleave", 2).await;
     let edges = edges(&c);
     let names = ["a", "b/c"];
     let mut produced: HashMap<&str, HashSet<String>> = HashMap::new();
@@ -337,16 +306,7 @@ async fn edges_answer_caching_headers_and_conditional_requests() {
     use hyper::header::{
         CACHE_CONTROL, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
     };
-    let c = TestCluster::start(
-        "http",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("http", 1).await;
     let edge = &edges(&c)[0];
     let data = payload(3, 70_000);
     // With a Cache-Control of its own, and without one (the config default).
@@ -517,16 +477,7 @@ async fn the_origin_keeps_what_it_acknowledged_across_pressure_and_restart() {
 /// the name is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purge_removes_a_name_from_every_edge_within_a_second() {
-    let c = TestCluster::start(
-        "purge",
-        Counts {
-            relays: 1,
-            edges: 2,
-        },
-        tiny,
-        |_| {},
-    )
-    .await;
+    let c = small_cluster("purge", 2).await;
     let edges = edges(&c);
     let client = Client::new(Duration::from_secs(20));
     let delete = |token: Option<String>| {
