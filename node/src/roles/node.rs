@@ -1170,7 +1170,9 @@ impl Content for EdgeContent {
                 Err(ContentError::NotFound(format!("object {name}")))
             }
             Err(e) if e.contains(crate::roles::upstream::UPSTREAM_FAILED) => {
-                Err(ContentError::UpstreamFailed(e))
+                // The marker routed it here; the client reads the cause.
+                let marker = format!("{}: ", crate::roles::upstream::UPSTREAM_FAILED);
+                Err(ContentError::UpstreamFailed(e.replacen(&marker, "", 1)))
             }
             Err(e) => Err(ContentError::Unavailable(e)),
         }

@@ -593,6 +593,7 @@ async fn pull(
     name: &str,
 ) -> Result<ManifestFrame, String> {
     let kind = up.kind();
+    let started = Instant::now();
     let held = shared.manifests.lock().newest(object).map(|(m, _)| m);
     let pulled = shared.pulled.lock().get(object);
     // Revalidate only a version that is the one pulled; anything else is
@@ -618,7 +619,7 @@ async fn pull(
         Err(e) => return failed(e),
     };
     match fetched {
-        Fetched::NotModified { fresh_for } => match (held, pulled) {
+        Fetched::NotModified { fresh_for } => match (held.clone(), pulled) {
             (Some(m), Some(mut p)) if validators.is_some() => {
                 count(shared, kind, "not_modified");
                 p.fresh_until = Instant::now() + fresh_for;
@@ -649,7 +650,7 @@ async fn pull(
         {
             // An upstream that ignores If-None-Match but answers the same
             // strong ETag sent the same bytes: no new version for them.
-            match (held, pulled) {
+            match (held.clone(), pulled) {
                 (Some(m), Some(mut p)) => {
                     count(shared, kind, "not_modified");
                     p.fresh_until = Instant::now() + fresh_for;
@@ -717,8 +718,15 @@ async fn pull(
             )
             .await;
             match got {
-                Ok(_) => {
+                Ok(p) => {
                     count(shared, kind, "fetched");
+                    tracing::info!(
+                        name,
+                        version,
+                        bytes = p.len,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "pulled from the upstream"
+                    );
                     shared.pulled.lock().insert(
                         object,
                         PullState {
