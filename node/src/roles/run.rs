@@ -346,6 +346,15 @@ async fn housekeeping(shared: Arc<Shared>) {
 /// The origin's side of ingest: keep (origin of record), sign, store, push.
 pub(crate) struct OriginPublisher(pub(crate) Arc<Shared>);
 
+/// Runs blocking origin-store work on tokio's blocking pool.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), PublishError> + Send + 'static,
+) -> Result<(), PublishError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PublishError::Failed(format!("origin store task: {e}")))?
+}
+
 fn store_error(e: OriginStoreError) -> PublishError {
     match e {
         OriginStoreError::Full { .. } => PublishError::Full(e.to_string()),
@@ -387,8 +396,15 @@ impl Publish for OriginPublisher {
     ) -> impl Future<Output = Result<(), PublishError>> + Send {
         let shared = self.0.clone();
         async move {
-            if let (Some(store), false) = (&shared.origin_store, live) {
-                store.append(stream, &payload).map_err(store_error)?;
+            if shared.origin_store.is_some() && !live {
+                // Disk writes off the async workers: a slow disk must not
+                // stall every other connection this runtime serves.
+                let (s, bytes) = (shared.clone(), payload.clone());
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.append(stream, &bytes).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish(stream, seq, payload, live)?)
         }
@@ -408,21 +424,26 @@ impl Publish for OriginPublisher {
                 .pulled
                 .lock()
                 .remove(crate::chunk::StreamId::object_key(&object.name));
-            if let Some(store) = &shared.origin_store {
-                // Durable before the manifest goes out and before the 201.
-                store
-                    .commit(&StoredObject {
-                        name: object.name.clone(),
-                        version: object.version,
-                        len: object.len,
-                        chunk_size: object.chunk_size,
-                        chunks: object.chunks,
-                        digest: object.digest.clone(),
-                        cache_control: object.cache_control.clone(),
-                        published_ms: at,
-                        upstream: object.upstream.clone(),
-                    })
-                    .map_err(store_error)?;
+            if shared.origin_store.is_some() {
+                // Durable before the manifest goes out and before the 201;
+                // the syncs run off the async workers.
+                let kept = StoredObject {
+                    name: object.name.clone(),
+                    version: object.version,
+                    len: object.len,
+                    chunk_size: object.chunk_size,
+                    chunks: object.chunks,
+                    digest: object.digest.clone(),
+                    cache_control: object.cache_control.clone(),
+                    published_ms: at,
+                    upstream: object.upstream.clone(),
+                };
+                let s = shared.clone();
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.commit(&kept).map(|_| ()).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish_manifest_at(&object, at)?)
         }
