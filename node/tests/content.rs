@@ -600,7 +600,11 @@ async fn a_sigkilled_origin_process_serves_every_acknowledged_version_after_rest
             let body = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(half)])
                 .chain(futures_util::stream::pending());
             client
-                .put_stream(&format!("{url}/v1/objects/crash/unacked"), Some(&token), body)
+                .put_stream(
+                    &format!("{url}/v1/objects/crash/unacked"),
+                    Some(&token),
+                    body,
+                )
                 .await
         }
     });

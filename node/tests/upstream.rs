@@ -57,7 +57,13 @@ async fn wait_listening(port: u16, what: &str) {
 async fn http_server(dir: &Path, log: &Path) -> (Proc, u16) {
     let port = free_port();
     let child = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
         .arg("--directory")
         .arg(dir)
         .stdout(Stdio::null())
@@ -207,7 +213,11 @@ async fn an_http_upstream_is_pulled_through_revalidated_and_its_failures_are_502
     let v1 = payload(1, 300_000);
     write_with_mtime(&files.join("site/a.bin"), &v1, 0);
     for i in 0..5 {
-        write_with_mtime(&files.join(format!("cold/{i}.bin")), &payload(50 + i, 300_000), 0);
+        write_with_mtime(
+            &files.join(format!("cold/{i}.bin")),
+            &payload(50 + i, 300_000),
+            0,
+        );
     }
     let (server, port) = http_server(&files, &log).await;
     let base = format!("http://127.0.0.1:{port}");
@@ -221,7 +231,11 @@ async fn an_http_upstream_is_pulled_through_revalidated_and_its_failures_are_502
         served(&edges[1], "site/a.bin", &v1)
     );
     assert_eq!(a, b, "one version of a.bin at both edges");
-    assert_eq!(upstream_gets(&log, "/site/a.bin"), 1, "fetched upstream once");
+    assert_eq!(
+        upstream_gets(&log, "/site/a.bin"),
+        1,
+        "fetched upstream once"
+    );
 
     // Unchanged upstream: revalidated (304), same version.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -258,7 +272,10 @@ async fn an_http_upstream_is_pulled_through_revalidated_and_its_failures_are_502
                 break;
             }
             assert_eq!(status, 200);
-            assert!(Instant::now() < deadline, "{edge} still serves a deleted object");
+            assert!(
+                Instant::now() < deadline,
+                "{edge} still serves a deleted object"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -340,7 +357,11 @@ async fn serve_stale_if_error_serves_the_version_held_only_when_asked_to() {
     drop(server);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(served(&edge, "s.bin", &v1).await, version);
-    assert!(c.origin().metric("dcdn_upstream_fetches_total", &[("result", "stale")]) >= 1.0);
+    assert!(
+        c.origin()
+            .metric("dcdn_upstream_fetches_total", &[("result", "stale")])
+            >= 1.0
+    );
     let (status, body) = status_of(&get(&format!("{edge}/v1/objects/other.bin")).await);
     assert_eq!(status, 502, "{body}");
     c.stop().await;
@@ -428,7 +449,11 @@ async fn an_s3_upstream_is_pulled_through_and_a_changed_object_is_a_new_version(
              s3.put_object(Bucket='media', Key='{key}', Body=open('{}', 'rb').read())\n",
             file.display()
         );
-        let status = Command::new(&python).arg("-c").arg(script).status().unwrap();
+        let status = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .status()
+            .unwrap();
         assert!(status.success(), "putting {key} into moto");
     };
     let v1 = payload(11, 200_000);

@@ -24,8 +24,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PropagationPolicy,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PropagationPolicy,
 };
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -412,7 +412,8 @@ async fn replace_for_claims(
                 .unwrap_or_default();
             match (quantity_bytes(&had), quantity_bytes(size)) {
                 (Some(old), Some(new)) if new > old => {
-                    let patch = json!({ "spec": { "resources": { "requests": { "storage": size } } } });
+                    let patch =
+                        json!({ "spec": { "resources": { "requests": { "storage": size } } } });
                     match pvcs
                         .patch(&pvc_name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await

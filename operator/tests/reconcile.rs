@@ -1001,7 +1001,10 @@ async fn resizing_origin_storage_replaces_the_origin_statefulset_and_grows_its_c
         "20Gi"
     );
     let (status, reason, message) = w.condition("Progressing").await;
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "ReplacingStatefulSet"));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ReplacingStatefulSet")
+    );
     assert!(message.contains("expanded from 10Gi to 20Gi"), "{message}");
 
     // The next pass creates it again, with the new claim template.
@@ -1009,8 +1012,16 @@ async fn resizing_origin_storage_replaces_the_origin_statefulset_and_grows_its_c
     let origin = w.sts().get("demo-origin").await.unwrap();
     let templates = origin.spec.unwrap().volume_claim_templates.unwrap();
     assert_eq!(
-        templates[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()
-            ["storage"]
+        templates[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
             .0,
         "20Gi"
     );

@@ -1164,7 +1164,11 @@ pub struct EdgeContent(pub Arc<Shared>);
 
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
-        match self.0.fetch_manifest(StreamId::object_key(name), name).await {
+        match self
+            .0
+            .fetch_manifest(StreamId::object_key(name), name)
+            .await
+        {
             Ok(m) => Ok(object_info(&m)),
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))

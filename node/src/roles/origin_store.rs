@@ -331,7 +331,9 @@ impl OriginStore {
                 let _ = sync_dir(&self.dir);
                 let _ = fs::remove_dir_all(&doomed);
             }
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "origin store: removing a version"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "origin store: removing a version")
+            }
         }
     }
 
@@ -353,9 +355,7 @@ impl OriginStore {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OriginStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 impl std::fmt::Debug for OriginStore {

@@ -657,7 +657,9 @@ async fn pull(
                     shared.pulled.lock().insert(object, p);
                     Ok(m)
                 }
-                _ => Err(format!("{UPSTREAM_FAILED}: {name} changed while revalidating")),
+                _ => Err(format!(
+                    "{UPSTREAM_FAILED}: {name} changed while revalidating"
+                )),
             }
         }
         Fetched::Body {
