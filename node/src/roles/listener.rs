@@ -282,3 +282,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// hyper picks its HTTP/1 write strategy from `is_write_vectored`: a
+    /// wrapper that hides the socket's makes it copy every body it sends.
+    #[tokio::test]
+    async fn the_idle_wrapper_writes_vectored_like_its_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(server.is_write_vectored());
+        let mut io = IdleTimeout::new(
+            server,
+            Duration::from_secs(30),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert!(io.is_write_vectored());
+        let bufs = [io::IoSlice::new(b"stored "), io::IoSlice::new(b"chunks")];
+        let mut sent = io.write_vectored(&bufs).await.unwrap();
+        if sent < 13 {
+            io.write_all(&b"stored chunks"[sent..]).await.unwrap();
+            sent = 13;
+        }
+        let mut got = vec![0u8; sent];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"stored chunks");
+    }
+}
