@@ -84,14 +84,26 @@ nginx -c "$work/nginx.conf"
 sleep 0.3
 curl -sf "http://127.0.0.1:$nginx_port/obj64k" -o /dev/null
 
-# $2, if given, is one extra request header (the Range case).
-# A server answering errors fast must not count: any non-2xx/3xx answer or
-# socket error fails the run.
+# On a loaded machine req/s mostly says how the scheduler shared the cores;
+# the server's own CPU time per request (user + system, from /proc) says
+# what serving costs. The edge is the process listening on its port; nginx
+# is its master and workers.
+edge_pid=$(ss -ltnpH "sport = :${edge##*:}" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+nginx_pids="$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+hz=$(getconf CLK_TCK)
+
+# Prints "req/s server-CPU-µs-per-request". $2, if given, is one extra
+# request header (the Range case); the rest are the server's pids. A server
+# answering errors fast must not count: any non-2xx/3xx answer or socket
+# error fails the run.
 rps() {
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout "$TIMEOUT" ${2:+-H "$2"} "$1")
-  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "$1: $out" >&2; exit 1; fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
+  local out url=$1 hdr=$2 before; shift 2
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout "$TIMEOUT" ${hdr:+-H "$hdr"} "$url")
+  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "$url: $out" >&2; exit 1; fi
+  awk -v t=$(( $(cpu_ticks "$@") - before )) -v hz="$hz" \
+    '/requests in/ {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, t * 1e6 / hz / n}' <<<"$out"
 }
 
 # Both servers must answer the Range case with the same 206 bytes.
@@ -105,13 +117,16 @@ min_ratio=""
 for case in obj64k obj1m obj16m obj1m-range; do
   f=${case%-range}; hdr=""
   [ "$case" != "$f" ] && hdr="Range: $RANGE"
-  best_edge=0; best_nginx=0
+  best_edge=0; best_nginx=0; cpu_edge=1e18; cpu_nginx=1e18
   for _ in $(seq 1 "$ROUNDS"); do
-    e=$(rps "http://$edge/v1/objects/$f" "$hdr"); n=$(rps "http://127.0.0.1:$nginx_port/$f" "$hdr")
+    read -r e ce < <(rps "http://$edge/v1/objects/$f" "$hdr" "$edge_pid")
+    read -r n cn < <(rps "http://127.0.0.1:$nginx_port/$f" "$hdr" $nginx_pids)
     best_edge=$(python3 -c "print(max($best_edge, $e))"); best_nginx=$(python3 -c "print(max($best_nginx, $n))")
+    cpu_edge=$(python3 -c "print(min($cpu_edge, $ce))"); cpu_nginx=$(python3 -c "print(min($cpu_nginx, $cn))")
   done
   ratio=$(python3 -c "print(round($best_edge / $best_nginx, 3))")
-  echo "$case: edge $best_edge req/s, nginx $best_nginx req/s, ratio $ratio"
+  echo "$case: edge $best_edge req/s, nginx $best_nginx req/s, ratio $ratio;" \
+    "server CPU per request: edge $cpu_edge µs, nginx $cpu_nginx µs, nginx/edge $(python3 -c "print(round($cpu_nginx / $cpu_edge, 3))")"
   min_ratio=$(python3 -c "print(min([x for x in [${min_ratio:-$ratio}, $ratio]]))")
 done
 echo "min ratio edge/nginx: $min_ratio"
