@@ -239,8 +239,7 @@ impl Hasher for IdHash {
 /// bits for the bucket and the top 7 as each slot's tag byte. Sharding on
 /// the top bits (as this once did) left every id in a shard with the same 4
 /// of its 7 tag bits, so 1 in 8 slots looked like a match and each false
-/// match cost a pointer chase into a boxed entry: `store_get` ran at 0.58x
-/// of a plain `RwLock<HashMap>`.
+/// match cost a pointer chase into a boxed entry.
 fn shard_of(id: &ChunkId) -> usize {
     let mut h = IdHash(0);
     id.hash(&mut h);
