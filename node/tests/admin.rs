@@ -828,7 +828,11 @@ async fn an_edge_stays_ready_and_serves_what_it_holds_while_its_relay_is_gone() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(body.0, 200, "an edge that was ready stays ready: {:?}", body);
+    assert_eq!(
+        body.0, 200,
+        "an edge that was ready stays ready: {:?}",
+        body
+    );
     assert_eq!(body.1["ready"], true);
     assert_eq!(client.get(&url, None).await.unwrap().body, data);
     c.stop().await;

@@ -103,7 +103,9 @@ fn forbid_service_monitors(inner: Client) -> Client {
                 let resp = http::Response::builder()
                     .status(403)
                     .header("content-type", "application/json")
-                    .body(kube::client::Body::from(serde_json::to_vec(&status).unwrap()))
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&status).unwrap(),
+                    ))
                     .unwrap();
                 return Ok::<_, kube::Error>(resp);
             }
