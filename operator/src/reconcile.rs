@@ -555,7 +555,22 @@ async fn read_keys(
                     names.trust_bundle()
                 ))
             })?,
-        None => KeyRing::new(),
+        // Deleted (or never written): rebuilt from the signing key, but
+        // numbered on from the generation the status recorded. Nodes refuse
+        // a bundle older than the one they run, so a ring restarted at 0
+        // would never reach them.
+        None => {
+            let generation = c
+                .status
+                .as_ref()
+                .and_then(|s| s.keyset_generation)
+                .unwrap_or(0);
+            KeyRing::from_bundle(&TrustBundle {
+                generation,
+                keys: Vec::new(),
+            })
+            .map_err(|e| Error::Precondition(format!("rebuilding the trust bundle: {e}")))?
+        }
     };
     Ok(KeyState {
         ca,

@@ -90,8 +90,39 @@ spec:
   edge: {replicas: 3}
 ";
 
+/// The API server behind a layer answering 403 for ServiceMonitors, as a
+/// real one does when RBAC does not grant them.
+fn forbid_service_monitors(inner: Client) -> Client {
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        async move {
+            if req.uri().path().contains("/servicemonitors") {
+                let status = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": "servicemonitors.monitoring.coreos.com is forbidden",
+                });
+                let resp = http::Response::builder()
+                    .status(403)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&status).unwrap(),
+                    ))
+                    .unwrap();
+                return Ok::<_, kube::Error>(resp);
+            }
+            inner.send(req).await
+        }
+    });
+    Client::new(svc, NS)
+}
+
 impl World {
     async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    async fn build(forbidden_monitors: bool) -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
         let (w1, w2, w3, w4) = (
             writes.clone(),
@@ -158,6 +189,11 @@ impl World {
             .build()
             .await
             .unwrap();
+        let client = if forbidden_monitors {
+            forbid_service_monitors(client)
+        } else {
+            client
+        };
         let nodes = FakeNodes::default();
         let now = Arc::new(Mutex::new(
             "2026-03-01T00:00:00Z".parse::<Timestamp>().unwrap(),
@@ -1030,4 +1066,66 @@ async fn resizing_origin_storage_replaces_the_origin_statefulset_and_grows_its_c
     w.pass().await;
     assert_eq!(w.condition("Ready").await.0, "True");
     assert_eq!(w.deletes.lock().len(), 1, "replaced once");
+}
+
+/// A deleted trust-bundle ConfigMap is rebuilt numbered on from the
+/// generation the status recorded: nodes refuse a bundle older than the one
+/// they run, so one restarted at 0 would never reach them (and a rotation
+/// comparing generations would wait for ever, or take a stale node for
+/// current).
+#[tokio::test]
+async fn a_deleted_trust_bundle_is_rebuilt_newer_than_what_the_nodes_run() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.pass().await;
+    let before = w.bundle().await;
+    let recorded = w.cluster().await.status.unwrap().keyset_generation;
+    assert_eq!(recorded, Some(before.generation));
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    cms.delete("demo-trust-bundle", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.pass().await;
+    let after = w.bundle().await;
+    assert!(
+        after.generation > before.generation,
+        "rebuilt at generation {} while nodes run {}",
+        after.generation,
+        before.generation
+    );
+    // Same keys, same active one: only the number moved on.
+    let ids = |b: &TrustBundle| {
+        b.keys
+            .iter()
+            .map(|k| (k.id.clone(), k.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(
+        w.cluster().await.status.unwrap().keyset_generation,
+        Some(after.generation)
+    );
+}
+
+/// An operator RBAC may not list or write ServiceMonitors: with monitoring
+/// off that is nothing to prune and no error; with it on, the pass still
+/// applies everything else and names the missing permission in Degraded.
+#[tokio::test]
+async fn a_403_on_service_monitors_fails_no_pass_and_is_named_when_one_is_wanted() {
+    let w = World::build(true).await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    let (ready, _, msg) = w.condition("Ready").await;
+    assert_eq!(ready, "True", "{msg}");
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": true}}}))
+        .await;
+    w.pass().await;
+    let (degraded, _, msg) = w.condition("Degraded").await;
+    assert_eq!(degraded, "True", "{msg}");
+    assert!(msg.contains("RBAC"), "{msg}");
+    // Everything else is still there and owned.
+    assert!(w.sts().get("demo-edge").await.is_ok());
 }
