@@ -225,9 +225,12 @@ async fn live_files_reach_every_edge_by_push_and_playlists_never_go_back() {
 }
 
 /// A stream published far faster than real time through a 2 s DVR window:
-/// what every node holds of it stays bounded by the window, old segments
-/// answer 404, new ones are served, and once the stream stops for a window
-/// every node has forgotten it.
+/// what every node holds of it never exceeds what was published within the
+/// window (plus the 0.5 s expiry tick), segments that left the window are
+/// dropped everywhere and answer 404, new ones are served, and once the
+/// stream stops for a window every node has forgotten it. The bound is
+/// computed from when each segment was published, so a slow machine
+/// changes the figures, not the verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dvr_window_bounds_what_every_node_holds() {
     let c = TestCluster::start(
@@ -241,13 +244,16 @@ async fn the_dvr_window_bounds_what_every_node_holds() {
     )
     .await;
     let edges = edges(&c);
-    const SEGMENT: usize = 100_000;
+    const SEGMENT: usize = 200_000;
+    // Held may lag the window by the 0.5 s expiry tick; the rest is slack
+    // for when a PUT started against when the origin signed it.
+    let held_for = Duration::from_millis(2_000 + 500 + 300);
     let start = Instant::now();
-    let mut most_held = 0f64;
-    let mut most_store = 0f64;
+    let mut started: Vec<Instant> = Vec::new();
+    let (mut most_held, mut most_store) = (0f64, 0f64);
     let mut n = 0usize;
-    // ~20 segments a second for 6 s: 12 MB through a window of ~4 MB.
-    while start.elapsed() < Duration::from_secs(6) {
+    while start.elapsed() < Duration::from_secs(8) {
+        started.push(Instant::now());
         put(
             &c,
             &format!("/live/cam/s{n}.ts"),
@@ -256,40 +262,51 @@ async fn the_dvr_window_bounds_what_every_node_holds() {
         .await;
         put(&c, "/live/cam/index.m3u8", &playlist(n)).await;
         n += 1;
-        if n % 10 == 0 {
-            for node in &c.nodes {
-                node.running().shared.refresh_gauges();
-                most_held =
-                    most_held.max(node.metric("dcdn_live_held_bytes", &[("stream", "cam")]));
-                most_store = most_store.max(node.metric("dcdn_store_bytes", &[]));
-            }
+        // What may be held now: every segment whose PUT started within the
+        // window, and the two playlist versions.
+        let recent = started.iter().filter(|t| t.elapsed() <= held_for).count();
+        let bound = (recent * SEGMENT + 2 * 1_000) as f64;
+        for node in &c.nodes {
+            node.running().shared.refresh_gauges();
+            let held = node.metric("dcdn_live_held_bytes", &[("stream", "cam")]);
+            let store = node.metric("dcdn_store_bytes", &[]);
+            assert!(
+                held <= bound,
+                "{} held {held} bytes of the stream, bound {bound} ({recent} recent segments)",
+                node.name
+            );
+            assert!(
+                store <= bound + SEGMENT as f64,
+                "{} stored {store} bytes, bound {bound}",
+                node.name
+            );
+            most_held = most_held.max(held);
+            most_store = most_store.max(store);
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let published = (n * SEGMENT) as f64;
-    let rate = published / start.elapsed().as_secs_f64();
-    // The window (2 s) plus the 0.5 s housekeeping tick, at the rate published.
-    let bound = rate * 2.5 + 4.0 * SEGMENT as f64;
     println!(
-        "FIGURE dvr window 2 s: published {n} segments, {:.1} MB at {:.1} MB/s; most held per node {:.2} MB (bound {:.2} MB), largest store {:.2} MB",
+        "FIGURE dvr window 2 s: published {n} segments, {:.1} MB in {:.1} s; most held by a node {:.2} MB, largest store {:.2} MB",
         published / 1e6,
-        rate / 1e6,
+        start.elapsed().as_secs_f64(),
         most_held / 1e6,
-        bound / 1e6,
         most_store / 1e6
     );
+    // Every segment published more than a window (and a tick) before the
+    // end has been dropped at every node.
+    let gone = started.iter().filter(|t| t.elapsed() > held_for).count();
     assert!(
-        published > 3.0 * bound,
-        "the test must publish well past the window"
+        gone >= 3,
+        "the test must publish well past the window ({gone} segments left it)"
     );
-    assert!(
-        most_held <= bound,
-        "a node held {most_held} bytes of the stream, bound {bound}"
-    );
-    assert!(
-        most_store <= bound * 1.5,
-        "a store held {most_store} bytes, bound {bound}"
-    );
+    for node in &c.nodes {
+        let expired = node.metric("dcdn_live_expired_segments_total", &[]);
+        assert!(
+            expired >= gone as f64,
+            "{} dropped {expired} segments, {gone} left the window",
+            node.name
+        );
+    }
     for (edge, _) in &edges {
         match get(&format!("{edge}/live/cam/s0.ts")).await {
             Err(ClientError::Status { status, .. }) => assert_eq!(status.as_u16(), 404),
@@ -308,7 +325,7 @@ async fn the_dvr_window_bounds_what_every_node_holds() {
         assert!(held.is_empty(), "{} still holds {held:?}", node.name);
         let store = node.metric("dcdn_store_bytes", &[]);
         assert!(
-            store < 2.0 * SEGMENT as f64,
+            store < SEGMENT as f64,
             "{} store still holds {store} bytes",
             node.name
         );
