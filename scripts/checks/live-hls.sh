@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Live HLS with the real encoder and player: `dcdn up` runs an origin, a
 # relay and two edges; ffmpeg publishes a 20 s stream (2 s segments) to the
-# origin with -method PUT, in real time, over one persistent connection;
-# another ffmpeg plays it from an edge while it is published. Passes only if
+# origin with -method PUT, in real time; another ffmpeg plays it from an edge while it is published. Passes only if
 # the player decoded every frame the publisher sent, in order and
 # bit-identical (framemd5 against the source), if every segment the other
 # edge serves is byte-identical to the same muxing done locally, and if
@@ -49,7 +48,7 @@ ffmpeg -hide_banner -loglevel error -i "$work/src.ts" -c copy -f hls -hls_time 2
 
 start=$(date +%s)
 ffmpeg -hide_banner -loglevel error -re -i "$work/src.ts" -c copy -f hls -hls_time 2 \
-  -hls_list_size 6 -hls_flags delete_segments -method PUT -http_persistent 1 \
+  -hls_list_size 6 -hls_flags delete_segments -method PUT \
   -headers "Authorization: Bearer $TOKEN"$'\r\n' \
   "$ORIGIN/live/cam/index.m3u8" >"$work/publish.log" 2>&1 &
 publisher=$!

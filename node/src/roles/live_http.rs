@@ -117,6 +117,39 @@ async fn put_file<P: Publish>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    // ffmpeg sends a segment's or playlist's last byte and, at the end of a
+    // stream, closes the connection without waiting for the answer; hyper
+    // then drops this handler. The upload runs as its own task so that a
+    // body that arrived whole is published whether or not anyone is left to
+    // read the 201 (a body cut short fails and is never named).
+    let task = tokio::spawn(receive_file(state.clone(), f, body));
+    task.await.map_err(|e| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the upload task failed: {e}"),
+        )
+    })?
+}
+
+async fn receive_file<P: Publish>(
+    state: Arc<IngestState<P>>,
+    f: LiveFile,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let metrics = &state.metrics;
+    let limit = state.config.max_object_bytes;
+    let too_large = || {
+        refused(
+            metrics,
+            "too_large",
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("live files are limited to {limit} bytes"),
+            ),
+        )
+    };
     let name = f.object_name();
     let version = state.publisher.next_version();
     let id = StreamId::object(&name, version);
