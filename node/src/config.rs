@@ -574,6 +574,33 @@ pub fn check_cache_control(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Live video (HLS, DASH): the window each node keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// DVR window, seconds: a segment published longer ago than this is
+    /// dropped (manifest and chunks) at every node, so a 24/7 stream runs
+    /// in bounded memory. Players can seek back this far.
+    pub dvr_window_seconds: Bounded<2, 86400>,
+    /// Live streams a node tracks at once; a new stream past this is
+    /// refused at the origin and not tracked elsewhere.
+    pub max_streams: Bounded<1, 4096>,
+    /// Segments a node keeps per stream, whatever the window says: the
+    /// bound when a publisher sends many tiny segments.
+    pub max_segments_per_stream: Bounded<4, 65536>,
+}
+
+impl Default for LiveSection {
+    fn default() -> Self {
+        Self {
+            dvr_window_seconds: Bounded::lit(120),
+            max_streams: Bounded::lit(64),
+            max_segments_per_stream: Bounded::lit(2048),
+        }
+    }
+}
+
 /// The admin API's tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -600,6 +627,7 @@ pub struct NodeConfig {
     pub crypto: CryptoSection,
     pub tls: TlsSection,
     pub origin: OriginSection,
+    pub live: LiveSection,
     pub admin: AdminSection,
 }
 

@@ -82,6 +82,17 @@ pub trait Publish: Send + Sync + 'static {
     fn purge(&self, _name: &str) -> Result<Option<u64>, PublishError> {
         Ok(None)
     }
+    /// Signs and distributes the manifest of a live file (a segment or a
+    /// playlist, `roles::live`): pushed like any manifest, but never kept by
+    /// an origin of record — the DVR window decides how long it lives.
+    fn publish_live_manifest(
+        &self,
+        file: &Published,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Whether live `stream` is tracked or there is room to start it.
+    fn live_has_room(&self, _stream: &str) -> bool {
+        true
+    }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
     /// The version the next publish of an object gets: higher than every
@@ -167,7 +178,7 @@ fn check_name(name: &str) -> Result<(), HttpError> {
     }
 }
 
-fn check_token(headers: &HeaderMap, token: &str) -> Result<(), HttpError> {
+pub(crate) fn check_token(headers: &HeaderMap, token: &str) -> Result<(), HttpError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -468,6 +479,10 @@ mod tests {
         }
         async fn publish_manifest(&self, object: &Published) -> Result<(), PublishError> {
             self.manifests.lock().push(object.clone());
+            Ok(())
+        }
+        async fn publish_live_manifest(&self, file: &Published) -> Result<(), PublishError> {
+            self.manifests.lock().push(file.clone());
             Ok(())
         }
         fn next_live_seq(&self, stream: StreamId) -> u64 {

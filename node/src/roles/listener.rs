@@ -125,7 +125,13 @@ pub(crate) async fn serve(
                         router.oneshot(req.map(axum::body::Body::new)).await
                     }
                 });
+            // ffmpeg's muxers PUT each segment and playlist without waiting
+            // for the answer and, at the end of a stream, shut their side of
+            // the connection with the last requests still queued: a
+            // half-closed connection is served to the end (the idle timeout
+            // still bounds it), or the playlist that ends the stream is lost.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)

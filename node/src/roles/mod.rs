@@ -10,6 +10,8 @@ pub mod flight;
 pub mod framing;
 pub mod ingest;
 pub mod listener;
+pub mod live;
+pub mod live_http;
 pub mod mesh;
 pub mod node;
 pub mod origin_store;

@@ -8,6 +8,7 @@ use crate::p2p::Choker;
 use crate::roles::discovery;
 use crate::roles::flight::SingleFlight;
 use crate::roles::ingest::{self, IngestConfig, Publish, PublishError, Published};
+use crate::roles::live_http;
 use crate::roles::mesh;
 use crate::roles::node::{EdgeContent, Manifests, NodeError, Shared};
 use crate::roles::origin_store::{OriginStore, OriginStoreError, StoredObject};
@@ -141,6 +142,9 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         origin_store,
         upstream,
         pulled: Mutex::new(Default::default()),
+        live: Mutex::new(crate::roles::live::Windows::new(
+            crate::roles::live::WindowConfig::of(&settings.config.live),
+        )),
         settings,
     });
     match load_origin_store(&shared) {
@@ -178,14 +182,15 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
 
     let http_addr = match shared.settings.role {
         Role::Origin => {
-            let router = ingest::router(
-                Arc::new(OriginPublisher(shared.clone())),
-                IngestConfig {
-                    chunk_size: shared.settings.chunk_size,
-                    token: creds.ingest_token.clone(),
-                    max_object_bytes: shared.settings.max_object_bytes,
-                    cache_control: shared.settings.config.origin.cache_control.clone(),
-                },
+            let publisher = Arc::new(OriginPublisher(shared.clone()));
+            let config = IngestConfig {
+                chunk_size: shared.settings.chunk_size,
+                token: creds.ingest_token.clone(),
+                max_object_bytes: shared.settings.max_object_bytes,
+                cache_control: shared.settings.config.origin.cache_control.clone(),
+            };
+            let router = ingest::router(publisher.clone(), config.clone()).merge(
+                live_http::ingest_router(publisher, config, shared.metrics.clone()),
             );
             Some(
                 serve_http(
@@ -199,9 +204,9 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             )
         }
         Role::Edge => {
-            let router = serve::router(
-                Arc::new(EdgeContent(shared.clone())),
-                ServeConfig::default(),
+            let content = Arc::new(EdgeContent(shared.clone()));
+            let router = serve::router(content.clone(), ServeConfig::default()).merge(
+                live_http::edge_router(content, ServeConfig::default(), shared.metrics.clone()),
             );
             Some(
                 serve_http(
@@ -326,6 +331,8 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         shared.store.expire(now);
+        let left = shared.live.lock().expire(crate::roles::node::unix_ms());
+        shared.forget_live(left);
         let expired = shared.assembler.lock().expire(now);
         // A group whose chunk arrived some other way (a repair) did not fail.
         let failed = expired
@@ -451,6 +458,20 @@ impl Publish for OriginPublisher {
 
     fn purge(&self, name: &str) -> Result<Option<u64>, PublishError> {
         Ok(self.0.purge(name)?)
+    }
+
+    fn publish_live_manifest(
+        &self,
+        file: &Published,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        // Live files are not kept by the origin of record: the DVR window
+        // decides how long they live, here as at every node.
+        let result = self.0.publish_manifest(file).map_err(PublishError::from);
+        std::future::ready(result)
+    }
+
+    fn live_has_room(&self, stream: &str) -> bool {
+        self.0.live.lock().has_room_for(stream)
     }
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {

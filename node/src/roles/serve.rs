@@ -341,6 +341,20 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
     Ok(Some(range))
 }
 
+/// `GET|HEAD` of object `name`, answered exactly as `/v1/objects/{name}`
+/// answers it (validators, conditionals, Range, streaming): for modules that
+/// serve objects under paths of their own (`live_http`).
+pub async fn object_response<C: Content>(
+    content: Arc<C>,
+    config: ServeConfig,
+    name: String,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let state = Arc::new(ServeState { content, config });
+    get_object(State(state), Path(name), method, headers).await
+}
+
 async fn get_object<C: Content>(
     State(state): State<Arc<ServeState<C>>>,
     Path(name): Path<String>,
