@@ -212,6 +212,7 @@ async fn receive_file<P: Publish>(
         chunks: seq,
         digest: hex::encode(digest),
         digest_bytes: digest,
+        upstream: None,
     };
     state.publisher.publish_live_manifest(&published).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
