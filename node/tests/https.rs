@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! HTTPS at the edge and the origin's ingest (issue #20): TLS only on the
-//! client and ingest listeners, HTTP/2 by ALPN, `Alt-Svc` for HTTP/3, the
-//! same Range/ETag/304 answers as plain HTTP, uploads over TLS, and
-//! certificates swapped on disk. Real nodes, real TLS, real sockets.
+//! client and ingest listeners, HTTP/2 by ALPN, HTTP/3 on the same port
+//! (advertised by `Alt-Svc`), the same Range/ETag/304 answers on each,
+//! uploads over TLS, and certificates swapped on disk. Real nodes, real TLS,
+//! real QUIC, real sockets.
 
 mod support;
 
@@ -112,6 +113,47 @@ async fn https_edge_and_origin_serve_h2_range_304_and_uploads_and_refuse_clear_t
         .unwrap();
     assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
     assert!(not_modified.body.is_empty());
+
+    // HTTP/3 on the same port number: the same bytes, Range and 304.
+    let roots = dcdn_node::client::roots(Some(&ca)).unwrap();
+    let h3 = |headers: Vec<(header::HeaderName, String)>| {
+        let (url, roots) = (url.clone(), roots.clone());
+        async move {
+            let resp = dcdn_node::h3_client::get(&url, roots, &headers, Duration::from_secs(20))
+                .await
+                .unwrap();
+            let status = resp.status();
+            let etag = resp.headers().get(header::ETAG).cloned();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, etag, body)
+        }
+    };
+    let (status, h3_etag, body) = h3(vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, Bytes::from(data.clone()));
+    assert_eq!(h3_etag.unwrap(), whole.headers[header::ETAG]);
+    let (status, _, body) = h3(vec![(header::RANGE, "bytes=1000-1999".into())]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, Bytes::copy_from_slice(&data[1000..2000]));
+    let etag = whole.headers[header::ETAG].to_str().unwrap().to_owned();
+    let (status, _, body) = h3(vec![(header::IF_NONE_MATCH, etag)]).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    let h3_missing = dcdn_node::h3_client::get(
+        &format!("{}/v1/objects/nope", edge(&c).https()),
+        roots.clone(),
+        &[],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(h3_missing, ClientError::Status { status: StatusCode::NOT_FOUND, ref body, .. } if body.contains("not_found")),
+        "{h3_missing}"
+    );
 
     // Errors keep their shape over TLS.
     let missing = client

@@ -15,6 +15,7 @@ root=$PWD
 
 command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl >/dev/null)
 command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
+# shellcheck source=scripts/lib-venv.sh
 source scripts/lib-venv.sh
 pip_need aioquic
 py="$VENV/bin/python"
@@ -74,7 +75,9 @@ for v in --http2 --http1.1; do
   code=$(curl -s --cacert "$ca" "$v" -H "If-None-Match: $etag" -o /dev/null -w '%{http_code}' "$edge/v1/objects/obj.bin")
   [ "$code" = 304 ] || fail "curl $v If-None-Match answered $code"
   code=$(curl -s --cacert "$ca" "$v" -o "$work/err" -w '%{http_code}' "$edge/v1/objects/missing.bin")
-  [ "$code" = 404 ] && grep -q '"code"' "$work/err" || fail "curl $v: a missing object answered $code $(cat "$work/err")"
+  if [ "$code" != 404 ] || ! grep -q '"code"' "$work/err"; then
+    fail "curl $v: a missing object answered $code $(cat "$work/err")"
+  fi
   alt=$(curl -sf --cacert "$ca" "$v" -I "$edge/v1/objects/obj.bin" | tr -d '\r' | sed -n 's/^alt-svc: //Ip')
   [ "$alt" = "h3=\":$port\"; ma=86400" ] || fail "curl $v: Alt-Svc is '$alt'"
   echo "ok: curl $v: object, Range 206, If-None-Match 304, 404, Alt-Svc"
@@ -98,7 +101,9 @@ etag=$(curl -sf --cacert "$ca" -I "$edge/v1/objects/obj.bin" | tr -d '\r' | sed 
 grep -q '"status": 304' "$work/h3304.json" || fail "HTTP/3 If-None-Match: $(cat "$work/h3304.json")"
 "$py" scripts/checks/h3get.py "$edge/v1/objects/missing.bin" "$work/h3404.bin" --cacert "$ca" > "$work/h3404.json" \
   || fail "HTTP/3 GET of a missing object"
-grep -q '"status": 404' "$work/h3404.json" && grep -q '"code"' "$work/h3404.bin" || fail "HTTP/3 404: $(cat "$work/h3404.json")"
+if ! grep -q '"status": 404' "$work/h3404.json" || ! grep -q '"code"' "$work/h3404.bin"; then
+  fail "HTTP/3 404: $(cat "$work/h3404.json")"
+fi
 echo "ok: HTTP/3 (aioquic): object and Range byte-identical, 304, 404"
 
 # HLS over HTTPS: a VOD cut by ffmpeg, each file published as an object,
