@@ -1,19 +1,25 @@
-//! A small HTTP/1.1 client for the command line: publishing to an origin,
+//! A small HTTP client for the command line: publishing to an origin,
 //! fetching from an edge, calling a node's admin API.
 //!
-//! Plain HTTP only: a node's client and admin listeners are meant to sit
-//! behind the platform's ingress or service mesh for TLS. Every call has a
-//! deadline; bodies are streamed both ways so large objects never sit whole in
-//! memory.
+//! `http://` and `https://` URLs; HTTPS with rustls (no OpenSSL), trusting
+//! the system's roots plus, with `--cacert`, a CA file of the user's (what
+//! `dcdn up --tls` prints), speaking HTTP/2 or HTTP/1.1 as ALPN agrees. Every
+//! call has a deadline; bodies are streamed both ways so large objects never
+//! sit whole in memory.
 
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::{Method, Request, StatusCode, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why an HTTP call failed.
@@ -42,6 +48,8 @@ pub enum ClientError {
     },
     #[error("GET {url}: no byte arrived for {after:?}")]
     Stalled { url: String, after: Duration },
+    #[error("CA file {path}: {message}")]
+    CaFile { path: String, message: String },
 }
 
 /// How long a download may wait.
@@ -65,14 +73,86 @@ pub struct Response {
 /// A reusable client with connection pooling.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Body>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, Body>,
     timeout: Duration,
 }
 
+/// The system's trusted roots, read once per process (a few hundred
+/// certificates; `Client::new` is called per command and per test). A system
+/// without a store trusts nothing by default, which `--cacert` remedies.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// The certificates of a PEM CA file, for `--cacert`.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let err = |message: String| ClientError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// The system's roots, plus the CA certificates of `ca_file` when given.
+pub fn roots(ca_file: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, ClientError> {
+    let Some(path) = ca_file else {
+        return Ok(system_roots());
+    };
+    let mut roots = (*system_roots()).clone();
+    for cert in read_ca_file(path)? {
+        roots.add(cert).map_err(|e| ClientError::CaFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
 impl Client {
+    /// A client trusting the system's roots.
     pub fn new(timeout: Duration) -> Self {
+        Self::with_roots(timeout, system_roots())
+    }
+
+    /// A client that also trusts the CA certificates in `ca_file` (PEM).
+    pub fn with_ca(timeout: Duration, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        Ok(Self::with_roots(timeout, roots(ca_file)?))
+    }
+
+    fn with_roots(timeout: Duration, roots: Arc<rustls::RootCertStore>) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Only fails for a provider without suites for TLS 1.2 and 1.3;
+        // ring's has both, so this is a build mistake, not a runtime one.
+        #[allow(clippy::expect_used)]
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         Self {
             inner: HyperClient::builder(TokioExecutor::new()).build(connector),
             timeout,

@@ -601,6 +601,39 @@ impl Default for LiveSection {
     }
 }
 
+/// HTTPS for clients: when this section is present, the client listener of
+/// an edge and the ingest listener of an origin (`network.http_listen`)
+/// serve TLS only (HTTP/2 and HTTP/1.1 by ALPN), and HTTP/3 on UDP at the
+/// same port number if `http3` is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTlsSection {
+    /// Directories that each hold `tls.crt` (the chain, PEM) and `tls.key`
+    /// (PEM): a Kubernetes TLS Secret mounted as it is, so cert-manager
+    /// certificates work. The first is the default certificate; the others
+    /// are chosen by SNI from their DNS names (SANs).
+    pub cert_dirs: Vec<PathBuf>,
+    /// Also serve HTTP/3 over QUIC on UDP at `network.http_listen`'s port,
+    /// advertised to TCP clients with `Alt-Svc`.
+    pub http3: bool,
+    /// How often the certificate files are checked for a change, seconds: a
+    /// change is loaded for new connections (open ones finish on the old
+    /// certificate); a file that does not load is refused and the old
+    /// certificate kept.
+    pub reload_interval_seconds: Bounded<1, 86400>,
+}
+
+impl Default for HttpTlsSection {
+    fn default() -> Self {
+        Self {
+            cert_dirs: vec![PathBuf::from("/etc/dcdn/http-tls/default")],
+            http3: true,
+            reload_interval_seconds: Bounded::lit(10),
+        }
+    }
+}
+
 /// The admin API's tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -626,6 +659,9 @@ pub struct NodeConfig {
     pub p2p: P2pSection,
     pub crypto: CryptoSection,
     pub tls: TlsSection,
+    /// HTTPS (and HTTP/3) on the client or ingest listener; absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<HttpTlsSection>,
     pub origin: OriginSection,
     pub live: LiveSection,
     pub admin: AdminSection,
@@ -663,6 +699,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "DCDN_ADMIN_TOKEN",
     "DCDN_ADMIN_READ_TOKEN",
     "DCDN_INGEST_TOKEN",
+    "DCDN_CACERT",
 ];
 
 impl NodeConfig {
@@ -820,6 +857,17 @@ impl NodeConfig {
                 "node.name must be 1 to {} characters",
                 crate::chunk::wire::MAX_NAME_LEN
             ));
+        }
+        if let Some(t) = &self.http_tls {
+            if t.cert_dirs.is_empty() {
+                return Err(
+                    "http_tls.cert_dirs must name at least one directory (with tls.crt and tls.key)"
+                        .into(),
+                );
+            }
+            if self.node.role == Role::Relay {
+                return Err("http_tls: a relay has no HTTP listener to serve TLS on".into());
+            }
         }
         for (field, v) in [
             ("discovery.upstream_dns", &self.discovery.upstream_dns),

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod h3_client;
 pub mod logging;
 pub mod metrics;
 pub mod roles;

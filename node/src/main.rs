@@ -65,6 +65,11 @@ enum Command {
         /// Print the nodes' URLs (and the check's outcome) as JSON.
         #[arg(long)]
         json: bool,
+        /// Serve clients and publishers over HTTPS (HTTP/2, HTTP/1.1) and
+        /// HTTP/3 with certificates from a throwaway CA; prints the CA file
+        /// to trust (`--cacert`).
+        #[arg(long)]
+        tls: bool,
     },
     /// Check a running DCDN end to end: publish an object and a live stream
     /// at the origin, fetch both through every edge, compare bytes and
@@ -87,6 +92,10 @@ enum Command {
         /// The origin's admin base URL: also measure origin offload.
         #[arg(long, env = "DCDN_ADMIN_URL")]
         origin_admin: Option<String>,
+        /// A CA certificate file (PEM) to trust beside the system's roots,
+        /// for https:// URLs (what `dcdn up --tls` prints).
+        #[arg(long, env = "DCDN_CACERT", value_name = "FILE")]
+        cacert: Option<PathBuf>,
         /// Object size in bytes (0: no object).
         #[arg(long, default_value_t = 8 * 1024 * 1024 + 12_345)]
         object_bytes: usize,
@@ -131,6 +140,10 @@ enum Command {
         /// Publish as a live stream (chunks pushed as they are read) instead of an object.
         #[arg(long)]
         live: bool,
+        /// A CA certificate file (PEM) to trust beside the system's roots,
+        /// for https:// URLs (what `dcdn up --tls` prints).
+        #[arg(long, env = "DCDN_CACERT", value_name = "FILE")]
+        cacert: Option<PathBuf>,
         /// Print what was published as JSON.
         #[arg(long)]
         json: bool,
@@ -145,6 +158,10 @@ enum Command {
         /// Ingest bearer token.
         #[arg(long, env = "DCDN_INGEST_TOKEN", hide_env_values = true)]
         token: String,
+        /// A CA certificate file (PEM) to trust beside the system's roots,
+        /// for https:// URLs (what `dcdn up --tls` prints).
+        #[arg(long, env = "DCDN_CACERT", value_name = "FILE")]
+        cacert: Option<PathBuf>,
     },
     /// Fetch an object from an edge, verify it against its ETag, write it.
     ///
@@ -169,6 +186,14 @@ enum Command {
         /// Seconds without a byte of the body before giving up.
         #[arg(long, default_value_t = 30)]
         idle_timeout_secs: u64,
+        /// Fetch over HTTP/3 (QUIC, UDP at the URL's port) instead of
+        /// HTTP/2 or HTTP/1.1; https:// URLs only.
+        #[arg(long)]
+        http3: bool,
+        /// A CA certificate file (PEM) to trust beside the system's roots,
+        /// for https:// URLs (what `dcdn up --tls` prints).
+        #[arg(long, env = "DCDN_CACERT", value_name = "FILE")]
+        cacert: Option<PathBuf>,
         /// Print what was fetched as JSON (to stderr when the object goes to stdout).
         #[arg(long)]
         json: bool,
@@ -380,6 +405,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             edges,
             origin_admin,
+            cacert,
             object_bytes,
             live_pieces,
             live_piece_bytes,
@@ -392,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ingest_token: token,
                 edges,
                 origin_admin,
+                ca_file: cacert,
             };
             let sizes = check::CheckSizes {
                 object_bytes,
@@ -418,6 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             token,
             live,
+            cacert,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -427,6 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 token,
                 live,
+                ca_file: cacert,
             };
             emit(&runtime()?.block_on(transfer::publish(p))?, json)
         }
@@ -434,7 +463,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             origin,
             token,
-        } => runtime()?.block_on(purge(&name, &origin, &token)),
+            cacert,
+        } => runtime()?.block_on(purge(&name, &origin, &token, cacert.as_deref())),
         Command::Fetch {
             url,
             output,
@@ -442,6 +472,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resume,
             response_timeout_secs,
             idle_timeout_secs,
+            cacert,
+            http3,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -465,6 +497,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     response: std::time::Duration::from_secs(response_timeout_secs.max(1)),
                     idle: std::time::Duration::from_secs(idle_timeout_secs.max(1)),
                 },
+                ca_file: cacert,
+                http3,
             };
             let fetched = runtime()?.block_on(transfer::fetch(f))?;
             match (json, to_stdout) {
@@ -522,6 +556,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             check,
             json,
+            tls,
         } => {
             dcdn_node::logging::LogArgs::default().init()?;
             let dir = dir.unwrap_or_else(|| {
@@ -533,6 +568,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 check,
                 program: std::env::current_exe().context("locating the dcdn binary")?,
                 json,
+                tls,
             };
             if runtime()?.block_on(dcdn_node::up::run(opts))? {
                 Ok(())
@@ -656,8 +692,13 @@ fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn purge(name: &str, origin: &str, token: &str) -> anyhow::Result<()> {
-    let client = dcdn_node::client::Client::new(std::time::Duration::from_secs(30));
+async fn purge(
+    name: &str,
+    origin: &str,
+    token: &str,
+    cacert: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let client = dcdn_node::client::Client::with_ca(std::time::Duration::from_secs(30), cacert)?;
     let url = format!("{}/v1/objects/{name}", origin.trim_end_matches('/'));
     let resp = client
         .send(
@@ -719,6 +760,16 @@ fn config_check(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
                     message,
                 }
             })?;
+            // The certificates a node would load at start, so a missing or
+            // unreadable one fails the check rather than the node.
+            if let Some(t) = &config.http_tls {
+                dcdn_node::roles::certs::CertSet::load(&t.cert_dirs).map_err(|e| {
+                    dcdn_node::config::ConfigError::Invalid {
+                        path: file.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
+            }
             Ok(config)
         });
     if json {

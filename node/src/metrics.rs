@@ -73,8 +73,9 @@ pub struct Metrics {
     pub banned_refused: IntCounterVec,
     /// HTTP requests by `route` and `status`.
     pub http_requests: IntCounterVec,
-    /// HTTP connections refused or cut, by `listener` (http, admin) and
-    /// `reason` (per_ip_limit, header_timeout, idle_timeout).
+    /// HTTP connections refused or cut, by `listener` (http, http3, admin)
+    /// and `reason` (per_ip_limit, header_timeout, idle_timeout,
+    /// tls_handshake, tls_handshake_timeout).
     pub http_refused: IntCounterVec,
     /// HTTP latency by `route`.
     pub http_duration: HistogramVec,
@@ -86,6 +87,12 @@ pub struct Metrics {
     pub frames_malformed: IntCounterVec,
     /// Trust-bundle reloads (file change, SIGHUP, admin) by `result` (ok, failed).
     pub trust_bundle_reloads: IntCounterVec,
+    /// HTTPS certificate reloads after the files changed, by `result` (ok,
+    /// failed: the old certificates were kept).
+    pub tls_reloads: IntCounterVec,
+    /// The earliest notAfter of the HTTPS certificates in use, Unix seconds
+    /// (0 without `[http_tls]`).
+    pub tls_cert_expiry: IntGauge,
     /// Always 1, labelled with the `version` and `commit` this binary is.
     pub build_info: IntGaugeVec,
     /// Live file versions taken into this node's window, by `stream` and
@@ -246,7 +253,7 @@ impl Metrics {
             http_refused: counter(
                 r,
                 "dcdn_http_refused_total",
-                "HTTP connections refused or cut, by listener and reason (per_ip_limit, header_timeout, idle_timeout).",
+                "HTTP connections refused or cut, by listener (http, http3, admin) and reason (per_ip_limit, header_timeout, idle_timeout, tls_handshake, tls_handshake_timeout).",
                 &["listener", "reason"],
             )?,
             http_duration: {
@@ -298,6 +305,17 @@ impl Metrics {
                 "dcdn_trust_bundle_reloads_total",
                 "Trust-bundle reloads by result (ok, failed).",
                 &["result"],
+            )?,
+            tls_reloads: counter(
+                r,
+                "dcdn_tls_reloads_total",
+                "HTTPS certificate reloads after their files changed, by result (ok, failed: old certificates kept).",
+                &["result"],
+            )?,
+            tls_cert_expiry: gauge(
+                r,
+                "dcdn_tls_cert_expiry_timestamp_seconds",
+                "Earliest notAfter of the HTTPS certificates in use, Unix seconds (0 without http_tls).",
             )?,
             build_info: {
                 let g = gauge_vec(

@@ -180,6 +180,36 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// Issues a plain HTTPS server certificate (not a mesh identity: no
+    /// role name, server auth only) for `dns` names and `ips`.
+    pub fn issue_server(
+        &self,
+        dns: &[&str],
+        ips: &[std::net::IpAddr],
+    ) -> Result<NodeIdentity, TransportError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(pki)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key).map_err(pki)?;
+        let key = KeyPair::generate().map_err(pki)?;
+        let mut params =
+            CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
+                .map_err(pki)?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        if let Some(first) = dns.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &issuer).map_err(pki)?;
+        Ok(NodeIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 fn role_str(role: Role) -> &'static str {
     match role {
         Role::Origin => "origin",
@@ -552,7 +582,7 @@ impl MeshEndpoint {
     }
 }
 
-fn bind_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.

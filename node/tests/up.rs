@@ -274,6 +274,7 @@ async fn dcdn_up_plans_again_when_a_planned_port_is_taken() {
         check: true,
         program: env!("CARGO_BIN_EXE_dcdn").into(),
         json: false,
+        tls: false,
     };
     let mut squatter = None;
     let mut plans = 0;

@@ -6,7 +6,17 @@
 # Prints each req/s ratio edge/nginx and, last, the smallest.
 #
 # Usage: testbed/bench/edge-vs-nginx.sh   (needs: apt-get install nginx-light wrk curl)
+#
+# --https: the same over TLS. `dcdn up --tls` makes the certificate; nginx
+# serves that same certificate and key, both sides held to TLS 1.3 with
+# TLS_AES_256_GCM_SHA384 (checked with openssl s_client, printed), wrk over
+# https:// (HTTP/1.1 on TLS, keep-alive). Then one 256 MiB object fetched
+# from the same edge by `dcdn fetch`, once over HTTP/2 and once over HTTP/3
+# (--http3), alternating: the same Rust client code on both, so the ratio
+# compares the transports, not a Python client against a Rust one.
 set -euo pipefail
+HTTPS=0
+[ "${1:-}" = "--https" ] && HTTPS=1
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-5s}
@@ -36,7 +46,14 @@ trap cleanup EXIT INT TERM
 if [ -z "${EDGE_BIN:-}" ]; then
   cargo build --release -q -p dcdn-node
 fi
-"${EDGE_BIN:-./target/release/dcdn}" up --relays 1 --edges 1 --dir "$work/dcdn" > "$work/up.log" 2>&1 &
+scheme=http; tls_flag=(); curl_ca=()
+if [ "$HTTPS" = 1 ]; then
+  command -v openssl >/dev/null || { echo "missing openssl" >&2; exit 2; }
+  scheme=https; tls_flag=(--tls); curl_ca=(--cacert "$work/dcdn/https-ca.pem")
+fi
+# Stores large enough for the 256 MiB object of the HTTP/3 figure (nodes
+# read DCDN_* overrides from the environment).
+DCDN_STORAGE_RING_BUFFER_SIZE_MB=1024 "${EDGE_BIN:-./target/release/dcdn}" up "${tls_flag[@]}" --relays 1 --edges 1 --dir "$work/dcdn" > "$work/up.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q "Press Ctrl-C" "$work/up.log" 2>/dev/null && break; sleep 0.2; done
 grep -q "Press Ctrl-C" "$work/up.log" || { cat "$work/up.log"; exit 1; }
@@ -51,12 +68,23 @@ head -c 65536 /dev/urandom > "$work/www/obj64k"
 head -c 1048576 /dev/urandom > "$work/www/obj1m"
 head -c 16777216 /dev/urandom > "$work/www/obj16m"
 for f in obj64k obj1m obj16m; do
-  curl -sf -T "$work/www/$f" -H "Authorization: Bearer $token" "http://$origin/v1/objects/$f" > /dev/null
+  curl -sf "${curl_ca[@]}" -T "$work/www/$f" -H "Authorization: Bearer $token" "$scheme://$origin/v1/objects/$f" > /dev/null
   # Warm the edge, and check it serves the same bytes nginx will.
-  curl -sf "http://$edge/v1/objects/$f" -o "$work/$f.edge"
+  curl -sf "${curl_ca[@]}" "$scheme://$edge/v1/objects/$f" -o "$work/$f.edge"
   cmp "$work/$f.edge" "$work/www/$f"
 done
 
+nginx_ssl=""; nginx_tls=""
+if [ "$HTTPS" = 1 ]; then
+  # The edge's own certificate and key (`dcdn up --tls` wrote them).
+  nginx_ssl=" ssl"
+  nginx_tls="    ssl_certificate $work/dcdn/https/tls.crt;
+    ssl_certificate_key $work/dcdn/https/tls.key;
+    ssl_protocols TLSv1.3;
+    ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384;
+    ssl_session_cache shared:SSL:10m;"
+  chmod 644 "$work/dcdn/https/tls.key"
+fi
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/nginx.conf" <<CONF
 worker_processes auto;
@@ -74,15 +102,24 @@ http {
   uwsgi_temp_path $work/tmp;
   scgi_temp_path $work/tmp;
   server {
-    listen 127.0.0.1:$nginx_port;
+    listen 127.0.0.1:$nginx_port$nginx_ssl;
     root $work/www;
+$nginx_tls
   }
 }
 CONF
 mkdir -p "$work/tmp"
 nginx -c "$work/nginx.conf"
 sleep 0.3
-curl -sf "http://127.0.0.1:$nginx_port/obj64k" -o /dev/null
+curl -sf -k "$scheme://127.0.0.1:$nginx_port/obj64k" -o /dev/null
+if [ "$HTTPS" = 1 ]; then
+  # Same protocol and cipher on both sides, or the ratio compares ciphers.
+  for target in "$edge" "127.0.0.1:$nginx_port"; do
+    cipher=$(openssl s_client -connect "$target" -servername localhost </dev/null 2>/dev/null \
+      | sed -n 's/^ *Cipher *: //p; s/^New, \(TLSv1.3\), Cipher is \(.*\)/\1 \2/p' | head -1)
+    echo "TLS at $target: $cipher"
+  done
+fi
 
 # On a loaded machine req/s mostly says how the scheduler shared the cores;
 # the server's own CPU time per request (user + system, from /proc) says
@@ -108,8 +145,8 @@ rps() {
 
 # Both servers must answer the Range case with the same 206 bytes.
 RANGE="bytes=100000-900000"
-curl -sf -H "Range: $RANGE" "http://$edge/v1/objects/obj1m" -o "$work/range.edge"
-curl -sf -H "Range: $RANGE" "http://127.0.0.1:$nginx_port/obj1m" -o "$work/range.nginx"
+curl -sf "${curl_ca[@]}" -H "Range: $RANGE" "$scheme://$edge/v1/objects/obj1m" -o "$work/range.edge"
+curl -sf -k -H "Range: $RANGE" "$scheme://127.0.0.1:$nginx_port/obj1m" -o "$work/range.nginx"
 cmp "$work/range.edge" "$work/range.nginx"
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --timeout $TIMEOUT, $ROUNDS alternating rounds, best round each; same settings for both"
 
@@ -119,8 +156,8 @@ for case in obj64k obj1m obj16m obj1m-range; do
   [ "$case" != "$f" ] && hdr="Range: $RANGE"
   best_edge=0; best_nginx=0; cpu_edge=1e18; cpu_nginx=1e18
   for _ in $(seq 1 "$ROUNDS"); do
-    read -r e ce < <(rps "http://$edge/v1/objects/$f" "$hdr" "$edge_pid")
-    read -r n cn < <(rps "http://127.0.0.1:$nginx_port/$f" "$hdr" $nginx_pids)
+    read -r e ce < <(rps "$scheme://$edge/v1/objects/$f" "$hdr" "$edge_pid")
+    read -r n cn < <(rps "$scheme://127.0.0.1:$nginx_port/$f" "$hdr" $nginx_pids)
     best_edge=$(python3 -c "print(max($best_edge, $e))"); best_nginx=$(python3 -c "print(max($best_nginx, $n))")
     cpu_edge=$(python3 -c "print(min($cpu_edge, $ce))"); cpu_nginx=$(python3 -c "print(min($cpu_nginx, $cn))")
   done
@@ -129,4 +166,25 @@ for case in obj64k obj1m obj16m obj1m-range; do
     "server CPU per request: edge $cpu_edge µs, nginx $cpu_nginx µs, nginx/edge $(python3 -c "print(round($cpu_nginx / $cpu_edge, 3))")"
   min_ratio=$(python3 -c "print(min([x for x in [${min_ratio:-$ratio}, $ratio]]))")
 done
-echo "min ratio edge/nginx: $min_ratio"
+echo "min ratio edge/nginx ($scheme): $min_ratio"
+
+if [ "$HTTPS" = 1 ]; then
+  # HTTP/3 against HTTPS (HTTP/2) on the same edge: one 256 MiB object,
+  # warmed first, then fetched and verified by `dcdn fetch` each way.
+  big=$((256 << 20))
+  head -c "$big" /dev/urandom > "$work/big.bin"
+  "${EDGE_BIN:-./target/release/dcdn}" publish "$work/big.bin" --name big.bin --origin "https://$origin" --token "$token" \
+    --cacert "$work/dcdn/https-ca.pem" > /dev/null
+  rm -f "$work/big.bin"
+  # To /dev/null: the disk is not what is measured (the BLAKE3 check still runs).
+  fetch() { "${EDGE_BIN:-./target/release/dcdn}" fetch "https://$edge/v1/objects/big.bin" -o /dev/null \
+    --cacert "$work/dcdn/https-ca.pem" "$@" > /dev/null; }
+  fetch  # warm the edge
+  best_h2=0; best_h3=0
+  for _ in $(seq 1 "$ROUNDS"); do
+    t0=$(date +%s.%N); fetch; t1=$(date +%s.%N); fetch --http3; t2=$(date +%s.%N)
+    h2=$(python3 -c "print($big / ($t1 - $t0) / 1e6)"); h3=$(python3 -c "print($big / ($t2 - $t1) / 1e6)")
+    best_h2=$(python3 -c "print(max($best_h2, $h2))"); best_h3=$(python3 -c "print(max($best_h3, $h3))")
+  done
+  echo "256 MiB object: HTTP/2 (TLS) $(python3 -c "print(round($best_h2))") MB/s, HTTP/3 $(python3 -c "print(round($best_h3))") MB/s, ratio h3/h2 $(python3 -c "print(round($best_h3 / $best_h2, 3))") (client: dcdn fetch, verifying BLAKE3)"
+fi

@@ -99,7 +99,7 @@ impl Failure {
 /// The exit code a failed HTTP call means.
 pub fn client_exit(e: &ClientError) -> Exit {
     match e {
-        ClientError::Url(_) => Exit::Usage,
+        ClientError::Url(_) | ClientError::CaFile { .. } => Exit::Usage,
         ClientError::Transport { .. }
         | ClientError::Timeout { .. }
         | ClientError::Stalled { .. } => Exit::Unreachable,

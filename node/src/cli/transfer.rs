@@ -31,6 +31,8 @@ pub struct Publish {
     pub name: Option<String>,
     pub token: String,
     pub live: bool,
+    /// A CA file (PEM) to trust beside the system's roots, for an HTTPS origin.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What `dcdn publish --json` prints.
@@ -113,7 +115,7 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
     };
     let kind = if p.live { "stream" } else { "object" };
     let url = super::join(&p.origin, &format!("/v1/{kind}s/{name}"));
-    let client = Client::new(TRANSFER_TIMEOUT);
+    let client = Client::with_ca(TRANSFER_TIMEOUT, p.ca_file.as_deref())?;
     let result = client.put_stream(&url, Some(&p.token), body).await;
     bar.finish_and_clear();
     let resp = result?;
@@ -162,6 +164,10 @@ pub struct Fetch {
     /// request. Without it a failed fetch leaves nothing behind.
     pub resume: bool,
     pub timeouts: crate::client::FetchTimeouts,
+    /// A CA file (PEM) to trust beside the system's roots, for an HTTPS edge.
+    pub ca_file: Option<PathBuf>,
+    /// Fetch over HTTP/3 (QUIC) instead of HTTP/2 or HTTP/1.1.
+    pub http3: bool,
 }
 
 /// What `dcdn fetch --json` prints.
@@ -250,18 +256,24 @@ async fn transfer(f: &Fetch) -> anyhow::Result<Fetched> {
             Err(e) => return Err(e).with_context(|| format!("opening {}", part.display())),
         }
     }
-    let client = Client::new(f.timeouts.response);
     let range = [(header::RANGE, format!("bytes={offset}-"))];
     let headers: &[_] = if offset > 0 { &range } else { &[] };
-    let resp = client
-        .start(
-            hyper::Method::GET,
-            &f.url,
-            None,
-            headers,
-            axum::body::Body::empty(),
-        )
-        .await?;
+    let resp = if f.http3 {
+        let roots = crate::client::roots(f.ca_file.as_deref())?;
+        crate::h3_client::get(&f.url, roots, headers, f.timeouts.response).await?
+    } else {
+        let client = Client::with_ca(f.timeouts.response, f.ca_file.as_deref())?;
+        client
+            .start(
+                hyper::Method::GET,
+                &f.url,
+                None,
+                headers,
+                axum::body::Body::empty(),
+            )
+            .await?
+            .map(axum::body::Body::new)
+    };
     if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
         // The edge sent the whole object (it may not do ranges): start over.
         offset = 0;

@@ -3,8 +3,11 @@
 //! HTTP/1.1 under a header-read timeout and an idle timeout, so a slow or
 //! stalled client (slowloris, a stalled body or upload, a reader that stops
 //! reading) holds a connection for a bounded time. Every refusal is
-//! counted in `dcdn_http_refused_total{listener,reason}`. Routing and
-//! handlers stay in `admin`, `ingest` and `serve`.
+//! counted in `dcdn_http_refused_total{listener,reason}`. With `[http_tls]`
+//! the client and ingest listeners speak TLS only (HTTP/2 and HTTP/1.1,
+//! under the same limits plus a handshake deadline); certificates are
+//! `certs`' business, HTTP/3 `http3`'s. Routing and handlers stay in `admin`,
+//! `ingest` and `serve`.
 
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
@@ -34,17 +37,17 @@ pub struct Limits {
 
 /// Connections held per client IP; a slot is given back when its guard drops.
 #[derive(Debug, Default)]
-struct PerIp {
+pub(crate) struct PerIp {
     held: Mutex<HashMap<IpAddr, usize>>,
 }
 
-struct Slot {
+pub(crate) struct Slot {
     table: Arc<PerIp>,
     ip: IpAddr,
 }
 
 impl PerIp {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
         let mut held = self.held.lock();
         let n = held.entry(ip).or_default();
         if *n >= max {
@@ -70,8 +73,28 @@ impl Drop for Slot {
     }
 }
 
+/// TLS on a listener (`[http_tls]`): the client or ingest listener then
+/// speaks HTTPS only, HTTP/2 or HTTP/1.1 as ALPN (or the client's preface)
+/// says.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// `Alt-Svc` to add to every response when HTTP/3 is served too.
+    pub alt_svc: Option<hyper::header::HeaderValue>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("alt_svc", &self.alt_svc)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` turns true, then lets the
-/// connections finish the requests they are in (graceful shutdown).
+/// connections finish the requests they are in (graceful shutdown). With
+/// `tls`, each connection must finish its handshake within the header
+/// timeout (a stalled handshake is a slowloris too).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
@@ -79,6 +102,7 @@ pub(crate) async fn serve(
     metrics: Metrics,
     what: &'static str,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Tls>,
 ) {
     let table = Arc::new(PerIp::default());
     let mut connections = tokio::task::JoinSet::new();
@@ -112,56 +136,63 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let metrics = metrics.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
             let idle_fired = Arc::new(AtomicBool::new(false));
             let io = IdleTimeout::new(stream, limits.idle_timeout, idle_fired.clone());
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let router = router.clone();
-                    async move {
-                        use tower::ServiceExt;
-                        router.oneshot(req.map(axum::body::Body::new)).await
-                    }
-                });
-            // ffmpeg's muxers PUT each segment and playlist without waiting
-            // for the answer and, at the end of a stream, shut their side of
-            // the connection with the last requests still queued: a
-            // half-closed connection is served to the end (the idle timeout
-            // still bounds it), or the playlist that ends the stream is lost.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let result = match tls {
+                None => serve_http1(io, router, limits, shutdown).await,
+                Some(tls) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, tls.acceptor.accept(io)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            // Refusing a client's handshake (no shared
+                            // version, an unknown CA on its side, garbage)
+                            // is the listener's business only; count it.
+                            let reason = if idle_fired.load(Ordering::Relaxed) {
+                                "idle_timeout"
+                            } else {
+                                "tls_handshake"
+                            };
+                            metrics
+                                .http_refused
+                                .with_label_values(&[what, reason])
+                                .inc();
+                            tracing::debug!(%peer, what, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics
+                                .http_refused
+                                .with_label_values(&[what, "tls_handshake_timeout"])
+                                .inc();
+                            tracing::debug!(%peer, what, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    serve_tls(stream, router, limits, tls.alt_svc, shutdown).await
                 }
             };
-            {
-                // A stalled body surfaces in the handler, which may still
-                // answer: the flag, not the connection's result, says the
-                // idle deadline cut it.
-                let reason = if idle_fired.load(Ordering::Relaxed) {
-                    Some("idle_timeout")
-                } else if result.as_ref().is_err_and(hyper::Error::is_timeout) {
-                    Some("header_timeout")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    metrics
-                        .http_refused
-                        .with_label_values(&[what, reason])
-                        .inc();
-                    tracing::debug!(%peer, what, reason, "slow client cut off");
-                }
+            // A stalled body surfaces in the handler, which may still
+            // answer: the flag, not the connection's result, says the idle
+            // deadline cut it.
+            let reason = if idle_fired.load(Ordering::Relaxed) {
+                Some("idle_timeout")
+            } else if result.is_err_and(|timeout| timeout) {
+                Some("header_timeout")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                metrics
+                    .http_refused
+                    .with_label_values(&[what, reason])
+                    .inc();
+                tracing::debug!(%peer, what, reason, "slow client cut off");
             }
         });
     }
@@ -169,6 +200,111 @@ pub(crate) async fn serve(
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
+
+/// The router as a hyper service, adding `alt_svc` to every response.
+fn service(
+    router: axum::Router,
+    alt_svc: Option<hyper::header::HeaderValue>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        let alt_svc = alt_svc.clone();
+        async move {
+            use tower::ServiceExt;
+            let mut resp = router.oneshot(req.map(axum::body::Body::new)).await?;
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(hyper::header::ALT_SVC, v);
+            }
+            Ok(resp)
+        }
+    })
+}
+
+/// Plain HTTP/1.1 on one connection. `Err(true)`: the header timeout cut it.
+async fn serve_http1<S>(
+    io: S,
+    router: axum::Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // ffmpeg's muxers PUT each segment and playlist without waiting for the
+    // answer and, at the end of a stream, shut their side of the connection
+    // with the last requests still queued: a half-closed connection is
+    // served to the end (the idle timeout still bounds it), or the playlist
+    // that ends the stream is lost.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service(router, None))
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(|e| e.is_timeout())
+}
+
+/// HTTPS on one connection: HTTP/2 or HTTP/1.1, whichever the client
+/// speaks. `Err(true)`: the HTTP/1.1 header timeout cut it.
+async fn serve_tls<S>(
+    io: S,
+    router: axum::Router,
+    limits: Limits,
+    alt_svc: Option<hyper::header::HeaderValue>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Bounded like the per-IP connection count: one connection cannot
+        // hold more requests than this at once.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_BYTES)
+        // A client that stops answering pings is gone; its streams go too.
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service(router, alt_svc));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+    })
+}
+
+/// Concurrent requests on one HTTP/2 connection.
+pub(crate) const H2_MAX_STREAMS: u32 = 128;
+/// Largest header block an HTTP/2 or HTTP/3 request may send.
+pub(crate) const H2_MAX_HEADER_BYTES: u32 = 64 << 10;
 
 /// A stream that fails with `TimedOut` once no byte has moved in either
 /// direction for `idle`: a stalled request body or upload, a client that

@@ -5,9 +5,11 @@
 //! stops a node; `ingest` and `serve` are the HTTP faces of origins and
 //! edges; `discovery` finds peers; `flight` keeps fetches single.
 
+pub mod certs;
 pub mod discovery;
 pub mod flight;
 pub mod framing;
+pub mod http3;
 pub mod ingest;
 pub mod listener;
 pub mod live;

@@ -180,6 +180,30 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         shared.settings.config.crypto.trust_bundle.clone(),
     ));
 
+    // Loaded before any listener binds: a node whose certificates do not
+    // load fails to start, naming the field and file.
+    let https = match &shared.settings.config.http_tls {
+        Some(t) if shared.settings.role != Role::Relay => {
+            let set = super::certs::CertSet::load(&t.cert_dirs).map_err(|e| NodeError::Load {
+                what: "the HTTPS certificates",
+                path: e.path.clone(),
+                message: e.to_string(),
+            })?;
+            let resolver = Arc::new(super::certs::Resolver::new(set));
+            tasks.spawn(super::certs::watch(
+                resolver.clone(),
+                t.cert_dirs.clone(),
+                Duration::from_secs(t.reload_interval_seconds.get()),
+                shared.metrics.clone(),
+                shared.shutdown_signal(),
+            ));
+            Some(Https {
+                resolver,
+                http3: t.http3,
+            })
+        }
+        _ => None,
+    };
     let http_addr = match shared.settings.role {
         Role::Origin => {
             let publisher = Arc::new(OriginPublisher(shared.clone()));
@@ -199,6 +223,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                     "http",
                     shared.settings.http_listen,
                     router,
+                    https.as_ref(),
                 )
                 .await?,
             )
@@ -215,6 +240,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                     "http",
                     shared.settings.http_listen,
                     router,
+                    https.as_ref(),
                 )
                 .await?,
             )
@@ -232,6 +258,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         "admin",
         shared.settings.admin_listen,
         admin_router,
+        None,
     )
     .await?;
     tracing::info!(
@@ -251,12 +278,19 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
     })
 }
 
+/// TLS on the client or ingest listener (`[http_tls]`).
+struct Https {
+    resolver: Arc<super::certs::Resolver>,
+    http3: bool,
+}
+
 async fn serve_http(
     tasks: &mut tokio::task::JoinSet<()>,
     shared: &Arc<Shared>,
     what: &'static str,
     addr: std::net::SocketAddr,
     router: axum::Router,
+    https: Option<&Https>,
 ) -> Result<std::net::SocketAddr, NodeError> {
     // The admin router counts its own requests; the client-facing ones are
     // counted here, after routing, so the route label is the template.
@@ -274,6 +308,47 @@ async fn serve_http(
     let bound = listener
         .local_addr()
         .map_err(|source| NodeError::Bind { what, addr, source })?;
+    let tls = match https {
+        None => None,
+        Some(https) => {
+            let tls_error = |e: &dyn std::fmt::Display| NodeError::Load {
+                what: "the HTTPS configuration",
+                path: "http_tls".into(),
+                message: e.to_string(),
+            };
+            let config =
+                super::certs::server_config(https.resolver.clone(), &super::certs::TCP_ALPN, false)
+                    .map_err(|e| tls_error(&e))?;
+            let mut alt_svc = None;
+            if https.http3 {
+                // The same port number over UDP, so one URL reaches both.
+                let udp = std::net::SocketAddr::new(addr.ip(), bound.port());
+                let endpoint =
+                    super::http3::bind(udp, https.resolver.clone(), &shared.settings.http_limits)
+                        .map_err(|e| match e {
+                        super::http3::H3Error::Bind { addr, source } => NodeError::Bind {
+                            what: "http3",
+                            addr,
+                            source,
+                        },
+                        e => tls_error(&e),
+                    })?;
+                alt_svc =
+                    hyper::header::HeaderValue::from_str(&super::http3::alt_svc(bound.port())).ok();
+                tasks.spawn(super::http3::serve(
+                    endpoint,
+                    router.clone(),
+                    shared.settings.http_limits,
+                    shared.metrics.clone(),
+                    shared.shutdown_signal(),
+                ));
+            }
+            Some(super::listener::Tls {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                alt_svc,
+            })
+        }
+    };
     tasks.spawn(super::listener::serve(
         listener,
         router,
@@ -281,6 +356,7 @@ async fn serve_http(
         shared.metrics.clone(),
         what,
         shared.shutdown_signal(),
+        tls,
     ));
     Ok(bound)
 }

@@ -21,6 +21,8 @@ pub struct Targets {
     /// The origin's admin base URL; when set, origin offload is measured
     /// from its `/metrics` around the object's distribution.
     pub origin_admin: Option<String>,
+    /// A CA file to trust for https:// origin and edge URLs.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One line of the summary.
@@ -130,7 +132,21 @@ where
 
 /// Runs the check: one outcome per step, and the figures measured.
 pub async fn run(targets: &Targets, sizes: CheckSizes) -> Report {
-    let client = Client::new(Duration::from_secs(30));
+    let client = match Client::with_ca(Duration::from_secs(30), targets.ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Report {
+                ok: false,
+                failed: 1,
+                outcomes: vec![Outcome {
+                    what: "trust the CA file".into(),
+                    ok: false,
+                    detail: e.to_string(),
+                }],
+                ..Report::default()
+            };
+        }
+    };
     let steps = |on: bool| {
         if on {
             1 + targets.edges.len() as u64

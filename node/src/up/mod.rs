@@ -18,6 +18,8 @@ pub struct UpOptions {
     pub program: std::path::PathBuf,
     /// Print [`UpReport`] as JSON instead of text.
     pub json: bool,
+    /// Serve clients and publishers over HTTPS and HTTP/3 with a throwaway CA.
+    pub tls: bool,
 }
 
 /// One node of a local DCDN, as `dcdn up --json` lists it.
@@ -42,6 +44,9 @@ pub struct UpReport {
     pub dir: std::path::PathBuf,
     /// The throwaway ingest token of this local DCDN.
     pub ingest_token: String,
+    /// With `--tls`: the CA certificate clients must trust (`--cacert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     pub nodes: Vec<NodeUrls>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<check::Report>,
@@ -53,6 +58,7 @@ impl UpReport {
         Self {
             dir: plan.dir.clone(),
             ingest_token: plan.ingest_token.clone(),
+            ca_file: plan.https_ca.clone(),
             nodes: plan
                 .nodes
                 .iter()
@@ -60,8 +66,8 @@ impl UpReport {
                     name: n.name.clone(),
                     role: n.role,
                     mesh: n.mesh.to_string(),
-                    ingest: (n.role == Role::Origin).then(|| format!("http://{}", n.http)),
-                    serve: (n.role == Role::Edge).then(|| format!("http://{}", n.http)),
+                    ingest: (n.role == Role::Origin).then(|| plan.client_url(n)),
+                    serve: (n.role == Role::Edge).then(|| plan.client_url(n)),
                     admin: format!("http://{}", n.admin),
                 })
                 .collect(),
@@ -81,7 +87,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<bool> {
         )
         .into());
     }
-    run_planned(&opts, || plan::plan(&opts.dir, opts.counts, |_| {})).await
+    run_planned(&opts, || {
+        plan::plan_with(&opts.dir, opts.counts, opts.tls, |_| {})
+    })
+    .await
 }
 
 /// How many times `up` plans fresh ports and starts again when a node could
@@ -180,10 +189,11 @@ async fn start_and_serve(
         .ok_or_else(|| anyhow::anyhow!("the plan has no origin"))?;
     if opts.check {
         let targets = check::Targets {
-            origin: format!("http://{}", origin.http),
+            origin: plan.client_url(origin),
             ingest_token: plan.ingest_token.clone(),
-            edges: plan.edges().map(|e| format!("http://{}", e.http)).collect(),
+            edges: plan.edges().map(|e| plan.client_url(e)).collect(),
             origin_admin: Some(format!("http://{}", origin.admin)),
+            ca_file: plan.https_ca.clone(),
         };
         let outcome = check::run(&targets, check::CheckSizes::default()).await;
         let mut ok = outcome.ok;
@@ -234,8 +244,8 @@ fn print_urls(plan: &plan::Plan, dir: &Path, cluster: &procs::Cluster) {
     );
     for n in &plan.nodes {
         let http = match n.role {
-            crate::config::Role::Origin => format!("ingest http://{}", n.http),
-            crate::config::Role::Edge => format!("serve  http://{}", n.http),
+            crate::config::Role::Origin => format!("ingest {}", plan.client_url(n)),
+            crate::config::Role::Edge => format!("serve  {}", plan.client_url(n)),
             crate::config::Role::Relay => "-".to_owned(),
         };
         let pid = cluster
@@ -250,20 +260,34 @@ fn print_urls(plan: &plan::Plan, dir: &Path, cluster: &procs::Cluster) {
         );
     }
     if let Some(o) = plan.origin() {
+        // With --tls every client command needs the CA: one flag for dcdn,
+        // one for curl.
+        let (cacert, curl_ca) = match &plan.https_ca {
+            Some(ca) => (
+                format!(" --cacert {}", ca.display()),
+                format!(" --cacert {}", ca.display()),
+            ),
+            None => (String::new(), String::new()),
+        };
+        if let Some(ca) = &plan.https_ca {
+            println!(
+                "\nHTTPS (HTTP/2, HTTP/1.1) and HTTP/3 on the same ports; trust this CA: {}",
+                ca.display()
+            );
+        }
+        let origin_url = plan.client_url(o);
         println!(
-            "\npublish: dcdn publish FILE --origin http://{} --token {}",
-            o.http, plan.ingest_token
+            "\npublish: dcdn publish FILE --origin {origin_url} --token {}{cacert}",
+            plan.ingest_token
         );
         println!(
-            "         (curl -T FILE -H 'Authorization: Bearer {}' http://{}/v1/objects/NAME)",
-            plan.ingest_token, o.http
+            "         (curl{curl_ca} -T FILE -H 'Authorization: Bearer {}' {origin_url}/v1/objects/NAME)",
+            plan.ingest_token
         );
         if let Some(e) = plan.edges().next() {
-            println!(
-                "fetch:   dcdn fetch http://{}/v1/objects/NAME -o FILE",
-                e.http
-            );
-            println!("         (curl -o FILE http://{}/v1/objects/NAME)", e.http);
+            let edge_url = plan.client_url(e);
+            println!("fetch:   dcdn fetch {edge_url}/v1/objects/NAME -o FILE{cacert}");
+            println!("         (curl{curl_ca} -o FILE {edge_url}/v1/objects/NAME)");
         }
         let admins: Vec<String> = plan
             .nodes

@@ -56,9 +56,21 @@ pub struct Plan {
     pub nodes: Vec<PlannedNode>,
     pub ingest_token: String,
     pub admin_token: String,
+    /// With TLS: the CA that signed the nodes' HTTPS certificates.
+    pub https_ca: Option<PathBuf>,
 }
 
 impl Plan {
+    /// The base URL clients and publishers use for `n` (its HTTP listener).
+    pub fn client_url(&self, n: &PlannedNode) -> String {
+        let scheme = if self.https_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", n.http)
+    }
+
     pub fn origin(&self) -> Option<&PlannedNode> {
         self.nodes.iter().find(|n| n.role == Role::Origin)
     }
@@ -120,6 +132,16 @@ fn free_udp() -> Result<SocketAddr, PlanError> {
     pick_port(|a| UdpSocket::bind(a).and_then(|s| s.local_addr()))
 }
 
+/// A port free over TCP and UDP both: HTTPS and HTTP/3 share its number.
+fn free_tcp_and_udp() -> Result<SocketAddr, PlanError> {
+    pick_port(|a| {
+        let tcp = TcpListener::bind(a)?;
+        let addr = tcp.local_addr()?;
+        UdpSocket::bind(addr)?;
+        Ok(addr)
+    })
+}
+
 fn random_token() -> String {
     let mut b = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -138,6 +160,18 @@ pub struct Counts {
 pub fn plan(
     dir: &Path,
     counts: Counts,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Result<Plan, PlanError> {
+    plan_with(dir, counts, false, tweak)
+}
+
+/// [`plan`], and with `tls` the origin's ingest and the edges' client
+/// listeners serve HTTPS and HTTP/3 with a certificate for `localhost` and
+/// 127.0.0.1 from a throwaway CA (`https-ca.pem`), in `https/`.
+pub fn plan_with(
+    dir: &Path,
+    counts: Counts,
+    tls: bool,
     tweak: impl Fn(&mut NodeConfig),
 ) -> Result<Plan, PlanError> {
     for (what, asked, max) in [
@@ -167,6 +201,31 @@ pub fn plan(
     let admin_token = random_token();
     write_secret(&dir.join("ingest-token"), &ingest_token)?;
     write_secret(&dir.join("admin-token"), &admin_token)?;
+    // A CA of its own, not the mesh's: what clients trust must not also
+    // vouch for cluster members.
+    let https = if tls {
+        let https_ca = ClusterCa::generate("local-https")?;
+        let ca_file = dir.join("https-ca.pem");
+        write(&ca_file, https_ca.cert_pem())?;
+        let cert_dir = dir.join("https");
+        std::fs::create_dir_all(&cert_dir).map_err(|source| PlanError::Write {
+            path: cert_dir.display().to_string(),
+            source,
+        })?;
+        let server =
+            https_ca.issue_server(&["localhost"], &[std::net::IpAddr::from([127, 0, 0, 1])])?;
+        write(
+            &cert_dir.join(crate::roles::certs::CERT_FILE),
+            &server.cert_pem,
+        )?;
+        write_secret(
+            &cert_dir.join(crate::roles::certs::KEY_FILE),
+            &server.key_pem,
+        )?;
+        Some((ca_file, cert_dir))
+    } else {
+        None
+    };
 
     let mut nodes = Vec::new();
     let roles = std::iter::once((Role::Origin, "origin-0".to_owned()))
@@ -175,6 +234,7 @@ pub fn plan(
     // Each picked port is released at once, so a later pick could return it
     // again: never hand out one port twice in a plan.
     let mut taken = std::collections::HashSet::new();
+    let free_http = if tls { free_tcp_and_udp } else { free_tcp };
     let mut unique = |pick: fn() -> Result<SocketAddr, PlanError>| {
         for _ in 0..64 {
             let addr = pick()?;
@@ -193,7 +253,7 @@ pub fn plan(
             name,
             role,
             mesh: unique(free_udp)?,
-            http: unique(free_tcp)?,
+            http: unique(free_http)?,
             admin: unique(free_tcp)?,
         });
     }
@@ -247,6 +307,14 @@ pub fn plan(
             c.origin.store_dir = Some(dir.join(format!("{}-store", n.name)));
         }
         c.admin.token_file = Some(dir.join("admin-token"));
+        if let (Some((_, cert_dir)), Role::Origin | Role::Edge) = (&https, n.role) {
+            c.http_tls = Some(crate::config::HttpTlsSection {
+                cert_dirs: vec![cert_dir.clone()],
+                http3: true,
+                reload_interval_seconds: crate::config::Bounded::new(1)
+                    .unwrap_or(crate::config::HttpTlsSection::default().reload_interval_seconds),
+            });
+        }
         c.storage.ring_buffer_size_mb =
             crate::config::Bounded::new(256).unwrap_or(c.storage.ring_buffer_size_mb);
         tweak(&mut c);
@@ -257,5 +325,6 @@ pub fn plan(
         nodes,
         ingest_token,
         admin_token,
+        https_ca: https.map(|(ca, _)| ca),
     })
 }

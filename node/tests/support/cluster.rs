@@ -33,6 +33,14 @@ impl TestNode {
         )
     }
 
+    /// The client or ingest listener as an https:// URL (with `plan_tls`).
+    pub fn https(&self) -> String {
+        format!(
+            "https://{}",
+            self.running().http_addr.expect("an http listener")
+        )
+    }
+
     pub fn admin(&self) -> String {
         match &self.running {
             Some(r) => format!("http://{}", r.admin_addr),
@@ -148,6 +156,14 @@ impl TestCluster {
     pub fn plan(tag: &str, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> (Plan, PathBuf) {
         let dir = temp_dir(tag);
         let plan = plan::plan(&dir, counts, tweak).unwrap();
+        (plan, dir)
+    }
+
+    /// Like `plan`, with HTTPS and HTTP/3 on the origin's and edges'
+    /// listeners from a throwaway CA (`plan.https_ca`).
+    pub fn plan_tls(tag: &str, counts: Counts, tweak: impl Fn(&mut NodeConfig)) -> (Plan, PathBuf) {
+        let dir = temp_dir(tag);
+        let plan = plan::plan_with(&dir, counts, true, tweak).unwrap();
         (plan, dir)
     }
 
