@@ -170,6 +170,11 @@ pub struct Shared {
     pub(crate) last_version: AtomicU64,
     /// The origin of record (origins with `origin.store_dir`).
     pub origin_store: Option<crate::roles::origin_store::OriginStore>,
+    /// Where an origin pulls names it does not hold (`origin.upstream`).
+    pub upstream: Option<Arc<crate::roles::upstream::Upstream>>,
+    /// Per object key, what was pulled from the upstream and until when
+    /// it is fresh.
+    pub(crate) pulled: Mutex<crate::roles::upstream::Pulled>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -596,6 +601,8 @@ impl Shared {
     /// if no version of `name` is known here.
     pub fn purge(&self, name: &str) -> Result<Option<u64>, String> {
         let key = StreamId::object_key(name);
+        // Pulled again on the next request, as a new version.
+        self.pulled.lock().remove(key);
         let known = self.manifests.lock().newest(key).is_some();
         let kept = self
             .origin_store
@@ -764,10 +771,21 @@ impl Shared {
     /// lost on the way delays a new version by at most that long. If no
     /// upstream answers, the version held is still a version the publisher
     /// published whole, so it is served rather than an error.
+    ///
+    /// `name` is the object's name when known (empty otherwise): an origin
+    /// with an upstream needs it to pull a name it does not hold.
     pub async fn fetch_manifest(
         self: &Arc<Self>,
         object: StreamId,
+        name: &str,
     ) -> Result<ManifestFrame, String> {
+        if let (Role::Origin, Some(up), false) =
+            (self.settings.role, &self.upstream, name.is_empty())
+        {
+            return crate::roles::upstream::manifest(self, up, object, name)
+                .await?
+                .ok_or_else(|| format!("origin has no manifest for {object}"));
+        }
         let held = self.manifests.lock().newest(object);
         if self.settings.role == Role::Origin {
             return held
@@ -780,6 +798,7 @@ impl Shared {
             }
         }
         let shared = self.clone();
+        let name = name.to_owned();
         let got = self
             .manifest_flight
             .run(object, || async move {
@@ -794,7 +813,10 @@ impl Shared {
                 for peer in upstream {
                     match request(
                         &peer.conn,
-                        &Frame::ManifestRequest { object },
+                        &Frame::ManifestRequest {
+                            object,
+                            name: name.clone(),
+                        },
                         shared.settings.request_timeout,
                     )
                     .await
@@ -812,6 +834,17 @@ impl Shared {
                         Ok(Frame::NotFound { .. }) => {
                             last = format!("{} has no manifest for {object}", peer.name)
                         }
+                        Ok(Frame::Error { code, message })
+                            if code == crate::roles::upstream::CODE_UPSTREAM_FAILED =>
+                        {
+                            // The origin's upstream failed: an answer, not a
+                            // missing peer, so no version held stands in.
+                            last = if message.contains(crate::roles::upstream::UPSTREAM_FAILED) {
+                                message
+                            } else {
+                                format!("{}: {message}", crate::roles::upstream::UPSTREAM_FAILED)
+                            };
+                        }
                         Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
                         Err(e) => last = format!("{}: {e}", peer.name),
                     }
@@ -821,6 +854,11 @@ impl Shared {
             .await;
         match (got, held) {
             (Ok(m), _) => Ok(m),
+            (Err(FlightError::Failed(e)), Some(_))
+                if e.contains(crate::roles::upstream::UPSTREAM_FAILED) =>
+            {
+                Err(e)
+            }
             (Err(FlightError::Failed(e)), None) => Err(e),
             (Err(e), None) => Err(e.to_string()),
             (Err(e), Some((m, _))) => {
@@ -1126,10 +1164,19 @@ pub struct EdgeContent(pub Arc<Shared>);
 
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
-        match self.0.fetch_manifest(StreamId::object_key(name)).await {
+        match self
+            .0
+            .fetch_manifest(StreamId::object_key(name), name)
+            .await
+        {
             Ok(m) => Ok(object_info(&m)),
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))
+            }
+            Err(e) if e.contains(crate::roles::upstream::UPSTREAM_FAILED) => {
+                // The marker routed it here; the client reads the cause.
+                let marker = format!("{}: ", crate::roles::upstream::UPSTREAM_FAILED);
+                Err(ContentError::UpstreamFailed(e.replacen(&marker, "", 1)))
             }
             Err(e) => Err(ContentError::Unavailable(e)),
         }
