@@ -5,7 +5,7 @@
 //! Objects are JSON in the shape the API server takes (server-side apply
 //! bodies); tests parse them back into the k8s-openapi types.
 
-use crate::crd::{DcdnCluster, ServiceType, TierSpec};
+use crate::crd::{DcdnCluster, MAX_SNI_SECRETS, ServiceType, TierSpec, TierTlsSpec};
 use dcdn_node::config::{NodeConfig, Role};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -30,6 +30,19 @@ pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
 pub const NODE_UID: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/dcdn/config";
 const SIGNING_DIR: &str = "/etc/dcdn/signing";
+/// Each client-facing certificate's Secret is mounted whole at
+/// `{HTTP_TLS_DIR}/{secretName}/`: no `subPath`, so kubelet's atomic swap
+/// of a renewed Secret reaches the running pod.
+pub const HTTP_TLS_DIR: &str = "/etc/dcdn/http-tls";
+/// The keys of a `kubernetes.io/tls` Secret, the files the node reads in
+/// each certificate directory.
+pub const TLS_SECRET_FILES: [&str; 2] = ["tls.crt", "tls.key"];
+/// How often a node looks for renewed certificate files. Kubelet refreshes
+/// a mounted Secret within its sync period (about a minute), so checking
+/// more often than this buys nothing.
+pub const HTTP_TLS_RELOAD_SECONDS: u64 = 10;
+/// The API group and version of cert-manager's `Certificate`.
+pub const CERT_MANAGER_API: &str = "cert-manager.io/v1";
 
 /// Why a cluster cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -153,6 +166,10 @@ impl Names {
     pub fn edge_service(&self) -> String {
         format!("{}-edge", self.cluster)
     }
+    /// The cert-manager `Certificate` issuing a tier's client certificate.
+    pub fn https_certificate(&self, role: Role) -> String {
+        format!("{}-{}-https", self.cluster, tier_name(role))
+    }
     /// A tier's headless Service as `name:port`, re-resolved by the nodes.
     fn mesh_dns(&self, role: Role) -> String {
         format!(
@@ -161,6 +178,116 @@ impl Names {
             self.namespace
         )
     }
+}
+
+/// The `[http_tls]` section of a node's config file: the client listener
+/// (an edge's HTTP server, the origin's ingest API) serves TLS with ALPN
+/// `h2` and `http/1.1` and, with `http3`, HTTP/3 on UDP at the same port.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HttpTlsSection {
+    /// One directory per certificate, each holding `tls.crt` and `tls.key`;
+    /// the first is the default, the others are chosen by SNI.
+    pub cert_dirs: Vec<PathBuf>,
+    pub http3: bool,
+    pub reload_interval_seconds: u64,
+}
+
+/// The Secrets a tier serves clients with, the default one first.
+pub fn tls_secret_names(tls: &TierTlsSpec) -> Vec<&str> {
+    std::iter::once(tls.secret_name.as_str())
+        .chain(tls.sni_secret_names.iter().map(String::as_str))
+        .collect()
+}
+
+/// Where a tier's pods find one client certificate Secret.
+pub fn http_tls_dir(secret: &str) -> PathBuf {
+    PathBuf::from(HTTP_TLS_DIR).join(secret)
+}
+
+/// A Secret name as the API server takes it (DNS-1123 subdomain), so it
+/// is also a safe single path component under `HTTP_TLS_DIR`.
+fn check_secret_name(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a Secret name (at most 253 characters of a-z, 0-9, '-' and '.')"
+        ));
+    }
+    Ok(())
+}
+
+/// The rules the CRD's CEL validations state, for resources that got past
+/// them (an older CRD), and the section a tier's config file gets.
+pub fn http_tls(c: &DcdnCluster, role: Role) -> Result<Option<HttpTlsSection>, BuildError> {
+    let Some(tls) = &tier_spec(c, role).tls else {
+        return Ok(None);
+    };
+    let bad = |message: String| BuildError::Config {
+        tier: tier_name(role),
+        message: format!("tls: {message}"),
+    };
+    if role == Role::Relay {
+        return Err(bad(
+            "relays serve no clients; set edge.tls (client listener) or origin.tls (ingest API)"
+                .into(),
+        ));
+    }
+    if tls.sni_secret_names.len() > MAX_SNI_SECRETS {
+        return Err(bad(format!(
+            "sniSecretNames has {} names, at most {MAX_SNI_SECRETS} are served",
+            tls.sni_secret_names.len()
+        )));
+    }
+    let secrets = tls_secret_names(tls);
+    for (i, name) in secrets.iter().enumerate() {
+        check_secret_name(name).map_err(&bad)?;
+        if secrets[..i].contains(name) {
+            return Err(bad(format!("Secret {name:?} is named twice")));
+        }
+    }
+    if let Some(cert) = &tls.certificate {
+        if cert.dns_names.is_empty() {
+            return Err(bad(
+                "certificate.dnsNames must name at least one host".into()
+            ));
+        }
+        if cert.issuer_ref.name.is_empty() {
+            return Err(bad("certificate.issuerRef.name must not be empty".into()));
+        }
+    }
+    Ok(Some(HttpTlsSection {
+        cert_dirs: secrets.into_iter().map(http_tls_dir).collect(),
+        http3: tls.http3,
+        reload_interval_seconds: HTTP_TLS_RELOAD_SECONDS,
+    }))
+}
+
+/// A tier's config file as its pods read it: the node's config, then the
+/// `[http_tls]` section when the tier serves TLS.
+pub fn config_file(c: &DcdnCluster, role: Role) -> Result<String, BuildError> {
+    let cfg = node_config(c, role)?;
+    let mut text = cfg.to_toml();
+    if let Some(section) = http_tls(c, role)? {
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            http_tls: &'a HttpTlsSection,
+        }
+        let rendered = toml::to_string_pretty(&File { http_tls: &section }).map_err(|e| {
+            BuildError::Config {
+                tier: tier_name(role),
+                message: format!("tls: cannot render [http_tls]: {e}"),
+            }
+        })?;
+        text.push('\n');
+        text.push_str(&rendered);
+    }
+    Ok(text)
 }
 
 /// The node config a tier's pods run: the node crate's own type, with the
@@ -264,12 +391,12 @@ pub(crate) fn meta(names: &Names, name: String, role: Option<Role>) -> Value {
     m
 }
 
-fn config_map(names: &Names, role: Role, cfg: &NodeConfig) -> Value {
+fn config_map(names: &Names, role: Role, text: String) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(names, names.config_map(role), Some(role)),
-        "data": { "dcdn.toml": cfg.to_toml() },
+        "data": { "dcdn.toml": text },
     })
 }
 
@@ -311,7 +438,13 @@ fn restricted_container_security() -> Value {
     })
 }
 
-fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Value {
+fn workload(
+    c: &DcdnCluster,
+    names: &Names,
+    role: Role,
+    cfg: &NodeConfig,
+    http_tls: Option<&HttpTlsSection>,
+) -> Value {
     let spec = tier_spec(c, role);
     let mut volumes = vec![
         json!({ "name": "config", "configMap": { "name": names.config_map(role) } }),
@@ -331,6 +464,29 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
         mounts.push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
         // The origin of record; the volume comes from volumeClaimTemplates.
         mounts.push(json!({ "name": ORIGIN_STORE_VOLUME, "mountPath": ORIGIN_STORE_DIR }));
+    }
+    let mut ports = vec![
+        json!({ "name": "mesh", "containerPort": MESH_PORT, "protocol": "UDP" }),
+        json!({ "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" }),
+        json!({ "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" }),
+    ];
+    if let Some(tls) = spec.tls.as_ref().filter(|_| http_tls.is_some()) {
+        // Volume names are DNS labels of at most 63 characters, Secret
+        // names are not: volumes are numbered, directories carry the name.
+        for (i, secret) in tls_secret_names(tls).into_iter().enumerate() {
+            let volume = format!("http-tls-{i}");
+            volumes.push(
+                json!({ "name": volume, "secret": { "secretName": secret, "defaultMode": 0o400 } }),
+            );
+            mounts.push(
+                json!({ "name": volume, "mountPath": http_tls_dir(secret), "readOnly": true }),
+            );
+        }
+        if tls.http3 {
+            // HTTP/3 listens on UDP at the HTTP port's number; the edge
+            // Service's `h3` port targets this name.
+            ports.push(json!({ "name": "h3", "containerPort": HTTP_PORT, "protocol": "UDP" }));
+        }
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -362,11 +518,9 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
                 { "name": "DCDN_TLS_NODE_CERT", "value": "/etc/dcdn/tls/$(DCDN_NODE_NAME).crt" },
                 { "name": "DCDN_TLS_NODE_KEY", "value": "/etc/dcdn/tls/$(DCDN_NODE_NAME).key" },
             ],
-            "ports": [
-                { "name": "mesh", "containerPort": MESH_PORT, "protocol": "UDP" },
-                { "name": "http", "containerPort": HTTP_PORT, "protocol": "TCP" },
-                { "name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP" },
-            ],
+            "ports": ports,
+            // Probes use the admin port, which stays plain HTTP with TLS on
+            // the client listener.
             "readinessProbe": probe("/readyz", 2, 3),
             "livenessProbe": probe("/healthz", 10, 6),
             "securityContext": restricted_container_security(),
@@ -403,7 +557,10 @@ fn workload(c: &DcdnCluster, names: &Names, role: Role, cfg: &NodeConfig) -> Val
     let template = json!({
         "metadata": {
             "labels": labels(names, role),
-            "annotations": { CONFIG_HASH_ANNOTATION: cfg.config_hash() },
+            "annotations": { CONFIG_HASH_ANNOTATION: match http_tls {
+                None => cfg.config_hash(),
+                Some(t) => hash_value(&json!([cfg.config_hash(), t])),
+            } },
         },
         "spec": pod_spec,
     });
@@ -467,6 +624,24 @@ fn edge_service(c: &DcdnCluster, names: &Names) -> Value {
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
+    // With TLS the client listener speaks nothing but TLS (and QUIC on
+    // the same number), so the plain port goes: HTTPS on TCP and, with
+    // HTTP/3, the same number on UDP. A LoadBalancer carrying both
+    // protocols on one port needs Kubernetes 1.26 (MixedProtocolLBService).
+    let ports = match &c.spec.edge.tls {
+        None => {
+            json!([{ "name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP" }])
+        }
+        Some(tls) => {
+            let mut p = vec![
+                json!({ "name": "https", "port": svc.https_port, "targetPort": "http", "protocol": "TCP" }),
+            ];
+            if tls.http3 {
+                p.push(json!({ "name": "h3", "port": svc.https_port, "targetPort": "h3", "protocol": "UDP" }));
+            }
+            json!(p)
+        }
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -474,9 +649,32 @@ fn edge_service(c: &DcdnCluster, names: &Names) -> Value {
         "spec": {
             "type": kind,
             "selector": selector(names, Role::Edge),
-            "ports": [{ "name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP" }],
+            "ports": ports,
         },
     })
+}
+
+/// A cert-manager `Certificate` writing a tier's client certificate into
+/// the Secret its pods mount.
+fn https_certificate(names: &Names, role: Role, tls: &TierTlsSpec) -> Option<Value> {
+    let cert = tls.certificate.as_ref()?;
+    Some(json!({
+        "apiVersion": CERT_MANAGER_API,
+        "kind": "Certificate",
+        "metadata": meta(names, names.https_certificate(role), Some(role)),
+        "spec": {
+            "secretName": tls.secret_name,
+            "dnsNames": cert.dns_names,
+            "issuerRef": {
+                "name": cert.issuer_ref.name,
+                "kind": cert.issuer_ref.kind.as_str(),
+                "group": cert.issuer_ref.group,
+            },
+            // A fresh key with every renewal: a leaked key dies with its
+            // certificate. Nodes pick the new pair up without a restart.
+            "privateKey": { "rotationPolicy": "Always" },
+        },
+    }))
 }
 
 /// A Prometheus Operator ServiceMonitor scraping every tier's admin port.
@@ -533,14 +731,24 @@ pub fn build(c: &DcdnCluster) -> Result<Vec<Value>, BuildError> {
     let mut out = vec![service_account(&names)];
     for role in [Role::Origin, Role::Relay, Role::Edge] {
         let cfg = node_config(c, role)?;
-        out.push(config_map(&names, role, &cfg));
+        let tls = http_tls(c, role)?;
+        out.push(config_map(&names, role, config_file(c, role)?));
         out.push(mesh_service(&names, role));
-        out.push(workload(c, &names, role, &cfg));
+        out.push(workload(c, &names, role, &cfg, tls.as_ref()));
         if role != Role::Origin && tier_spec(c, role).replicas > 1 {
             out.push(pdb(&names, role));
         }
     }
     out.push(edge_service(c, &names));
+    for role in [Role::Origin, Role::Edge] {
+        if let Some(cert) = tier_spec(c, role)
+            .tls
+            .as_ref()
+            .and_then(|t| https_certificate(&names, role, t))
+        {
+            out.push(cert);
+        }
+    }
     if c.spec.monitoring.service_monitor {
         out.push(service_monitor(&names));
     }

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.edge.replicas >= 1 || self.relay.replicas == 0").message("a cluster with relays needs at least one edge"))]
 #[x_kube(validation = Rule::new("self.origin.replicas <= 1").message("origin.replicas must be 0 or 1: one origin signs and publishes"))]
+#[x_kube(validation = Rule::new("!has(self.relay.tls)").message("relay.tls: relays serve no clients; set edge.tls (client listener) or origin.tls (ingest API)"))]
 pub struct DcdnClusterSpec {
     /// The node image, e.g. `dcdn/node:0.1.0` or a digest reference.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
@@ -80,6 +81,10 @@ pub struct TierSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default)]
     pub config: TierConfig,
+    /// HTTPS (HTTP/1.1 and HTTP/2) and HTTP/3 on the tier's client listener:
+    /// the edges' HTTP server, the origin's ingest API. Relays have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TierTlsSpec>,
 }
 
 fn one() -> u32 {
@@ -95,6 +100,93 @@ impl Default for TierSpec {
             affinity: None,
             tolerations: Vec::new(),
             config: TierConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+/// Most Secrets a tier serves by SNI besides its default one: each is a
+/// volume in every pod of the tier.
+pub const MAX_SNI_SECRETS: usize = 16;
+
+/// The certificates a tier serves clients with. Each Secret is a
+/// `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`), as cert-manager writes
+/// them, mounted whole so a renewal reaches the running pods, which reload it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sniSecretNames) || !self.sniSecretNames.exists(n, n == self.secretName)").message("sniSecretNames must not repeat secretName"))]
+pub struct TierTlsSpec {
+    /// The default certificate's Secret, served to clients that send no
+    /// SNI or a name no other certificate covers. With `certificate`, the
+    /// Secret cert-manager writes.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secretName must be a Secret name: at most 253 characters of a-z, 0-9, '-' and '.'"))]
+    pub secret_name: String,
+    /// More certificates' Secrets, each chosen when a client's SNI matches
+    /// one of its names (other domains served by the same pods).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("sniSecretNames must be Secret names: at most 253 characters of a-z, 0-9, '-' and '.'"))]
+    pub sni_secret_names: Vec<String>,
+    /// Also serve HTTP/3 over QUIC on UDP at the same port.
+    #[serde(default = "yes")]
+    pub http3: bool,
+    /// A cert-manager `Certificate` the operator creates (and deletes when
+    /// this is removed) to issue `secretName`. Needs cert-manager's CRDs;
+    /// without them the cluster is `Degraded` and says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What cert-manager should issue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSpec {
+    pub issuer_ref: IssuerRef,
+    /// The names the certificate covers (clients' SNI and `Host`).
+    #[schemars(length(min = 1, max = 100), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("dnsNames must be lower-case DNS names, optionally starting with '*.'"))]
+    pub dns_names: Vec<String>,
+}
+
+/// The cert-manager issuer that signs the certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// The issuer's API group; `cert-manager.io` for cert-manager's own,
+    /// another for an external issuer.
+    #[serde(default = "cert_manager_group")]
+    #[schemars(length(max = 253))]
+    pub group: String,
+}
+
+fn cert_manager_group() -> String {
+    "cert-manager.io".to_owned()
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum IssuerKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issuer => "Issuer",
+            Self::ClusterIssuer => "ClusterIssuer",
         }
     }
 }
@@ -120,9 +212,15 @@ pub struct TierConfig {
 pub struct EdgeServiceSpec {
     #[serde(default, rename = "type")]
     pub service_type: ServiceType,
+    /// The plain HTTP port; with `edge.tls` the Service has none.
     #[serde(default = "http_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
+    /// With `edge.tls`: the HTTPS port (TCP, named `https`) and, with
+    /// HTTP/3, the same number over UDP (named `h3`).
+    #[serde(default = "https_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub https_port: u16,
 }
 
 impl Default for EdgeServiceSpec {
@@ -130,12 +228,17 @@ impl Default for EdgeServiceSpec {
         Self {
             service_type: ServiceType::default(),
             port: http_port(),
+            https_port: https_port(),
         }
     }
 }
 
 fn http_port() -> u16 {
     80
+}
+
+fn https_port() -> u16 {
+    443
 }
 
 #[derive(
@@ -444,9 +547,31 @@ mod tests {
                 .unwrap()
                 .contains("min_parity")
         );
+        let rules: Vec<&str> = spec["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap())
+            .collect();
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert!(rules.contains(&"!has(self.relay.tls)"), "{rules:?}");
+        // TLS: Secret names checked at admission, SNI Secrets a bounded set.
+        let tls = &spec["properties"]["edge"]["properties"]["tls"];
+        assert_eq!(tls["required"], serde_json::json!(["secretName"]));
+        assert_eq!(tls["properties"]["http3"]["default"], true);
+        let sni = &tls["properties"]["sniSecretNames"];
+        assert_eq!(sni["maxItems"], MAX_SNI_SECRETS);
+        assert_eq!(sni["x-kubernetes-list-type"], "set");
+        assert!(
+            tls["properties"]["secretName"]["x-kubernetes-validations"][0]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("matches")
+        );
+        let issuer = &tls["properties"]["certificate"]["properties"]["issuerRef"];
         assert_eq!(
-            spec["x-kubernetes-validations"].as_array().unwrap().len(),
-            2
+            issuer["properties"]["kind"]["enum"],
+            serde_json::json!(["Issuer", "ClusterIssuer"])
         );
         // Names that would make invalid child names are refused at admission.
         let root = schema["x-kubernetes-validations"][0]["rule"]

@@ -129,6 +129,14 @@ fn pruned_kinds() -> Vec<ApiResource> {
     ]
 }
 
+/// cert-manager's `Certificate`, for tiers with `tls.certificate`.
+fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+        "certificates",
+    )
+}
+
 fn service_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
@@ -143,6 +151,9 @@ fn resource_of(obj: &Value) -> ApiResource {
     if kind == "ServiceMonitor" {
         return service_monitor_resource();
     }
+    if kind == "Certificate" {
+        return certificate_resource();
+    }
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
@@ -154,10 +165,24 @@ fn selector(names: &Names) -> String {
     )
 }
 
+/// Whether cert-manager's `Certificate` API can be used, as listing it
+/// answered: the API server serves a resource exactly when its CRD is
+/// installed (404 otherwise), so the list the pruning needs anyway is also
+/// the discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertManager {
+    Installed,
+    /// No `certificates.cert-manager.io/v1` (404).
+    Absent,
+    /// RBAC does not let the operator read them (403).
+    Forbidden,
+}
+
 /// What the cluster looks like before this pass writes anything.
 struct Live {
     /// (kind, name) → the object and its API resource, for every listed kind.
     objects: BTreeMap<(String, String), (ApiResource, DynamicObject)>,
+    cert_manager: CertManager,
     stateful_sets: BTreeMap<Role, StatefulSet>,
     pods: Vec<Pod>,
 }
@@ -166,18 +191,29 @@ async fn read_live(client: &kube::Client, names: &Names) -> Result<Live, Error> 
     let lp = ListParams::default().labels(&selector(names));
     let mut objects = BTreeMap::new();
     let mut kinds = pruned_kinds();
-    // Listed whether or not monitoring is on, so one turned off is pruned.
+    // Listed whether or not monitoring (or a Certificate) is asked for, so
+    // one turned off is pruned.
     kinds.push(service_monitor_resource());
+    kinds.push(certificate_resource());
+    let mut cert_manager = CertManager::Installed;
     for ar in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &ar);
         let list = match api.list(&lp).await {
             Ok(l) => l,
-            // The ServiceMonitor CRD may not be installed (404) or the
-            // operator not allowed to read them (403): nothing to prune then,
-            // and applying one, if asked, says so in Degraded.
+            // The ServiceMonitor or Certificate CRD may not be installed
+            // (404) or the operator not allowed to read them (403): nothing
+            // to prune then, and applying one, if asked, says so in Degraded.
             Err(kube::Error::Api(s))
-                if (s.code == 404 || s.code == 403) && ar.kind == "ServiceMonitor" =>
+                if (s.code == 404 || s.code == 403)
+                    && (ar.kind == "ServiceMonitor" || ar.kind == "Certificate") =>
             {
+                if ar.kind == "Certificate" {
+                    cert_manager = if s.code == 404 {
+                        CertManager::Absent
+                    } else {
+                        CertManager::Forbidden
+                    };
+                }
                 continue;
             }
             Err(e) => return Err(api_err(format!("listing {}", ar.plural))(e)),
@@ -207,6 +243,7 @@ async fn read_live(client: &kube::Client, names: &Names) -> Result<Live, Error> 
         .items;
     Ok(Live {
         objects,
+        cert_manager,
         stateful_sets,
         pods,
     })
@@ -630,6 +667,56 @@ async fn pod_reports<A: NodeAdmin>(ctx: &Context<A>, pods: &[Pod], token: &str) 
     futures_util::future::join_all(calls).await
 }
 
+/// What is wrong with the Secrets the tiers serve clients with: one that
+/// does not exist leaves the tier's new pods waiting to start, one without
+/// `tls.crt`/`tls.key` would be refused by the node. Read by name, as every
+/// Secret the operator looks at.
+async fn tls_secret_problems(
+    secrets: &Api<Secret>,
+    c: &DcdnCluster,
+    cert_manager: CertManager,
+) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    for role in [Role::Edge, Role::Origin] {
+        let Some(tls) = &build::tier_spec(c, role).tls else {
+            continue;
+        };
+        let field = format!("{}.tls", role.as_str());
+        for name in build::tls_secret_names(tls) {
+            let issued_here = tls.certificate.is_some() && name == tls.secret_name;
+            match secrets
+                .get_opt(name)
+                .await
+                .map_err(api_err(format!("reading Secret {name}")))?
+            {
+                None if issued_here && cert_manager == CertManager::Installed => problems.push(
+                    format!("{field}: waiting for cert-manager to issue Secret {name}; {} pods start once it exists", role.as_str()),
+                ),
+                // Without cert-manager the Certificate problem says why.
+                None if issued_here => {}
+                None => problems.push(format!(
+                    "{field}: Secret {name} does not exist; {} pods start once it does (a kubernetes.io/tls Secret with tls.crt and tls.key)",
+                    role.as_str()
+                )),
+                Some(s) => {
+                    let data = s.data.unwrap_or_default();
+                    let missing: Vec<&str> = build::TLS_SECRET_FILES
+                        .into_iter()
+                        .filter(|k| data.get(*k).is_none_or(|v| v.0.is_empty()))
+                        .collect();
+                    if !missing.is_empty() {
+                        problems.push(format!(
+                            "{field}: Secret {name} has no {} (a kubernetes.io/tls Secret is needed)",
+                            missing.join(" and ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// The origin's offload ratio, rounded so that noise does not rewrite the
 /// status every pass; `None` when no origin answers.
 async fn origin_offload<A: NodeAdmin>(ctx: &Context<A>, pods: &[Pod], token: &str) -> Option<f64> {
@@ -969,6 +1056,19 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
             .unwrap_or_default()
             .to_owned();
         applied_names.push((kind.clone(), name.clone()));
+        if kind == "Certificate" {
+            match live.cert_manager {
+                CertManager::Installed => {}
+                CertManager::Absent => {
+                    problems.push(format!("tls.certificate asks for Certificate {name}, but cert-manager is not installed (no {} Certificate API); install cert-manager or create Secret {} yourself", build::CERT_MANAGER_API, obj["spec"]["secretName"].as_str().unwrap_or_default()));
+                    continue;
+                }
+                CertManager::Forbidden => {
+                    problems.push(format!("tls.certificate asks for Certificate {name}, but the operator may not manage Certificates (RBAC: cert-manager.io certificates)"));
+                    continue;
+                }
+            }
+        }
         if kind == "StatefulSet" {
             let role = TIERS.iter().find(|r| names.workload(**r) == name).copied();
             if role.is_some_and(|r| !allowed.get(&r).copied().unwrap_or(true)) {
@@ -1034,6 +1134,13 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
             Err(kube::Error::Api(s)) if s.code == 403 && kind == "ServiceMonitor" => {
                 problems.push("spec.monitoring.serviceMonitor is on but the operator may not write ServiceMonitors (RBAC: monitoring.coreos.com servicemonitors)".into());
             }
+            // Removed between the list above and this write.
+            Err(kube::Error::Api(s)) if s.code == 404 && kind == "Certificate" => {
+                problems.push(format!("tls.certificate asks for Certificate {name}, but cert-manager is not installed (no {} Certificate API)", build::CERT_MANAGER_API));
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 && kind == "Certificate" => {
+                problems.push(format!("tls.certificate asks for Certificate {name}, but the operator may not write Certificates (RBAC: cert-manager.io certificates)"));
+            }
             Err(e) => return Err(api_err(format!("applying {kind} {name}"))(e)),
         }
     }
@@ -1074,6 +1181,8 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
                 .inc();
         }
     }
+
+    problems.extend(tls_secret_problems(&secrets, c, live.cert_manager).await?);
 
     // Status.
     let generation = c.metadata.generation;
@@ -1205,6 +1314,14 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     };
     if let Some((reason, note)) = &outcome.event {
         publish_event(ctx, c, EventType::Normal, reason, note.clone()).await;
+    }
+    // A new problem is an event too, once (not every pass while it lasts).
+    let degraded = status.conditions.iter().find(|k| k.type_ == "Degraded");
+    let was = old_status.conditions.iter().find(|k| k.type_ == "Degraded");
+    if let Some(d) = degraded.filter(|d| d.status == "True")
+        && was.is_none_or(|w| w.status != "True" || w.message != d.message)
+    {
+        publish_event(ctx, c, EventType::Warning, "Degraded", d.message.clone()).await;
     }
     if outcome.phase != phase || outcome.phase != RotationPhase::Idle {
         let ns = names.namespace.as_str();

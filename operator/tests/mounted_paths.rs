@@ -37,7 +37,9 @@ fn examples() -> Vec<PathBuf> {
 
 /// Every object a cluster has, key material included, as the reconciler
 /// would apply it on the first pass. A user-named admin Secret is assumed
-/// to carry the documented keys (`token`, `ingest-token`).
+/// to carry the documented keys (`token`, `ingest-token`), a tier's client
+/// certificate Secrets (the user's, or the one cert-manager writes) those of
+/// a `kubernetes.io/tls` Secret.
 fn all_objects(c: &DcdnCluster) -> Vec<Value> {
     let names = Names::of(c).unwrap();
     let mut out = build::build(c).unwrap();
@@ -53,6 +55,19 @@ fn all_objects(c: &DcdnCluster) -> Vec<Value> {
     }
     let ring = dcdn_node::crypto::KeyRing::new();
     out.push(build::trust_bundle(&names, &ring.to_bundle()));
+    for role in TIERS {
+        if let Some(tls) = &build::tier_spec(c, role).tls {
+            for name in build::tls_secret_names(tls) {
+                out.push(serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "kubernetes.io/tls",
+                    "metadata": { "name": name, "namespace": names.namespace },
+                    "data": { "tls.crt": "", "tls.key": "" },
+                }));
+            }
+        }
+    }
     out
 }
 
@@ -219,6 +234,35 @@ fn missing_files(objects: &[Value], sts: &StatefulSet) -> Vec<String> {
             cm.data?.into_values().next()
         })
         .unwrap();
+    // `[http_tls]` names directories, each of which must be a Secret volume
+    // projecting a certificate and its key; the rest is the node's config.
+    let mut table: toml::Table = toml.parse().unwrap();
+    if let Some(section) = table.remove("http_tls") {
+        let dirs = section["cert_dirs"].as_array().cloned().unwrap_or_default();
+        if dirs.is_empty() {
+            problems.push(format!("{pod}: [http_tls] names no cert_dirs"));
+        }
+        for dir in dirs {
+            let dir = dir.as_str().unwrap().trim_end_matches('/');
+            match mounts.get(dir) {
+                Some(Some(files)) => {
+                    for f in build::TLS_SECRET_FILES {
+                        if !files.contains_key(f) {
+                            problems.push(format!(
+                                "{pod}: {dir}/{f} is not projected; the volume holds {:?}",
+                                files.keys().collect::<Vec<_>>()
+                            ));
+                        }
+                    }
+                }
+                _ => problems.push(format!(
+                    "{pod}: [http_tls] reads certificates in {dir}, where no Secret is mounted (mounts: {:?})",
+                    mounts.keys().collect::<Vec<_>>()
+                )),
+            }
+        }
+    }
+    let toml = toml::to_string(&table).unwrap();
     let dcdn_env = env.iter().filter(|(k, _)| k.starts_with("DCDN_")).cloned();
     let cfg = NodeConfig::parse(&toml, Format::Toml, &config_path, dcdn_env)
         .unwrap_or_else(|e| panic!("{sts_name}: the node refuses its config: {e}"));
@@ -319,6 +363,44 @@ fn the_check_sees_a_file_no_volume_projects() {
     assert!(
         problems[0].contains("/etc/dcdn/signing/signing.key")
             && problems[0].contains("current.key"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_check_sees_a_certificate_directory_no_secret_is_mounted_at() {
+    // Drop the edge's SNI certificate volume: the [http_tls] directory the
+    // config still names is reported.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/tls.yaml");
+    let mut c = dcdn_operator::crd::from_yaml(&std::fs::read_to_string(example).unwrap()).unwrap();
+    c.metadata.namespace = Some("x".into());
+    let objects = all_objects(&c);
+    let mut sts: StatefulSet = serde_json::from_value(
+        objects
+            .iter()
+            .find(|o| o["kind"] == "StatefulSet" && o["metadata"]["name"] == "secure-edge")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    assert!(missing_files(&objects, &sts).is_empty());
+    let ctr = &mut sts
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0];
+    ctr.volume_mounts
+        .as_mut()
+        .unwrap()
+        .retain(|m| m.name != "http-tls-1");
+    let problems = missing_files(&objects, &sts);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("/etc/dcdn/http-tls/media-example-org-tls"),
         "{problems:?}"
     );
 }

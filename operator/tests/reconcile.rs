@@ -41,6 +41,24 @@ struct ServiceMonitorSpec {
     endpoints: Vec<serde_json::Value>,
 }
 
+/// cert-manager's CRD, in the worlds where cert-manager is installed.
+#[derive(
+    kube::CustomResource, serde::Serialize, serde::Deserialize, Clone, Debug, schemars::JsonSchema,
+)]
+#[kube(
+    group = "cert-manager.io",
+    version = "v1",
+    kind = "Certificate",
+    namespaced
+)]
+#[serde(rename_all = "camelCase")]
+struct CertificateSpec {
+    secret_name: String,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    issuer_ref: serde_json::Value,
+}
+
 /// Simulated nodes: what each pod's admin API answers.
 #[derive(Default, Clone)]
 struct FakeNodes {
@@ -119,10 +137,12 @@ fn forbid_service_monitors(inner: Client) -> Client {
 
 impl World {
     async fn new() -> Self {
-        Self::build(false).await
+        Self::build(true, false).await
     }
 
-    async fn build(forbidden_monitors: bool) -> Self {
+    /// A world whose API server serves cert-manager's `Certificate` or not,
+    /// and answers 403 for ServiceMonitors or not.
+    async fn build(cert_manager: bool, forbidden_monitors: bool) -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
         let (w1, w2, w3, w4) = (
             writes.clone(),
@@ -181,14 +201,15 @@ impl World {
                 w4.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             });
-        let client = kube_fake_client::ClientBuilder::new()
+        let mut builder = kube_fake_client::ClientBuilder::new()
             .with_resource::<DcdnCluster>()
             .with_resource::<ServiceMonitor>()
             .with_status_subresource::<StatefulSet>()
-            .with_interceptor_funcs(funcs)
-            .build()
-            .await
-            .unwrap();
+            .with_interceptor_funcs(funcs);
+        if cert_manager {
+            builder = builder.with_resource::<Certificate>();
+        }
+        let client = builder.build().await.unwrap();
         let client = if forbidden_monitors {
             forbid_service_monitors(client)
         } else {
@@ -802,7 +823,6 @@ async fn a_missing_user_admin_secret_is_reported_by_name_and_picked_up_when_it_a
     let mut s: Secret = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "my-tokens", "namespace": NS},
-        "stringData": {},
     }))
     .unwrap();
     s.data = Some(
@@ -993,6 +1013,299 @@ async fn the_origin_is_asked_to_reload_until_it_holds_the_next_key() {
     );
 }
 
+/// A `kubernetes.io/tls` Secret as a user (or cert-manager) writes it.
+async fn tls_secret(w: &World, name: &str) {
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": { "name": name, "namespace": NS },
+        "data": { "tls.crt": "Y2VydA==", "tls.key": "a2V5" },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+}
+
+async fn warnings(w: &World) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), NS);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn edge_tls_mounts_its_secrets_renders_http_tls_and_serves_443_over_tcp_and_udp() {
+    let w = World::new().await;
+    tls_secret(&w, "cdn-tls").await;
+    w.edit(serde_json::json!({"spec": {"edge": {"tls": {
+        "secretName": "cdn-tls", "sniSecretNames": ["other-tls"],
+    }}}}))
+    .await;
+    w.pass().await;
+    let sts = w.sts().get("demo-edge").await.unwrap();
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let ctr = &pod.containers[0];
+    let volumes = pod.volumes.unwrap();
+    for (volume, secret) in [("http-tls-0", "cdn-tls"), ("http-tls-1", "other-tls")] {
+        let v = volumes.iter().find(|v| v.name == volume).unwrap();
+        assert_eq!(
+            v.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some(secret)
+        );
+        let m = ctr
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == volume)
+            .unwrap();
+        // Whole (no subPath): kubelet's swap of a renewed Secret reaches the pod.
+        assert_eq!(m.mount_path, format!("/etc/dcdn/http-tls/{secret}"));
+        assert_eq!((m.read_only, m.sub_path.as_ref()), (Some(true), None));
+    }
+    let ports = ctr.ports.as_ref().unwrap();
+    let h3 = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("h3"))
+        .unwrap();
+    assert_eq!(
+        (h3.container_port, h3.protocol.as_deref()),
+        (8080, Some("UDP"))
+    );
+    // Probes stay on the plain admin port.
+    let probe = ctr
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("admin".into())
+    );
+
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    let toml = cms.get("demo-edge-config").await.unwrap().data.unwrap()["dcdn.toml"].clone();
+    let table: toml::Table = toml.parse().unwrap();
+    // The contract with the node: default certificate first, SNI ones after.
+    let want: toml::Table = "cert_dirs = [\"/etc/dcdn/http-tls/cdn-tls\", \"/etc/dcdn/http-tls/other-tls\"]\nhttp3 = true\nreload_interval_seconds = 10\n"
+        .parse()
+        .unwrap();
+    assert_eq!(table["http_tls"], toml::Value::Table(want));
+    // Relays have no client listener; the origin was not asked for TLS.
+    for tier in ["relay", "origin"] {
+        let toml = cms
+            .get(&format!("demo-{tier}-config"))
+            .await
+            .unwrap()
+            .data
+            .unwrap()["dcdn.toml"]
+            .clone();
+        assert!(!toml.contains("http_tls"), "{tier}");
+    }
+
+    let services: Api<Service> = Api::namespaced(w.client.clone(), NS);
+    let ports: Vec<_> = services
+        .get("demo-edge")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.unwrap(),
+                p.port,
+                p.protocol.unwrap(),
+                p.target_port.unwrap(),
+            )
+        })
+        .collect();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String as Named;
+    assert_eq!(
+        ports,
+        vec![
+            (
+                "https".to_owned(),
+                443,
+                "TCP".to_owned(),
+                Named("http".into())
+            ),
+            ("h3".to_owned(), 443, "UDP".to_owned(), Named("h3".into())),
+        ]
+    );
+
+    // The SNI Secret does not exist: named in Degraded and in one event.
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True", "{msg}");
+    assert!(msg.contains("Secret other-tls does not exist"), "{msg}");
+    assert!(!msg.contains("cdn-tls"), "{msg}");
+    let events = warnings(&w).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].1.contains("other-tls"), "{events:?}");
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.pass().await, 0, "a standing problem is written once");
+    assert_eq!(warnings(&w).await.len(), 1);
+    tls_secret(&w, "other-tls").await;
+    w.pass().await;
+    assert_eq!(w.condition("Degraded").await.0, "False");
+    assert_eq!(w.condition("Ready").await.0, "True");
+
+    // HTTP/3 off: no UDP port in the pod or the Service.
+    w.edit(serde_json::json!({"spec": {"edge": {"tls": {"http3": false}}}}))
+        .await;
+    w.pass().await;
+    let svc = services.get("demo-edge").await.unwrap().spec.unwrap();
+    let names: Vec<_> = svc
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name.unwrap())
+        .collect();
+    assert_eq!(names, ["https"]);
+}
+
+#[tokio::test]
+async fn a_tls_secret_without_a_key_is_named_in_degraded() {
+    let w = World::new().await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "ingest-tls", "namespace": NS },
+        "data": { "tls.crt": "Y2VydA==" },
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    w.edit(serde_json::json!({"spec": {"origin": {"tls": {"secretName": "ingest-tls"}}}}))
+        .await;
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(
+        msg.contains("origin.tls: Secret ingest-tls has no tls.key"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_is_made_for_the_issuer_when_cert_manager_is_installed_and_pruned_when_removed()
+ {
+    let w = World::new().await;
+    w.edit(serde_json::json!({"spec": {"edge": {"tls": {
+        "secretName": "cdn-tls",
+        "certificate": {
+            "issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"},
+            "dnsNames": ["cdn.example.com"],
+        },
+    }}}}))
+    .await;
+    w.pass().await;
+    let certs: Api<Certificate> = Api::namespaced(w.client.clone(), NS);
+    let cert = certs.get("demo-edge-https").await.unwrap();
+    assert_eq!(cert.spec.secret_name, "cdn-tls");
+    assert_eq!(cert.spec.dns_names, ["cdn.example.com"]);
+    assert_eq!(
+        cert.spec.issuer_ref,
+        serde_json::json!({"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    let uid = w.cluster().await.metadata.uid.unwrap();
+    assert_eq!(cert.owner_references()[0].uid, uid);
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(
+        msg.contains("waiting for cert-manager to issue Secret cdn-tls"),
+        "{msg}"
+    );
+    // cert-manager issues; the pods can start.
+    tls_secret(&w, "cdn-tls").await;
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.condition("Degraded").await.0, "False");
+    assert_eq!(
+        w.pass().await,
+        0,
+        "an unchanged Certificate is not rewritten"
+    );
+    // Dropped from the spec: the Certificate goes (the Secret stays: it is
+    // cert-manager's, and may be reused).
+    w.edit(serde_json::json!({"spec": {"edge": {"tls": {"certificate": null}}}}))
+        .await;
+    w.pass().await;
+    assert!(certs.get_opt("demo-edge-https").await.unwrap().is_none());
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    assert!(secrets.get_opt("cdn-tls").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn without_cert_manager_a_certificate_is_reported_and_the_rest_applied() {
+    let w = World::build(false, false).await;
+    w.edit(serde_json::json!({"spec": {"edge": {"tls": {
+        "secretName": "cdn-tls",
+        "certificate": {"issuerRef": {"name": "ca"}, "dnsNames": ["cdn.example.com"]},
+    }}}}))
+    .await;
+    w.pass().await;
+    let (status, reason, msg) = w.condition("Degraded").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Unavailable"));
+    assert!(
+        msg.contains("cert-manager is not installed") && msg.contains("demo-edge-https"),
+        "{msg}"
+    );
+    let events = warnings(&w).await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "Degraded" && n.contains("cert-manager")),
+        "{events:?}"
+    );
+    // Everything else is there: the edges mount the Secret a user may still create.
+    let sts = w.sts().get("demo-edge").await.unwrap();
+    let volumes = sts.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| v.name == "http-tls-0"));
+    w.settle_all().await;
+    w.pass().await;
+    assert_eq!(w.pass().await, 0);
+}
+
+#[tokio::test]
+async fn tls_on_relays_or_with_a_bad_secret_name_is_refused_naming_the_field() {
+    let w = World::new().await;
+    w.pass().await;
+    for (patch, want) in [
+        (
+            serde_json::json!({"spec": {"relay": {"tls": {"secretName": "x"}}}}),
+            "relays serve no clients",
+        ),
+        (
+            serde_json::json!({"spec": {"relay": {"tls": null}, "edge": {"tls": {"secretName": "../etc"}}}}),
+            "\"../etc\" is not a Secret name",
+        ),
+        (
+            serde_json::json!({"spec": {"edge": {"tls": {"secretName": "a", "sniSecretNames": ["a"]}}}}),
+            "named twice",
+        ),
+    ] {
+        w.edit(patch).await;
+        w.pass().await;
+        let (status, reason, msg) = w.condition("Degraded").await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "InvalidSpec"),
+            "{msg}"
+        );
+        assert!(msg.contains(want) && msg.contains("tls"), "{msg}");
+    }
+}
+
 /// `spec.originStorage` resized on a running cluster: the API server
 /// refuses any change to a StatefulSet's volumeClaimTemplates (the fake
 /// here refuses it too), so the operator grows the existing claim in place,
@@ -1114,7 +1427,7 @@ async fn a_deleted_trust_bundle_is_rebuilt_newer_than_what_the_nodes_run() {
 /// applies everything else and names the missing permission in Degraded.
 #[tokio::test]
 async fn a_403_on_service_monitors_fails_no_pass_and_is_named_when_one_is_wanted() {
-    let w = World::build(true).await;
+    let w = World::build(true, true).await;
     w.pass().await;
     w.settle_all().await;
     w.pass().await;
