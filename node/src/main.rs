@@ -131,6 +131,10 @@ enum Command {
         /// Publish as a live stream (chunks pushed as they are read) instead of an object.
         #[arg(long)]
         live: bool,
+        /// Then have every edge pull the object now, before clients ask
+        /// (`POST /v1/objects/NAME/preheat`); progress in `dcdn status`.
+        #[arg(long, conflicts_with = "live")]
+        preheat: bool,
         /// Print what was published as JSON.
         #[arg(long)]
         json: bool,
@@ -418,6 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             token,
             live,
+            preheat,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -427,6 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 token,
                 live,
+                preheat,
             };
             emit(&runtime()?.block_on(transfer::publish(p))?, json)
         }

@@ -299,7 +299,10 @@ fn fail_over_push(shared: &Arc<Shared>, gone: PeerId) {
 fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
     match frame {
         Frame::Subscribe => peer.subscribed.store(true, Ordering::Relaxed),
-        Frame::Have { id } => peer.have.lock().insert(id),
+        Frame::Have { id } => {
+            peer.have.lock().insert(id);
+            shared.swarms.on_have(peer.id, id);
+        }
         Frame::Bitfield {
             stream,
             base_seq,
@@ -311,6 +314,7 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                     if byte & (0x80 >> bit) != 0 {
                         let seq = base_seq.saturating_add((i * 8 + bit) as u64);
                         have.insert(ChunkId::new(stream, seq));
+                        shared.swarms.on_have(peer.id, ChunkId::new(stream, seq));
                     }
                 }
             }
@@ -340,6 +344,9 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
             if let Err(e) = shared.accept_purge(p, Some(peer.id)) {
                 tracing::warn!(peer = %peer.name, error = %e, "purge refused");
             }
+        }
+        Frame::Preheat { object, version } => {
+            crate::roles::swarm::on_preheat(shared, peer, object, version);
         }
         other => {
             shared

@@ -16,3 +16,4 @@ pub mod origin_store;
 pub mod run;
 pub mod serve;
 pub mod settings;
+pub mod swarm;

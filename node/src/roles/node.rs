@@ -170,6 +170,10 @@ pub struct Shared {
     pub(crate) last_version: AtomicU64,
     /// The origin of record (origins with `origin.store_dir`).
     pub origin_store: Option<crate::roles::origin_store::OriginStore>,
+    /// Objects this edge is pulling whole (`roles::swarm`).
+    pub swarms: crate::roles::swarm::Swarms,
+    /// Preheats already acted on.
+    pub(crate) preheat_seen: Mutex<crate::roles::swarm::PreheatSeen>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -1022,6 +1026,7 @@ impl Shared {
         advance(&m.store_misses, st.misses);
         m.keyring_generation
             .set(self.keys.read().generation() as i64);
+        self.swarms.refresh_gauges(m);
         let ingested = self.ingested_bytes.load(Ordering::Relaxed);
         if ingested > 0 {
             m.origin_offload_ratio
@@ -1127,7 +1132,13 @@ pub struct EdgeContent(pub Arc<Shared>);
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
         match self.0.fetch_manifest(StreamId::object_key(name)).await {
-            Ok(m) => Ok(object_info(&m)),
+            Ok(m) => {
+                let info = object_info(&m);
+                // A client asked: pull the whole object, trading with the
+                // other edges, so they have something to trade with us.
+                crate::roles::swarm::start(&self.0, m, false);
+                Ok(info)
+            }
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))
             }
@@ -1166,6 +1177,17 @@ impl Content for EdgeContent {
                     if let Some(c) = shared.wait_for(id, left.min(LIVE_POLL)).await {
                         return Ok(c);
                     }
+                }
+            }
+        }
+        // A swarm pulling this object takes the reader's chunk first (its
+        // deadline window); if it does not come soon, fetch it directly.
+        if let Some(swarm) = shared.swarms.get(id.stream) {
+            if let Ok(piece) = u32::try_from(id.seq) {
+                swarm.deadline(piece);
+                let grace = crate::roles::swarm::READER_WAIT.min(wait);
+                if let Some(c) = shared.wait_for(id, grace).await {
+                    return Ok(c);
                 }
             }
         }

@@ -128,6 +128,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         push_upstream: Mutex::new(None),
         last_version: std::sync::atomic::AtomicU64::new(0),
         origin_store,
+        swarms: Default::default(),
+        preheat_seen: Default::default(),
         settings,
     });
     match load_origin_store(&shared) {
@@ -410,6 +412,10 @@ impl Publish for OriginPublisher {
 
     fn purge(&self, name: &str) -> Result<Option<u64>, PublishError> {
         Ok(self.0.purge(name)?)
+    }
+
+    fn preheat(&self, name: &str) -> Option<(u64, usize)> {
+        crate::roles::swarm::preheat(&self.0, name)
     }
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
