@@ -674,8 +674,19 @@ impl Shared {
     fn sources_for(&self, id: ChunkId) -> Vec<Arc<Peer>> {
         let peers = self.peer_list();
         let me = self.settings.role;
+        let now = Instant::now();
+        let banned: HashSet<PeerId> = {
+            let reputation = self.reputation.lock();
+            peers
+                .iter()
+                .filter(|p| reputation.is_banned(p.id, now))
+                .map(|p| p.id)
+                .collect()
+        };
         let candidates = peers.into_iter().map(|p| {
-            let kind = if p.role == Role::Edge && me == Role::Edge {
+            let kind = if banned.contains(&p.id) {
+                SourceKind::Banned
+            } else if p.role == Role::Edge && me == Role::Edge {
                 SourceKind::Edge {
                     has: p.have.lock().contains(&id),
                     unchoked_us: p.unchoked_us.load(Ordering::Relaxed),

@@ -190,7 +190,10 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         Role::Edge => {
             let router = serve::router(
                 Arc::new(EdgeContent(shared.clone())),
-                ServeConfig::default(),
+                ServeConfig {
+                    read_ahead: shared.settings.read_ahead,
+                    ..ServeConfig::default()
+                },
             );
             Some(
                 serve_http(

@@ -33,9 +33,6 @@ pub const MAX_SWARMS: usize = 4;
 /// An object larger than this share of the store budget is not swarmed:
 /// pulling it whole would evict its own first pieces.
 const STORE_SHARE: u64 = 2;
-/// How long a peer that failed a request is left alone: a relay whose
-/// upstream is gone must not be asked in a hot loop.
-const FAILURE_BACKOFF: Duration = Duration::from_millis(250);
 /// How often the swarm looks at the peer map and timeouts when nothing else
 /// woke it.
 const TICK: Duration = Duration::from_millis(100);
@@ -440,7 +437,8 @@ fn on_reply(
     let sender = shared.peers.read().get(&peer).cloned();
     let failed = |picker: &mut Picker, backoff: &mut HashMap<PeerId, Instant>| {
         picker.handle_failed(peer, piece);
-        backoff.insert(peer, Instant::now() + FAILURE_BACKOFF);
+        // A relay whose upstream is gone must not be asked in a hot loop.
+        backoff.insert(peer, Instant::now() + shared.settings.fetch_retry);
     };
     match reply {
         Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
