@@ -170,7 +170,10 @@ async fn after_a_preheat_edges_serve_the_object_without_fetching() {
             axum::body::Body::empty(),
         )
         .await;
-    assert!(unknown.is_err(), "a preheat of an unknown object was accepted");
+    assert!(
+        unknown.is_err(),
+        "a preheat of an unknown object was accepted"
+    );
     let resp = client
         .send(
             hyper::Method::POST,

@@ -132,24 +132,24 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
     let resp = result?;
     let origin = serde_json::from_slice(&resp.body)
         .with_context(|| format!("the origin's answer to PUT {url} is not JSON"))?;
-    let preheat = if p.preheat && !p.live {
-        let preheat_url = format!("{url}/preheat");
-        let resp = client
-            .send(
-                hyper::Method::POST,
-                &preheat_url,
-                Some(&p.token),
-                &[],
-                axum::body::Body::empty(),
-            )
-            .await?;
-        Some(
-            serde_json::from_slice(&resp.body)
-                .with_context(|| format!("the origin's answer to POST {preheat_url} is not JSON"))?,
-        )
-    } else {
-        None
-    };
+    let preheat =
+        if p.preheat && !p.live {
+            let preheat_url = format!("{url}/preheat");
+            let resp = client
+                .send(
+                    hyper::Method::POST,
+                    &preheat_url,
+                    Some(&p.token),
+                    &[],
+                    axum::body::Body::empty(),
+                )
+                .await?;
+            Some(serde_json::from_slice(&resp.body).with_context(|| {
+                format!("the origin's answer to POST {preheat_url} is not JSON")
+            })?)
+        } else {
+            None
+        };
     Ok(Published {
         name,
         kind,

@@ -41,6 +41,12 @@ const DEADLINE_QUEUE: usize = 256;
 /// How long a reader waits for the swarm to bring a chunk it set a deadline
 /// for before fetching it itself (a peer's pipeline ahead of it was slow).
 pub const READER_WAIT: Duration = Duration::from_secs(2);
+/// While a reader set a deadline this recently, an upstream gets at most
+/// [`SEED_DEPTH_WHILE_READING`] of the swarm's requests at once: replies
+/// share the connection, and a reader's next chunk must not queue behind a
+/// pipeline of bulk pieces on a slow or lossy upstream link.
+const READER_ACTIVE: Duration = Duration::from_secs(2);
+const SEED_DEPTH_WHILE_READING: usize = 2;
 /// Have announcements queued for the swarms; a swarm that falls behind
 /// re-reads every peer's announcements instead.
 const HAVE_QUEUE: usize = 8192;
@@ -122,7 +128,10 @@ impl Swarms {
             total += i64::from(h.total);
         }
         metrics.swarm_chunks.with_label_values(&["held"]).set(held);
-        metrics.swarm_chunks.with_label_values(&["total"]).set(total);
+        metrics
+            .swarm_chunks
+            .with_label_values(&["total"])
+            .set(total);
     }
 }
 
@@ -216,7 +225,10 @@ async fn run(
     let mut shutdown = shared.shutdown_signal();
     let now = Instant::now();
     for i in 0..total {
-        if shared.store.contains(&ChunkId::new(stream, u64::from(i)), now) {
+        if shared
+            .store
+            .contains(&ChunkId::new(stream, u64::from(i)), now)
+        {
             picker.mark_held(i);
         }
     }
@@ -231,6 +243,7 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = false;
+    let mut last_reader: Option<Instant> = None;
     loop {
         handle.held.store(picker.have().count(), Ordering::Relaxed);
         if picker.is_complete() {
@@ -259,16 +272,23 @@ async fn run(
         }
         // Ask every peer we may ask until its pipeline is full: neighbours
         // that unchoked us and are not banned, then the upstreams.
-        let askable: Vec<Arc<Peer>> = neighbours
+        let askable: Vec<(Arc<Peer>, bool)> = neighbours
             .values()
             .filter(|p| p.unchoked_us.load(Ordering::Relaxed))
-            .chain(seeds.iter())
-            .filter(|p| backoff.get(&p.id).is_none_or(|&t| t <= now))
-            .filter(|p| !shared.reputation.lock().is_banned(p.id, now))
-            .cloned()
+            .map(|p| (p.clone(), false))
+            .chain(seeds.iter().map(|p| (p.clone(), true)))
+            .filter(|(p, _)| backoff.get(&p.id).is_none_or(|&t| t <= now))
+            .filter(|(p, _)| !shared.reputation.lock().is_banned(p.id, now))
             .collect();
-        for peer in askable {
-            while let Some(r) = picker.poll_request(peer.id, now, &mut rng) {
+        let reading = last_reader.is_some_and(|t| now.saturating_duration_since(t) < READER_ACTIVE);
+        for (peer, seed) in askable {
+            loop {
+                if seed && reading && picker.outstanding(peer.id) >= SEED_DEPTH_WHILE_READING {
+                    break;
+                }
+                let Some(r) = picker.poll_request(peer.id, now, &mut rng) else {
+                    break;
+                };
                 let id = ChunkId::new(stream, u64::from(r.piece));
                 let timeout = shared.settings.request_timeout;
                 let p = peer.clone();
@@ -293,6 +313,7 @@ async fn run(
                 // The reader is at this piece now: it and the next few go
                 // first, each a little later than the one before.
                 let now = Instant::now();
+                last_reader = Some(now);
                 for (i, p) in (piece..total.min(piece.saturating_add(4))).enumerate() {
                     picker.set_piece_deadline(p, now + Duration::from_millis(50 * i as u64));
                 }
@@ -373,7 +394,10 @@ fn sync_peers(
         neighbours.remove(&id);
         drop_peer(picker, id);
     }
-    for p in peers.iter().filter(|p| p.role == Role::Edge && me == Role::Edge) {
+    for p in peers
+        .iter()
+        .filter(|p| p.role == Role::Edge && me == Role::Edge)
+    {
         if neighbours.contains_key(&p.id) {
             continue;
         }
@@ -650,6 +674,9 @@ mod tests {
             seen.insert(StreamId(100 + i), 1);
         }
         assert!(seen.set.len() <= MAX_PREHEAT_SEEN);
-        assert!(seen.insert(StreamId(1), 5), "the oldest entry was forgotten");
+        assert!(
+            seen.insert(StreamId(1), 5),
+            "the oldest entry was forgotten"
+        );
     }
 }
