@@ -46,6 +46,10 @@ pub struct Metrics {
     pub fec_parity: IntGaugeVec,
     /// Repair fetches by `outcome` (ok, failed).
     pub repairs: IntCounterVec,
+    /// An origin's upstream fetches (pull-through) by `kind` (http, s3) and
+    /// `result` (fetched, not_modified, not_found, stale, error, timeout,
+    /// status, busy, too_large, ingest).
+    pub upstream_fetches: IntCounterVec,
     /// Store figures copied from the store's stats at scrape time (the
     /// counters advance by the difference, so they stay counters).
     pub store_bytes: IntGauge,
@@ -183,6 +187,12 @@ impl Metrics {
                 "dcdn_repairs_total",
                 "Chunks fetched over a reliable stream because push did not deliver them.",
                 &["outcome"],
+            )?,
+            upstream_fetches: counter(
+                r,
+                "dcdn_upstream_fetches_total",
+                "An origin's fetches from its upstream (pull-through), by upstream kind and result.",
+                &["kind", "result"],
             )?,
             store_bytes: gauge(r, "dcdn_store_bytes", "Bytes held in the chunk store.")?,
             store_chunks: gauge(r, "dcdn_store_chunks", "Chunks held in the chunk store.")?,

@@ -17,3 +17,4 @@ pub mod run;
 pub mod serve;
 pub mod settings;
 pub mod swarm;
+pub mod upstream;

@@ -174,6 +174,11 @@ pub struct Shared {
     pub swarms: crate::roles::swarm::Swarms,
     /// Preheats already acted on.
     pub(crate) preheat_seen: Mutex<crate::roles::swarm::PreheatSeen>,
+    /// Where an origin pulls names it does not hold (`origin.upstream`).
+    pub upstream: Option<Arc<crate::roles::upstream::Upstream>>,
+    /// Per object key, what was pulled from the upstream and until when
+    /// it is fresh.
+    pub(crate) pulled: Mutex<crate::roles::upstream::Pulled>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -600,6 +605,8 @@ impl Shared {
     /// if no version of `name` is known here.
     pub fn purge(&self, name: &str) -> Result<Option<u64>, String> {
         let key = StreamId::object_key(name);
+        // Pulled again on the next request, as a new version.
+        self.pulled.lock().remove(key);
         let known = self.manifests.lock().newest(key).is_some();
         let kept = self
             .origin_store
@@ -779,10 +786,21 @@ impl Shared {
     /// lost on the way delays a new version by at most that long. If no
     /// upstream answers, the version held is still a version the publisher
     /// published whole, so it is served rather than an error.
+    ///
+    /// `name` is the object's name when known (empty otherwise): an origin
+    /// with an upstream needs it to pull a name it does not hold.
     pub async fn fetch_manifest(
         self: &Arc<Self>,
         object: StreamId,
+        name: &str,
     ) -> Result<ManifestFrame, String> {
+        if let (Role::Origin, Some(up), false) =
+            (self.settings.role, &self.upstream, name.is_empty())
+        {
+            return crate::roles::upstream::manifest(self, up, object, name)
+                .await?
+                .ok_or_else(|| format!("origin has no manifest for {object}"));
+        }
         let held = self.manifests.lock().newest(object);
         if self.settings.role == Role::Origin {
             return held
@@ -795,6 +813,7 @@ impl Shared {
             }
         }
         let shared = self.clone();
+        let name = name.to_owned();
         let got = self
             .manifest_flight
             .run(object, || async move {
@@ -809,7 +828,10 @@ impl Shared {
                 for peer in upstream {
                     match request(
                         &peer.conn,
-                        &Frame::ManifestRequest { object },
+                        &Frame::ManifestRequest {
+                            object,
+                            name: name.clone(),
+                        },
                         shared.settings.request_timeout,
                     )
                     .await
@@ -827,6 +849,17 @@ impl Shared {
                         Ok(Frame::NotFound { .. }) => {
                             last = format!("{} has no manifest for {object}", peer.name)
                         }
+                        Ok(Frame::Error { code, message })
+                            if code == crate::roles::upstream::CODE_UPSTREAM_FAILED =>
+                        {
+                            // The origin's upstream failed: an answer, not a
+                            // missing peer, so no version held stands in.
+                            last = if message.contains(crate::roles::upstream::UPSTREAM_FAILED) {
+                                message
+                            } else {
+                                format!("{}: {message}", crate::roles::upstream::UPSTREAM_FAILED)
+                            };
+                        }
                         Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
                         Err(e) => last = format!("{}: {e}", peer.name),
                     }
@@ -836,6 +869,11 @@ impl Shared {
             .await;
         match (got, held) {
             (Ok(m), _) => Ok(m),
+            (Err(FlightError::Failed(e)), Some(_))
+                if e.contains(crate::roles::upstream::UPSTREAM_FAILED) =>
+            {
+                Err(e)
+            }
             (Err(FlightError::Failed(e)), None) => Err(e),
             (Err(e), None) => Err(e.to_string()),
             (Err(e), Some((m, _))) => {
@@ -1142,7 +1180,11 @@ pub struct EdgeContent(pub Arc<Shared>);
 
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
-        match self.0.fetch_manifest(StreamId::object_key(name)).await {
+        match self
+            .0
+            .fetch_manifest(StreamId::object_key(name), name)
+            .await
+        {
             Ok(m) => {
                 let info = object_info(&m);
                 // A client asked: pull the whole object, trading with the
@@ -1152,6 +1194,11 @@ impl Content for EdgeContent {
             }
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))
+            }
+            Err(e) if e.contains(crate::roles::upstream::UPSTREAM_FAILED) => {
+                // The marker routed it here; the client reads the cause.
+                let marker = format!("{}: ", crate::roles::upstream::UPSTREAM_FAILED);
+                Err(ContentError::UpstreamFailed(e.replacen(&marker, "", 1)))
             }
             Err(e) => Err(ContentError::Unavailable(e)),
         }

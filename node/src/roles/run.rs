@@ -13,6 +13,7 @@ use crate::roles::node::{EdgeContent, Manifests, NodeError, Shared};
 use crate::roles::origin_store::{OriginStore, OriginStoreError, StoredObject};
 use crate::roles::serve::{self, ServeConfig};
 use crate::roles::settings::{NodeSettings, Role};
+use crate::roles::upstream::Upstream;
 use crate::store::ChunkStore;
 use crate::transport::{MeshEndpoint, NodeIdentity};
 use bytes::Bytes;
@@ -102,6 +103,16 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         ),
         _ => None,
     };
+    let upstream = match (&settings.config.origin.upstream, settings.role) {
+        (Some(up), Role::Origin) => Some(Arc::new(Upstream::new(up).map_err(|e| {
+            NodeError::Load {
+                what: "the origin's upstream",
+                path: "origin.upstream".into(),
+                message: e.to_string(),
+            }
+        })?)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         refresh: Mutex::new(()),
         store: ChunkStore::new(settings.store_config()),
@@ -130,6 +141,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         origin_store,
         swarms: Default::default(),
         preheat_seen: Default::default(),
+        upstream,
+        pulled: Mutex::new(Default::default()),
         settings,
     });
     match load_origin_store(&shared) {
@@ -336,7 +349,16 @@ async fn housekeeping(shared: Arc<Shared>) {
 }
 
 /// The origin's side of ingest: keep (origin of record), sign, store, push.
-struct OriginPublisher(Arc<Shared>);
+pub(crate) struct OriginPublisher(pub(crate) Arc<Shared>);
+
+/// Runs blocking origin-store work on tokio's blocking pool.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), PublishError> + Send + 'static,
+) -> Result<(), PublishError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PublishError::Failed(format!("origin store task: {e}")))?
+}
 
 fn store_error(e: OriginStoreError) -> PublishError {
     match e {
@@ -379,8 +401,15 @@ impl Publish for OriginPublisher {
     ) -> impl Future<Output = Result<(), PublishError>> + Send {
         let shared = self.0.clone();
         async move {
-            if let (Some(store), false) = (&shared.origin_store, live) {
-                store.append(stream, &payload).map_err(store_error)?;
+            if shared.origin_store.is_some() && !live {
+                // Disk writes off the async workers: a slow disk must not
+                // stall every other connection this runtime serves.
+                let (s, bytes) = (shared.clone(), payload.clone());
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.append(stream, &bytes).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish(stream, seq, payload, live)?)
         }
@@ -394,20 +423,32 @@ impl Publish for OriginPublisher {
         let object = object.clone();
         async move {
             let at = crate::roles::node::unix_ms();
-            if let Some(store) = &shared.origin_store {
-                // Durable before the manifest goes out and before the 201.
-                store
-                    .commit(&StoredObject {
-                        name: object.name.clone(),
-                        version: object.version,
-                        len: object.len,
-                        chunk_size: object.chunk_size,
-                        chunks: object.chunks,
-                        digest: object.digest.clone(),
-                        cache_control: object.cache_control.clone(),
-                        published_ms: at,
-                    })
-                    .map_err(store_error)?;
+            // A PUT makes the name the publisher's: the upstream no longer
+            // revalidates it (a pull records itself again after this).
+            shared
+                .pulled
+                .lock()
+                .remove(crate::chunk::StreamId::object_key(&object.name));
+            if shared.origin_store.is_some() {
+                // Durable before the manifest goes out and before the 201;
+                // the syncs run off the async workers.
+                let kept = StoredObject {
+                    name: object.name.clone(),
+                    version: object.version,
+                    len: object.len,
+                    chunk_size: object.chunk_size,
+                    chunks: object.chunks,
+                    digest: object.digest.clone(),
+                    cache_control: object.cache_control.clone(),
+                    published_ms: at,
+                    upstream: object.upstream.clone(),
+                };
+                let s = shared.clone();
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.commit(&kept).map(|_| ()).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish_manifest_at(&object, at)?)
         }
@@ -457,9 +498,26 @@ fn load_origin_store(shared: &Arc<Shared>) -> Result<usize, String> {
                 chunks: o.chunks,
                 digest: o.digest.clone(),
                 digest_bytes: digest,
+                upstream: o.upstream.clone(),
             },
             o.published_ms,
         )?;
+        if let Some(validators) = &o.upstream {
+            // Stale at once: the first request after a restart revalidates
+            // (conditionally, so an unchanged object keeps its version).
+            let key = crate::chunk::StreamId::object_key(&o.name);
+            let mut pulled = shared.pulled.lock();
+            if pulled.get(key).is_none_or(|p| p.version < o.version) {
+                pulled.insert(
+                    key,
+                    crate::roles::upstream::PullState {
+                        version: o.version,
+                        validators: validators.clone(),
+                        fresh_until: Instant::now(),
+                    },
+                );
+            }
+        }
         shared
             .last_version
             .fetch_max(o.version, std::sync::atomic::Ordering::SeqCst);

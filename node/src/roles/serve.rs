@@ -55,6 +55,9 @@ pub enum ContentError {
     NotYet(String),
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+    /// The origin's own upstream (pull-through) failed: 502.
+    #[error("the origin's upstream failed: {0}")]
+    UpstreamFailed(String),
 }
 
 /// Where served bytes come from. Implementations return only verified chunks.
@@ -211,6 +214,13 @@ pub struct HttpError {
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
+impl HttpError {
+    /// What went wrong, as the client is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 /// Longest error message sent: messages quote names and header values the
 /// client sent, and a 5,000-character name should not come back whole.
 pub const MAX_MESSAGE_CHARS: usize = 256;
@@ -243,6 +253,9 @@ impl From<ContentError> for HttpError {
                 "unavailable",
                 e.to_string(),
             ),
+            ContentError::UpstreamFailed(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
+            }
         }
     }
 }

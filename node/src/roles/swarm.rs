@@ -555,7 +555,7 @@ pub(crate) fn on_preheat(shared: &Arc<Shared>, peer: &Peer, object: StreamId, ve
         Role::Edge => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                match shared.fetch_manifest(object).await {
+                match shared.fetch_manifest(object, "").await {
                     Ok(m) if m.version >= version => {
                         shared
                             .metrics
