@@ -314,6 +314,9 @@ struct Status {
     peers: usize,
     chunks: usize,
     store_bytes: usize,
+    /// Objects this edge is pulling whole now (after a client asked, or a
+    /// preheat), with their progress.
+    swarms: Vec<crate::roles::swarm::SwarmStatus>,
 }
 
 #[utoipa::path(get, path = "/v1/status", tag = "read", security(("bearer" = [])), responses(
@@ -334,6 +337,7 @@ async fn status(State(state): State<AdminState>) -> Json<Status> {
         peers: shared.peer_list().len(),
         chunks: stats.chunks,
         store_bytes: stats.bytes,
+        swarms: shared.swarms.status(),
     })
 }
 

@@ -144,6 +144,10 @@ enum Command {
         /// for https:// URLs (what `dcdn up --tls` prints).
         #[arg(long, env = "DCDN_CACERT", value_name = "FILE")]
         cacert: Option<PathBuf>,
+        /// Then have every edge pull the object now, before clients ask
+        /// (`POST /v1/objects/NAME/preheat`); progress in `dcdn status`.
+        #[arg(long, conflicts_with = "live")]
+        preheat: bool,
         /// Print what was published as JSON.
         #[arg(long)]
         json: bool,
@@ -446,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             live,
             cacert,
+            preheat,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -456,6 +461,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 token,
                 live,
                 ca_file: cacert,
+                preheat,
             };
             emit(&runtime()?.block_on(transfer::publish(p))?, json)
         }

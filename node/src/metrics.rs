@@ -110,6 +110,14 @@ pub struct Metrics {
     /// From the origin signing a segment's manifest to this node taking it
     /// in, seconds: the edge-side latency a player waits beyond the upload.
     pub live_segment_delay: prometheus::Histogram,
+    /// Payload bytes an edge's swarm pulled, by the sending peer's role.
+    pub swarm_bytes: IntCounterVec,
+    /// Swarms by how they ended or why they were refused.
+    pub swarms: IntCounterVec,
+    /// Chunks held and wanted by the swarms running now (preheat progress).
+    pub swarm_chunks: IntGaugeVec,
+    /// Preheat requests by outcome.
+    pub preheats: IntCounterVec,
 }
 
 impl Metrics {
@@ -136,6 +144,30 @@ impl Metrics {
             source,
         })?;
         Ok(Self {
+            swarm_bytes: counter(
+                r,
+                "dcdn_swarm_bytes_total",
+                "Payload bytes an edge pulled while swarming an object, by the sender's role (edge, relay, origin).",
+                &["from"],
+            )?,
+            swarms: counter(
+                r,
+                "dcdn_swarms_total",
+                "Object swarms by outcome: started, complete, stopped (shutdown or purge), refused_too_large, refused_busy, refused_pieces.",
+                &["outcome"],
+            )?,
+            swarm_chunks: gauge_vec(
+                r,
+                "dcdn_swarm_chunks",
+                "Chunks of the objects being swarmed now: held and total.",
+                &["state"],
+            )?,
+            preheats: counter(
+                r,
+                "dcdn_preheats_total",
+                "Preheat requests by outcome: sent (origin), forwarded (relay), started (edge), refused_not_upstream, unknown_object.",
+                &["outcome"],
+            )?,
             chunks: counter(
                 r,
                 "dcdn_chunks_total",

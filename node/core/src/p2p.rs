@@ -352,6 +352,9 @@ pub enum SourceKind {
     Upstream,
     /// Anyone else (a downstream node): never asked.
     Other,
+    /// A peer serving a ban (its connection may not be closed yet): never
+    /// asked, whatever it is.
+    Banned,
 }
 
 /// The order in which to ask peers for chunk `seq`: edges that have it and
@@ -566,6 +569,11 @@ mod tests {
         assert_eq!(request_order(0, true, cands.clone()), vec![3, 1, 4]);
         assert_eq!(request_order(1, true, cands.clone()), vec![3, 4, 1]);
         // A relay never asks edges.
-        assert_eq!(request_order(0, false, cands), vec![1, 4]);
+        assert_eq!(request_order(0, false, cands.clone()), vec![1, 4]);
+        // A banned peer is never asked, edge or upstream.
+        let mut banned = cands;
+        banned[2].1 = SourceKind::Banned;
+        banned[3].1 = SourceKind::Banned;
+        assert_eq!(request_order(0, true, banned), vec![1]);
     }
 }

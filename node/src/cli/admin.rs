@@ -79,6 +79,9 @@ pub struct NodeStatus {
     pub trusted_keys: Option<u64>,
     /// Origins only: mesh bytes out per byte ingested.
     pub origin_offload_ratio: Option<f64>,
+    /// Edges: objects being pulled whole now (swarm or preheat) and how far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub swarms: Vec<crate::roles::swarm::SwarmStatus>,
 }
 
 /// `dcdn status` for a cluster.
@@ -107,6 +110,7 @@ async fn node_status(client: &Client, admin: &str, token: Option<&str>) -> NodeS
         keyring_generation: None,
         trusted_keys: None,
         origin_offload_ratio: None,
+        swarms: Vec::new(),
     };
     let urls = ["/v1/status", "/v1/store", "/v1/keys"].map(|p| join(admin, p));
     let (status, store, keys) = tokio::join!(
@@ -130,6 +134,7 @@ async fn node_status(client: &Client, admin: &str, token: Option<&str>) -> NodeS
     s.peers = status["peers"].as_u64();
     s.active_key = text(&status["active_key"]);
     s.keyring_generation = status["keyring_generation"].as_u64();
+    s.swarms = serde_json::from_value(status["swarms"].clone()).unwrap_or_default();
     if let Ok(store) = store {
         s.store_bytes = store["bytes"].as_u64();
         s.store_budget_bytes = store["budget_bytes"].as_u64();
@@ -230,6 +235,21 @@ impl std::fmt::Display for ClusterStatus {
                     .map_or_else(dash, |r| format!("{r:.2}")),
                 n.admin
             )?;
+        }
+        for n in &self.nodes {
+            for s in &n.swarms {
+                writeln!(
+                    f,
+                    "swarming: {} {} v{} {}/{} chunks ({:.0}%){}",
+                    n.name.as_deref().unwrap_or("?"),
+                    s.name,
+                    s.version,
+                    s.held_chunks,
+                    s.total_chunks,
+                    f64::from(s.held_chunks) * 100.0 / f64::from(s.total_chunks.max(1)),
+                    if s.preheat { ", preheat" } else { "" }
+                )?;
+            }
         }
         write!(f, "key rotation: {}", self.rotation)
     }

@@ -33,6 +33,8 @@ pub struct Publish {
     pub live: bool,
     /// A CA file (PEM) to trust beside the system's roots, for an HTTPS origin.
     pub ca_file: Option<PathBuf>,
+    /// After the publish, ask the origin to have every edge pull it now.
+    pub preheat: bool,
 }
 
 /// What `dcdn publish --json` prints.
@@ -46,6 +48,9 @@ pub struct Published {
     pub bytes_sent: u64,
     /// The origin's answer: `len`, `chunks`, `first_seq`, `digest`, ...
     pub origin: serde_json::Value,
+    /// The origin's answer to the preheat (`--preheat`): `version`, `peers_told`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preheat: Option<serde_json::Value>,
 }
 
 impl std::fmt::Display for Published {
@@ -58,7 +63,15 @@ impl std::fmt::Display for Published {
             self.bytes_sent,
             self.origin["chunks"],
             self.origin["digest"].as_str().unwrap_or("?")
-        )
+        )?;
+        if let Some(p) = &self.preheat {
+            write!(
+                f,
+                "; preheat of version {} sent to {} peers",
+                p["version"], p["peers_told"]
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -121,12 +134,31 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
     let resp = result?;
     let origin = serde_json::from_slice(&resp.body)
         .with_context(|| format!("the origin's answer to PUT {url} is not JSON"))?;
+    let preheat =
+        if p.preheat && !p.live {
+            let preheat_url = format!("{url}/preheat");
+            let resp = client
+                .send(
+                    hyper::Method::POST,
+                    &preheat_url,
+                    Some(&p.token),
+                    &[],
+                    axum::body::Body::empty(),
+                )
+                .await?;
+            Some(serde_json::from_slice(&resp.body).with_context(|| {
+                format!("the origin's answer to POST {preheat_url} is not JSON")
+            })?)
+        } else {
+            None
+        };
     Ok(Published {
         name,
         kind,
         url,
         bytes_sent: sent.load(Ordering::Relaxed),
         origin,
+        preheat,
     })
 }
 

@@ -93,6 +93,13 @@ pub trait Publish: Send + Sync + 'static {
     fn live_has_room(&self, _stream: &str) -> bool {
         true
     }
+
+    /// Tells every edge (through the relays) to pull the newest version of
+    /// object `name` now: that version and how many downstream peers were
+    /// told, or None if the name is not known.
+    fn preheat(&self, _name: &str) -> Option<(u64, usize)> {
+        None
+    }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
     /// The version the next publish of an object gets: higher than every
@@ -147,7 +154,9 @@ pub fn router<P: Publish>(publisher: Arc<P>, config: IngestConfig) -> Router {
     Router::new()
         .route(
             "/v1/objects/{*name}",
-            put(put_object::<P>).delete(delete_object::<P>),
+            put(put_object::<P>)
+                .delete(delete_object::<P>)
+                .post(post_object::<P>),
         )
         .route("/v1/streams/{name}", post(put_live::<P>).put(put_live::<P>))
         .fallback(crate::roles::serve::unknown_path)
@@ -378,6 +387,41 @@ async fn delete_object<P: Publish>(
             "purged_up_to_version": up_to,
         }))
         .into_response()),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version of object {name} is known to this origin"),
+        )),
+    }
+}
+
+/// `POST /v1/objects/{name}/preheat`: every edge pulls the object before
+/// clients ask (202: the preheat is on its way; progress is in the edges'
+/// metrics and status).
+async fn post_object<P: Publish>(
+    State(state): State<Arc<IngestState<P>>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    check_token(&headers, &state.config.token)?;
+    let Some(name) = path.strip_suffix("/preheat") else {
+        return Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("POST /v1/objects/{path}: only .../preheat takes a POST"),
+        ));
+    };
+    check_name(name)?;
+    match state.publisher.preheat(name) {
+        Some((version, told)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "name": name,
+                "version": version,
+                "peers_told": told,
+            })),
+        )
+            .into_response()),
         None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -21,8 +21,6 @@ use super::node::{CONTROL_QUEUE, MAX_CONTROL_FRAME, PUSH_QUEUE, SHARD_FRAME_OVER
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control streams are long-lived; keep-alives, not this, detect dead peers.
 const CONTROL_IDLE: Duration = Duration::from_secs(24 * 3600);
-/// How often a downstream node tells its upstream what it lost.
-const LOSS_REPORT_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs one peer session to its end. `outbound` is true when we dialled.
 pub(crate) async fn run(shared: Arc<Shared>, pc: PeerConnection, outbound: bool) {
@@ -227,8 +225,9 @@ async fn session(
     // Loss reports to our upstream.
     if outbound && role.is_upstream_of(shared.settings.role) {
         let peer = peer.clone();
+        let every = shared.settings.loss_report_every;
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(LOSS_REPORT_EVERY);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let expected = peer.shards_expected.swap(0, Ordering::Relaxed);
@@ -299,7 +298,10 @@ fn fail_over_push(shared: &Arc<Shared>, gone: PeerId) {
 fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
     match frame {
         Frame::Subscribe => peer.subscribed.store(true, Ordering::Relaxed),
-        Frame::Have { id } => peer.have.lock().insert(id),
+        Frame::Have { id } => {
+            peer.have.lock().insert(id);
+            shared.swarms.on_have(peer.id, id);
+        }
         Frame::Bitfield {
             stream,
             base_seq,
@@ -311,6 +313,7 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                     if byte & (0x80 >> bit) != 0 {
                         let seq = base_seq.saturating_add((i * 8 + bit) as u64);
                         have.insert(ChunkId::new(stream, seq));
+                        shared.swarms.on_have(peer.id, ChunkId::new(stream, seq));
                     }
                 }
             }
@@ -340,6 +343,9 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
             if let Err(e) = shared.accept_purge(p, Some(peer.id)) {
                 tracing::warn!(peer = %peer.name, error = %e, "purge refused");
             }
+        }
+        Frame::Preheat { object, version } => {
+            crate::roles::swarm::on_preheat(shared, peer, object, version);
         }
         other => {
             shared

@@ -20,4 +20,5 @@ pub mod origin_store;
 pub mod run;
 pub mod serve;
 pub mod settings;
+pub mod swarm;
 pub mod upstream;

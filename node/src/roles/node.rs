@@ -170,6 +170,10 @@ pub struct Shared {
     pub(crate) last_version: AtomicU64,
     /// The origin of record (origins with `origin.store_dir`).
     pub origin_store: Option<crate::roles::origin_store::OriginStore>,
+    /// Objects this edge is pulling whole (`roles::swarm`).
+    pub swarms: crate::roles::swarm::Swarms,
+    /// Preheats already acted on.
+    pub(crate) preheat_seen: Mutex<crate::roles::swarm::PreheatSeen>,
     /// Where an origin pulls names it does not hold (`origin.upstream`).
     pub upstream: Option<Arc<crate::roles::upstream::Upstream>>,
     /// Per object key, what was pulled from the upstream and until when
@@ -780,8 +784,19 @@ impl Shared {
     fn sources_for(&self, id: ChunkId) -> Vec<Arc<Peer>> {
         let peers = self.peer_list();
         let me = self.settings.role;
+        let now = Instant::now();
+        let banned: HashSet<PeerId> = {
+            let reputation = self.reputation.lock();
+            peers
+                .iter()
+                .filter(|p| reputation.is_banned(p.id, now))
+                .map(|p| p.id)
+                .collect()
+        };
         let candidates = peers.into_iter().map(|p| {
-            let kind = if p.role == Role::Edge && me == Role::Edge {
+            let kind = if banned.contains(&p.id) {
+                SourceKind::Banned
+            } else if p.role == Role::Edge && me == Role::Edge {
                 SourceKind::Edge {
                     has: p.have.lock().contains(&id),
                     unchoked_us: p.unchoked_us.load(Ordering::Relaxed),
@@ -1168,6 +1183,7 @@ impl Shared {
                 .with_label_values(&[&stream])
                 .set(bytes as i64);
         }
+        self.swarms.refresh_gauges(m);
         let ingested = self.ingested_bytes.load(Ordering::Relaxed);
         if ingested > 0 {
             m.origin_offload_ratio
@@ -1277,7 +1293,13 @@ impl Content for EdgeContent {
             .fetch_manifest(StreamId::object_key(name), name)
             .await
         {
-            Ok(m) => Ok(object_info(&m)),
+            Ok(m) => {
+                let info = object_info(&m);
+                // A client asked: pull the whole object, trading with the
+                // other edges, so they have something to trade with us.
+                crate::roles::swarm::start(&self.0, m, false);
+                Ok(info)
+            }
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))
             }
@@ -1336,6 +1358,17 @@ impl Content for EdgeContent {
                     if let Some(c) = shared.wait_for(id, left.min(LIVE_POLL)).await {
                         return Ok(c);
                     }
+                }
+            }
+        }
+        // A swarm pulling this object takes the reader's chunk first (its
+        // deadline window); if it does not come soon, fetch it directly.
+        if let Some(swarm) = shared.swarms.get(id.stream) {
+            if let Ok(piece) = u32::try_from(id.seq) {
+                swarm.deadline(piece);
+                let grace = crate::roles::swarm::READER_WAIT.min(wait);
+                if let Some(c) = shared.wait_for(id, grace).await {
+                    return Ok(c);
                 }
             }
         }

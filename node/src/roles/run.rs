@@ -140,6 +140,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         push_upstream: Mutex::new(None),
         last_version: std::sync::atomic::AtomicU64::new(0),
         origin_store,
+        swarms: Default::default(),
+        preheat_seen: Default::default(),
         upstream,
         pulled: Mutex::new(Default::default()),
         live: Mutex::new(crate::roles::live::Windows::new(
@@ -230,8 +232,12 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         }
         Role::Edge => {
             let content = Arc::new(EdgeContent(shared.clone()));
-            let router = serve::router(content.clone(), ServeConfig::default()).merge(
-                live_http::edge_router(content, ServeConfig::default(), shared.metrics.clone()),
+            let config = ServeConfig {
+                read_ahead: shared.settings.read_ahead,
+                ..ServeConfig::default()
+            };
+            let router = serve::router(content.clone(), config).merge(
+                live_http::edge_router(content, config, shared.metrics.clone()),
             );
             Some(
                 serve_http(
@@ -548,6 +554,10 @@ impl Publish for OriginPublisher {
 
     fn live_has_room(&self, stream: &str) -> bool {
         self.0.live.lock().has_room_for(stream)
+    }
+
+    fn preheat(&self, name: &str) -> Option<(u64, usize)> {
+        crate::roles::swarm::preheat(&self.0, name)
     }
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {

@@ -93,7 +93,7 @@ impl Default for ServeConfig {
         Self {
             chunk_wait: Duration::from_secs(10),
             live_wait: Duration::from_secs(2),
-            read_ahead: 4,
+            read_ahead: crate::roles::settings::READ_AHEAD,
         }
     }
 }

@@ -16,6 +16,10 @@ use std::time::Duration;
 
 pub use crate::config::Role;
 
+/// Chunks a reader keeps in flight ahead of the one it writes: the node's
+/// HTTP reader (`ServeConfig::read_ahead`) and `dcdn sim`'s default reader.
+pub const READ_AHEAD: usize = 4;
+
 /// Everything the running node needs, resolved.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -43,6 +47,13 @@ pub struct NodeSettings {
     /// How long an edge waits for a pushed live chunk before repairing it.
     pub repair_delay: Duration,
     pub unchoke_interval: Duration,
+    /// How often a downstream node reports push loss to its upstream.
+    pub loss_report_every: Duration,
+    /// How long a fetch that found no source (or whose source failed it)
+    /// waits before asking again: the swarm's per-peer back-off.
+    pub fetch_retry: Duration,
+    /// See [`READ_AHEAD`].
+    pub read_ahead: usize,
     pub config: NodeConfig,
     /// The file the config came from, for `POST /v1/config/reload`.
     pub config_path: Option<std::path::PathBuf>,
@@ -100,6 +111,9 @@ impl NodeSettings {
             request_timeout: Duration::from_secs(10),
             repair_delay: Duration::from_millis(150),
             unchoke_interval: Duration::from_secs(c.p2p.unchoke_interval_seconds.get()),
+            loss_report_every: Duration::from_millis(500),
+            fetch_retry: Duration::from_millis(500),
+            read_ahead: READ_AHEAD,
             config,
             config_path: None,
         }
@@ -179,6 +193,11 @@ impl NodeSettings {
             initial_rate_bytes_per_sec: self.config.p2p.max_upload_mbps.get() * 125_000,
             request_timeout: self.request_timeout,
             max_peers: 1024,
+            // Replies queue behind each other on one connection: a deep
+            // pipeline of bulk pieces at a relay makes a reader's request
+            // wait behind all of them (seen as 10 s timeouts on a loaded
+            // loopback cluster at 32).
+            max_pipeline: 8,
             ..PickerConfig::for_object(pieces, piece_bytes)
         }
     }

@@ -316,7 +316,7 @@ impl Default for Peers {
             free_riders: 0.0,
             malicious: 0.0,
             start_spread_s: 0.0,
-            read_ahead: 4,
+            read_ahead: crate::roles::settings::READ_AHEAD as u32,
             swarm: true,
             deadlines: true,
             measure_free_rider_cost: true,

@@ -10,7 +10,7 @@
 //! (`net`), and HTTP clients (an object reader with the node's read-ahead).
 
 use super::net::{self, Channel, Pipes};
-use super::queue::{EventQueue, MS, Nanos, SEC, secs};
+use super::queue::{EventQueue, Nanos, SEC, secs};
 use super::scenario::{FecExec, Scenario};
 use crate::chunk::wire::{Frame, ShardFrame};
 use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
@@ -46,10 +46,6 @@ pub(crate) enum Behaviour {
     Malicious,
 }
 
-/// How often a receiver reports loss (`mesh::LOSS_REPORT_EVERY`).
-const LOSS_REPORT_EVERY: Nanos = 500 * MS;
-/// A fetch that found no source tries again after this.
-const RETRY_AFTER: Nanos = 500 * MS;
 /// The stream every simulated chunk belongs to.
 const STREAM: StreamId = StreamId(0x5133);
 /// An object run in which no node received a chunk it lacked for this long
@@ -729,7 +725,9 @@ impl World {
             self.q.push(0, Ev::Publish(0));
             // Receivers' report timers run from when they connected, not
             // from the first chunk: start them at a random phase.
-            let phase = self.rng.gen_range(1..=LOSS_REPORT_EVERY);
+            let phase = self
+                .rng
+                .gen_range(1..=self.settings.loss_report_every.as_nanos() as Nanos);
             self.q.push(phase, Ev::LossReports);
         } else {
             // The origin holds the whole object from the start.
@@ -905,8 +903,11 @@ impl World {
             Tier::Edge => {
                 if let Some(x) = me.edge.as_ref() {
                     for nb in &x.neighbours {
-                        if !reachable(nb.id) || x.reputation.is_banned(PeerId(u64::from(nb.id)), t)
-                        {
+                        if !reachable(nb.id) {
+                            continue;
+                        }
+                        if x.reputation.is_banned(PeerId(u64::from(nb.id)), t) {
+                            candidates.push((nb.id, SourceKind::Banned));
                             continue;
                         }
                         let has = match self.nodes[nb.id as usize].behaviour {
@@ -968,7 +969,10 @@ impl World {
                 let at = now + self.latency(req, to);
                 self.q.push(at, Ev::Request { fetch, to });
             }
-            None => self.q.push(now + RETRY_AFTER, Ev::Retry { fetch }),
+            None => self.q.push(
+                now + self.settings.fetch_retry.as_nanos() as Nanos,
+                Ev::Retry { fetch },
+            ),
         }
     }
 
@@ -1654,7 +1658,10 @@ impl World {
                 a.expire(t);
             }
         }
-        self.q.push(now + LOSS_REPORT_EVERY, Ev::LossReports);
+        self.q.push(
+            now + self.settings.loss_report_every.as_nanos() as Nanos,
+            Ev::LossReports,
+        );
     }
 
     fn churn(&mut self, now: Nanos) {

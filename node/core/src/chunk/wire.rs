@@ -209,6 +209,13 @@ pub enum Frame {
     Subscribe,
     /// A signed purge, flooded to every peer.
     Purge(PurgeFrame),
+    /// From an upstream: swarm this version of the object (the object key
+    /// and version; the receiver checks both against a verified manifest)
+    /// before any client asks for it.
+    Preheat {
+        object: StreamId,
+        version: u64,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -275,6 +282,7 @@ mod tag {
     pub(super) const ERROR: u8 = 17;
     pub(super) const SUBSCRIBE: u8 = 18;
     pub(super) const PURGE: u8 = 19;
+    pub(super) const PREHEAT: u8 = 20;
 }
 
 fn put_id(out: &mut BytesMut, id: ChunkId) {
@@ -326,6 +334,7 @@ impl Frame {
             Self::Error { .. } => "error",
             Self::Subscribe => "subscribe",
             Self::Purge(_) => "purge",
+            Self::Preheat { .. } => "preheat",
         }
     }
 
@@ -400,6 +409,11 @@ impl Frame {
             Self::Choke => out.put_u8(tag::CHOKE),
             Self::Unchoke => out.put_u8(tag::UNCHOKE),
             Self::Subscribe => out.put_u8(tag::SUBSCRIBE),
+            Self::Preheat { object, version } => {
+                out.put_u8(tag::PREHEAT);
+                out.put_u64(object.0);
+                out.put_u64(*version);
+            }
             Self::Purge(p) => {
                 out.put_u8(tag::PURGE);
                 put_purge_fields(out, p);
@@ -594,6 +608,10 @@ impl Frame {
                     signature,
                 })
             }
+            tag::PREHEAT => Frame::Preheat {
+                object: StreamId(r.u64("object")?),
+                version: r.u64("version")?,
+            },
             tag::INTERESTED => Frame::Interested {
                 stream: StreamId(r.u64("stream")?),
             },
@@ -932,6 +950,10 @@ mod tests {
                     timestamp_ms: ts,
                     signature: [9u8; 64],
                 })
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(s, v)| Frame::Preheat {
+                object: StreamId(s),
+                version: v
             }),
             any::<u64>().prop_map(|s| Frame::Interested {
                 stream: StreamId(s)
