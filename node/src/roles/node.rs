@@ -80,6 +80,8 @@ pub enum NodeError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("an origin needs an ingest token: set origin.ingest_token_file or DCDN_INGEST_TOKEN")]
+    NoIngestToken,
 }
 
 /// A connected peer.

@@ -167,6 +167,18 @@ pub fn plan(
     let admin_token = random_token();
     write_secret(&dir.join("ingest-token"), &ingest_token)?;
     write_secret(&dir.join("admin-token"), &admin_token)?;
+    // The nodes only check tokens, so their configs name digests; the
+    // plain tokens above are for the user's clients.
+    for (file, token) in [
+        ("ingest-token.sha256", &ingest_token),
+        ("admin-token.sha256", &admin_token),
+    ] {
+        let t = crate::auth::Token::from_secret(token).map_err(|e| PlanError::Write {
+            path: file.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        write_secret(&dir.join(file), &t.hashed())?;
+    }
 
     let mut nodes = Vec::new();
     let roles = std::iter::once((Role::Origin, "origin-0".to_owned()))
@@ -242,11 +254,11 @@ pub fn plan(
         c.crypto.trust_bundle = bundle.clone();
         if n.role == Role::Origin {
             c.crypto.signing_keys = vec![signing_key.clone()];
-            c.origin.ingest_token_file = Some(dir.join("ingest-token"));
+            c.origin.ingest_token_file = Some(dir.join("ingest-token.sha256"));
             // The origin of record keeps what it acknowledged across restarts.
             c.origin.store_dir = Some(dir.join(format!("{}-store", n.name)));
         }
-        c.admin.token_file = Some(dir.join("admin-token"));
+        c.admin.token_file = Some(dir.join("admin-token.sha256"));
         c.storage.ring_buffer_size_mb =
             crate::config::Bounded::new(256).unwrap_or(c.storage.ring_buffer_size_mb);
         tweak(&mut c);
