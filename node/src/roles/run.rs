@@ -70,14 +70,17 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         &creds.ca_pem,
         settings.mesh_limits(),
     )
-    .map_err(|e| NodeError::Mesh {
+    .map_err(|source| NodeError::Mesh {
         addr: settings.mesh_listen,
-        message: e.to_string(),
+        source,
     })?;
-    let mesh_addr = endpoint.local_addr().map_err(|e| NodeError::Mesh {
-        addr: settings.mesh_listen,
-        message: e.to_string(),
-    })?;
+    let mesh_addr = endpoint
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            what: "the mesh endpoint",
+            addr: settings.mesh_listen,
+            source,
+        })?;
     let mut settings = settings;
     if settings.mesh_advertise.port() == 0 {
         settings.mesh_advertise = mesh_addr;
@@ -96,7 +99,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                 |e| NodeError::Load {
                     what: "the origin store",
                     path: dir.display().to_string(),
-                    message: e.to_string(),
+                    message: crate::client::error_chain(&e),
                 },
             )?,
         ),
@@ -337,7 +340,7 @@ struct OriginPublisher(Arc<Shared>);
 fn store_error(e: OriginStoreError) -> PublishError {
     match e {
         OriginStoreError::Full { .. } => PublishError::Full(e.to_string()),
-        other => PublishError::Failed(other.to_string()),
+        other => PublishError::Failed(crate::client::error_chain(&other)),
     }
 }
 

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 /// Why a cluster could not be laid out.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("finding a free port: {0}")]
+    #[error("finding a free port")]
     Port(#[source] std::io::Error),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
