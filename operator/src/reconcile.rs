@@ -774,6 +774,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     if keys.admin_generated {
         desired.push(keys.admin.to_secret(&names));
     }
+    desired.push(keys.admin.digest_secret(&names)?);
     for role in TIERS {
         let replicas = build::tier_spec(c, role).replicas;
         let existing = keys
