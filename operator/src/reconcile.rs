@@ -356,6 +356,7 @@ async fn read_keys(
         names.ca_secret(),
         names.signing_secret(),
         names.admin_secret(),
+        names.token_digests_secret(),
     ];
     wanted.extend(TIERS.iter().map(|r| names.tls_secret(*r)));
     for name in wanted {
