@@ -182,6 +182,15 @@ async fn every_admin_route_answers_each_kind_of_caller_as_it_must() {
     c.stop().await;
 }
 
+/// Polls `cond` until it holds; fails the test, naming `what`, after 30 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One HTTP/1.1 exchange over a real socket with the `Authorization` header
 /// exactly as given: status, `WWW-Authenticate` and body.
 async fn raw(
@@ -490,7 +499,16 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
             .unwrap();
         serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = dcdn_node::chunk::StreamId::live("rot");
+    let held = |n: &support::cluster::TestNode| -> Vec<u64> {
+        n.running().shared.store.seqs(stream, 1 << 16)
+    };
+    let edges = c.by_role(Role::Edge);
+    // The stream is flowing before anything changes.
+    wait_until("the origin publishes the stream", || {
+        held(c.origin()).len() >= 5
+    })
+    .await;
     let add = format!(
         "{{\"public_key\":\"{}\"}}",
         hex::encode(new_key.public_key())
@@ -499,7 +517,12 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
     for n in &c.nodes {
         admin_post(&client, &n.admin(), "/v1/keys", &token, &add).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Chunks signed with the old key reach every edge while both are trusted.
+    let now = held(c.origin()).len();
+    wait_until("edges take more old-key chunks", || {
+        edges.iter().all(|&e| held(&c.nodes[e]).len() >= now)
+    })
+    .await;
     // 2. The origin signs with it (others follow the ring state).
     let id = new_key.key_id().to_string();
     for n in &c.nodes {
@@ -512,8 +535,17 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
         )
         .await;
     }
-    // 3. After chunks signed with the old key have drained, revoke it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 3. After chunks signed with the old key have drained, revoke it:
+    // everything the origin held once it signed with the new key (a
+    // superset of the old key's chunks) is at every edge.
+    let signed_before = held(c.origin());
+    wait_until("old-key chunks drain to the edges", || {
+        edges.iter().all(|&e| {
+            let h = held(&c.nodes[e]);
+            signed_before.iter().all(|s| h.binary_search(s).is_ok())
+        })
+    })
+    .await;
     for n in &c.nodes {
         admin_post(
             &client,
@@ -590,11 +622,7 @@ async fn graceful_shutdown_finishes_in_flight_responses() {
     let stopper = tokio::spawn(async move {
         node.shutdown(Duration::from_secs(10)).await;
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        shared.is_shutting_down(),
-        "the edge is draining while the body is read"
-    );
+    wait_until("the edge starts draining", || shared.is_shutting_down()).await;
     let mut body = resp.into_body();
     let mut got = Vec::new();
     while let Some(frame) = body.frame().await {
