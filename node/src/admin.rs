@@ -8,8 +8,8 @@
 //! that changes the node. Errors are JSON with a stable `code` and a human
 //! `message`.
 
-use crate::chunk::KeyId;
 use crate::auth::{self, Refusal, Token};
+use crate::chunk::KeyId;
 use crate::roles::node::Shared;
 use crate::roles::serve::ErrorBody;
 use crate::roles::serve::HttpError;

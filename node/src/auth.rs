@@ -54,8 +54,7 @@ impl Token {
         match text.strip_prefix(HASH_PREFIX) {
             Some(hex_digest) => {
                 let mut digest = [0u8; 32];
-                hex::decode_to_slice(hex_digest, &mut digest)
-                    .map_err(|_| TokenError::BadDigest)?;
+                hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| TokenError::BadDigest)?;
                 Ok(Self { digest })
             }
             None => Self::from_secret(text),
@@ -136,8 +135,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
         .split_once([' ', '\t'])
         .ok_or(Refusal::Malformed)?;
     let token = rest.trim_start_matches([' ', '\t']);
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains([' ', '\t'])
-    {
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains([' ', '\t']) {
         return Err(Refusal::Malformed);
     }
     Ok(token)
@@ -158,7 +156,14 @@ mod tests {
         for v in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR   abc"] {
             assert_eq!(bearer(&headers(v)), Ok("abc"), "{v}");
         }
-        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Bearer a b", "abc"] {
+        for v in [
+            "Basic abc",
+            "Bearer",
+            "Bearer ",
+            "Bearerabc",
+            "Bearer a b",
+            "abc",
+        ] {
             assert_eq!(bearer(&headers(v)), Err(Refusal::Malformed), "{v}");
         }
         assert_eq!(bearer(&HeaderMap::new()), Err(Refusal::Missing));

@@ -218,13 +218,11 @@ async fn raw(
     let text = String::from_utf8_lossy(&out).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status = head[9..12].parse().unwrap();
-    let challenge = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("www-authenticate:")
-                .then(|| l["www-authenticate:".len()..].trim().to_owned())
-        });
+    let challenge = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("www-authenticate:")
+            .then(|| l["www-authenticate:".len()..].trim().to_owned())
+    });
     (status, challenge, body.to_owned())
 }
 
@@ -278,7 +276,10 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
     let admin_addr = origin.running().admin_addr;
     let http_addr = origin.running().http_addr.unwrap();
     let counted = |api: &str, reason: &str| {
-        origin.metric("dcdn_auth_refused_total", &[("api", api), ("reason", reason)])
+        origin.metric(
+            "dcdn_auth_refused_total",
+            &[("api", api), ("reason", reason)],
+        )
     };
     let mut longer = admin.clone();
     longer.push('0');
@@ -287,13 +288,39 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
     *same_length.last_mut().unwrap() ^= 1;
     let same_length = String::from_utf8(same_length).unwrap();
     // (Authorization, expected status, expected challenge error, metric reason)
-    let cases: Vec<(Option<String>, u16, Option<&str>, Option<&str>)> = vec![
+    type Case<'a> = (Option<String>, u16, Option<&'a str>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (None, 401, None, Some("no_token")),
-        (Some(format!("Bearer {same_length}")), 401, Some("invalid_token"), Some("bad_token")),
-        (Some(format!("Bearer {longer}")), 401, Some("invalid_token"), Some("bad_token")),
-        (Some(format!("Bearer {shorter}")), 401, Some("invalid_token"), Some("bad_token")),
-        (Some("Bearer ".to_owned()), 401, Some("invalid_request"), Some("malformed_authorization")),
-        (Some(format!("Basic {admin}")), 401, Some("invalid_request"), Some("malformed_authorization")),
+        (
+            Some(format!("Bearer {same_length}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some(format!("Bearer {longer}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some(format!("Bearer {shorter}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some("Bearer ".to_owned()),
+            401,
+            Some("invalid_request"),
+            Some("malformed_authorization"),
+        ),
+        (
+            Some(format!("Basic {admin}")),
+            401,
+            Some("invalid_request"),
+            Some("malformed_authorization"),
+        ),
         (Some(format!("bearer {admin}")), 200, None, None),
         (Some(format!("BEARER  {admin}")), 200, None, None),
         (Some(format!("bearer {read}")), 200, None, None),
@@ -304,14 +331,21 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
         assert_eq!(s, *status, "{auth:?}: {body}");
         if *status == 401 {
             let challenge = challenge.unwrap_or_else(|| panic!("{auth:?}: no WWW-Authenticate"));
-            assert!(challenge.starts_with("Bearer realm=\"dcdn-admin\""), "{challenge}");
+            assert!(
+                challenge.starts_with("Bearer realm=\"dcdn-admin\""),
+                "{challenge}"
+            );
             match error {
                 Some(e) => assert!(challenge.contains(&format!("error=\"{e}\"")), "{challenge}"),
                 None => assert!(!challenge.contains("error="), "{challenge}"),
             }
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["code"], reason.unwrap(), "{auth:?}");
-            assert_eq!(counted("admin", reason.unwrap()), before.unwrap() + 1.0, "{auth:?}");
+            assert_eq!(
+                counted("admin", reason.unwrap()),
+                before.unwrap() + 1.0,
+                "{auth:?}"
+            );
         }
     }
     // The read token reads but cannot change the node.
@@ -331,7 +365,14 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
     // Ingest: the same rules with its own token; nothing is published by a
     // refused request.
     let put = |auth: Option<String>| async move {
-        raw(http_addr, "PUT", "/v1/objects/auth-probe", auth.as_deref(), "hello").await
+        raw(
+            http_addr,
+            "PUT",
+            "/v1/objects/auth-probe",
+            auth.as_deref(),
+            "hello",
+        )
+        .await
     };
     let mut wrong = ingest.clone();
     wrong.push('x');
@@ -345,15 +386,25 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
         let (s, challenge, body) = put(auth.clone()).await;
         assert_eq!(s, 401, "{auth:?}: {body}");
         assert!(
-            challenge.unwrap().starts_with("Bearer realm=\"dcdn-ingest\""),
+            challenge
+                .unwrap()
+                .starts_with("Bearer realm=\"dcdn-ingest\""),
             "{auth:?}"
         );
         assert_eq!(counted("ingest", reason), before + 1.0, "{auth:?}");
     }
-    let edge = c.nodes.iter().find(|n| n.role == Role::Edge).unwrap().http();
+    let edge = c
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Edge)
+        .unwrap()
+        .http();
     let client = Client::new(Duration::from_secs(20));
     assert!(
-        client.get(&format!("{edge}/v1/objects/auth-probe"), None).await.is_err(),
+        client
+            .get(&format!("{edge}/v1/objects/auth-probe"), None)
+            .await
+            .is_err(),
         "a refused PUT published nothing"
     );
     let (s, _, body) = put(Some(format!("bEaReR {ingest}"))).await;

@@ -122,7 +122,10 @@ fn a_node_that_cannot_start_says_why_once() {
     let (code, err) = run_node(&origin.config_path);
     drop(squatter);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&format!("binding admin on {}", origin.admin)), "{err}");
+    assert!(
+        err.contains(&format!("binding admin on {}", origin.admin)),
+        "{err}"
+    );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
     // A credential file that is not there.
     let cert = dir.join("origin-0.pem");

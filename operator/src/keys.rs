@@ -232,7 +232,7 @@ impl AdminTokens {
         let digest = |what: &str, t: &str| {
             dcdn_node::auth::Token::from_secret(t)
                 .map(|t| t.hashed())
-                .map_err(|e| corrupt(&names.admin_secret(), what, &e.to_string()))
+                .map_err(|e| corrupt(&names.admin_secret(), what, e.to_string()))
         };
         Ok(secret_object(
             names,

@@ -181,10 +181,8 @@ fn check_token(headers: &HeaderMap, config: &IngestConfig) -> Result<(), HttpErr
         Refusal::Malformed => "the Authorization header must be `Bearer <token>`",
         _ => "the bearer token is not valid for ingest",
     };
-    Err(
-        HttpError::new(refusal.status(), refusal.as_str(), message)
-            .with_header(header::WWW_AUTHENTICATE, refusal.challenge("dcdn-ingest")),
-    )
+    Err(HttpError::new(refusal.status(), refusal.as_str(), message)
+        .with_header(header::WWW_AUTHENTICATE, refusal.challenge("dcdn-ingest")))
 }
 
 async fn put_object<P: Publish>(

@@ -74,13 +74,11 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         addr: settings.mesh_listen,
         source,
     })?;
-    let mesh_addr = endpoint
-        .local_addr()
-        .map_err(|source| NodeError::Bind {
-            what: "the mesh endpoint",
-            addr: settings.mesh_listen,
-            source,
-        })?;
+    let mesh_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        what: "the mesh endpoint",
+        addr: settings.mesh_listen,
+        source,
+    })?;
     let mut settings = settings;
     if settings.mesh_advertise.port() == 0 {
         settings.mesh_advertise = mesh_addr;
