@@ -69,6 +69,8 @@ struct AdminState {
     shared: Arc<Shared>,
     tokens: AdminTokens,
     config_path: Option<std::path::PathBuf>,
+    /// Set the first time `/readyz` answered ready; see `readyz`.
+    was_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The admin router for a running node.
@@ -81,6 +83,7 @@ pub fn router(
         shared: shared.clone(),
         tokens,
         config_path,
+        was_ready: Arc::default(),
     };
     let read = Router::new()
         .route("/v1/status", get(status))
@@ -232,7 +235,11 @@ struct Readiness {
 }
 
 /// Ready when keys are loaded and, below the origin, an upstream is
-/// connected: a node that cannot get content should not get clients.
+/// connected: a node that cannot get content should not get clients. Once
+/// ready, losing every upstream does not make it unready again (only
+/// draining does): it still serves what it holds, and readiness that
+/// follows the tier above cascades, so one relay restart would empty the
+/// edge Service and fail every client, cached content included.
 #[utoipa::path(get, path = "/readyz", tag = "probes", responses(
     (status = 200, description = "Ready to serve", body = Readiness),
     (status = 503, description = "Not ready; the body says why", body = Readiness)))]
@@ -249,8 +256,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         active.is_some_and(|id| shared.signers.read().contains_key(&id))
     };
     let draining = shared.is_shutting_down();
+    let was_ready = state.was_ready.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = keys_loaded && (upstream || was_ready) && can_sign && !draining;
+    if ready {
+        state
+            .was_ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let body = Readiness {
-        ready: keys_loaded && upstream && can_sign && !draining,
+        ready,
         keys_loaded,
         upstream_connected: upstream,
         can_sign,

@@ -471,6 +471,79 @@ pub struct OriginSection {
     pub store_dir: Option<PathBuf>,
     /// Capacity of `store_dir`, MiB.
     pub store_capacity_mb: Bounded<1, 1073741824>,
+    /// Where the origin fetches an object it does not hold (pull-through):
+    /// an HTTP origin or an S3-compatible bucket. Needs `store_dir`.
+    pub upstream: Option<UpstreamSection>,
+}
+
+/// An origin's upstream: the storage users already have. A request for a
+/// name the origin does not hold is fetched from here once, signed and
+/// kept as a version; it is revalidated (`If-None-Match` /
+/// `If-Modified-Since`) when its freshness runs out, and a changed object
+/// becomes a new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// HTTP(S) base URL: NAME is fetched from `{url}/NAME`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An S3-compatible bucket instead: NAME is the object key.
+    #[serde(default)]
+    pub s3: Option<S3Section>,
+    /// How long a fetched object is fresh when the upstream's
+    /// `Cache-Control` gives no `s-maxage`/`max-age`, seconds; `no-cache`,
+    /// `no-store` and `private` mean 0 (revalidate on every request that
+    /// reaches the origin).
+    #[serde(default = "default_upstream_ttl")]
+    pub default_ttl_secs: Bounded<0, 31536000>,
+    /// When revalidation fails (upstream unreachable, 5xx), serve the
+    /// version held instead of answering 502. Off: a stale copy is never
+    /// passed off as current.
+    #[serde(default)]
+    pub serve_stale_if_error: bool,
+    /// Deadline for the upstream's response headers, and between two
+    /// pieces of its body, milliseconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: Bounded<100, 600000>,
+    /// Upstream fetches in flight at once; more wait up to `timeout_ms`,
+    /// then get 502.
+    #[serde(default = "default_upstream_concurrency")]
+    pub max_concurrent: Bounded<1, 1024>,
+}
+
+fn default_upstream_ttl() -> Bounded<0, 31536000> {
+    Bounded::lit(60)
+}
+fn default_upstream_timeout() -> Bounded<100, 600000> {
+    Bounded::lit(10000)
+}
+fn default_upstream_concurrency() -> Bounded<1, 1024> {
+    Bounded::lit(16)
+}
+
+/// An S3-compatible bucket, read with SigV4-signed `GET`s (path style).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://minio:9000`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// The region requests are signed for.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// File holding the access key id (or `AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    /// File holding the secret access key (or `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".to_owned()
 }
 
 impl Default for OriginSection {
@@ -482,6 +555,7 @@ impl Default for OriginSection {
             cache_control: "public, no-cache".to_owned(),
             store_dir: None,
             store_capacity_mb: Bounded::lit(10240),
+            upstream: None,
         }
     }
 }
@@ -498,6 +572,33 @@ pub fn check_cache_control(value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Live video (HLS, DASH): the window each node keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// DVR window, seconds: a segment published longer ago than this is
+    /// dropped (manifest and chunks) at every node, so a 24/7 stream runs
+    /// in bounded memory. Players can seek back this far.
+    pub dvr_window_seconds: Bounded<2, 86400>,
+    /// Live streams a node tracks at once; a new stream past this is
+    /// refused at the origin and not tracked elsewhere.
+    pub max_streams: Bounded<1, 4096>,
+    /// Segments a node keeps per stream, whatever the window says: the
+    /// bound when a publisher sends many tiny segments.
+    pub max_segments_per_stream: Bounded<4, 65536>,
+}
+
+impl Default for LiveSection {
+    fn default() -> Self {
+        Self {
+            dvr_window_seconds: Bounded::lit(120),
+            max_streams: Bounded::lit(64),
+            max_segments_per_stream: Bounded::lit(2048),
+        }
+    }
 }
 
 /// The admin API's tokens.
@@ -526,6 +627,7 @@ pub struct NodeConfig {
     pub crypto: CryptoSection,
     pub tls: TlsSection,
     pub origin: OriginSection,
+    pub live: LiveSection,
     pub admin: AdminSection,
 }
 
@@ -639,6 +741,37 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         check_cache_control(&self.origin.cache_control)
             .map_err(|e| format!("origin.cache_control: {e}"))?;
+        if let Some(up) = &self.origin.upstream {
+            let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+            match (&up.url, &up.s3) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err("origin.upstream needs exactly one of url and s3".into());
+                }
+                (Some(u), None) if !url_ok(u) => {
+                    return Err(format!(
+                        "origin.upstream.url {u:?} must start with http:// or https://"
+                    ));
+                }
+                (None, Some(s3)) if !url_ok(&s3.endpoint) => {
+                    return Err(format!(
+                        "origin.upstream.s3.endpoint {:?} must start with http:// or https://",
+                        s3.endpoint
+                    ));
+                }
+                (None, Some(s3)) if s3.bucket.is_empty() || s3.bucket.contains('/') => {
+                    return Err(format!(
+                        "origin.upstream.s3.bucket {:?} must be a bucket name",
+                        s3.bucket
+                    ));
+                }
+                _ => {}
+            }
+            if self.origin.store_dir.is_none() {
+                // What was pulled must stay readable chunk by chunk for as
+                // long as edges may ask; the memory store would evict it.
+                return Err("origin.upstream needs origin.store_dir".into());
+            }
+        }
         let f = &self.fec;
         if f.min_parity > f.max_parity {
             return Err(format!(

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub fec_parity: IntGaugeVec,
     /// Repair fetches by `outcome` (ok, failed).
     pub repairs: IntCounterVec,
+    /// An origin's upstream fetches (pull-through) by `kind` (http, s3) and
+    /// `result` (fetched, not_modified, not_found, stale, error, timeout,
+    /// status, busy, too_large, ingest).
+    pub upstream_fetches: IntCounterVec,
     /// Store figures copied from the store's stats at scrape time (the
     /// counters advance by the difference, so they stay counters).
     pub store_bytes: IntGauge,
@@ -87,6 +91,21 @@ pub struct Metrics {
     pub trust_bundle_reloads: IntCounterVec,
     /// Always 1, labelled with the `version` and `commit` this binary is.
     pub build_info: IntGaugeVec,
+    /// Live file versions taken into this node's window, by `stream` and
+    /// `kind` (playlist, mpd, segment). Streams are bounded by
+    /// `live.max_streams`, and a stream's labels go when it is forgotten.
+    pub live_files: IntCounterVec,
+    /// Live files served to players (edges), by `stream` and `kind`.
+    pub live_served: IntCounterVec,
+    /// Live publishes or files refused, by `reason`.
+    pub live_refused: IntCounterVec,
+    /// Live segments dropped because they left the DVR window.
+    pub live_expired: IntCounter,
+    /// Bytes of live files held, by `stream` (set at scrape time).
+    pub live_held_bytes: IntGaugeVec,
+    /// From the origin signing a segment's manifest to this node taking it
+    /// in, seconds: the edge-side latency a player waits beyond the upload.
+    pub live_segment_delay: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -154,6 +173,12 @@ impl Metrics {
                 "dcdn_repairs_total",
                 "Chunks fetched over a reliable stream because push did not deliver them.",
                 &["outcome"],
+            )?,
+            upstream_fetches: counter(
+                r,
+                "dcdn_upstream_fetches_total",
+                "An origin's fetches from its upstream (pull-through), by upstream kind and result.",
+                &["kind", "result"],
             )?,
             store_bytes: gauge(r, "dcdn_store_bytes", "Bytes held in the chunk store.")?,
             store_chunks: gauge(r, "dcdn_store_chunks", "Chunks held in the chunk store.")?,
@@ -293,6 +318,51 @@ impl Metrics {
                 g.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT])
                     .set(1);
                 g
+            },
+            live_files: counter(
+                r,
+                "dcdn_live_files_total",
+                "Live file versions taken into the window, by stream and kind (playlist, mpd, segment).",
+                &["stream", "kind"],
+            )?,
+            live_served: counter(
+                r,
+                "dcdn_live_served_total",
+                "Live files served to players, by stream and kind.",
+                &["stream", "kind"],
+            )?,
+            live_refused: counter(
+                r,
+                "dcdn_live_refused_total",
+                "Live publishes or files refused, by reason.",
+                &["reason"],
+            )?,
+            live_expired: counter1(
+                r,
+                "dcdn_live_expired_segments_total",
+                "Live segments dropped because they left the DVR window.",
+            )?,
+            live_held_bytes: gauge_vec(
+                r,
+                "dcdn_live_held_bytes",
+                "Bytes of live files this node holds, by stream.",
+                &["stream"],
+            )?,
+            live_segment_delay: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dcdn_live_segment_delay_seconds",
+                        "From the origin signing a live segment's manifest to this node taking it in.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .map_err(|source| MetricsError::Register {
+                    name: "dcdn_live_segment_delay_seconds",
+                    source,
+                })?;
+                register(r, "dcdn_live_segment_delay_seconds", h)?
             },
             registry,
         })

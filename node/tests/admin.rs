@@ -1022,3 +1022,81 @@ async fn slow_clients_are_cut_off_and_one_ip_cannot_hold_every_connection() {
     }
     c.stop().await;
 }
+
+/// An edge that has been ready stays ready when its only relay goes away
+/// (readiness must not cascade: one relay restart would otherwise empty the
+/// edge Service) and keeps serving what it holds; it says in the body that
+/// no upstream is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_stays_ready_and_serves_what_it_holds_while_its_relay_is_gone() {
+    let mut c = TestCluster::start(
+        "admin-ready-cascade",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let client = Client::new(Duration::from_secs(5));
+    let data = Bytes::from(vec![7u8; 300_000]);
+    client
+        .put_stream(
+            &format!("{}/v1/objects/held.bin", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            futures_util::stream::iter(vec![Ok::<_, std::io::Error>(data.clone())]),
+        )
+        .await
+        .unwrap();
+    let edge = c.by_role(Role::Edge)[0];
+    let (edge_http, edge_admin) = (c.nodes[edge].http(), c.nodes[edge].admin());
+    let url = format!("{edge_http}/v1/objects/held.bin");
+    assert_eq!(client.get(&url, None).await.unwrap().body, data);
+    let ready = client
+        .get_json(&format!("{edge_admin}/readyz"), None)
+        .await
+        .unwrap();
+    assert_eq!(ready["upstream_connected"], true, "{ready}");
+
+    let relay = c.by_role(Role::Relay)[0];
+    c.nodes[relay].stop().await;
+    // Until the edge has noticed: its body says no upstream is connected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let resp = get_any_status(&client, &format!("{edge_admin}/readyz")).await;
+        if resp.1["upstream_connected"] == false {
+            break resp;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never noticed its relay had gone: {:?}",
+            resp
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        body.0, 200,
+        "an edge that was ready stays ready: {:?}",
+        body
+    );
+    assert_eq!(body.1["ready"], true);
+    assert_eq!(client.get(&url, None).await.unwrap().body, data);
+    c.stop().await;
+}
+
+/// Status and JSON body of a GET whatever the status (`Client::get` turns
+/// a 503 into an error).
+async fn get_any_status(client: &Client, url: &str) -> (u16, serde_json::Value) {
+    match client.get(url, None).await {
+        Ok(r) => (
+            r.status.as_u16(),
+            serde_json::from_slice(&r.body).unwrap_or_default(),
+        ),
+        Err(dcdn_node::client::ClientError::Status { status, body, .. }) => (
+            status.as_u16(),
+            serde_json::from_str(&body).unwrap_or_default(),
+        ),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}

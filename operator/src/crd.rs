@@ -186,8 +186,10 @@ impl Default for KeyRotationSpec {
 pub struct OriginStorageSpec {
     /// Size of the claim, in `Mi`, `Gi` or `Ti` (e.g. `10Gi`); the origin
     /// accepts publishes up to 95 % of it and refuses (507) beyond. A
-    /// StatefulSet's claim templates cannot change once created, so pick
-    /// the size up front.
+    /// StatefulSet's claim templates cannot change in place: on a change
+    /// the operator grows the existing claims (if their StorageClass allows
+    /// volume expansion; a claim never shrinks) and replaces the origin
+    /// StatefulSet, keeping its pods and claims.
     #[serde(default = "origin_storage_size")]
     #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]{0,6}(Mi|Gi|Ti)$')").message("size must be like 512Mi, 10Gi or 1Ti"))]
     pub size: String,

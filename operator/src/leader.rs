@@ -6,6 +6,14 @@
 //! resourceVersion it read, so two replicas racing for an expired lease
 //! cannot both win. A leader that fails to renew before its lease would
 //! expire steps down (the caller exits and is restarted as a follower).
+//!
+//! "Unrenewed for `duration`" is measured on the follower's own clock, from
+//! when it first saw the holder's current record (as client-go does), never
+//! by comparing its clock with the `renewTime` another machine wrote: a
+//! holder whose clock runs behind would otherwise look expired while it
+//! renews, and two replicas would lead. A leader that shuts down releases
+//! the lease (`release`), so a follower takes over at once, not after
+//! `duration`.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -35,6 +43,9 @@ pub enum Attempt {
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
+    /// The holder's record as last seen (holder, renewTime) and when, on
+    /// this replica's clock.
+    observed: parking_lot::Mutex<Option<(String, Option<MicroTime>, Timestamp)>>,
 }
 
 impl Elector {
@@ -42,6 +53,7 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: parking_lot::Mutex::new(None),
         }
     }
 
@@ -83,9 +95,20 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.config.identity;
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(t), Some(d)) => now.duration_since(t.0) > SignedDuration::from_secs(i64::from(d)),
-            _ => true,
+        let expired = {
+            let record = (holder.clone(), spec.renew_time.clone());
+            let mut observed = self.observed.lock();
+            let since = match observed.as_ref() {
+                Some((h, r, at)) if (h, r) == (&record.0, &record.1) => *at,
+                _ => {
+                    *observed = Some((record.0, record.1, now));
+                    now
+                }
+            };
+            match spec.lease_duration_seconds {
+                Some(d) => now.duration_since(since) > SignedDuration::from_secs(i64::from(d)),
+                None => true,
+            }
         };
         if !ours && !expired && !holder.is_empty() {
             return Ok(Attempt::Following { holder });
@@ -102,6 +125,32 @@ impl Elector {
         match self.api.replace(&self.config.name, &pp, &lease).await {
             Ok(_) => Ok(Attempt::Leading),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Following { holder }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up if this replica holds it: no holder, so another
+    /// replica takes it on its next attempt. Called on shutdown.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(1);
+        lease.spec = Some(spec);
+        let pp = PostParams {
+            field_manager: Some(crate::reconcile::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match self.api.replace(&self.config.name, &pp, &lease).await {
+            // Someone wrote it meanwhile: it is not ours to release any more.
+            Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -187,8 +236,15 @@ mod tests {
                 .unwrap(),
             Attempt::Following { .. }
         ));
-        // a stops renewing: after the lease duration b takes over.
-        let late = t0 + SignedDuration::from_secs(26);
+        // a stops renewing: b takes over once it has seen the same record
+        // for the lease duration on its own clock (from t0+20), not earlier.
+        assert!(matches!(
+            b.try_acquire(t0 + SignedDuration::from_secs(26))
+                .await
+                .unwrap(),
+            Attempt::Following { .. }
+        ));
+        let late = t0 + SignedDuration::from_secs(36);
         assert_eq!(b.try_acquire(late).await.unwrap(), Attempt::Leading);
         assert!(matches!(
             a.try_acquire(late + SignedDuration::from_secs(1))
@@ -203,5 +259,77 @@ mod tests {
         let spec = lease.spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("b"));
         assert_eq!(spec.lease_transitions, Some(1));
+    }
+
+    /// A holder whose clock is an hour behind writes renewTimes that look
+    /// long expired to a follower; it must still be followed while it
+    /// renews, and taken over only when it stops.
+    #[tokio::test]
+    async fn a_holder_with_a_clock_behind_keeps_the_lease_while_it_renews() {
+        let client = kube_fake_client::ClientBuilder::new()
+            .build()
+            .await
+            .unwrap();
+        let a = Elector::new(client.clone(), cfg("a"));
+        let b = Elector::new(client.clone(), cfg("b"));
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let behind = SignedDuration::from_hours(1);
+        for i in 0..6 {
+            let t = t0 + SignedDuration::from_secs(5 * i);
+            assert_eq!(a.try_acquire(t - behind).await.unwrap(), Attempt::Leading);
+            assert_eq!(
+                b.try_acquire(t + SignedDuration::from_secs(1))
+                    .await
+                    .unwrap(),
+                Attempt::Following { holder: "a".into() },
+                "b took the lease of a live holder at step {i}"
+            );
+        }
+        let last = t0 + SignedDuration::from_secs(26);
+        assert!(matches!(
+            b.try_acquire(last + SignedDuration::from_secs(10))
+                .await
+                .unwrap(),
+            Attempt::Following { .. }
+        ));
+        assert_eq!(
+            b.try_acquire(last + SignedDuration::from_secs(16))
+                .await
+                .unwrap(),
+            Attempt::Leading
+        );
+    }
+
+    /// A leader that shuts down releases the lease: the follower takes it
+    /// at once instead of after the lease duration.
+    #[tokio::test]
+    async fn a_released_lease_is_taken_at_once() {
+        let client = kube_fake_client::ClientBuilder::new()
+            .build()
+            .await
+            .unwrap();
+        let a = Elector::new(client.clone(), cfg("a"));
+        let b = Elector::new(client.clone(), cfg("b"));
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(a.try_acquire(t0).await.unwrap(), Attempt::Leading);
+        assert!(matches!(
+            b.try_acquire(t0).await.unwrap(),
+            Attempt::Following { .. }
+        ));
+        // b releasing what it does not hold changes nothing.
+        b.release().await.unwrap();
+        assert!(matches!(
+            b.try_acquire(t0 + SignedDuration::from_secs(1))
+                .await
+                .unwrap(),
+            Attempt::Following { .. }
+        ));
+        a.release().await.unwrap();
+        assert_eq!(
+            b.try_acquire(t0 + SignedDuration::from_secs(2))
+                .await
+                .unwrap(),
+            Attempt::Leading
+        );
     }
 }

@@ -18,11 +18,14 @@ use crate::rotation::{self, PodReport, TRIGGER_ANNOTATION};
 use dcdn_node::config::Role;
 use dcdn_node::crypto::{KeyRing, TrustBundle};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PropagationPolicy,
 };
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -317,6 +320,141 @@ fn rollout_gate(
     (allowed, waiting)
 }
 
+/// Whether a live StatefulSet's `volumeClaimTemplates` differ from the
+/// wanted ones (`spec.originStorage` resized, its class changed, or turned
+/// on for a StatefulSet made before it existed). The API server refuses
+/// any change to them, so such a StatefulSet must be replaced.
+fn claims_changed(live: &StatefulSet, want: &Value) -> bool {
+    let live_claims = live
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+        .unwrap_or_else(|| json!([]));
+    let want_claims = match &want["spec"]["volumeClaimTemplates"] {
+        Value::Null => json!([]),
+        v => v.clone(),
+    };
+    !holds(&live_claims, &want_claims)
+}
+
+/// A resource quantity in bytes (`10Gi`, `500M`, `1073741824`); None for
+/// what a storage size is never written as.
+fn quantity_bytes(q: &str) -> Option<u128> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: u128 = n.parse().ok()?;
+    let per: u128 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    n.checked_mul(per)
+}
+
+/// Replaces a StatefulSet whose claim templates changed without touching
+/// its pods or data: claims that must grow are expanded in place first
+/// (which needs a StorageClass with `allowVolumeExpansion`; a refusal is
+/// reported in `problems`), then the StatefulSet is deleted with
+/// `propagationPolicy: Orphan` — its pods keep running and its claims stay
+/// — and the next pass creates it again with the new templates; it adopts
+/// the same pods and claims by name. Returns what happened, for the event
+/// and the Progressing condition.
+async fn replace_for_claims(
+    client: &kube::Client,
+    names: &Names,
+    live: &StatefulSet,
+    want: &Value,
+    problems: &mut Vec<String>,
+) -> Result<String, Error> {
+    let sts_name = live.name_any();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let mut notes = Vec::new();
+    let wanted = want["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for claim in &wanted {
+        let (Some(claim_name), Some(size)) = (
+            claim["metadata"]["name"].as_str(),
+            claim["spec"]["resources"]["requests"]["storage"].as_str(),
+        ) else {
+            continue;
+        };
+        let class = claim["spec"]["storageClassName"].as_str();
+        for i in 0..replicas {
+            let pvc_name = format!("{claim_name}-{sts_name}-{i}");
+            let Some(pvc) = pvcs
+                .get_opt(&pvc_name)
+                .await
+                .map_err(api_err(format!("reading PersistentVolumeClaim {pvc_name}")))?
+            else {
+                continue;
+            };
+            let spec = pvc.spec.unwrap_or_default();
+            let had = spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| q.0.clone())
+                .unwrap_or_default();
+            match (quantity_bytes(&had), quantity_bytes(size)) {
+                (Some(old), Some(new)) if new > old => {
+                    let patch =
+                        json!({ "spec": { "resources": { "requests": { "storage": size } } } });
+                    match pvcs
+                        .patch(&pvc_name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => notes.push(format!("{pvc_name} expanded from {had} to {size}")),
+                        Err(e) => problems.push(format!(
+                            "{pvc_name} could not grow from {had} to {size} (does its StorageClass allow volume expansion?): {e}; the origin may then refuse publishes with 507 only once its disk is full"
+                        )),
+                    }
+                }
+                (Some(old), Some(new)) if new < old => notes.push(format!(
+                    "{pvc_name} keeps {had}: a claim cannot shrink (new claims get {size})"
+                )),
+                _ => {}
+            }
+            if let Some(class) = class
+                && spec.storage_class_name.as_deref() != Some(class)
+            {
+                notes.push(format!(
+                    "{pvc_name} keeps StorageClass {:?}: a claim's class cannot change (new claims get {class})",
+                    spec.storage_class_name.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let orphan = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        ..DeleteParams::default()
+    };
+    match sts.delete(&sts_name, &orphan).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(api_err(format!("deleting StatefulSet {sts_name}"))(e)),
+    }
+    notes.push(format!(
+        "StatefulSet {sts_name} deleted with its pods and claims kept, to be created again with the new volumeClaimTemplates (they cannot be changed in place)"
+    ));
+    Ok(notes.join("; "))
+}
+
 /// Whether `live` carries every field of `want` with the same value. Fields
 /// only the live object has (server defaults, other managers' annotations,
 /// status) do not count; list elements are compared pairwise.
@@ -418,7 +556,22 @@ async fn read_keys(
                     names.trust_bundle()
                 ))
             })?,
-        None => KeyRing::new(),
+        // Deleted (or never written): rebuilt from the signing key, but
+        // numbered on from the generation the status recorded. Nodes refuse
+        // a bundle older than the one they run, so a ring restarted at 0
+        // would never reach them.
+        None => {
+            let generation = c
+                .status
+                .as_ref()
+                .and_then(|s| s.keyset_generation)
+                .unwrap_or(0);
+            KeyRing::from_bundle(&TrustBundle {
+                generation,
+                keys: Vec::new(),
+            })
+            .map_err(|e| Error::Precondition(format!("rebuilding the trust bundle: {e}")))?
+        }
     };
     Ok(KeyState {
         ca,
@@ -810,6 +963,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let mut applied_names: Vec<(String, String)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
+    let mut replaced: Vec<String> = Vec::new();
     for mut obj in desired {
         let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
         let name = obj["metadata"]["name"]
@@ -820,6 +974,20 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         if kind == "StatefulSet" {
             let role = TIERS.iter().find(|r| names.workload(**r) == name).copied();
             if role.is_some_and(|r| !allowed.get(&r).copied().unwrap_or(true)) {
+                continue;
+            }
+            if let Some(live_sts) = role.and_then(|r| live.stateful_sets.get(&r))
+                && claims_changed(live_sts, &obj)
+            {
+                let note =
+                    replace_for_claims(client, &names, live_sts, &obj, &mut problems).await?;
+                ctx.metrics
+                    .writes
+                    .with_label_values(&["StatefulSet", "delete"])
+                    .inc();
+                tracing::info!(statefulset = %name, %note, "volumeClaimTemplates changed");
+                replaced.push(note);
+                // Created again by the next pass, once it is gone.
                 continue;
             }
         }
@@ -925,13 +1093,28 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         })
     });
     let rotating = outcome.phase != RotationPhase::Idle;
-    let progressing_msg = rollout_wait.clone().unwrap_or_else(|| {
-        if all_current {
-            "every tier runs the current template".into()
-        } else {
-            "tiers are rolling out or starting".into()
-        }
-    });
+    if !replaced.is_empty() {
+        publish_event(
+            ctx,
+            c,
+            EventType::Normal,
+            "VolumeClaimTemplatesChanged",
+            replaced.join("; "),
+        )
+        .await;
+    }
+    let all_current = all_current && replaced.is_empty();
+    let progressing_msg = if replaced.is_empty() {
+        rollout_wait.clone().unwrap_or_else(|| {
+            if all_current {
+                "every tier runs the current template".into()
+            } else {
+                "tiers are rolling out or starting".into()
+            }
+        })
+    } else {
+        replaced.join("; ")
+    };
     let mut conds = vec![
         condition(
             "Ready",
@@ -955,7 +1138,9 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         condition(
             "Progressing",
             !all_current,
-            if rollout_wait.is_some() {
+            if !replaced.is_empty() {
+                "ReplacingStatefulSet"
+            } else if rollout_wait.is_some() {
                 "WaitingForTier"
             } else if all_current {
                 "RolloutComplete"

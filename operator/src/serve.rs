@@ -175,7 +175,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     match &elector {
         Some(e) => {
             tokio::select! {
-                _ = controller => Ok(()),
+                _ = controller => {
+                    // Shut down: hand the lease over now, so a follower does
+                    // not wait out its duration (a rolling update of the
+                    // operator would otherwise reconcile nothing for 15 s).
+                    metrics.leader.set(0);
+                    if let Err(err) = e.release().await {
+                        tracing::warn!(error = %err, "releasing the leader lease failed; it expires on its own");
+                    }
+                    Ok(())
+                }
                 _ = e.hold() => {
                     metrics.leader.set(0);
                     anyhow::bail!("lost leadership; exiting so a follower can take over")

@@ -72,6 +72,8 @@ impl NodeAdmin for FakeNodes {
 }
 
 struct World {
+    /// Every delete: (name, whether dependents were to be deleted too).
+    deletes: Arc<Mutex<Vec<(String, bool)>>>,
     client: Client,
     ctx: Arc<Context<FakeNodes>>,
     nodes: FakeNodes,
@@ -88,8 +90,39 @@ spec:
   edge: {replicas: 3}
 ";
 
+/// The API server behind a layer answering 403 for ServiceMonitors, as a
+/// real one does when RBAC does not grant them.
+fn forbid_service_monitors(inner: Client) -> Client {
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        async move {
+            if req.uri().path().contains("/servicemonitors") {
+                let status = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": "servicemonitors.monitoring.coreos.com is forbidden",
+                });
+                let resp = http::Response::builder()
+                    .status(403)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&status).unwrap(),
+                    ))
+                    .unwrap();
+                return Ok::<_, kube::Error>(resp);
+            }
+            inner.send(req).await
+        }
+    });
+    Client::new(svc, NS)
+}
+
 impl World {
     async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    async fn build(forbidden_monitors: bool) -> Self {
         let writes = Arc::new(AtomicUsize::new(0));
         let (w1, w2, w3, w4) = (
             writes.clone(),
@@ -97,17 +130,50 @@ impl World {
             writes.clone(),
             writes.clone(),
         );
+        let deletes: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let deleted = deletes.clone();
         let funcs = kube_fake_client::interceptor::Funcs::new()
-            .patch(move |_| {
+            .patch(move |ctx| {
                 w1.fetch_add(1, Ordering::Relaxed);
+                // As the real API server: a StatefulSet's
+                // volumeClaimTemplates cannot change once created.
+                if ctx.patch["kind"] == "StatefulSet"
+                    && let Ok(live) = ctx.client.get::<StatefulSet>(ctx.namespace, ctx.name)
+                {
+                    let claims = |v: &serde_json::Value| -> Vec<(String, String, String)> {
+                        v.as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|c| {
+                                        (
+                                            c["metadata"]["name"].to_string(),
+                                            c["spec"]["resources"]["requests"]["storage"]
+                                                .to_string(),
+                                            c["spec"]["storageClassName"].to_string(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    };
+                    let live = serde_json::to_value(&live).unwrap();
+                    if claims(&live["spec"]["volumeClaimTemplates"])
+                        != claims(&ctx.patch["spec"]["volumeClaimTemplates"])
+                    {
+                        return Err(kube_fake_client::Error::ImmutableField {
+                            field: "spec.volumeClaimTemplates".into(),
+                        });
+                    }
+                }
                 Ok(None)
             })
             .create(move |_| {
                 w2.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             })
-            .delete(move |_| {
+            .delete(move |ctx| {
                 w3.fetch_add(1, Ordering::Relaxed);
+                deleted.lock().push((ctx.name.to_owned(), ctx.cascade));
                 Ok(None)
             })
             // Status writes are writes too: an unchanged pass makes none.
@@ -123,6 +189,11 @@ impl World {
             .build()
             .await
             .unwrap();
+        let client = if forbidden_monitors {
+            forbid_service_monitors(client)
+        } else {
+            client
+        };
         let nodes = FakeNodes::default();
         let now = Arc::new(Mutex::new(
             "2026-03-01T00:00:00Z".parse::<Timestamp>().unwrap(),
@@ -138,6 +209,7 @@ impl World {
         let clock = now.clone();
         ctx.clock = Box::new(move || *clock.lock());
         let w = Self {
+            deletes,
             client,
             ctx: Arc::new(ctx),
             nodes,
@@ -919,4 +991,141 @@ async fn the_origin_is_asked_to_reload_until_it_holds_the_next_key() {
             .2
             .contains("origin to load")
     );
+}
+
+/// `spec.originStorage` resized on a running cluster: the API server
+/// refuses any change to a StatefulSet's volumeClaimTemplates (the fake
+/// here refuses it too), so the operator grows the existing claim in place,
+/// deletes the origin StatefulSet with its pods and claims orphaned, says
+/// so in an event and the Progressing condition, and creates it again with
+/// the new templates on the next pass.
+#[tokio::test]
+async fn resizing_origin_storage_replaces_the_origin_statefulset_and_grows_its_claim() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.pass().await;
+    assert_eq!(w.condition("Ready").await.0, "True");
+    // The claim the StatefulSet controller made for the origin pod.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(w.client.clone(), NS);
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "origin-store-demo-origin-0", "namespace": NS },
+        "spec": { "accessModes": ["ReadWriteOnce"],
+                  "resources": { "requests": { "storage": "10Gi" } } },
+    }))
+    .unwrap();
+    pvcs.create(&PostParams::default(), &claim).await.unwrap();
+    w.deletes.lock().clear();
+
+    w.edit(serde_json::json!({ "spec": { "originStorage": { "size": "20Gi" } } }))
+        .await;
+    w.pass().await;
+    assert_eq!(
+        *w.deletes.lock(),
+        vec![("demo-origin".to_owned(), false)],
+        "the origin StatefulSet is deleted with its pods orphaned, nothing else"
+    );
+    assert!(w.sts().get_opt("demo-origin").await.unwrap().is_none());
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+    assert!(pods.get_opt("demo-origin-0").await.unwrap().is_some());
+    let grown = pvcs.get("origin-store-demo-origin-0").await.unwrap();
+    assert_eq!(
+        grown.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0,
+        "20Gi"
+    );
+    let (status, reason, message) = w.condition("Progressing").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ReplacingStatefulSet")
+    );
+    assert!(message.contains("expanded from 10Gi to 20Gi"), "{message}");
+
+    // The next pass creates it again, with the new claim template.
+    w.pass().await;
+    let origin = w.sts().get("demo-origin").await.unwrap();
+    let templates = origin.spec.unwrap().volume_claim_templates.unwrap();
+    assert_eq!(
+        templates[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"]
+            .0,
+        "20Gi"
+    );
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.pass().await;
+    assert_eq!(w.condition("Ready").await.0, "True");
+    assert_eq!(w.deletes.lock().len(), 1, "replaced once");
+}
+
+/// A deleted trust-bundle ConfigMap is rebuilt numbered on from the
+/// generation the status recorded: nodes refuse a bundle older than the one
+/// they run, so one restarted at 0 would never reach them (and a rotation
+/// comparing generations would wait for ever, or take a stale node for
+/// current).
+#[tokio::test]
+async fn a_deleted_trust_bundle_is_rebuilt_newer_than_what_the_nodes_run() {
+    let w = World::new().await;
+    w.pass().await;
+    w.settle_all().await;
+    w.sync_nodes().await;
+    w.pass().await;
+    let before = w.bundle().await;
+    let recorded = w.cluster().await.status.unwrap().keyset_generation;
+    assert_eq!(recorded, Some(before.generation));
+    let cms: Api<ConfigMap> = Api::namespaced(w.client.clone(), NS);
+    cms.delete("demo-trust-bundle", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.pass().await;
+    let after = w.bundle().await;
+    assert!(
+        after.generation > before.generation,
+        "rebuilt at generation {} while nodes run {}",
+        after.generation,
+        before.generation
+    );
+    // Same keys, same active one: only the number moved on.
+    let ids = |b: &TrustBundle| {
+        b.keys
+            .iter()
+            .map(|k| (k.id.clone(), k.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(
+        w.cluster().await.status.unwrap().keyset_generation,
+        Some(after.generation)
+    );
+}
+
+/// An operator RBAC may not list or write ServiceMonitors: with monitoring
+/// off that is nothing to prune and no error; with it on, the pass still
+/// applies everything else and names the missing permission in Degraded.
+#[tokio::test]
+async fn a_403_on_service_monitors_fails_no_pass_and_is_named_when_one_is_wanted() {
+    let w = World::build(true).await;
+    w.pass().await;
+    w.settle_all().await;
+    w.pass().await;
+    let (ready, _, msg) = w.condition("Ready").await;
+    assert_eq!(ready, "True", "{msg}");
+    w.edit(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": true}}}))
+        .await;
+    w.pass().await;
+    let (degraded, _, msg) = w.condition("Degraded").await;
+    assert_eq!(degraded, "True", "{msg}");
+    assert!(msg.contains("RBAC"), "{msg}");
+    // Everything else is still there and owned.
+    assert!(w.sts().get("demo-edge").await.is_ok());
 }

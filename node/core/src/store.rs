@@ -235,10 +235,15 @@ impl Hasher for IdHash {
     }
 }
 
+/// The shard takes bits 32..36 of the hash: the shard's table uses the low
+/// bits for the bucket and the top 7 as each slot's tag byte. Sharding on
+/// the top bits (as this once did) left every id in a shard with the same 4
+/// of its 7 tag bits, so 1 in 8 slots looked like a match and each false
+/// match cost a pointer chase into a boxed entry.
 fn shard_of(id: &ChunkId) -> usize {
     let mut h = IdHash(0);
     id.hash(&mut h);
-    (h.finish() >> 59) as usize % SHARDS
+    (h.finish() >> 32) as usize % SHARDS
 }
 
 /// The chunk store.
@@ -521,6 +526,30 @@ mod tests {
             },
             signature: [seq as u8; 64],
             payload: Bytes::from(payload),
+        }
+    }
+
+    /// Within one shard the ids must still spread over the table's tag
+    /// byte (the hash's top 7 bits); if the shard were picked from those
+    /// bits, a shard's ids would share most of them and every lookup
+    /// would chase false matches.
+    #[test]
+    fn a_shards_ids_keep_the_tables_tag_bits_apart() {
+        let mut tags: Vec<HashSet<u64>> = vec![HashSet::new(); SHARDS];
+        for stream in 0..8 {
+            for seq in 0..4096 {
+                let id = ChunkId::new(StreamId(stream), seq);
+                let mut h = IdHash(0);
+                id.hash(&mut h);
+                tags[shard_of(&id)].insert(h.finish() >> 57);
+            }
+        }
+        for (i, t) in tags.iter().enumerate() {
+            assert!(
+                t.len() >= 120,
+                "shard {i} sees only {} of 128 tag values",
+                t.len()
+            );
         }
     }
 

@@ -140,10 +140,12 @@ async fn pipe<W: tokio::io::AsyncWrite + Unpin>(
 
 /// The baselines of `e2e_throughput`, raw quinn with the same mTLS setup
 /// and the object generated before any clock starts:
-/// - `chain`: the same hops as ours — an origin task serving the object on
-///   a QUIC stream, a relay task piping it to the edge's QUIC stream, an
-///   edge task piping that into the client's TCP connection — all
-///   streaming, no signatures, no chunking;
+/// - `chain`: the same hops and the same concurrency as ours — the edge
+///   task asks for the object in pieces of the node's chunk size, keeping
+///   as many requests in flight as the edge's read-ahead, each on its own
+///   QUIC stream to the relay, which opens one to the origin per request
+///   and pipes the answer back; the edge writes the pieces to the client's
+///   TCP connection in order. No signatures, no store;
 /// - `one_hop`: one QUIC connection, one stream.
 struct RawQuinn {
     chain_http: SocketAddr,
@@ -180,20 +182,50 @@ impl RawQuinn {
                 });
             }
         };
-        tasks.push(tokio::spawn(serve(o, data.clone())));
-        // Relay: each stream from the edge becomes one to the origin, piped back.
+        // Origin of the chain: each stream asks for (offset u64, length u32)
+        // of the object.
+        let serve_pieces = |ep: MeshEndpoint, data: Bytes| async move {
+            while let Some(Ok(pc)) = ep.accept().await {
+                let data = data.clone();
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = pc.connection.accept_bi().await {
+                        let data = data.clone();
+                        tokio::spawn(async move {
+                            let mut ask = [0u8; 12];
+                            if recv.read_exact(&mut ask).await.is_err() {
+                                return;
+                            }
+                            let (off, n) = piece_of(&ask);
+                            let Some(piece) = data.get(off..off.saturating_add(n)) else {
+                                return;
+                            };
+                            let _ = send.write_chunk(data.slice_ref(piece)).await;
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        });
+                    }
+                });
+            }
+        };
+        tasks.push(tokio::spawn(serve_pieces(o, data.clone())));
+        // Relay: each stream from the edge becomes one to the origin carrying
+        // the same request, piped back.
         let up = r.connect(o_addr).await?;
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(down)) = r.accept().await {
                 let up = up.connection.clone();
                 tokio::spawn(async move {
-                    while let Ok((mut send, _recv)) = down.connection.accept_bi().await {
+                    while let Ok((mut send, mut recv)) = down.connection.accept_bi().await {
                         let up = up.clone();
                         tokio::spawn(async move {
+                            let mut ask = [0u8; 12];
+                            if recv.read_exact(&mut ask).await.is_err() {
+                                return;
+                            }
                             let Ok((mut us, mut ur)) = up.open_bi().await else {
                                 return;
                             };
-                            let _ = us.write_all(b"go").await;
+                            let _ = us.write_all(&ask).await;
                             let _ = pipe(&mut ur, &mut send).await;
                             let _ = send.finish();
                             let _ = send.stopped().await;
@@ -202,8 +234,11 @@ impl RawQuinn {
                 });
             }
         }));
-        // Edge: each client TCP connection gets one stream through the relay.
+        // Edge: each client TCP connection gets the object piece by piece
+        // through the relay, `read_ahead` pieces in flight.
         let relay = e.connect(r_addr).await?;
+        let piece_len = NodeConfig::default().origin.chunk_size_kb.get() as usize * 1024;
+        let read_ahead = crate::roles::serve::ServeConfig::default().read_ahead;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let chain_http = http.local_addr()?;
         tasks.push(tokio::spawn(async move {
@@ -212,13 +247,30 @@ impl RawQuinn {
                 let relay = relay.connection.clone();
                 tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
+                    use tokio::io::AsyncWriteExt;
                     let mut request = [0u8; 64];
                     let _ = tcp.read(&mut request).await;
-                    let Ok((mut rs, mut rr)) = relay.open_bi().await else {
-                        return;
-                    };
-                    let _ = rs.write_all(b"go").await;
-                    let _ = pipe(&mut rr, &mut tcp).await;
+                    let mut pending = std::collections::VecDeque::new();
+                    let mut next = 0;
+                    loop {
+                        while next < len && pending.len() < read_ahead {
+                            let n = piece_len.min(len - next);
+                            pending.push_back(tokio::spawn(fetch_piece(relay.clone(), next, n)));
+                            next += n;
+                        }
+                        let Some(piece) = pending.pop_front() else {
+                            break;
+                        };
+                        let Ok(Ok(piece)) = piece.await else {
+                            break;
+                        };
+                        if tcp.write_all(&piece).await.is_err() {
+                            break;
+                        }
+                    }
+                    for p in pending {
+                        p.abort();
+                    }
                 });
             }
         }));
@@ -271,6 +323,34 @@ impl RawQuinn {
         pc.connection.close(quinn::VarInt::from_u32(0), b"done");
         Ok(self.len as f64 / 1e6 / secs)
     }
+}
+
+/// The (offset, length) a raw-chain request asks for.
+fn piece_of(ask: &[u8; 12]) -> (usize, usize) {
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&ask[..8]);
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&ask[8..]);
+    (
+        u64::from_be_bytes(off) as usize,
+        u32::from_be_bytes(n) as usize,
+    )
+}
+
+/// One piece of the object through the raw relay, on its own stream.
+async fn fetch_piece(relay: quinn::Connection, off: usize, n: usize) -> anyhow::Result<Vec<u8>> {
+    let (mut send, mut recv) = relay.open_bi().await?;
+    let mut ask = [0u8; 12];
+    ask[..8].copy_from_slice(&(off as u64).to_be_bytes());
+    ask[8..].copy_from_slice(&(n as u32).to_be_bytes());
+    send.write_all(&ask).await?;
+    let piece = recv.read_to_end(n).await?;
+    anyhow::ensure!(
+        piece.len() == n,
+        "piece at {off}: {} of {n} bytes",
+        piece.len()
+    );
+    Ok(piece)
 }
 
 impl Drop for RawQuinn {
@@ -337,7 +417,7 @@ pub(super) async fn e2e_throughput(options: BenchOptions) -> anyhow::Result<Vec<
             "MB/s",
             ours,
             super::median(&mut chain),
-            "raw quinn relay chain, same hops (origin→relay→edge QUIC, edge→client TCP)",
+            "raw quinn relay chain, same hops and read-ahead (chunk-sized requests, 4 in flight)",
         ),
         BenchResult::new(
             "e2e_throughput_vs_one_hop",
@@ -405,7 +485,8 @@ async fn offload_run(
 
 /// Publish → stored at the edge, 3 nodes on loopback, live chunks of 16 KB
 /// pushed as FEC datagrams; p50 and p99 in ms against raw quinn carrying the
-/// same chunk over two stream hops.
+/// same chunk over two stream hops. Each of our chunks is followed by one
+/// raw message, so both sides see the same moments of machine load.
 pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<BenchResult>> {
     let n = if options.quick { 50 } else { 400 };
     let c = Cluster::start(
@@ -420,6 +501,8 @@ pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<Be
     let edge = c.of(Role::Edge)[0].shared.clone();
     let mut at_edge = edge.arrivals.subscribe();
     let stream = crate::chunk::StreamId::live("latency");
+    let mut raw = RawTwoHop::start(16_000, n).await?;
+    let mut raw_latencies = Vec::with_capacity(n);
     let mut latencies = Vec::with_capacity(n);
     for seq in 0..n as u64 {
         let payload = object(16_000);
@@ -444,16 +527,26 @@ pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<Be
             latencies.push(start.elapsed().as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Some(ms) = raw.once().await? {
+            raw_latencies.push(ms);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    drop(raw);
     c.stop().await;
     anyhow::ensure!(
         latencies.len() * 100 >= n * 99,
         "only {} of {n} chunks arrived",
         latencies.len()
     );
+    anyhow::ensure!(
+        !raw_latencies.is_empty(),
+        "raw quinn relay delivered nothing"
+    );
     latencies.sort_by(f64::total_cmp);
+    raw_latencies.sort_by(f64::total_cmp);
+    let raw = raw_latencies;
     let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    let raw = raw_two_hop_latency(16_000, n / 2).await?;
     Ok(vec![
         BenchResult::new(
             "live_latency_p50",
@@ -472,77 +565,100 @@ pub(super) async fn live_latency(options: BenchOptions) -> anyhow::Result<Vec<Be
     ])
 }
 
-/// Raw quinn: a relay process that forwards each message from one stream
-/// connection to the next; latency of `len`-byte messages, sorted, ms.
-async fn raw_two_hop_latency(len: usize, n: usize) -> anyhow::Result<Vec<f64>> {
-    let ca = ClusterCa::generate("bench")?;
-    let bind = |name: &str, role| -> anyhow::Result<MeshEndpoint> {
-        Ok(MeshEndpoint::bind(
-            "127.0.0.1:0".parse()?,
-            &ca.issue_node(name, role)?,
-            ca.cert_pem(),
-            MeshLimits::default(),
-        )?)
-    };
-    let (o, r, e) = (
-        bind("o", Role::Origin)?,
-        bind("r", Role::Relay)?,
-        bind("e", Role::Edge)?,
-    );
-    let (r_addr, e_addr) = (r.local_addr()?, e.local_addr()?);
-    // Edge: echo arrival over a channel.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(n);
-    let edge = tokio::spawn(async move {
-        let Some(Ok(pc)) = e.accept().await else {
-            return;
+/// Raw quinn: a relay task that forwards each message from one stream
+/// connection to the next; `once` times one `len`-byte message, in ms.
+struct RawTwoHop {
+    up: crate::transport::PeerConnection,
+    arrivals: tokio::sync::mpsc::Receiver<Instant>,
+    data: Bytes,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    // Dropping the origin's endpoint would close `up`.
+    _origin: MeshEndpoint,
+}
+
+impl RawTwoHop {
+    async fn start(len: usize, n: usize) -> anyhow::Result<Self> {
+        let ca = ClusterCa::generate("bench")?;
+        let bind = |name: &str, role| -> anyhow::Result<MeshEndpoint> {
+            Ok(MeshEndpoint::bind(
+                "127.0.0.1:0".parse()?,
+                &ca.issue_node(name, role)?,
+                ca.cert_pem(),
+                MeshLimits::default(),
+            )?)
         };
-        // Bidirectional streams: the mesh allows no unidirectional ones.
-        while let Ok((_send, mut recv)) = pc.connection.accept_bi().await {
-            if recv.read_to_end(len + 16).await.is_ok() && tx.send(Instant::now()).await.is_err() {
-                break;
+        let (o, r, e) = (
+            bind("o", Role::Origin)?,
+            bind("r", Role::Relay)?,
+            bind("e", Role::Edge)?,
+        );
+        let (r_addr, e_addr) = (r.local_addr()?, e.local_addr()?);
+        // Edge: echo arrival over a channel.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(n);
+        let edge = tokio::spawn(async move {
+            let Some(Ok(pc)) = e.accept().await else {
+                return;
+            };
+            // Bidirectional streams: the mesh allows no unidirectional ones.
+            while let Ok((_send, mut recv)) = pc.connection.accept_bi().await {
+                if recv.read_to_end(len + 16).await.is_ok()
+                    && tx.send(Instant::now()).await.is_err()
+                {
+                    break;
+                }
             }
-        }
-    });
-    let relay = tokio::spawn(async move {
-        let Ok(down) = r.connect(e_addr).await else {
-            return;
-        };
-        let Some(Ok(up)) = r.accept().await else {
-            return;
-        };
-        while let Ok((_back, mut recv)) = up.connection.accept_bi().await {
-            let Ok(data) = recv.read_to_end(len + 16).await else {
-                break;
+        });
+        let relay = tokio::spawn(async move {
+            let Ok(down) = r.connect(e_addr).await else {
+                return;
             };
-            let Ok((mut send, _)) = down.connection.open_bi().await else {
-                break;
+            let Some(Ok(up)) = r.accept().await else {
+                return;
             };
-            let _ = send.write_all(&data).await;
-            let _ = send.finish();
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let up = o.connect(r_addr).await?;
-    let data = object(len);
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        let (mut send, _recv) = up.connection.open_bi().await?;
-        send.write_all(&data).await?;
-        send.finish()?;
-        let Some(at) = tokio::time::timeout(Duration::from_secs(2), rx.recv())
-            .await
-            .ok()
-            .flatten()
-        else {
-            continue;
-        };
-        out.push(at.duration_since(start).as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+            while let Ok((_back, mut recv)) = up.connection.accept_bi().await {
+                let Ok(data) = recv.read_to_end(len + 16).await else {
+                    break;
+                };
+                let Ok((mut send, _)) = down.connection.open_bi().await else {
+                    break;
+                };
+                let _ = send.write_all(&data).await;
+                let _ = send.finish();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let up = o.connect(r_addr).await?;
+        Ok(Self {
+            up,
+            arrivals: rx,
+            data: object(len),
+            tasks: vec![edge, relay],
+            _origin: o,
+        })
     }
-    edge.abort();
-    relay.abort();
-    anyhow::ensure!(!out.is_empty(), "raw quinn relay delivered nothing");
-    out.sort_by(f64::total_cmp);
-    Ok(out)
+
+    /// One message's latency, or `None` if it did not arrive within 2 s.
+    async fn once(&mut self) -> anyhow::Result<Option<f64>> {
+        // A message that came after its 2 s must not stand for this one.
+        while self.arrivals.try_recv().is_ok() {}
+        let start = Instant::now();
+        let (mut send, _recv) = self.up.connection.open_bi().await?;
+        send.write_all(&self.data).await?;
+        send.finish()?;
+        Ok(
+            tokio::time::timeout(Duration::from_secs(2), self.arrivals.recv())
+                .await
+                .ok()
+                .flatten()
+                .map(|at| at.duration_since(start).as_secs_f64() * 1000.0),
+        )
+    }
+}
+
+impl Drop for RawTwoHop {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }

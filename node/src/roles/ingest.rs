@@ -83,6 +83,17 @@ pub trait Publish: Send + Sync + 'static {
     fn purge(&self, _name: &str) -> Result<Option<u64>, PublishError> {
         Ok(None)
     }
+    /// Signs and distributes the manifest of a live file (a segment or a
+    /// playlist, `roles::live`): pushed like any manifest, but never kept by
+    /// an origin of record — the DVR window decides how long it lives.
+    fn publish_live_manifest(
+        &self,
+        file: &Published,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Whether live `stream` is tracked or there is room to start it.
+    fn live_has_room(&self, _stream: &str) -> bool {
+        true
+    }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
     /// The version the next publish of an object gets: higher than every
@@ -109,6 +120,9 @@ pub struct Published {
     pub digest: String,
     #[serde(skip)]
     pub digest_bytes: [u8; 32],
+    /// What the upstream answered this version with (pulled, not PUT).
+    #[serde(skip)]
+    pub upstream: Option<crate::roles::upstream::Validators>,
 }
 
 /// Ingest settings.
@@ -167,7 +181,7 @@ fn check_name(name: &str) -> Result<(), HttpError> {
     }
 }
 
-fn check_token(headers: &HeaderMap, config: &IngestConfig) -> Result<(), HttpError> {
+pub(crate) fn check_token(headers: &HeaderMap, config: &IngestConfig) -> Result<(), HttpError> {
     let refusal = match auth::bearer(headers) {
         Ok(p) if config.token.matches(p) => return Ok(()),
         Ok(_) => Refusal::BadToken,
@@ -237,12 +251,57 @@ async fn receive_object<P: Publish>(
     stream: StreamId,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let chunk_size = state.config.chunk_size;
+    let upload = ObjectUpload {
+        chunk_size: state.config.chunk_size,
+        max_object_bytes: state.config.max_object_bytes,
+        // The HTTP server already holds the body to its Content-Length.
+        expected_len: None,
+        name,
+        version,
+        cache_control,
+        stream,
+        upstream: None,
+    };
+    let published = ingest_object(&*state.publisher, upload, body.into_data_stream()).await?;
+    Ok((StatusCode::CREATED, Json(published)).into_response())
+}
+
+/// One object version being taken in, from a publisher's PUT or an
+/// upstream's answer.
+#[derive(Debug, Clone)]
+pub struct ObjectUpload {
+    pub chunk_size: usize,
+    pub max_object_bytes: u64,
+    /// The length the sender announced: a body that ends short of (or runs
+    /// past) it never gets a manifest.
+    pub expected_len: Option<u64>,
+    pub name: String,
+    pub version: u64,
+    pub cache_control: String,
+    pub stream: StreamId,
+    /// Set when the bytes come from the origin's upstream.
+    pub upstream: Option<crate::roles::upstream::Validators>,
+}
+
+/// Cuts `body` into chunks as it arrives, hands each to `publisher`, and
+/// publishes the manifest once the whole body is in. The caller began the
+/// object and aborts it on error.
+pub async fn ingest_object<P, S, E>(
+    publisher: &P,
+    upload: ObjectUpload,
+    mut body: S,
+) -> Result<Published, HttpError>
+where
+    P: Publish,
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let chunk_size = upload.chunk_size;
+    let stream = upload.stream;
     let mut hasher = blake3::Hasher::new();
     let mut pending = BytesMut::with_capacity(chunk_size);
     let mut seq = 0u64;
     let mut len = 0u64;
-    let mut body = body.into_data_stream();
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| {
             HttpError::new(
@@ -252,8 +311,8 @@ async fn receive_object<P: Publish>(
             )
         })?;
         len += piece.len() as u64;
-        if len > state.config.max_object_bytes {
-            return Err(too_large(state.config.max_object_bytes));
+        if len > upload.max_object_bytes {
+            return Err(too_large(upload.max_object_bytes));
         }
         hasher.update(&piece);
         let mut piece: &[u8] = &piece;
@@ -263,38 +322,39 @@ async fn receive_object<P: Publish>(
             piece = &piece[take..];
             if pending.len() == chunk_size {
                 let payload = pending.split().freeze();
-                publish(&*state.publisher, stream, seq, payload, false).await?;
+                publish(publisher, stream, seq, payload, false).await?;
                 seq += 1;
             }
         }
     }
+    if let Some(expected) = upload.expected_len.filter(|&e| e != len) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("the body was {len} bytes, not the {expected} announced"),
+        ));
+    }
     if !pending.is_empty() {
-        publish(
-            &*state.publisher,
-            stream,
-            seq,
-            pending.split().freeze(),
-            false,
-        )
-        .await?;
+        publish(publisher, stream, seq, pending.split().freeze(), false).await?;
         seq += 1;
     }
     let digest = *hasher.finalize().as_bytes();
     let published = Published {
-        name: name.clone(),
+        name: upload.name,
         stream: stream.to_string(),
         stream_id: stream,
-        version,
-        cache_control,
+        version: upload.version,
+        cache_control: upload.cache_control,
         len,
         chunk_size: chunk_size as u32,
         first_seq: 0,
         chunks: seq,
         digest: hex::encode(digest),
         digest_bytes: digest,
+        upstream: upload.upstream,
     };
-    state.publisher.publish_manifest(&published).await?;
-    Ok((StatusCode::CREATED, Json(published)).into_response())
+    publisher.publish_manifest(&published).await?;
+    Ok(published)
 }
 
 async fn delete_object<P: Publish>(
@@ -375,6 +435,7 @@ async fn put_live<P: Publish>(
             chunks: seq - first_seq,
             digest: hex::encode(digest),
             digest_bytes: digest,
+            upstream: None,
         }),
     )
         .into_response())
@@ -410,6 +471,10 @@ mod tests {
         }
         async fn publish_manifest(&self, object: &Published) -> Result<(), PublishError> {
             self.manifests.lock().push(object.clone());
+            Ok(())
+        }
+        async fn publish_live_manifest(&self, file: &Published) -> Result<(), PublishError> {
+            self.manifests.lock().push(file.clone());
             Ok(())
         }
         fn next_live_seq(&self, stream: StreamId) -> u64 {

@@ -125,7 +125,13 @@ pub(crate) async fn serve(
                         router.oneshot(req.map(axum::body::Body::new)).await
                     }
                 });
+            // ffmpeg's muxers PUT each segment and playlist without waiting
+            // for the answer and, at the end of a stream, shut their side of
+            // the connection with the last requests still queued: a
+            // half-closed connection is served to the end (the idle timeout
+            // still bounds it), or the playlist that ends the stream is lost.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
@@ -190,6 +196,27 @@ impl<S> IdleTimeout<S> {
         self.deadline.as_mut().reset(next);
     }
 
+    /// What a write returns once its progress counted against the deadline.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.check(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
     /// On `Pending`: the error to return if the idle deadline has passed.
     fn check(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.deadline.as_mut().poll(cx).is_ready() {
@@ -232,19 +259,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.check(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(cx, polled)
+    }
+
+    // Without these two, hyper sees a stream that cannot write vectored and
+    // falls back to copying every body frame into its own write buffer
+    // ("flatten"): a memcpy of each object served. Forwarded, it queues the
+    // stored chunk payloads and hands them to one `writev`.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -253,5 +286,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// hyper picks its HTTP/1 write strategy from `is_write_vectored`: a
+    /// wrapper that hides the socket's makes it copy every body it sends.
+    #[tokio::test]
+    async fn the_idle_wrapper_writes_vectored_like_its_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(server.is_write_vectored());
+        let mut io = IdleTimeout::new(
+            server,
+            Duration::from_secs(30),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert!(io.is_write_vectored());
+        let bufs = [io::IoSlice::new(b"stored "), io::IoSlice::new(b"chunks")];
+        let mut sent = io.write_vectored(&bufs).await.unwrap();
+        if sent < 13 {
+            io.write_all(&b"stored chunks"[sent..]).await.unwrap();
+            sent = 13;
+        }
+        let mut got = vec![0u8; sent];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"stored chunks");
     }
 }

@@ -583,17 +583,27 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             }
             Frame::NotFound { id }
         }
-        Frame::ManifestRequest { object } => {
-            // An origin answers what it published; a relay revalidates a
-            // stale entry upstream first; an edge answers what it holds.
+        Frame::ManifestRequest { object, name } => {
+            // An origin answers what it published (or pulls it from its
+            // upstream); a relay revalidates a stale entry upstream first;
+            // an edge answers what it holds.
             let answer = if shared.settings.role == Role::Edge {
-                shared.manifests.lock().newest(object).map(|(m, _)| m)
+                shared
+                    .manifests
+                    .lock()
+                    .newest(object)
+                    .map(|(m, _)| m)
+                    .ok_or_else(String::new)
             } else {
-                shared.fetch_manifest(object).await.ok()
+                shared.fetch_manifest(object, &name).await
             };
             match answer {
-                Some(m) => Frame::Manifest(m),
-                None => Frame::NotFound {
+                Ok(m) => Frame::Manifest(m),
+                Err(e) if e.contains(crate::roles::upstream::UPSTREAM_FAILED) => Frame::Error {
+                    code: crate::roles::upstream::CODE_UPSTREAM_FAILED,
+                    message: e,
+                },
+                Err(_) => Frame::NotFound {
                     id: ChunkId::new(object, u64::MAX),
                 },
             }

@@ -176,6 +176,13 @@ pub struct Shared {
     pub(crate) last_version: AtomicU64,
     /// The origin of record (origins with `origin.store_dir`).
     pub origin_store: Option<crate::roles::origin_store::OriginStore>,
+    /// Where an origin pulls names it does not hold (`origin.upstream`).
+    pub upstream: Option<Arc<crate::roles::upstream::Upstream>>,
+    /// Per object key, what was pulled from the upstream and until when
+    /// it is fresh.
+    pub(crate) pulled: Mutex<crate::roles::upstream::Pulled>,
+    /// The live files held, per stream: the DVR window.
+    pub live: Mutex<crate::roles::live::Windows>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -275,6 +282,20 @@ impl Manifests {
         self.by_stream
             .retain(|_, m| !(m.name == name && m.version <= up_to));
         true
+    }
+
+    /// Forgets version `stream` of object `name` (a live file that left
+    /// the window): no longer known, so no longer served.
+    pub fn forget(&mut self, name: &str, stream: StreamId) {
+        self.by_stream.remove(&stream);
+        let key = StreamId::object_key(name);
+        if self
+            .newest
+            .get(&key)
+            .is_some_and(|n| n.manifest.stream == stream)
+        {
+            self.newest.remove(&key);
+        }
     }
 
     /// The manifest of one object version, by the id its chunks carry.
@@ -538,7 +559,15 @@ impl Shared {
         {
             return Err(format!("{} version {} was purged", m.name, m.version));
         }
+        let live = crate::roles::live::split_name(&m.name)
+            .and_then(|(_, file)| crate::roles::live::classify(file))
+            .filter(|_| self.manifests.lock().get(m.stream).is_none());
         let newest = self.manifests.lock().insert(m.clone(), Instant::now());
+        if let Some((kind, _)) = live {
+            if !self.note_live(&m, kind) {
+                return Err(format!("{} is outside the live window", m.name));
+            }
+        }
         if newest {
             for peer in self.peers.read().values() {
                 if Some(peer.id) != from && peer.subscribed.load(Ordering::Relaxed) {
@@ -547,6 +576,85 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Puts a newly verified live file version into the window, and forgets
+    /// what that pushed out of it.
+    fn note_live(&self, m: &ManifestFrame, kind: crate::roles::live::Kind) -> bool {
+        let now_ms = self.now_ms();
+        let held = crate::roles::live::Held {
+            name: m.name.clone(),
+            stream: m.stream,
+            chunks: m.chunk_count,
+            len: m.object_len,
+            kind,
+            published_ms: m.timestamp_ms,
+        };
+        let recorded = self.live.lock().record(held, now_ms);
+        if let Some((stream, _)) = crate::roles::live::split_name(&m.name) {
+            if recorded.kept {
+                self.metrics
+                    .live_files
+                    .with_label_values(&[stream, kind.label()])
+                    .inc();
+                if !kind.is_playlist() {
+                    // Publish → known here: what a player at this node waits
+                    // beyond the encoder's own upload.
+                    self.metrics
+                        .live_segment_delay
+                        .observe(now_ms.saturating_sub(m.timestamp_ms) as f64 / 1000.0);
+                }
+            } else {
+                self.metrics
+                    .live_refused
+                    .with_label_values(&["window"])
+                    .inc();
+            }
+        }
+        let kept = recorded.kept;
+        self.forget_live(recorded);
+        kept
+    }
+
+    /// Drops live file versions that left the window: manifests, chunks and
+    /// stream heads, and the metric labels of streams gone quiet.
+    pub(crate) fn forget_live(&self, recorded: crate::roles::live::Recorded) {
+        if recorded.drop.is_empty() && recorded.gone.is_empty() {
+            return;
+        }
+        let expired = recorded
+            .drop
+            .iter()
+            .filter(|h| !h.kind.is_playlist())
+            .count();
+        {
+            let mut manifests = self.manifests.lock();
+            for h in &recorded.drop {
+                manifests.forget(&h.name, h.stream);
+            }
+        }
+        {
+            let mut heads = self.heads.lock();
+            for h in &recorded.drop {
+                heads.remove(&h.stream);
+            }
+        }
+        for h in &recorded.drop {
+            for seq in 0..h.chunks {
+                self.store.remove(&ChunkId::new(h.stream, seq));
+            }
+        }
+        self.metrics.live_expired.inc_by(expired as u64);
+        for stream in &recorded.gone {
+            for kind in ["playlist", "mpd", "segment"] {
+                let _ = self.metrics.live_files.remove_label_values(&[stream, kind]);
+                let _ = self
+                    .metrics
+                    .live_served
+                    .remove_label_values(&[stream, kind]);
+            }
+            let _ = self.metrics.live_held_bytes.remove_label_values(&[stream]);
+        }
     }
 
     fn verify_manifest(&self, m: &ManifestFrame) -> Result<(), String> {
@@ -602,6 +710,8 @@ impl Shared {
     /// if no version of `name` is known here.
     pub fn purge(&self, name: &str) -> Result<Option<u64>, String> {
         let key = StreamId::object_key(name);
+        // Pulled again on the next request, as a new version.
+        self.pulled.lock().remove(key);
         let known = self.manifests.lock().newest(key).is_some();
         let kept = self
             .origin_store
@@ -770,10 +880,21 @@ impl Shared {
     /// lost on the way delays a new version by at most that long. If no
     /// upstream answers, the version held is still a version the publisher
     /// published whole, so it is served rather than an error.
+    ///
+    /// `name` is the object's name when known (empty otherwise): an origin
+    /// with an upstream needs it to pull a name it does not hold.
     pub async fn fetch_manifest(
         self: &Arc<Self>,
         object: StreamId,
+        name: &str,
     ) -> Result<ManifestFrame, String> {
+        if let (Role::Origin, Some(up), false) =
+            (self.settings.role, &self.upstream, name.is_empty())
+        {
+            return crate::roles::upstream::manifest(self, up, object, name)
+                .await?
+                .ok_or_else(|| format!("origin has no manifest for {object}"));
+        }
         let held = self.manifests.lock().newest(object);
         if self.settings.role == Role::Origin {
             return held
@@ -786,6 +907,7 @@ impl Shared {
             }
         }
         let shared = self.clone();
+        let name = name.to_owned();
         let got = self
             .manifest_flight
             .run(object, || async move {
@@ -800,7 +922,10 @@ impl Shared {
                 for peer in upstream {
                     match request(
                         &peer.conn,
-                        &Frame::ManifestRequest { object },
+                        &Frame::ManifestRequest {
+                            object,
+                            name: name.clone(),
+                        },
                         shared.settings.request_timeout,
                     )
                     .await
@@ -818,6 +943,17 @@ impl Shared {
                         Ok(Frame::NotFound { .. }) => {
                             last = format!("{} has no manifest for {object}", peer.name)
                         }
+                        Ok(Frame::Error { code, message })
+                            if code == crate::roles::upstream::CODE_UPSTREAM_FAILED =>
+                        {
+                            // The origin's upstream failed: an answer, not a
+                            // missing peer, so no version held stands in.
+                            last = if message.contains(crate::roles::upstream::UPSTREAM_FAILED) {
+                                message
+                            } else {
+                                format!("{}: {message}", crate::roles::upstream::UPSTREAM_FAILED)
+                            };
+                        }
                         Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
                         Err(e) => last = format!("{}: {e}", peer.name),
                     }
@@ -827,6 +963,11 @@ impl Shared {
             .await;
         match (got, held) {
             (Ok(m), _) => Ok(m),
+            (Err(FlightError::Failed(e)), Some(_))
+                if e.contains(crate::roles::upstream::UPSTREAM_FAILED) =>
+            {
+                Err(e)
+            }
             (Err(FlightError::Failed(e)), None) => Err(e),
             (Err(e), None) => Err(e.to_string()),
             (Err(e), Some((m, _))) => {
@@ -1028,6 +1169,11 @@ impl Shared {
         advance(&m.store_misses, st.misses);
         m.keyring_generation
             .set(self.keys.read().generation() as i64);
+        for (stream, _, bytes) in self.live.lock().summary() {
+            m.live_held_bytes
+                .with_label_values(&[&stream])
+                .set(bytes as i64);
+        }
         let ingested = self.ingested_bytes.load(Ordering::Relaxed);
         if ingested > 0 {
             m.origin_offload_ratio
@@ -1132,10 +1278,19 @@ pub struct EdgeContent(pub Arc<Shared>);
 
 impl Content for EdgeContent {
     async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
-        match self.0.fetch_manifest(StreamId::object_key(name)).await {
+        match self
+            .0
+            .fetch_manifest(StreamId::object_key(name), name)
+            .await
+        {
             Ok(m) => Ok(object_info(&m)),
             Err(e) if e.contains("has no manifest") => {
                 Err(ContentError::NotFound(format!("object {name}")))
+            }
+            Err(e) if e.contains(crate::roles::upstream::UPSTREAM_FAILED) => {
+                // The marker routed it here; the client reads the cause.
+                let marker = format!("{}: ", crate::roles::upstream::UPSTREAM_FAILED);
+                Err(ContentError::UpstreamFailed(e.replacen(&marker, "", 1)))
             }
             Err(e) => Err(ContentError::Unavailable(e)),
         }
@@ -1146,7 +1301,22 @@ impl Content for EdgeContent {
         if let Some(c) = shared.store.get(&id, Instant::now()) {
             return Ok(c);
         }
-        let is_object = shared.manifests.lock().get(id.stream).is_some();
+        let manifest = shared.manifests.lock().get(id.stream);
+        if manifest
+            .as_ref()
+            .is_some_and(|m| crate::roles::live::split_name(&m.name).is_some())
+        {
+            // A live file's chunks are pushed, and its manifest (on the
+            // control stream) can overtake them: give the push a moment
+            // before paying for a pull.
+            if let Some(c) = shared
+                .wait_for(id, shared.settings.repair_delay.min(wait))
+                .await
+            {
+                return Ok(c);
+            }
+        }
+        let is_object = manifest.is_some();
         if !is_object {
             // Live: the chunk is probably on its way by push; give FEC a
             // moment before paying for a repair round trip.

@@ -38,6 +38,11 @@ pub struct StoredObject {
     pub cache_control: String,
     /// When it was first published (the manifest's timestamp), ms.
     pub published_ms: u64,
+    /// Pulled from the origin's upstream with these validators (absent:
+    /// published by PUT). Kept so a restarted origin revalidates it
+    /// conditionally instead of taking it for the publisher's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::roles::upstream::Validators>,
 }
 
 impl StoredObject {
@@ -121,6 +126,18 @@ impl OriginStore {
                     path: meta.display().to_string(),
                     source: std::io::Error::other(e),
                 })?;
+            // A version is committed whole or not at all; a data file of
+            // another length is damage, and is never served as the version.
+            let data_len = fs::metadata(path.join("data")).map(|m| m.len()).ok();
+            if data_len != Some(obj.len) {
+                tracing::error!(
+                    path = %path.display(),
+                    expected = obj.len,
+                    found = ?data_len,
+                    "origin store: a version's data does not match its meta; not serving it"
+                );
+                continue;
+            }
             used += obj.len;
             objects.insert(obj.stream(), obj);
         }
@@ -240,12 +257,14 @@ impl OriginStore {
             })?;
             f.write_all(&text).map_err(io(&meta))?;
             f.sync_all().map_err(io(&meta))?;
+            // The files' names live in the version's directory: synced
+            // too, or a crash could keep the directory without them.
+            sync_dir(&upload.dir)?;
             let final_dir = self.dir.join(stream.to_string());
             fs::rename(&upload.dir, &final_dir).map_err(io(&final_dir))?;
-            // The rename is durable only once the parent directory is.
-            if let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
+            // The rename is durable only once the parent directory is, and
+            // the 201 promises durability: a failure here fails the publish.
+            sync_dir(&self.dir)?;
             Ok(())
         })();
         let mut inner = self.inner.lock();
@@ -268,7 +287,7 @@ impl OriginStore {
         for s in &superseded {
             if let Some(o) = inner.objects.remove(s) {
                 inner.used -= o.len;
-                let _ = fs::remove_dir_all(self.dir.join(s.to_string()));
+                self.remove_version_dir(*s);
             }
         }
         Ok(superseded)
@@ -295,10 +314,27 @@ impl OriginStore {
         for s in &gone {
             if let Some(o) = inner.objects.remove(s) {
                 inner.used -= o.len;
-                let _ = fs::remove_dir_all(self.dir.join(s.to_string()));
+                self.remove_version_dir(*s);
             }
         }
         gone.len()
+    }
+
+    /// Removes a version's directory: first renamed to a `tmp-` name (one
+    /// atomic step), so a crash half-way through the removal leaves
+    /// something `open` discards, never a version missing some bytes.
+    fn remove_version_dir(&self, stream: StreamId) {
+        let dir = self.dir.join(stream.to_string());
+        let doomed = self.dir.join(format!("tmp-gone-{stream}"));
+        match fs::rename(&dir, &doomed) {
+            Ok(()) => {
+                let _ = sync_dir(&self.dir);
+                let _ = fs::remove_dir_all(&doomed);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "origin store: removing a version")
+            }
+        }
     }
 
     /// Chunk `seq` of committed version `stream`, read from disk.
@@ -316,6 +352,10 @@ impl OriginStore {
         file.read_exact_at(&mut buf, start).ok()?;
         Some(Bytes::from(buf))
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), OriginStoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 impl std::fmt::Debug for OriginStore {
@@ -341,6 +381,7 @@ mod tests {
             digest: String::new(),
             cache_control: "no-cache".into(),
             published_ms: 1,
+            upstream: None,
         }
     }
 
@@ -401,6 +442,21 @@ mod tests {
         assert_eq!(s.usage(), (10, 16));
         assert_eq!(s.objects().len(), 1);
         put(&s, &obj("b", 1, 6), &[2; 6]).unwrap();
+    }
+
+    #[test]
+    fn a_version_whose_data_is_damaged_is_not_loaded() {
+        let dir = tempdir();
+        let s = OriginStore::open(dir.path(), 100).unwrap();
+        let (a, b) = (obj("a", 1, 10), obj("b", 1, 10));
+        put(&s, &a, b"0123456789").unwrap();
+        put(&s, &b, b"abcdefghij").unwrap();
+        drop(s);
+        let data = dir.path().join(b.stream().to_string()).join("data");
+        fs::write(&data, b"abc").unwrap();
+        let s = OriginStore::open(dir.path(), 100).unwrap();
+        assert_eq!(s.objects(), vec![a]);
+        assert_eq!(s.read_chunk(b.stream(), 0), None);
     }
 
     #[test]

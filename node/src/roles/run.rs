@@ -8,11 +8,13 @@ use crate::p2p::Choker;
 use crate::roles::discovery;
 use crate::roles::flight::SingleFlight;
 use crate::roles::ingest::{self, IngestConfig, Publish, PublishError, Published};
+use crate::roles::live_http;
 use crate::roles::mesh;
 use crate::roles::node::{EdgeContent, Manifests, NodeError, Shared};
 use crate::roles::origin_store::{OriginStore, OriginStoreError, StoredObject};
 use crate::roles::serve::{self, ServeConfig};
 use crate::roles::settings::{NodeSettings, Role};
+use crate::roles::upstream::Upstream;
 use crate::store::ChunkStore;
 use crate::transport::{MeshEndpoint, NodeIdentity};
 use bytes::Bytes;
@@ -103,6 +105,16 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         ),
         _ => None,
     };
+    let upstream = match (&settings.config.origin.upstream, settings.role) {
+        (Some(up), Role::Origin) => Some(Arc::new(Upstream::new(up).map_err(|e| {
+            NodeError::Load {
+                what: "the origin's upstream",
+                path: "origin.upstream".into(),
+                message: e.to_string(),
+            }
+        })?)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         refresh: Mutex::new(()),
         store: ChunkStore::new(settings.store_config()),
@@ -129,6 +141,11 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         push_upstream: Mutex::new(None),
         last_version: std::sync::atomic::AtomicU64::new(0),
         origin_store,
+        upstream,
+        pulled: Mutex::new(Default::default()),
+        live: Mutex::new(crate::roles::live::Windows::new(
+            crate::roles::live::WindowConfig::of(&settings.config.live),
+        )),
         settings,
     });
     match load_origin_store(&shared) {
@@ -166,15 +183,16 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
 
     let http_addr = match shared.settings.role {
         Role::Origin => {
-            let router = ingest::router(
-                Arc::new(OriginPublisher(shared.clone())),
-                IngestConfig {
-                    chunk_size: shared.settings.chunk_size,
-                    token: creds.ingest_token.clone().ok_or(NodeError::NoIngestToken)?,
-                    refused: Some(shared.metrics.auth_refused.clone()),
-                    max_object_bytes: shared.settings.max_object_bytes,
-                    cache_control: shared.settings.config.origin.cache_control.clone(),
-                },
+            let publisher = Arc::new(OriginPublisher(shared.clone()));
+            let config = IngestConfig {
+                chunk_size: shared.settings.chunk_size,
+                token: creds.ingest_token.clone().ok_or(NodeError::NoIngestToken)?,
+                refused: Some(shared.metrics.auth_refused.clone()),
+                max_object_bytes: shared.settings.max_object_bytes,
+                cache_control: shared.settings.config.origin.cache_control.clone(),
+            };
+            let router = ingest::router(publisher.clone(), config.clone()).merge(
+                live_http::ingest_router(publisher, config, shared.metrics.clone()),
             );
             Some(
                 serve_http(
@@ -188,9 +206,9 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             )
         }
         Role::Edge => {
-            let router = serve::router(
-                Arc::new(EdgeContent(shared.clone())),
-                ServeConfig::default(),
+            let content = Arc::new(EdgeContent(shared.clone()));
+            let router = serve::router(content.clone(), ServeConfig::default()).merge(
+                live_http::edge_router(content, ServeConfig::default(), shared.metrics.clone()),
             );
             Some(
                 serve_http(
@@ -315,6 +333,8 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         shared.store.expire(now);
+        let left = shared.live.lock().expire(crate::roles::node::unix_ms());
+        shared.forget_live(left);
         let expired = shared.assembler.lock().expire(now);
         // A group whose chunk arrived some other way (a repair) did not fail.
         let failed = expired
@@ -333,7 +353,16 @@ async fn housekeeping(shared: Arc<Shared>) {
 }
 
 /// The origin's side of ingest: keep (origin of record), sign, store, push.
-struct OriginPublisher(Arc<Shared>);
+pub(crate) struct OriginPublisher(pub(crate) Arc<Shared>);
+
+/// Runs blocking origin-store work on tokio's blocking pool.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), PublishError> + Send + 'static,
+) -> Result<(), PublishError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PublishError::Failed(format!("origin store task: {e}")))?
+}
 
 fn store_error(e: OriginStoreError) -> PublishError {
     match e {
@@ -376,8 +405,15 @@ impl Publish for OriginPublisher {
     ) -> impl Future<Output = Result<(), PublishError>> + Send {
         let shared = self.0.clone();
         async move {
-            if let (Some(store), false) = (&shared.origin_store, live) {
-                store.append(stream, &payload).map_err(store_error)?;
+            if shared.origin_store.is_some() && !live {
+                // Disk writes off the async workers: a slow disk must not
+                // stall every other connection this runtime serves.
+                let (s, bytes) = (shared.clone(), payload.clone());
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.append(stream, &bytes).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish(stream, seq, payload, live)?)
         }
@@ -391,20 +427,32 @@ impl Publish for OriginPublisher {
         let object = object.clone();
         async move {
             let at = crate::roles::node::unix_ms();
-            if let Some(store) = &shared.origin_store {
-                // Durable before the manifest goes out and before the 201.
-                store
-                    .commit(&StoredObject {
-                        name: object.name.clone(),
-                        version: object.version,
-                        len: object.len,
-                        chunk_size: object.chunk_size,
-                        chunks: object.chunks,
-                        digest: object.digest.clone(),
-                        cache_control: object.cache_control.clone(),
-                        published_ms: at,
-                    })
-                    .map_err(store_error)?;
+            // A PUT makes the name the publisher's: the upstream no longer
+            // revalidates it (a pull records itself again after this).
+            shared
+                .pulled
+                .lock()
+                .remove(crate::chunk::StreamId::object_key(&object.name));
+            if shared.origin_store.is_some() {
+                // Durable before the manifest goes out and before the 201;
+                // the syncs run off the async workers.
+                let kept = StoredObject {
+                    name: object.name.clone(),
+                    version: object.version,
+                    len: object.len,
+                    chunk_size: object.chunk_size,
+                    chunks: object.chunks,
+                    digest: object.digest.clone(),
+                    cache_control: object.cache_control.clone(),
+                    published_ms: at,
+                    upstream: object.upstream.clone(),
+                };
+                let s = shared.clone();
+                blocking(move || match &s.origin_store {
+                    Some(store) => store.commit(&kept).map(|_| ()).map_err(store_error),
+                    None => Ok(()),
+                })
+                .await?;
             }
             Ok(shared.publish_manifest_at(&object, at)?)
         }
@@ -412,6 +460,20 @@ impl Publish for OriginPublisher {
 
     fn purge(&self, name: &str) -> Result<Option<u64>, PublishError> {
         Ok(self.0.purge(name)?)
+    }
+
+    fn publish_live_manifest(
+        &self,
+        file: &Published,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        // Live files are not kept by the origin of record: the DVR window
+        // decides how long they live, here as at every node.
+        let result = self.0.publish_manifest(file).map_err(PublishError::from);
+        std::future::ready(result)
+    }
+
+    fn live_has_room(&self, stream: &str) -> bool {
+        self.0.live.lock().has_room_for(stream)
     }
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
@@ -450,9 +512,26 @@ fn load_origin_store(shared: &Arc<Shared>) -> Result<usize, String> {
                 chunks: o.chunks,
                 digest: o.digest.clone(),
                 digest_bytes: digest,
+                upstream: o.upstream.clone(),
             },
             o.published_ms,
         )?;
+        if let Some(validators) = &o.upstream {
+            // Stale at once: the first request after a restart revalidates
+            // (conditionally, so an unchanged object keeps its version).
+            let key = crate::chunk::StreamId::object_key(&o.name);
+            let mut pulled = shared.pulled.lock();
+            if pulled.get(key).is_none_or(|p| p.version < o.version) {
+                pulled.insert(
+                    key,
+                    crate::roles::upstream::PullState {
+                        version: o.version,
+                        validators: validators.clone(),
+                        fresh_until: Instant::now(),
+                    },
+                );
+            }
+        }
         shared
             .last_version
             .fetch_max(o.version, std::sync::atomic::Ordering::SeqCst);

@@ -55,6 +55,9 @@ pub enum ContentError {
     NotYet(String),
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
+    /// The origin's own upstream (pull-through) failed: 502.
+    #[error("the origin's upstream failed: {0}")]
+    UpstreamFailed(String),
 }
 
 /// Where served bytes come from. Implementations return only verified chunks.
@@ -211,6 +214,13 @@ pub struct HttpError {
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
+impl HttpError {
+    /// What went wrong, as the client is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 /// Longest error message sent: messages quote names and header values the
 /// client sent, and a 5,000-character name should not come back whole.
 pub const MAX_MESSAGE_CHARS: usize = 256;
@@ -249,6 +259,9 @@ impl From<ContentError> for HttpError {
                 "unavailable",
                 e.to_string(),
             ),
+            ContentError::UpstreamFailed(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
+            }
         }
     }
 }
@@ -332,6 +345,20 @@ pub fn parse_range(value: &str, len: u64) -> Result<Option<ByteRange>, ()> {
         ByteRange { start, end }
     };
     Ok(Some(range))
+}
+
+/// `GET|HEAD` of object `name`, answered exactly as `/v1/objects/{name}`
+/// answers it (validators, conditionals, Range, streaming): for modules that
+/// serve objects under paths of their own (`live_http`).
+pub async fn object_response<C: Content>(
+    content: Arc<C>,
+    config: ServeConfig,
+    name: String,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let state = Arc::new(ServeState { content, config });
+    get_object(State(state), Path(name), method, headers).await
 }
 
 async fn get_object<C: Content>(

@@ -21,6 +21,7 @@
 //! What it does not play is listed in `operator/README.md`.
 
 pub mod docker;
+pub mod traffic;
 pub mod volumes;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -53,6 +54,22 @@ struct PodRun {
     /// Consecutive readiness failures (against `failureThreshold`).
     failures: u32,
     restarts: u32,
+    /// When the kubelet saw the container not running (it waits out the
+    /// back-off before starting it again).
+    exited_at: Option<Instant>,
+    /// Restarts in a row, for the back-off.
+    crash_loop: u32,
+    started_at: Instant,
+}
+
+/// The kubelet's restart back-off: the first restart at once, then 10 s,
+/// 20 s, … capped at 5 min; a container that ran 10 min starts over.
+fn restart_backoff(crash_loop: u32) -> Duration {
+    if crash_loop == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(10u64 << (crash_loop - 1).min(5)).min(Duration::from_secs(300))
+    }
 }
 
 /// One cluster: the in-memory API server, the operator's context, and the
@@ -74,6 +91,9 @@ pub struct Runner {
     stamp: std::sync::atomic::AtomicU64,
     /// Operator passes that failed, with the error (the runner keeps going).
     pub reconcile_errors: Mutex<Vec<String>>,
+    /// Pods replaced (rollout or deletion through the API), in order, with
+    /// when: a scenario reads the order tiers rolled in.
+    replaced: Mutex<Vec<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -148,6 +168,7 @@ impl Runner {
             ips: Mutex::new(BTreeMap::new()),
             stamp: std::sync::atomic::AtomicU64::new(0),
             reconcile_errors: Mutex::new(Vec::new()),
+            replaced: Mutex::new(Vec::new()),
         });
         runner
             .clusters()
@@ -224,6 +245,51 @@ impl Runner {
         self.pods.lock().get(pod).map_or(0, |p| p.restarts)
     }
 
+    /// Pods replaced since `since`, in the order they were taken down.
+    pub fn replaced_since(&self, since: Instant) -> Vec<(Instant, String)> {
+        self.replaced
+            .lock()
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .cloned()
+            .collect()
+    }
+
+    /// The IPs a Service routes to now, as the endpoints controller lists
+    /// them: pods its selector matches that are Ready. A pod being taken
+    /// down has already left (`delete_pod` forgets it before stopping it),
+    /// as a terminating pod leaves its EndpointSlice before its SIGTERM
+    /// matters.
+    pub async fn endpoints(&self, service: &str) -> Result<Vec<String>> {
+        let svc: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = svc
+            .get(service)
+            .await?
+            .spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default();
+        if selector.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let matching: Vec<String> = pod_api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| {
+                let labels = p.labels();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|p| p.name_any())
+            .collect();
+        let pods = self.pods.lock();
+        Ok(matching
+            .iter()
+            .filter_map(|n| pods.get(n).filter(|p| p.ready).map(|p| p.ip.clone()))
+            .collect())
+    }
+
     fn ip_for(&self, pod: &str) -> Result<String> {
         let mut ips = self.ips.lock();
         let n = match ips.get(pod) {
@@ -246,6 +312,28 @@ impl Runner {
         let sts_api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let all = sts_api.list(&ListParams::default()).await?.items;
         let running = docker::states(&self.run).await?;
+        // `kubectl delete pod`: a pod the runner plays whose object is gone
+        // is stopped (graceful, as the kubelet does), and its StatefulSet
+        // makes it again below.
+        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let objects: Vec<String> = pod_api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        let deleted: Vec<String> = self
+            .pods
+            .lock()
+            .keys()
+            .filter(|p| !objects.contains(p))
+            .cloned()
+            .collect();
+        for p in deleted {
+            self.replaced.lock().push((Instant::now(), p.clone()));
+            self.delete_pod(&p).await?;
+        }
         let mut wanted_pods = Vec::new();
         for sts in &all {
             wanted_pods.extend(self.play_stateful_set(sts, &running).await?);
@@ -287,11 +375,31 @@ impl Runner {
                 }
                 Some(p) => {
                     if !running.get(&p.container).copied().unwrap_or(false) {
-                        // restartPolicy Always: the kubelet starts it again.
-                        docker(&args(["start", &p.container])).await?;
+                        // restartPolicy Always: the kubelet starts it again,
+                        // after the back-off; not running is not ready.
+                        let exited = p.exited_at.unwrap_or_else(Instant::now);
+                        let crash_loop = if p.started_at.elapsed() > Duration::from_secs(600) {
+                            0
+                        } else {
+                            p.crash_loop
+                        };
+                        let due = exited.elapsed() >= restart_backoff(crash_loop);
+                        if due {
+                            docker(&args(["start", &p.container])).await?;
+                        }
                         if let Some(p) = self.pods.lock().get_mut(pod) {
-                            p.restarts += 1;
                             p.ready = false;
+                            if due {
+                                p.restarts += 1;
+                                p.crash_loop = crash_loop + 1;
+                                p.exited_at = None;
+                                p.started_at = Instant::now();
+                            } else {
+                                p.exited_at = Some(exited);
+                            }
+                        }
+                        if !due {
+                            continue;
                         }
                     }
                     self.refresh_volumes(sts, pod).await?;
@@ -306,6 +414,7 @@ impl Runner {
                 break;
             };
             if p.revision != update_rev {
+                self.replaced.lock().push((Instant::now(), pod.clone()));
                 self.delete_pod(pod).await?;
                 if let Err(e) = self.start_pod(sts, pod, &update_rev).await {
                     tracing_note(&format!("{pod}: not started: {e:#}"));
@@ -776,6 +885,26 @@ impl Runner {
                 a.extend(args(["--cap-add", c]));
             }
         }
+        // The memory limit, enforced as the kubelet's cgroup does: over it,
+        // the container is OOM-killed (and restarted after the back-off).
+        if let Some(q) = ctr
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+        {
+            let bytes = memory_bytes(&q.0)
+                .ok_or_else(|| anyhow!("limits.memory {:?} is not a quantity", q.0))?
+                // Docker refuses less than 6 MB; the kubelet would start it and
+                // see it killed, which is what 6 MB does too.
+                .max(6 * 1024 * 1024);
+            a.extend(args([
+                "--memory",
+                &bytes.to_string(),
+                "--memory-swap",
+                &bytes.to_string(),
+            ]));
+        }
         for (k, v) in &env {
             a.extend(args(["-e", &format!("{k}={v}")]));
         }
@@ -813,6 +942,9 @@ impl Runner {
                 ready: false,
                 failures: 0,
                 restarts: 0,
+                exited_at: None,
+                crash_loop: 0,
+                started_at: Instant::now(),
             },
         );
         Ok(())
@@ -993,6 +1125,29 @@ impl Runner {
     }
 }
 
+/// A memory quantity (`512Mi`, `1G`, `64M`, `100000`) in bytes.
+pub fn memory_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    Some((n * mult) as u64)
+}
+
 fn tracing_note(msg: &str) {
     if std::env::var_os("DCDN_PODS_VERBOSE").is_some() {
         eprintln!("dcdn-pods: {msg}");
@@ -1030,4 +1185,25 @@ pub async fn http_get(ip: &str, port: i32, path: &str, timeout_s: i32) -> Option
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_quantities_as_the_api_server_reads_them() {
+        assert_eq!(memory_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(memory_bytes("64M"), Some(64_000_000));
+        assert_eq!(memory_bytes("100000"), Some(100_000));
+        assert_eq!(memory_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(memory_bytes("12parsecs"), None);
+    }
+
+    #[test]
+    fn the_kubelet_back_off_starts_at_once_then_doubles_from_10_s_to_5_min() {
+        let steps: Vec<u64> = (0..9).map(|n| restart_backoff(n).as_secs()).collect();
+        assert_eq!(steps, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
 }

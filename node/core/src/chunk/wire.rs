@@ -191,9 +191,12 @@ pub enum Frame {
     },
     Manifest(ManifestFrame),
     /// Asks for the newest manifest of the object whose
-    /// `StreamId::object_key` is `object`.
+    /// `StreamId::object_key` is `object`. `name` is that object's name
+    /// when the asker knows it (empty otherwise): an origin pulling through
+    /// from an upstream needs the name, which the key cannot give back.
     ManifestRequest {
         object: StreamId,
+        name: String,
     },
     NotFound {
         id: ChunkId,
@@ -431,9 +434,10 @@ impl Frame {
                 put_manifest_fields(out, m);
                 out.put_slice(&m.signature);
             }
-            Self::ManifestRequest { object } => {
+            Self::ManifestRequest { object, name } => {
                 out.put_u8(tag::MANIFEST_REQUEST);
                 out.put_u64(object.0);
+                put_short_str(out, name);
             }
             Self::NotFound { id } => {
                 out.put_u8(tag::NOT_FOUND);
@@ -653,9 +657,19 @@ impl Frame {
                     signature,
                 })
             }
-            tag::MANIFEST_REQUEST => Frame::ManifestRequest {
-                object: StreamId(r.u64("object")?),
-            },
+            tag::MANIFEST_REQUEST => {
+                let object = StreamId(r.u64("object")?);
+                let name = r.short_str("name")?;
+                // A name that is not the key's would make an origin pull
+                // one object and file it under another's key.
+                if !name.is_empty() && StreamId::object_key(&name) != object {
+                    return Err(WireError::BadValue {
+                        field: "name",
+                        value: object.0,
+                    });
+                }
+                Frame::ManifestRequest { object, name }
+            }
             tag::NOT_FOUND => Frame::NotFound { id: r.id()? },
             tag::ERROR => {
                 let code = r.u16("code")?;
@@ -937,12 +951,30 @@ mod tests {
             }),
             any_manifest().prop_map(Frame::Manifest),
             any::<u64>().prop_map(|s| Frame::ManifestRequest {
-                object: StreamId(s)
+                object: StreamId(s),
+                name: String::new(),
+            }),
+            "[a-z0-9/._-]{1,40}".prop_map(|name| Frame::ManifestRequest {
+                object: StreamId::object_key(&name),
+                name,
             }),
             any_id().prop_map(|id| Frame::NotFound { id }),
             (any::<u16>(), "\\PC{0,100}")
                 .prop_map(|(code, message)| Frame::Error { code, message }),
         ]
+    }
+
+    #[test]
+    fn a_manifest_request_whose_name_is_not_its_key_is_refused() {
+        let frame = Frame::ManifestRequest {
+            object: StreamId::object_key("a"),
+            name: "b".into(),
+        };
+        let bytes = frame.to_bytes();
+        assert!(matches!(
+            Frame::decode(&bytes),
+            Err(WireError::BadValue { field: "name", .. })
+        ));
     }
 
     proptest! {
