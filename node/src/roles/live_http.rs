@@ -212,6 +212,8 @@ async fn receive_file<P: Publish>(
         chunks: seq,
         digest: hex::encode(digest),
         digest_bytes: digest,
+        // Published here by the client, not pulled from an upstream.
+        upstream: None,
     };
     state.publisher.publish_live_manifest(&published).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
