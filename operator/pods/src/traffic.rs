@@ -218,7 +218,7 @@ async fn publish(shared: Arc<Shared>, origin: String, token: String, tag: String
         }
         n += 1;
         let seed = (u64::from(std::process::id()) << 20) ^ n;
-        let item = if n % 4 == 0 {
+        let item = if n.is_multiple_of(4) {
             let name = format!("{tag}-live-{n}");
             let pieces: Vec<Bytes> = (0..12).map(|i| sample(4096, seed * 64 + i)).collect();
             let data = Bytes::from(pieces.concat());
@@ -317,7 +317,7 @@ async fn read(shared: Arc<Shared>, runner: Arc<Runner>, service: String, port: u
         turn = turn.wrapping_add(1);
         let item = {
             let mut items = shared.items.lock();
-            if turn % 4 == 0 && !items.pinned.is_empty() {
+            if turn.is_multiple_of(4) && !items.pinned.is_empty() {
                 let k = (turn / 4) % items.pinned.len();
                 items.pinned.get(k).cloned().map(|i| (i, false, true))
             } else {
