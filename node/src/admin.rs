@@ -8,8 +8,8 @@
 //! that changes the node. Errors are JSON with a stable `code` and a human
 //! `message`.
 
+use crate::auth::{self, Refusal, Token};
 use crate::chunk::KeyId;
-use crate::roles::ingest::constant_time_eq;
 use crate::roles::node::Shared;
 use crate::roles::serve::ErrorBody;
 use crate::roles::serve::HttpError;
@@ -24,22 +24,14 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Bearer tokens and what they may do.
-#[derive(Clone, Default)]
+/// Bearer tokens and what they may do, known by their digests only (see
+/// [`crate::auth`]).
+#[derive(Clone, Default, Debug)]
 pub struct AdminTokens {
     /// May read and change.
-    pub admin: Option<String>,
+    pub admin: Option<Token>,
     /// May read.
-    pub read: Option<String>,
-}
-
-impl std::fmt::Debug for AdminTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminTokens")
-            .field("admin", &self.admin.as_ref().map(|_| "<redacted>"))
-            .field("read", &self.read.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub read: Option<Token>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,15 +41,22 @@ enum Scope {
 }
 
 impl AdminTokens {
+    /// Both plain tokens, for tests and in-process callers.
+    pub fn plain(admin: &str, read: &str) -> Self {
+        Self {
+            admin: Token::from_secret(admin).ok(),
+            read: Token::from_secret(read).ok(),
+        }
+    }
+
     fn scope_of(&self, presented: &str) -> Option<Scope> {
-        let is = |t: &Option<String>| {
-            t.as_deref().is_some_and(|t| {
-                !t.is_empty() && constant_time_eq(t.as_bytes(), presented.as_bytes())
-            })
-        };
-        if is(&self.admin) {
+        // Both are checked whatever the first says, so timing does not tell
+        // which scope a guess was closer to.
+        let admin = self.admin.as_ref().is_some_and(|t| t.matches(presented));
+        let read = self.read.as_ref().is_some_and(|t| t.matches(presented));
+        if admin {
             Some(Scope::Admin)
-        } else if is(&self.read) {
+        } else if read {
             Some(Scope::Read)
         } else {
             None
@@ -125,34 +124,31 @@ async fn not_found() -> HttpError {
 }
 
 async fn require(state: &AdminState, req: Request, next: Next, need: Scope) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(presented) = presented else {
-        return HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "no_token",
-            "this route needs an Authorization: Bearer token",
-        )
-        .into_response();
+    let refusal = match auth::bearer(req.headers()) {
+        Err(r) => r,
+        Ok(presented) => match state.tokens.scope_of(presented) {
+            None => Refusal::BadToken,
+            Some(scope) if scope < need => Refusal::Forbidden,
+            Some(_) => return next.run(req).await,
+        },
     };
-    match state.tokens.scope_of(presented) {
-        None => HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "the bearer token is not valid here",
-        )
-        .into_response(),
-        Some(scope) if scope < need => HttpError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this route changes the node and needs the admin token; the read token cannot",
-        )
-        .into_response(),
-        Some(_) => next.run(req).await,
-    }
+    state
+        .shared
+        .metrics
+        .auth_refused
+        .with_label_values(&["admin", refusal.as_str()])
+        .inc();
+    let message = match refusal {
+        Refusal::Missing => "this route needs an Authorization: Bearer token",
+        Refusal::Malformed => "the Authorization header must be `Bearer <token>`",
+        Refusal::BadToken => "the bearer token is not valid here",
+        Refusal::Forbidden => {
+            "this route changes the node and needs the admin token; the read token cannot"
+        }
+    };
+    HttpError::new(refusal.status(), refusal.as_str(), message)
+        .with_header(header::WWW_AUTHENTICATE, refusal.challenge("dcdn-admin"))
+        .into_response()
 }
 
 async fn require_read(State(state): State<AdminState>, req: Request, next: Next) -> Response {

@@ -293,7 +293,8 @@ impl Client {
 
 /// An error and its sources, so "client error (Connect)" says why: hyper's
 /// own message hides the DNS or socket error underneath.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes on one line, for places that keep a `String`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

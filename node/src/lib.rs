@@ -8,6 +8,7 @@
 //! and HTTP servers are thin shells around them.
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -729,6 +729,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run_node(path: &std::path::Path) -> anyhow::Result<()> {
     use dcdn_node::roles::{run, settings::NodeSettings};
     let config = dcdn_node::config::NodeConfig::from_file(path, std::env::vars())?;
+    // The same refusal `config check` gives (an edge or relay needs an
+    // upstream), as a ConfigError so it exits 3.
+    config
+        .validate_runnable()
+        .map_err(|message| dcdn_node::config::ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
     let creds = run::load_credentials(&config, std::env::var("DCDN_INGEST_TOKEN").ok())?;
     let bundle_path = config.crypto.trust_bundle.clone();
     let mut settings = NodeSettings::from_config(config);

@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Input from banned peers refused, by `path` (handshake, hello,
     /// datagram, control, request).
     pub banned_refused: IntCounterVec,
+    /// Requests refused for their credentials, by `api` (admin, ingest) and
+    /// `reason` (no_token, malformed_authorization, bad_token, forbidden).
+    pub auth_refused: IntCounterVec,
     /// HTTP requests by `route` and `status`.
     pub http_requests: IntCounterVec,
     /// HTTP connections refused or cut, by `listener` (http, http3, admin)
@@ -275,6 +278,12 @@ impl Metrics {
                 "dcdn_banned_refused_total",
                 "Input from banned peers refused, by path (handshake, hello, datagram, control, request).",
                 &["path"],
+            )?,
+            auth_refused: counter(
+                r,
+                "dcdn_auth_refused_total",
+                "Requests refused for their credentials, by api (admin, ingest) and reason (no_token, malformed_authorization, bad_token, forbidden).",
+                &["api", "reason"],
             )?,
             http_requests: counter(
                 r,

@@ -42,7 +42,7 @@ pub enum TransportError {
     Pki(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]

@@ -27,10 +27,7 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let tokens = AdminTokens {
-        admin: Some(ADMIN.into()),
-        read: Some(READ.into()),
-    };
+    let tokens = AdminTokens::plain(ADMIN, READ);
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -185,6 +182,237 @@ async fn every_admin_route_answers_each_kind_of_caller_as_it_must() {
     c.stop().await;
 }
 
+/// Polls `cond` until it holds; fails the test, naming `what`, after 30 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One HTTP/1.1 exchange over a real socket with the `Authorization` header
+/// exactly as given: status, `WWW-Authenticate` and body.
+async fn raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let challenge = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("www-authenticate:")
+            .then(|| l["www-authenticate:".len()..].trim().to_owned())
+    });
+    (status, challenge, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_is_challenged_and_counted()
+ {
+    // A read token, stored as its digest, beside the planned admin token.
+    let read_file = std::env::temp_dir().join(format!(
+        "dcdn-read-token-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let read = "read-only-token-0123456789";
+    std::fs::write(
+        &read_file,
+        dcdn_node::auth::Token::from_secret(read).unwrap().hashed(),
+    )
+    .unwrap();
+    let rf = read_file.clone();
+    let c = TestCluster::start(
+        "admin-tokens",
+        Counts {
+            relays: 0,
+            edges: 1,
+        },
+        move |cfg| cfg.admin.read_token_file = Some(rf.clone()),
+        |_| {},
+    )
+    .await;
+    let admin = std::fs::read_to_string(c.dir.join("admin-token")).unwrap();
+    let ingest = c.plan.ingest_token.clone();
+    // At rest the nodes hold digests only: no config names a file with a
+    // token in it.
+    for n in &c.nodes {
+        for f in [
+            n.config.admin.token_file.as_ref(),
+            n.config.admin.read_token_file.as_ref(),
+            n.config.origin.ingest_token_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let at_rest = std::fs::read_to_string(f).unwrap();
+            assert!(at_rest.starts_with("sha256:"), "{}: {at_rest}", f.display());
+            for t in [admin.as_str(), ingest.as_str(), read] {
+                assert!(!at_rest.contains(t), "{} holds a token", f.display());
+            }
+        }
+    }
+    let origin = c.origin();
+    let admin_addr = origin.running().admin_addr;
+    let http_addr = origin.running().http_addr.unwrap();
+    let counted = |api: &str, reason: &str| {
+        origin.metric(
+            "dcdn_auth_refused_total",
+            &[("api", api), ("reason", reason)],
+        )
+    };
+    let mut longer = admin.clone();
+    longer.push('0');
+    let shorter = &admin[..admin.len() - 1];
+    let mut same_length = admin.clone().into_bytes();
+    *same_length.last_mut().unwrap() ^= 1;
+    let same_length = String::from_utf8(same_length).unwrap();
+    // (Authorization, expected status, expected challenge error, metric reason)
+    type Case<'a> = (Option<String>, u16, Option<&'a str>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (None, 401, None, Some("no_token")),
+        (
+            Some(format!("Bearer {same_length}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some(format!("Bearer {longer}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some(format!("Bearer {shorter}")),
+            401,
+            Some("invalid_token"),
+            Some("bad_token"),
+        ),
+        (
+            Some("Bearer ".to_owned()),
+            401,
+            Some("invalid_request"),
+            Some("malformed_authorization"),
+        ),
+        (
+            Some(format!("Basic {admin}")),
+            401,
+            Some("invalid_request"),
+            Some("malformed_authorization"),
+        ),
+        (Some(format!("bearer {admin}")), 200, None, None),
+        (Some(format!("BEARER  {admin}")), 200, None, None),
+        (Some(format!("bearer {read}")), 200, None, None),
+    ];
+    for (auth, status, error, reason) in &cases {
+        let before = reason.map(|r| counted("admin", r));
+        let (s, challenge, body) = raw(admin_addr, "GET", "/v1/status", auth.as_deref(), "").await;
+        assert_eq!(s, *status, "{auth:?}: {body}");
+        if *status == 401 {
+            let challenge = challenge.unwrap_or_else(|| panic!("{auth:?}: no WWW-Authenticate"));
+            assert!(
+                challenge.starts_with("Bearer realm=\"dcdn-admin\""),
+                "{challenge}"
+            );
+            match error {
+                Some(e) => assert!(challenge.contains(&format!("error=\"{e}\"")), "{challenge}"),
+                None => assert!(!challenge.contains("error="), "{challenge}"),
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["code"], reason.unwrap(), "{auth:?}");
+            assert_eq!(
+                counted("admin", reason.unwrap()),
+                before.unwrap() + 1.0,
+                "{auth:?}"
+            );
+        }
+    }
+    // The read token reads but cannot change the node.
+    let before = counted("admin", "forbidden");
+    let (s, challenge, body) = raw(
+        admin_addr,
+        "POST",
+        "/v1/config/reload",
+        Some(&format!("bearer {read}")),
+        "",
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(challenge.unwrap().contains("insufficient_scope"));
+    assert_eq!(counted("admin", "forbidden"), before + 1.0);
+
+    // Ingest: the same rules with its own token; nothing is published by a
+    // refused request.
+    let put = |auth: Option<String>| async move {
+        raw(
+            http_addr,
+            "PUT",
+            "/v1/objects/auth-probe",
+            auth.as_deref(),
+            "hello",
+        )
+        .await
+    };
+    let mut wrong = ingest.clone();
+    wrong.push('x');
+    for (auth, reason) in [
+        (None, "no_token"),
+        (Some(format!("Bearer {wrong}")), "bad_token"),
+        (Some(format!("Bearer {admin}")), "bad_token"),
+        (Some(format!("Token {ingest}")), "malformed_authorization"),
+    ] {
+        let before = counted("ingest", reason);
+        let (s, challenge, body) = put(auth.clone()).await;
+        assert_eq!(s, 401, "{auth:?}: {body}");
+        assert!(
+            challenge
+                .unwrap()
+                .starts_with("Bearer realm=\"dcdn-ingest\""),
+            "{auth:?}"
+        );
+        assert_eq!(counted("ingest", reason), before + 1.0, "{auth:?}");
+    }
+    let edge = c
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Edge)
+        .unwrap()
+        .http();
+    let client = Client::new(Duration::from_secs(20));
+    assert!(
+        client
+            .get(&format!("{edge}/v1/objects/auth-probe"), None)
+            .await
+            .is_err(),
+        "a refused PUT published nothing"
+    );
+    let (s, _, body) = put(Some(format!("bEaReR {ingest}"))).await;
+    assert_eq!(s, 201, "{body}");
+    let _ = std::fs::remove_file(read_file);
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_move_after_a_real_transfer_and_parse_as_prometheus_text() {
     let c = TestCluster::start(
@@ -322,7 +550,16 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
             .unwrap();
         serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = dcdn_node::chunk::StreamId::live("rot");
+    let held = |n: &support::cluster::TestNode| -> Vec<u64> {
+        n.running().shared.store.seqs(stream, 1 << 16)
+    };
+    let edges = c.by_role(Role::Edge);
+    // The stream is flowing before anything changes.
+    wait_until("the origin publishes the stream", || {
+        held(c.origin()).len() >= 5
+    })
+    .await;
     let add = format!(
         "{{\"public_key\":\"{}\"}}",
         hex::encode(new_key.public_key())
@@ -331,7 +568,12 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
     for n in &c.nodes {
         admin_post(&client, &n.admin(), "/v1/keys", &token, &add).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Chunks signed with the old key reach every edge while both are trusted.
+    let now = held(c.origin()).len();
+    wait_until("edges take more old-key chunks", || {
+        edges.iter().all(|&e| held(&c.nodes[e]).len() >= now)
+    })
+    .await;
     // 2. The origin signs with it (others follow the ring state).
     let id = new_key.key_id().to_string();
     for n in &c.nodes {
@@ -344,8 +586,17 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
         )
         .await;
     }
-    // 3. After chunks signed with the old key have drained, revoke it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 3. After chunks signed with the old key have drained, revoke it:
+    // everything the origin held once it signed with the new key (a
+    // superset of the old key's chunks) is at every edge.
+    let signed_before = held(c.origin());
+    wait_until("old-key chunks drain to the edges", || {
+        edges.iter().all(|&e| {
+            let h = held(&c.nodes[e]);
+            signed_before.iter().all(|s| h.binary_search(s).is_ok())
+        })
+    })
+    .await;
     for n in &c.nodes {
         admin_post(
             &client,
@@ -422,11 +673,7 @@ async fn graceful_shutdown_finishes_in_flight_responses() {
     let stopper = tokio::spawn(async move {
         node.shutdown(Duration::from_secs(10)).await;
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        shared.is_shutting_down(),
-        "the edge is draining while the body is read"
-    );
+    wait_until("the edge starts draining", || shared.is_shutting_down()).await;
     let mut body = resp.into_body();
     let mut got = Vec::new();
     while let Some(frame) = body.frame().await {

@@ -151,6 +151,11 @@ impl Names {
     pub fn admin_secret(&self) -> String {
         self.admin_secret.clone()
     }
+    /// The SHA-256 digests of the admin and ingest tokens: what pods mount
+    /// (a node only checks tokens, so no pod holds one it could present).
+    pub fn token_digests_secret(&self) -> String {
+        format!("{}-token-digests", self.cluster)
+    }
     pub fn ca_secret(&self) -> String {
         format!("{}-mesh-ca", self.cluster)
     }
@@ -438,6 +443,16 @@ fn restricted_container_security() -> Value {
     })
 }
 
+fn token_items(role: Role) -> Value {
+    let mut keys = vec![crate::keys::ADMIN_TOKEN_FILE];
+    if role == Role::Origin {
+        keys.push(crate::keys::INGEST_TOKEN_FILE);
+    }
+    keys.iter()
+        .map(|k| json!({ "key": k, "path": k }))
+        .collect()
+}
+
 fn workload(
     c: &DcdnCluster,
     names: &Names,
@@ -450,7 +465,13 @@ fn workload(
         json!({ "name": "config", "configMap": { "name": names.config_map(role) } }),
         json!({ "name": "trust", "configMap": { "name": names.trust_bundle() } }),
         json!({ "name": "tls", "secret": { "secretName": names.tls_secret(role), "defaultMode": 0o400 } }),
-        json!({ "name": "admin", "secret": { "secretName": names.admin_secret(), "defaultMode": 0o400 } }),
+        // Each tier gets the digests it checks and no more: only origins
+        // take publishes, so only they see the ingest token's digest.
+        json!({ "name": "admin", "secret": {
+            "secretName": names.token_digests_secret(),
+            "defaultMode": 0o400,
+            "items": token_items(role),
+        } }),
     ];
     let mut mounts = vec![
         json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }),

@@ -226,6 +226,25 @@ impl AdminTokens {
         Ok(Self { admin, ingest })
     }
 
+    /// The Secret pods mount: the same keys, each holding `sha256:<hex>` of
+    /// its token, which the node checks presented tokens against.
+    pub fn digest_secret(&self, names: &Names) -> Result<Value, KeyError> {
+        let digest = |what: &str, t: &str| {
+            dcdn_node::auth::Token::from_secret(t)
+                .map(|t| t.hashed())
+                .map_err(|e| corrupt(&names.admin_secret(), what, e.to_string()))
+        };
+        Ok(secret_object(
+            names,
+            names.token_digests_secret(),
+            None,
+            &[
+                (ADMIN_TOKEN_FILE, &digest(ADMIN_TOKEN_FILE, &self.admin)?),
+                (INGEST_TOKEN_FILE, &digest(INGEST_TOKEN_FILE, &self.ingest)?),
+            ],
+        ))
+    }
+
     pub fn to_secret(&self, names: &Names) -> Value {
         secret_object(
             names,

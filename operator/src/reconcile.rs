@@ -531,6 +531,7 @@ async fn read_keys(
         names.ca_secret(),
         names.signing_secret(),
         names.admin_secret(),
+        names.token_digests_secret(),
     ];
     wanted.extend(TIERS.iter().map(|r| names.tls_secret(*r)));
     for name in wanted {
@@ -1014,6 +1015,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     if keys.admin_generated {
         desired.push(keys.admin.to_secret(&names));
     }
+    desired.push(keys.admin.digest_secret(&names)?);
     for role in TIERS {
         let replicas = build::tier_spec(c, role).replicas;
         let existing = keys

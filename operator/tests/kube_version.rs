@@ -5,6 +5,8 @@
 //! (probes, affinity, resources) do not describe.
 
 /// The Kubernetes minor version `k8s-openapi` was built for.
+// One push per version macro, of which only the built one expands.
+#[allow(clippy::vec_init_then_push)]
 fn embedded_minor() -> u32 {
     let mut v: Vec<u32> = Vec::new();
     k8s_openapi::k8s_if_1_32! { v.push(32); }

@@ -41,14 +41,19 @@ fn examples() -> Vec<PathBuf> {
 /// certificate Secrets (the user's, or the one cert-manager writes) those of
 /// a `kubernetes.io/tls` Secret.
 fn all_objects(c: &DcdnCluster) -> Vec<Value> {
+    all_objects_with(c, &AdminTokens::generate())
+}
+
+fn all_objects_with(c: &DcdnCluster, tokens: &AdminTokens) -> Vec<Value> {
     let names = Names::of(c).unwrap();
     let mut out = build::build(c).unwrap();
     let ca = MeshCa::generate(&names.cluster).unwrap();
     out.push(ca.to_secret(&names));
     out.push(SigningKeys::generate().to_secret(&names));
-    let mut admin = AdminTokens::generate().to_secret(&names);
+    let mut admin = tokens.to_secret(&names);
     admin["metadata"]["name"] = names.admin_secret().into();
     out.push(admin);
+    out.push(tokens.digest_secret(&names).unwrap());
     for role in TIERS {
         let replicas = build::tier_spec(c, role).replicas;
         out.push(ca.tier_secret(&names, role, replicas, None).unwrap());
@@ -403,4 +408,72 @@ fn the_check_sees_a_certificate_directory_no_secret_is_mounted_at() {
         problems[0].contains("/etc/dcdn/http-tls/media-example-org-tls"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn pods_mount_token_digests_only_and_each_tier_only_those_it_checks() {
+    let tokens = AdminTokens::generate();
+    for example in examples() {
+        let mut c =
+            dcdn_operator::crd::from_yaml(&std::fs::read_to_string(&example).unwrap()).unwrap();
+        c.metadata.namespace.get_or_insert("default".into());
+        let objects = all_objects_with(&c, &tokens);
+        let names = Names::of(&c).unwrap();
+        for role in TIERS {
+            let sts: StatefulSet = serde_json::from_value(
+                objects
+                    .iter()
+                    .find(|o| {
+                        o["kind"] == "StatefulSet"
+                            && o["metadata"]["name"] == names.workload(role).as_str()
+                    })
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+            let spec = sts.spec.unwrap().template.spec.unwrap();
+            let mut admin_files = BTreeMap::new();
+            for vol in spec.volumes.unwrap_or_default() {
+                let Some(secret) = &vol.secret else { continue };
+                let data = objects
+                    .iter()
+                    .find(|o| {
+                        o["kind"] == "Secret"
+                            && o["metadata"]["name"] == secret.secret_name.as_deref().unwrap()
+                    })
+                    .map(|o| serde_json::from_value::<Secret>(o.clone()).unwrap())
+                    .unwrap()
+                    .data
+                    .unwrap_or_default();
+                for (file, key) in projected_files(&vol, &objects).unwrap() {
+                    let text = String::from_utf8_lossy(&data[&key].0).into_owned();
+                    for t in [&tokens.admin, &tokens.ingest] {
+                        assert!(
+                            !text.contains(t.as_str()),
+                            "{}: {role:?} pods get a token in {}/{file}",
+                            example.display(),
+                            vol.name
+                        );
+                    }
+                    if vol.name == "admin" {
+                        admin_files.insert(file, text);
+                    }
+                }
+            }
+            let check = |file: &str, token: &str| {
+                let digest = dcdn_node::auth::Token::parse(&admin_files[file]).unwrap();
+                assert!(digest.matches(token), "{role:?} {file}");
+                assert!(!digest.matches("something else"));
+            };
+            check("token", &tokens.admin);
+            if role == dcdn_node::config::Role::Origin {
+                check("ingest-token", &tokens.ingest);
+            } else {
+                assert!(
+                    !admin_files.contains_key("ingest-token"),
+                    "{role:?} pods take no publishes, so they get no ingest digest"
+                );
+            }
+        }
+    }
 }

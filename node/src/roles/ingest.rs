@@ -8,6 +8,7 @@
 //! read; an object's manifest follows its last chunk. Every route needs the
 //! ingest bearer token.
 
+use crate::auth::{self, Refusal, Token};
 use crate::chunk::StreamId;
 use crate::roles::serve::HttpError;
 use axum::body::Body;
@@ -136,7 +137,9 @@ pub struct Published {
 pub struct IngestConfig {
     pub chunk_size: usize,
     /// Bearer token publishers must present; requests without it get 401.
-    pub token: String,
+    pub token: Token,
+    /// `dcdn_auth_refused_total`, counted on every refusal.
+    pub refused: Option<prometheus::IntCounterVec>,
     /// Largest object accepted, bytes.
     pub max_object_bytes: u64,
     /// `Cache-Control` for objects published without one.
@@ -187,33 +190,22 @@ fn check_name(name: &str) -> Result<(), HttpError> {
     }
 }
 
-pub(crate) fn check_token(headers: &HeaderMap, token: &str) -> Result<(), HttpError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "the bearer token is not valid for ingest",
-        )),
-        None => Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "no_token",
-            "ingest needs an Authorization: Bearer token",
-        )),
+pub(crate) fn check_token(headers: &HeaderMap, config: &IngestConfig) -> Result<(), HttpError> {
+    let refusal = match auth::bearer(headers) {
+        Ok(p) if config.token.matches(p) => return Ok(()),
+        Ok(_) => Refusal::BadToken,
+        Err(r) => r,
+    };
+    if let Some(c) = &config.refused {
+        c.with_label_values(&["ingest", refusal.as_str()]).inc();
     }
-}
-
-/// Compares without an early exit, so response timing does not reveal how
-/// much of a guessed token was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let message = match refusal {
+        Refusal::Missing => "ingest needs an Authorization: Bearer token",
+        Refusal::Malformed => "the Authorization header must be `Bearer <token>`",
+        _ => "the bearer token is not valid for ingest",
+    };
+    Err(HttpError::new(refusal.status(), refusal.as_str(), message)
+        .with_header(header::WWW_AUTHENTICATE, refusal.challenge("dcdn-ingest")))
 }
 
 async fn put_object<P: Publish>(
@@ -222,7 +214,7 @@ async fn put_object<P: Publish>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    check_token(&headers, &state.config.token)?;
+    check_token(&headers, &state.config)?;
     check_name(&name)?;
     let cache_control = match headers.get(header::CACHE_CONTROL) {
         None => state.config.cache_control.clone(),
@@ -379,7 +371,7 @@ async fn delete_object<P: Publish>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    check_token(&headers, &state.config.token)?;
+    check_token(&headers, &state.config)?;
     check_name(&name)?;
     match state.publisher.purge(&name)? {
         Some(up_to) => Ok(Json(serde_json::json!({
@@ -446,7 +438,7 @@ async fn put_live<P: Publish>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    check_token(&headers, &state.config.token)?;
+    check_token(&headers, &state.config)?;
     check_name(&name)?;
     let stream = StreamId::live(&name);
     let first_seq = state.publisher.next_live_seq(stream);
@@ -542,7 +534,8 @@ mod tests {
             rec,
             IngestConfig {
                 chunk_size: 1000,
-                token: "s3cret".into(),
+                token: Token::from_secret("s3cret").unwrap(),
+                refused: None,
                 max_object_bytes: 1 << 20,
                 cache_control: "no-cache".into(),
             },

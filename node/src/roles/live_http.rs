@@ -86,7 +86,7 @@ async fn put_file<P: Publish>(
     body: Body,
 ) -> Result<Response, HttpError> {
     let metrics = &state.metrics;
-    check_token(&headers, &state.config.token).map_err(|e| refused(metrics, "token", e))?;
+    check_token(&headers, &state.config).map_err(|e| refused(metrics, "token", e))?;
     let f = LiveFile::parse(&stream, &file).map_err(|e| path_error(metrics, e))?;
     if !state.publisher.live_has_room(&f.stream) {
         return Err(refused(
@@ -212,6 +212,7 @@ async fn receive_file<P: Publish>(
         chunks: seq,
         digest: hex::encode(digest),
         digest_bytes: digest,
+        // Published here by the client, not pulled from an upstream.
         upstream: None,
     };
     state.publisher.publish_live_manifest(&published).await?;
@@ -224,7 +225,7 @@ async fn delete_file<P: Publish>(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let metrics = &state.metrics;
-    check_token(&headers, &state.config.token).map_err(|e| refused(metrics, "token", e))?;
+    check_token(&headers, &state.config).map_err(|e| refused(metrics, "token", e))?;
     LiveFile::parse(&stream, &file).map_err(|e| path_error(metrics, e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -337,7 +338,8 @@ mod tests {
             rec,
             IngestConfig {
                 chunk_size: 1000,
-                token: "t".into(),
+                token: crate::auth::Token::from_secret("t").unwrap(),
+                refused: Some(metrics.auth_refused.clone()),
                 max_object_bytes: 5000,
                 cache_control: "no-cache".into(),
             },

@@ -63,9 +63,13 @@ pub fn unix_ms() -> u64 {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("binding the mesh endpoint on {addr}: {message}")]
-    Mesh { addr: SocketAddr, message: String },
-    #[error("binding {what} on {addr}: {source}")]
+    #[error("binding the mesh endpoint on {addr}")]
+    Mesh {
+        addr: SocketAddr,
+        #[source]
+        source: crate::transport::TransportError,
+    },
+    #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
@@ -78,8 +82,10 @@ pub enum NodeError {
         path: String,
         message: String,
     },
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("an origin needs an ingest token: set origin.ingest_token_file or DCDN_INGEST_TOKEN")]
+    NoIngestToken,
 }
 
 /// A connected peer.

@@ -64,7 +64,7 @@ pub enum OriginStoreError {
     },
     #[error("no upload of {0} is in progress")]
     NoUpload(StreamId),
-    #[error("origin store {path}: {source}")]
+    #[error("origin store {path}")]
     Io {
         path: String,
         #[source]

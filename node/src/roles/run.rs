@@ -34,8 +34,8 @@ pub struct Credentials {
     pub keys: KeyRing,
     /// Secret keys (origin only).
     pub signers: Vec<Signer>,
-    /// Token publishers present to the origin's ingest API.
-    pub ingest_token: String,
+    /// Token publishers present to the origin's ingest API (its digest).
+    pub ingest_token: Option<crate::auth::Token>,
     /// Admin API tokens.
     pub admin_tokens: crate::admin::AdminTokens,
 }
@@ -72,13 +72,14 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         &creds.ca_pem,
         settings.mesh_limits(),
     )
-    .map_err(|e| NodeError::Mesh {
+    .map_err(|source| NodeError::Mesh {
         addr: settings.mesh_listen,
-        message: e.to_string(),
+        source,
     })?;
-    let mesh_addr = endpoint.local_addr().map_err(|e| NodeError::Mesh {
+    let mesh_addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+        what: "the mesh endpoint",
         addr: settings.mesh_listen,
-        message: e.to_string(),
+        source,
     })?;
     let mut settings = settings;
     if settings.mesh_advertise.port() == 0 {
@@ -98,7 +99,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                 |e| NodeError::Load {
                     what: "the origin store",
                     path: dir.display().to_string(),
-                    message: e.to_string(),
+                    message: crate::client::error_chain(&e),
                 },
             )?,
         ),
@@ -211,7 +212,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             let publisher = Arc::new(OriginPublisher(shared.clone()));
             let config = IngestConfig {
                 chunk_size: shared.settings.chunk_size,
-                token: creds.ingest_token.clone(),
+                token: creds.ingest_token.clone().ok_or(NodeError::NoIngestToken)?,
+                refused: Some(shared.metrics.auth_refused.clone()),
                 max_object_bytes: shared.settings.max_object_bytes,
                 cache_control: shared.settings.config.origin.cache_control.clone(),
             };
@@ -447,7 +449,7 @@ async fn blocking(
 fn store_error(e: OriginStoreError) -> PublishError {
     match e {
         OriginStoreError::Full { .. } => PublishError::Full(e.to_string()),
-        other => PublishError::Failed(other.to_string()),
+        other => PublishError::Failed(crate::client::error_chain(&other)),
     }
 }
 
@@ -650,6 +652,8 @@ pub enum CredentialsError {
     Read { path: String, message: String },
     #[error("an origin needs an ingest token: set origin.ingest_token_file or DCDN_INGEST_TOKEN")]
     NoIngestToken,
+    #[error("the token in {what}: {message}")]
+    Token { what: String, message: String },
     #[error("an origin needs at least one signing key in crypto.signing_keys")]
     NoSigningKey,
 }
@@ -670,12 +674,18 @@ pub fn load_credentials(
     config: &crate::config::NodeConfig,
     env_token: Option<String>,
 ) -> Result<Credentials, CredentialsError> {
+    let parse = |what: String, text: &str| {
+        crate::auth::Token::parse(text).map_err(|e| CredentialsError::Token {
+            what,
+            message: e.to_string(),
+        })
+    };
     let token = |env: &str,
                  file: &Option<std::path::PathBuf>|
-     -> Result<Option<String>, CredentialsError> {
+     -> Result<Option<crate::auth::Token>, CredentialsError> {
         match (std::env::var(env).ok().filter(|t| !t.is_empty()), file) {
-            (Some(t), _) => Ok(Some(t)),
-            (None, Some(path)) => read_trimmed(path).map(Some),
+            (Some(t), _) => parse(env.to_owned(), &t).map(Some),
+            (None, Some(path)) => parse(path.display().to_string(), &read_trimmed(path)?).map(Some),
             (None, None) => Ok(None),
         }
     };
@@ -695,12 +705,15 @@ pub fn load_credentials(
         .map(|p| Signer::load(p))
         .collect::<Result<Vec<_>, _>>()?;
     let ingest_token = match (env_token, &config.origin.ingest_token_file) {
-        (Some(t), _) if !t.is_empty() => t,
-        (_, Some(path)) => read_trimmed(path)?,
-        _ => String::new(),
+        (Some(t), _) if !t.is_empty() => Some(parse("DCDN_INGEST_TOKEN".into(), &t)?),
+        (_, Some(path)) => match read_trimmed(path)? {
+            t if t.is_empty() => None,
+            t => Some(parse(path.display().to_string(), &t)?),
+        },
+        _ => None,
     };
     if config.node.role == Role::Origin {
-        if ingest_token.is_empty() {
+        if ingest_token.is_none() {
             return Err(CredentialsError::NoIngestToken);
         }
         if signers.is_empty() {

@@ -239,6 +239,12 @@ impl HttpError {
             headers: Vec::new(),
         }
     }
+
+    /// Adds a response header (a challenge, a `Content-Range`).
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
 }
 
 impl From<ContentError> for HttpError {

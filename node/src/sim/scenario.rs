@@ -11,7 +11,7 @@ use std::path::Path;
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("reading scenario {path}: {source}")]
+    #[error("reading scenario {path}")]
     Read {
         path: String,
         #[source]

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 /// Why a cluster could not be laid out.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("finding a free port: {0}")]
+    #[error("finding a free port")]
     Port(#[source] std::io::Error),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
@@ -226,6 +226,18 @@ pub fn plan_with(
     } else {
         None
     };
+    // The nodes only check tokens, so their configs name digests; the
+    // plain tokens above are for the user's clients.
+    for (file, token) in [
+        ("ingest-token.sha256", &ingest_token),
+        ("admin-token.sha256", &admin_token),
+    ] {
+        let t = crate::auth::Token::from_secret(token).map_err(|e| PlanError::Write {
+            path: file.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        write_secret(&dir.join(file), &t.hashed())?;
+    }
 
     let mut nodes = Vec::new();
     let roles = std::iter::once((Role::Origin, "origin-0".to_owned()))
@@ -302,11 +314,11 @@ pub fn plan_with(
         c.crypto.trust_bundle = bundle.clone();
         if n.role == Role::Origin {
             c.crypto.signing_keys = vec![signing_key.clone()];
-            c.origin.ingest_token_file = Some(dir.join("ingest-token"));
+            c.origin.ingest_token_file = Some(dir.join("ingest-token.sha256"));
             // The origin of record keeps what it acknowledged across restarts.
             c.origin.store_dir = Some(dir.join(format!("{}-store", n.name)));
         }
-        c.admin.token_file = Some(dir.join("admin-token"));
+        c.admin.token_file = Some(dir.join("admin-token.sha256"));
         if let (Some((_, cert_dir)), Role::Origin | Role::Edge) = (&https, n.role) {
             c.http_tls = Some(crate::config::HttpTlsSection {
                 cert_dirs: vec![cert_dir.clone()],

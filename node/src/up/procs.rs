@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 /// Why a child could not be started or did not become ready.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    #[error("starting {name}: {source}")]
+    #[error("starting {name}")]
     Spawn {
         name: String,
         #[source]
