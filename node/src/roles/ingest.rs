@@ -395,7 +395,7 @@ async fn post_object<P: Publish>(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    check_token(&headers, &state.config.token)?;
+    check_token(&headers, &state.config)?;
     let Some(name) = path.strip_suffix("/preheat") else {
         return Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -238,9 +238,11 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                 read_ahead: shared.settings.read_ahead,
                 ..ServeConfig::default()
             };
-            let router = serve::router(content.clone(), config).merge(
-                live_http::edge_router(content, config, shared.metrics.clone()),
-            );
+            let router = serve::router(content.clone(), config).merge(live_http::edge_router(
+                content,
+                config,
+                shared.metrics.clone(),
+            ));
             Some(
                 serve_http(
                     &mut tasks,
