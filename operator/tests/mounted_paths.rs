@@ -242,7 +242,7 @@ fn missing_files(objects: &[Value], sts: &StatefulSet) -> Vec<String> {
     // `[http_tls]` names directories, each of which must be a Secret volume
     // projecting a certificate and its key. The node parses the whole file,
     // [http_tls] included: what the operator renders is what the node reads.
-    let mut table: toml::Table = toml.parse().unwrap();
+    let table: toml::Table = toml.parse().unwrap();
     if let Some(section) = table.get("http_tls").cloned() {
         let dirs = section["cert_dirs"].as_array().cloned().unwrap_or_default();
         if dirs.is_empty() {
