@@ -234,22 +234,7 @@ impl Client {
                 url: url.to_owned(),
                 message: error_chain(&e),
             })?;
-        let status = resp.status();
-        if !status.is_success() && status != StatusCode::NOT_MODIFIED {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(ClientError::Status {
-                method,
-                url: url.to_owned(),
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        Ok(resp)
+        error_status(method, url, resp).await
     }
 
     pub async fn get(&self, url: &str, token: Option<&str>) -> Result<Response, ClientError> {
@@ -303,6 +288,36 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+/// A response that is neither 2xx nor 304 as `ClientError::Status`, with
+/// the body the server explained itself in; any other response as it is.
+/// Shared by the HTTP/1.1-2 client and the HTTP/3 one, so both report
+/// refusals alike.
+pub(crate) async fn error_status<B>(
+    method: Method,
+    url: &str,
+    resp: hyper::Response<B>,
+) -> Result<hyper::Response<B>, ClientError>
+where
+    B: hyper::body::Body,
+{
+    let status = resp.status();
+    if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(ClientError::Status {
+            method,
+            url: url.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use crate::client::ClientError;
 use bytes::{Buf, Bytes};
-use hyper::{Method, StatusCode, header};
+use hyper::{Method, header};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,23 +122,7 @@ pub async fn get(
         }
     });
     let resp = resp.map(|()| axum::body::Body::from_stream(body));
-    let status = resp.status();
-    if !status.is_success() && status != StatusCode::NOT_MODIFIED {
-        use http_body_util::BodyExt;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(ClientError::Status {
-            method,
-            url: url.to_owned(),
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
-    }
-    Ok(resp)
+    crate::client::error_status(method, url, resp).await
 }
 
 /// Stops the connection driver when the body is dropped.
