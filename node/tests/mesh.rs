@@ -163,8 +163,13 @@ async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
             loss,
         )
         .await;
-        let live = publish_live(&c, "loss", N, LEN, Duration::from_millis(5)).await;
         let edge_i = c.by_role(Role::Edge)[0];
+        // The edge is Ready once its hello is through; its subscription is
+        // a later frame, retransmitted on loss. Chunks published before the
+        // relay has it are never pushed (the edge repairs them by pull),
+        // which is not what this test measures: start once it is there.
+        wait_subscribed(&c, c.by_role(Role::Relay)[0], edge_i).await;
+        let live = publish_live(&c, "loss", N, LEN, Duration::from_millis(5)).await;
         let edge = &c.nodes[edge_i];
         // Let pushes still in flight land before asking for anything, so a
         // repair is counted only where FEC really could not rebuild.
@@ -257,6 +262,35 @@ async fn relays_seen_by(c: &TestCluster, edge: usize) -> Vec<(String, bool, u64)
             )
         })
         .collect()
+}
+
+/// Waits (up to 30 s) until `relay` lists `edge` as subscribed to its pushes.
+async fn wait_subscribed(c: &TestCluster, relay: usize, edge: usize) {
+    let client = Client::new(Duration::from_secs(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let name = &c.nodes[edge].name;
+    loop {
+        let resp = client
+            .get(
+                &format!("{}/v1/peers", c.nodes[relay].admin()),
+                Some(&c.plan.admin_token),
+            )
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        let subscribed = v["peers"].as_array().unwrap().iter().any(|p| {
+            p["name"].as_str() == Some(name.as_str()) && p["subscribed"].as_bool() == Some(true)
+        });
+        if subscribed {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never subscribed to {}'s pushes",
+            c.nodes[relay].name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Chunks `relay` has pushed to `edge` so far (0 when not connected).
