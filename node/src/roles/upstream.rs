@@ -15,7 +15,10 @@
 //! 404 purges the name everywhere. When the upstream cannot be reached
 //! the request fails with 502 (`upstream_failed`) and
 //! `dcdn_upstream_fetches_total{result="error"}` counts it, unless
-//! `serve_stale_if_error` says to serve the version held.
+//! `serve_stale_if_error` says to serve the version held. A 404 is
+//! remembered for `not_found_ttl_secs` in a bounded map ([`NotFound`]), so
+//! a flood of requests for a missing name reaches the upstream once per
+//! period; a publish or purge of the name forgets it.
 //!
 //! This module owns the upstream client (HTTP, or S3 with SigV4 signing)
 //! and the pull; chunking, signing and storage are the ingest path's.
@@ -32,7 +35,8 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,6 +145,10 @@ pub struct Upstream {
     timeout: Duration,
     default_ttl: Duration,
     pub serve_stale_if_error: bool,
+    not_found_ttl: Duration,
+    not_found_max: usize,
+    /// Names the upstream answered 404 for, answered 404 here until then.
+    not_found: Mutex<NotFound>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -232,7 +240,38 @@ impl Upstream {
             timeout: Duration::from_millis(config.timeout_ms.get()),
             default_ttl: Duration::from_secs(config.default_ttl_secs.get()),
             serve_stale_if_error: config.serve_stale_if_error,
+            not_found_ttl: Duration::from_secs(config.not_found_ttl_secs.get()),
+            not_found_max: config.not_found_max_names.get() as usize,
+            not_found: Mutex::new(NotFound::default()),
         })
+    }
+
+    /// Whether the upstream answered 404 for `key` recently enough that
+    /// it is not asked again yet.
+    pub(crate) fn known_missing(&self, key: StreamId) -> bool {
+        self.not_found.lock().contains(key, Instant::now())
+    }
+
+    /// Remembers that the upstream has no `key`, for `not_found_ttl_secs`.
+    fn remember_missing(&self, key: StreamId) {
+        if self.not_found_ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        self.not_found
+            .lock()
+            .insert(key, now + self.not_found_ttl, now, self.not_found_max);
+    }
+
+    /// Forgets a remembered 404 for `key`: the name was published or
+    /// purged here, so the next request must not be answered from it.
+    pub fn forget_missing(&self, key: StreamId) {
+        self.not_found.lock().remove(key);
+    }
+
+    /// Names remembered as missing upstream.
+    pub fn missing_names(&self) -> usize {
+        self.not_found.lock().len()
     }
 
     /// Which kind of upstream, for metric labels.
@@ -535,6 +574,52 @@ impl Pulled {
     }
 }
 
+/// Names the upstream answered 404 for and until when that answer stands,
+/// bounded: every entry lives as long as the others (one TTL), so
+/// insertion order is expiry order and the oldest go first.
+#[derive(Debug, Default)]
+pub(crate) struct NotFound {
+    until: HashMap<StreamId, Instant>,
+    /// Insertion order; an entry whose time no longer matches `until`
+    /// (removed, or inserted again since) is skipped when it comes up.
+    order: VecDeque<(StreamId, Instant)>,
+}
+
+impl NotFound {
+    pub(crate) fn contains(&mut self, key: StreamId, now: Instant) -> bool {
+        match self.until.get(&key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                self.until.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: StreamId, until: Instant, now: Instant, max: usize) {
+        self.until.insert(key, until);
+        self.order.push_back((key, until));
+        while let Some(&(k, u)) = self.order.front() {
+            if self.order.len() <= max && u > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.until.get(&k) == Some(&u) {
+                self.until.remove(&k);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: StreamId) {
+        self.until.remove(&key);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
 fn count(shared: &Shared, kind: &str, result: &str) {
     shared
         .metrics
@@ -562,6 +647,14 @@ pub(crate) async fn manifest(
             return Ok(Some(m.clone()));
         }
         _ => {}
+    }
+    if held.is_none() && up.known_missing(object) {
+        shared
+            .metrics
+            .upstream_not_found_cached
+            .with_label_values(&[up.kind()])
+            .inc();
+        return Ok(None);
     }
     // One pull per name however many ask, and it runs to the end as its
     // own task: a requester that gives up (a relay's request timeout on a
@@ -639,6 +732,7 @@ async fn pull(
                 // Gone upstream: gone from every edge too, by signed purge.
                 shared.purge(name)?;
             }
+            up.remember_missing(object);
             Err(format!("the upstream has no manifest for {name}"))
         }
         Fetched::Body {
@@ -810,6 +904,40 @@ mod tests {
         );
         assert_eq!(freshness(Some("no-cache"), d), Duration::ZERO);
         assert_eq!(freshness(Some("max-age=30, private"), d), Duration::ZERO);
+    }
+
+    #[test]
+    fn remembered_404s_expire_are_bounded_and_can_be_forgotten() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let key = |i: u32| StreamId::object_key(&format!("n{i}"));
+        let mut m = NotFound::default();
+        m.insert(key(0), t0 + ttl, t0, 3);
+        assert!(m.contains(key(0), t0 + Duration::from_secs(9)));
+        assert!(!m.contains(key(0), t0 + ttl), "expired at its time");
+        assert_eq!(m.len(), 0, "an expired entry found is dropped");
+        // Bounded: the fourth name pushes out the oldest.
+        for i in 1..=4 {
+            m.insert(key(i), t0 + ttl, t0, 3);
+        }
+        assert_eq!(m.len(), 3);
+        assert!(!m.contains(key(1), t0) && m.contains(key(4), t0));
+        // A flood of the same name keeps one entry.
+        for _ in 0..100 {
+            m.insert(key(4), t0 + ttl, t0, 3);
+        }
+        assert!(
+            m.len() <= 3 && m.order.len() <= 3,
+            "{} {}",
+            m.len(),
+            m.order.len()
+        );
+        m.remove(key(4));
+        assert!(!m.contains(key(4), t0));
+        // Entries past their time go as new ones arrive.
+        let later = t0 + Duration::from_secs(60);
+        m.insert(key(9), later + ttl, later, 3);
+        assert_eq!(m.len(), 1);
     }
 
     #[test]
