@@ -43,7 +43,7 @@ pub const TLS_SECRET_FILES: [&str; 2] = ["tls.crt", "tls.key"];
 pub const HTTP_TLS_RELOAD_SECONDS: u64 = 10;
 /// Where the origin finds its S3 upstream's access key: the user's Secret,
 /// mounted read-only (no `subPath`, so a rotated key reaches the pod; the
-/// node reads the files at start).
+/// node reads the files again before each upstream request).
 pub const UPSTREAM_S3_DIR: &str = "/etc/dcdn/upstream-s3";
 /// The file names the Secret's two keys are projected as.
 pub const UPSTREAM_S3_FILES: [&str; 2] = ["access-key-id", "secret-access-key"];

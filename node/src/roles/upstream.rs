@@ -37,7 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -96,10 +96,37 @@ enum Source {
         host: String,
         bucket: String,
         region: String,
-        key_id: String,
-        secret: String,
+        /// The access key: the last one read that was whole.
+        key: Mutex<S3Key>,
+        /// Where it is read from before each request, when configured as
+        /// files: a rotated Secret (kubelet swaps the mounted files
+        /// atomically) reaches a running origin.
+        key_files: Option<(PathBuf, PathBuf)>,
         session_token: Option<String>,
     },
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct S3Key {
+    id: String,
+    secret: String,
+}
+
+impl S3Key {
+    fn read(files: &(PathBuf, PathBuf)) -> Result<Self, UpstreamError> {
+        let key = Self {
+            id: read_secret(Some(&files.0), "AWS_ACCESS_KEY_ID")?,
+            secret: read_secret(Some(&files.1), "AWS_SECRET_ACCESS_KEY")?,
+        };
+        if key.id.is_empty() || key.secret.is_empty() {
+            return Err(UpstreamError::Credentials(format!(
+                "{} or {} is empty",
+                files.0.display(),
+                files.1.display()
+            )));
+        }
+        Ok(key)
+    }
 }
 
 /// What a pulled version was fetched as: the conditional request's inputs.
@@ -190,16 +217,27 @@ impl Upstream {
                     .split_once("://")
                     .map_or(endpoint.as_str(), |(_, h)| h)
                     .to_owned();
+                let key_files = s3
+                    .access_key_id_file
+                    .clone()
+                    .zip(s3.secret_access_key_file.clone());
+                let key = match &key_files {
+                    Some(files) => S3Key::read(files)?,
+                    None => S3Key {
+                        id: read_secret(s3.access_key_id_file.as_deref(), "AWS_ACCESS_KEY_ID")?,
+                        secret: read_secret(
+                            s3.secret_access_key_file.as_deref(),
+                            "AWS_SECRET_ACCESS_KEY",
+                        )?,
+                    },
+                };
                 Source::S3 {
                     endpoint,
                     host,
                     bucket: s3.bucket.clone(),
                     region: s3.region.clone(),
-                    key_id: read_secret(s3.access_key_id_file.as_deref(), "AWS_ACCESS_KEY_ID")?,
-                    secret: read_secret(
-                        s3.secret_access_key_file.as_deref(),
-                        "AWS_SECRET_ACCESS_KEY",
-                    )?,
+                    key: Mutex::new(key),
+                    key_files,
                     session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
                 }
             }
@@ -310,10 +348,11 @@ impl Upstream {
                 host,
                 bucket,
                 region,
-                key_id,
-                secret,
+                key,
+                key_files,
                 session_token,
             } => {
+                let key = s3_key(key, key_files.as_ref());
                 let uri_path = format!("/{}/{path}", encode_segment(bucket));
                 let amz_date = amz_date(crate::roles::node::unix_ms() / 1000);
                 let mut signed: Vec<(&str, &str)> = vec![
@@ -333,8 +372,8 @@ impl Upstream {
                     amz_date: &amz_date,
                     region,
                     service: "s3",
-                    key_id,
-                    secret,
+                    key_id: &key.id,
+                    secret: &key.secret,
                 });
                 for (k, v) in &signed {
                     if *k != "host" {
@@ -412,6 +451,27 @@ impl Upstream {
     pub fn idle_timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// The S3 key to sign with: read again from its files when it has them
+/// (a rotation is picked up by the next request); a read that fails or
+/// finds an empty file keeps the last good key, with a warning.
+fn s3_key(held: &Mutex<S3Key>, files: Option<&(PathBuf, PathBuf)>) -> S3Key {
+    if let Some(files) = files {
+        match S3Key::read(files) {
+            Ok(fresh) => {
+                let mut k = held.lock();
+                if *k != fresh {
+                    tracing::info!(file = %files.0.display(), "the upstream's S3 key changed; signing with the new one");
+                    *k = fresh;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the upstream's S3 key; keeping the last one read")
+            }
+        }
+    }
+    held.lock().clone()
 }
 
 /// How long an upstream answer stays fresh: `s-maxage`, else `max-age`;
@@ -938,6 +998,32 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         m.insert(key(9), later + ttl, later, 3);
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn an_s3_key_in_files_is_read_again_and_a_broken_read_keeps_the_last() {
+        let dir = std::env::temp_dir().join(format!("dcdn-s3key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = (dir.join("id"), dir.join("secret"));
+        std::fs::write(&files.0, "AKIA1\n").unwrap();
+        std::fs::write(&files.1, "s1").unwrap();
+        let held = Mutex::new(S3Key::read(&files).unwrap());
+        std::fs::write(&files.0, "AKIA2").unwrap();
+        std::fs::write(&files.1, "s2\n").unwrap();
+        let k = s3_key(&held, Some(&files));
+        assert_eq!((k.id.as_str(), k.secret.as_str()), ("AKIA2", "s2"));
+        std::fs::write(&files.1, "").unwrap();
+        assert_eq!(
+            s3_key(&held, Some(&files)).secret,
+            "s2",
+            "an empty file is not a key"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            s3_key(&held, Some(&files)).id,
+            "AKIA2",
+            "nor is a missing one"
+        );
     }
 
     #[test]
