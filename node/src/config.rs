@@ -510,16 +510,36 @@ pub struct UpstreamSection {
     /// then get 502.
     #[serde(default = "default_upstream_concurrency")]
     pub max_concurrent: Bounded<1, 1024>,
+    /// How long a name the upstream answered 404 for is answered 404 at
+    /// once, without asking the upstream again, seconds; 0 asks every
+    /// time. A publish of the name (PUT) is served at once regardless.
+    #[serde(default = "default_not_found_ttl")]
+    pub not_found_ttl_secs: Bounded<0, 86400>,
+    /// Most names remembered as missing upstream; past it the oldest go
+    /// (and are asked about again).
+    #[serde(default = "default_not_found_max_names")]
+    pub not_found_max_names: Bounded<1, 10000000>,
 }
 
-fn default_upstream_ttl() -> Bounded<0, 31536000> {
+/// `origin.upstream.default_ttl_secs` when unset.
+pub fn default_upstream_ttl() -> Bounded<0, 31536000> {
     Bounded::lit(60)
 }
-fn default_upstream_timeout() -> Bounded<100, 600000> {
+/// `origin.upstream.timeout_ms` when unset.
+pub fn default_upstream_timeout() -> Bounded<100, 600000> {
     Bounded::lit(10000)
 }
-fn default_upstream_concurrency() -> Bounded<1, 1024> {
+/// `origin.upstream.max_concurrent` when unset.
+pub fn default_upstream_concurrency() -> Bounded<1, 1024> {
     Bounded::lit(16)
+}
+/// `origin.upstream.not_found_ttl_secs` when unset.
+pub fn default_not_found_ttl() -> Bounded<0, 86400> {
+    Bounded::lit(10)
+}
+/// `origin.upstream.not_found_max_names` when unset.
+pub fn default_not_found_max_names() -> Bounded<1, 10000000> {
+    Bounded::lit(65536)
 }
 
 /// An S3-compatible bucket, read with SigV4-signed `GET`s (path style).
@@ -542,7 +562,8 @@ pub struct S3Section {
     pub secret_access_key_file: Option<PathBuf>,
 }
 
-fn default_s3_region() -> String {
+/// `origin.upstream.s3.region` when unset.
+pub fn default_s3_region() -> String {
     "us-east-1".to_owned()
 }
 

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// `result` (fetched, not_modified, not_found, stale, error, timeout,
     /// status, busy, too_large, ingest).
     pub upstream_fetches: IntCounterVec,
+    /// Requests an origin answered 404 from a remembered upstream 404,
+    /// without asking the upstream, by upstream `kind`.
+    pub upstream_not_found_cached: IntCounterVec,
     /// Store figures copied from the store's stats at scrape time (the
     /// counters advance by the difference, so they stay counters).
     pub store_bytes: IntGauge,
@@ -218,6 +221,12 @@ impl Metrics {
                 "dcdn_upstream_fetches_total",
                 "An origin's fetches from its upstream (pull-through), by upstream kind and result.",
                 &["kind", "result"],
+            )?,
+            upstream_not_found_cached: counter(
+                r,
+                "dcdn_upstream_not_found_cached_total",
+                "Requests an origin answered 404 from a recent upstream 404 for the name, without asking the upstream again.",
+                &["kind"],
             )?,
             store_bytes: gauge(r, "dcdn_store_bytes", "Bytes held in the chunk store.")?,
             store_chunks: gauge(r, "dcdn_store_chunks", "Chunks held in the chunk store.")?,

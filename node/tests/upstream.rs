@@ -107,6 +107,8 @@ fn upstream_config(url: Option<String>, s3: Option<S3Section>) -> UpstreamSectio
         serve_stale_if_error: false,
         timeout_ms: Bounded::new(3000).unwrap(),
         max_concurrent: Bounded::new(4).unwrap(),
+        not_found_ttl_secs: Bounded::new(0).unwrap(),
+        not_found_max_names: Bounded::new(1024).unwrap(),
     }
 }
 
@@ -366,6 +368,251 @@ async fn serve_stale_if_error_serves_the_version_held_only_when_asked_to() {
     assert_eq!(status, 502, "{body}");
     c.stop().await;
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Requests for `path` the upstream answered 404.
+fn upstream_misses(log: &Path, path: &str) -> usize {
+    let needle = format!("\"GET {path} HTTP/1.1\" 404");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Negative caching: a flood of requests for a name the upstream has not
+/// got reaches the upstream once while the 404 is remembered (counted);
+/// a publish of the name is served at once all the same, and a purge
+/// forgets the 404, so the upstream is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_404_upstream_is_remembered_and_a_publish_is_served_at_once() {
+    let root = temp_dir("neg");
+    let files = root.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let log = root.join("http.log");
+    let (_server, port) = http_server(&files, &log).await;
+    let mut up = upstream_config(Some(format!("http://127.0.0.1:{port}")), None);
+    up.not_found_ttl_secs = Bounded::new(600).unwrap();
+    let c = cluster("pull-neg", 2, up).await;
+    let edges = edges(&c);
+    let url = |i: usize| format!("{}/v1/objects/late.bin", edges[i % 2]);
+
+    // Ten one after the other, then ten at once, over both edges.
+    for i in 0..10 {
+        let (status, body) = status_of(&get(&url(i)).await);
+        assert_eq!(status, 404, "{body}");
+    }
+    let flood = futures_util::future::join_all((0..10).map(|i| get_owned(url(i)))).await;
+    for r in &flood {
+        assert_eq!(status_of(r).0, 404);
+    }
+    assert_eq!(
+        upstream_misses(&log, "/late.bin"),
+        1,
+        "the upstream was asked once for a missing name"
+    );
+    let origin = c.origin();
+    let cached = origin.metric("dcdn_upstream_not_found_cached_total", &[("kind", "http")]);
+    assert!(cached >= 9.0, "remembered 404s are counted: {cached}");
+
+    // Figure: a 404 answered from memory against one that asks the
+    // upstream (a new name each time), at the same edge, same run.
+    let (mut remembered, mut asked) = (Vec::new(), Vec::new());
+    for i in 0..9 {
+        let t = Instant::now();
+        assert_eq!(status_of(&get(&url(0)).await).0, 404);
+        remembered.push(t.elapsed());
+        let t = Instant::now();
+        let other = format!("{}/v1/objects/missing/{i}.bin", edges[0]);
+        assert_eq!(status_of(&get(&other).await).0, 404);
+        asked.push(t.elapsed());
+    }
+    remembered.sort();
+    asked.sort();
+    println!(
+        "FIGURE 404 at an edge (p50 of 9): remembered {:?}, asking the upstream {:?} (ratio {:.2})",
+        remembered[4],
+        asked[4],
+        remembered[4].as_secs_f64() / asked[4].as_secs_f64()
+    );
+    assert_eq!(upstream_misses(&log, "/late.bin"), 1);
+
+    // The upstream gains the file: the remembered 404 stands (bounded by
+    // not_found_ttl_secs), the upstream is not asked.
+    let from_upstream = payload(21, 40_000);
+    write_with_mtime(&files.join("late.bin"), &from_upstream, 0);
+    assert_eq!(status_of(&get(&url(0)).await).0, 404);
+    assert_eq!(upstream_gets(&log, "/late.bin"), 0);
+
+    // Published here: served at once, the first request after the 201.
+    let published = payload(22, 30_000);
+    let client = Client::new(Duration::from_secs(30));
+    client
+        .send(
+            hyper::Method::PUT,
+            &format!("{}/v1/objects/late.bin", origin.http()),
+            Some(&c.plan.ingest_token),
+            &[],
+            axum::body::Body::from(published.clone()),
+        )
+        .await
+        .unwrap();
+    served(&edges[1], "late.bin", &published).await;
+
+    // Purged: the 404 is forgotten too, so the upstream's file is pulled.
+    client
+        .send(
+            hyper::Method::DELETE,
+            &format!("{}/v1/objects/late.bin", origin.http()),
+            Some(&c.plan.ingest_token),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        &edges[0],
+        "late.bin",
+        &from_upstream,
+        &[&published, &from_upstream],
+    )
+    .await;
+    assert_eq!(upstream_gets(&log, "/late.bin"), 1);
+    c.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The interleaving property over the upstream path: random upstream
+/// changes and deletions, publishes over pulled names, purges, eviction
+/// pressure at relay and edges, and fetches at random edges. Every 200 is
+/// a body the upstream held or the publisher sent for that name, whole,
+/// under an ETag naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_interleavings_with_an_upstream_never_serve_a_body_nobody_produced() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::{HashMap, HashSet};
+    let root = temp_dir("interleave");
+    let files = root.join("files");
+    let log = root.join("http.log");
+    let names = ["u/a.bin", "u/b.bin"];
+    let mut produced: HashMap<&str, HashSet<String>> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let data = payload(900 + i as u64, 120_000);
+        produced.entry(name).or_default().insert(hex_digest(&data));
+        write_with_mtime(&files.join(name), &data, 0);
+    }
+    let (_server, port) = http_server(&files, &log).await;
+    let mut up = upstream_config(Some(format!("http://127.0.0.1:{port}")), None);
+    up.not_found_ttl_secs = Bounded::new(1).unwrap();
+    let c = TestCluster::start(
+        "pull-interleave",
+        Counts {
+            relays: 1,
+            edges: 2,
+        },
+        move |c: &mut NodeConfig| {
+            c.origin.chunk_size_kb = Bounded::new(16).unwrap();
+            // Small memory stores: fillers push pulled chunks out of the
+            // relay and edges, which then ask the origin again.
+            c.storage.ring_buffer_size_mb = Bounded::new(1).unwrap();
+            if c.node.role == Role::Origin {
+                c.origin.upstream = Some(up.clone());
+            }
+        },
+        |_| {},
+    )
+    .await;
+    let edges = edges(&c);
+    let client = Client::new(Duration::from_secs(30));
+    let origin = c.origin().http();
+    let (mut fetched, mut errors) = (0, 0);
+    let mut mtime = 1;
+    for seed in 0..2u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for step in 0..32u64 {
+            let name = names[rng.gen_range(0..names.len())];
+            // Equal lengths across versions: a mix cannot hide behind a
+            // length check.
+            let data = payload(seed * 1000 + step, 120_000);
+            match rng.gen_range(0..14) {
+                0..=2 => {
+                    // Changed upstream, with a newer Last-Modified.
+                    mtime += 2;
+                    produced.entry(name).or_default().insert(hex_digest(&data));
+                    write_with_mtime(&files.join(name), &data, mtime);
+                }
+                3 => {
+                    let _ = std::fs::remove_file(files.join(name));
+                }
+                4 | 5 => {
+                    produced.entry(name).or_default().insert(hex_digest(&data));
+                    client
+                        .send(
+                            hyper::Method::PUT,
+                            &format!("{origin}/v1/objects/{name}"),
+                            Some(&c.plan.ingest_token),
+                            &[],
+                            axum::body::Body::from(data),
+                        )
+                        .await
+                        .unwrap();
+                }
+                6 => {
+                    let _ = client
+                        .send(
+                            hyper::Method::DELETE,
+                            &format!("{origin}/v1/objects/{name}"),
+                            Some(&c.plan.ingest_token),
+                            &[],
+                            axum::body::Body::empty(),
+                        )
+                        .await;
+                }
+                7 => {
+                    let filler = payload(step, 300_000);
+                    let _ = client
+                        .send(
+                            hyper::Method::PUT,
+                            &format!("{origin}/v1/objects/filler/{seed}-{step}"),
+                            Some(&c.plan.ingest_token),
+                            &[],
+                            axum::body::Body::from(filler),
+                        )
+                        .await;
+                    // Read at an edge, so it takes room there too.
+                    let _ = get(&format!(
+                        "{}/v1/objects/filler/{seed}-{step}",
+                        edges[rng.gen_range(0..edges.len())]
+                    ))
+                    .await;
+                }
+                _ => {
+                    let edge = &edges[rng.gen_range(0..edges.len())];
+                    match get(&format!("{edge}/v1/objects/{name}")).await {
+                        Ok(resp) => {
+                            fetched += 1;
+                            let d = hex_digest(&resp.body);
+                            assert!(
+                                produced.get(name).is_some_and(|p| p.contains(&d)),
+                                "seed {seed} step {step}: {edge} served {name} ({} bytes) with a digest nobody produced",
+                                resp.body.len()
+                            );
+                            assert_eq!(etag(&resp).0, d, "seed {seed} step {step}");
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+        }
+    }
+    println!("{fetched} fetches served a produced body, {errors} answered an error");
+    assert!(fetched > 10, "{fetched} fetches served");
+    c.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+async fn get_owned(url: String) -> Result<dcdn_node::client::Response, ClientError> {
+    get(&url).await
 }
 
 /// `moto_server`: `DCDN_MOTO_SERVER`, else the test venv's, installed into

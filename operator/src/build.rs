@@ -41,6 +41,12 @@ pub const TLS_SECRET_FILES: [&str; 2] = ["tls.crt", "tls.key"];
 /// a mounted Secret within its sync period (about a minute), so checking
 /// more often than this buys nothing.
 pub const HTTP_TLS_RELOAD_SECONDS: u64 = 10;
+/// Where the origin finds its S3 upstream's access key: the user's Secret,
+/// mounted read-only (no `subPath`, so a rotated key reaches the pod; the
+/// node reads the files again before each upstream request).
+pub const UPSTREAM_S3_DIR: &str = "/etc/dcdn/upstream-s3";
+/// The file names the Secret's two keys are projected as.
+pub const UPSTREAM_S3_FILES: [&str; 2] = ["access-key-id", "secret-access-key"];
 /// The API group and version of cert-manager's `Certificate`.
 pub const CERT_MANAGER_API: &str = "cert-manager.io/v1";
 
@@ -344,6 +350,7 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
     cfg.tls.node_cert = PathBuf::from("/etc/dcdn/tls/node.crt");
     cfg.tls.node_key = PathBuf::from("/etc/dcdn/tls/node.key");
     cfg.admin.token_file = Some(PathBuf::from("/etc/dcdn/admin/token"));
+    cfg.origin.upstream = upstream(c, role)?;
     if role == Role::Origin {
         cfg.origin.ingest_token_file = Some(PathBuf::from("/etc/dcdn/admin/ingest-token"));
         // The origin of record on its claim (see `workload`), filled to at
@@ -372,6 +379,54 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
         message,
     })?;
     Ok(cfg)
+}
+
+/// The origin's `[origin.upstream]`: the resource's fields, with S3
+/// credentials read from files of the mounted Secret. Repeats the CRD's
+/// rules for resources that got past them (an older CRD).
+fn upstream(
+    c: &DcdnCluster,
+    role: Role,
+) -> Result<Option<dcdn_node::config::UpstreamSection>, BuildError> {
+    let bad = |message: String| BuildError::Config {
+        tier: tier_name(role),
+        message: format!("upstream: {message}"),
+    };
+    let Some(up) = &tier_spec(c, role).upstream else {
+        return Ok(None);
+    };
+    if role != Role::Origin {
+        return Err(bad(
+            "only the origin pulls from an upstream; set spec.origin.upstream".into(),
+        ));
+    }
+    let s3 = match &up.s3 {
+        None => None,
+        Some(s3) => {
+            let secret = &s3.credentials_secret;
+            check_secret_name(&secret.name)
+                .map_err(|e| bad(format!("s3.credentialsSecret: {e}")))?;
+            Some(dcdn_node::config::S3Section {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone(),
+                access_key_id_file: Some(PathBuf::from(UPSTREAM_S3_DIR).join(UPSTREAM_S3_FILES[0])),
+                secret_access_key_file: Some(
+                    PathBuf::from(UPSTREAM_S3_DIR).join(UPSTREAM_S3_FILES[1]),
+                ),
+            })
+        }
+    };
+    Ok(Some(dcdn_node::config::UpstreamSection {
+        url: up.url.clone(),
+        s3,
+        default_ttl_secs: up.default_ttl_secs,
+        serve_stale_if_error: up.serve_stale_if_error,
+        timeout_ms: up.timeout_ms,
+        max_concurrent: up.max_concurrent,
+        not_found_ttl_secs: up.not_found_ttl_secs,
+        not_found_max_names: up.not_found_max_names,
+    }))
 }
 
 fn labels(names: &Names, role: Role) -> Value {
@@ -485,6 +540,26 @@ fn workload(
         mounts.push(json!({ "name": "signing", "mountPath": SIGNING_DIR, "readOnly": true }));
         // The origin of record; the volume comes from volumeClaimTemplates.
         mounts.push(json!({ "name": ORIGIN_STORE_VOLUME, "mountPath": ORIGIN_STORE_DIR }));
+        // The S3 upstream's key, from the user's Secret: only the two keys
+        // named, as files, in the origin pod only.
+        if let Some(secret) = spec
+            .upstream
+            .as_ref()
+            .and_then(|u| u.s3.as_ref())
+            .map(|s3| &s3.credentials_secret)
+        {
+            volumes.push(json!({ "name": "upstream-s3", "secret": {
+                "secretName": secret.name,
+                "defaultMode": 0o400,
+                "items": [
+                    { "key": secret.access_key_id_key, "path": UPSTREAM_S3_FILES[0] },
+                    { "key": secret.secret_access_key_key, "path": UPSTREAM_S3_FILES[1] },
+                ],
+            } }));
+            mounts.push(
+                json!({ "name": "upstream-s3", "mountPath": UPSTREAM_S3_DIR, "readOnly": true }),
+            );
+        }
     }
     let mut ports = vec![
         json!({ "name": "mesh", "containerPort": MESH_PORT, "protocol": "UDP" }),
@@ -1002,6 +1077,113 @@ mod tests {
         let mut c = cluster(MINIMAL);
         c.metadata.name = Some("a".repeat(MAX_NAME));
         assert!(build(&c).is_ok());
+    }
+
+    #[test]
+    fn the_origins_upstream_is_rendered_with_its_s3_key_from_the_users_secret() {
+        let c = cluster(&MINIMAL.replace(
+            "spec: {",
+            "spec: {origin: {upstream: {s3: {endpoint: 'http://minio:9000', bucket: media, \
+             credentialsSecret: {name: media-s3, accessKeyIdKey: id}}, notFoundTtlSecs: 5}}, ",
+        ));
+        let objects = build(&c).unwrap();
+        let cm = objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "demo-origin-config")
+            .unwrap();
+        let text = cm["data"]["dcdn.toml"].as_str().unwrap();
+        let cfg = NodeConfig::parse(
+            text,
+            dcdn_node::config::Format::Toml,
+            "rendered",
+            std::iter::empty::<(String, String)>(),
+        )
+        .unwrap();
+        let up = cfg.origin.upstream.unwrap();
+        assert_eq!(up.not_found_ttl_secs.get(), 5);
+        assert_eq!(up.default_ttl_secs.get(), 60, "the node's default");
+        let s3 = up.s3.unwrap();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("media", "us-east-1")
+        );
+        assert_eq!(
+            s3.secret_access_key_file.unwrap(),
+            PathBuf::from("/etc/dcdn/upstream-s3/secret-access-key")
+        );
+        let pod = stateful_set(&objects, "demo-origin")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "upstream-s3")
+            .unwrap();
+        let secret = vol.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("media-s3"));
+        let items: Vec<(String, String)> = secret
+            .items
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.key, i.path))
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("id".to_owned(), "access-key-id".to_owned()),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_owned(),
+                    "secret-access-key".to_owned()
+                )
+            ]
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "upstream-s3")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (UPSTREAM_S3_DIR, Some(true))
+        );
+        // No other tier sees the key, or gets an upstream.
+        for t in ["relay", "edge"] {
+            let pod = stateful_set(&objects, &format!("demo-{t}"))
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "upstream-s3"));
+        }
+        // An upstream on another tier is refused, naming it.
+        let relay = cluster(&MINIMAL.replace(
+            "relay: {replicas: 2}",
+            "relay: {replicas: 2, upstream: {url: 'http://x'}}",
+        ));
+        match build(&relay) {
+            Err(BuildError::Config { tier, message }) => {
+                assert_eq!(tier, "relay");
+                assert!(message.contains("spec.origin.upstream"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Both url and s3: the node's own rule, at build time.
+        let both = cluster(&MINIMAL.replace(
+            "spec: {",
+            "spec: {origin: {upstream: {url: 'http://x', s3: {endpoint: 'http://m', bucket: b1b, credentialsSecret: {name: s}}}}, ",
+        ));
+        assert!(
+            matches!(build(&both), Err(BuildError::Config { tier: "origin", ref message }) if message.contains("exactly one")),
+            "{:?}",
+            build(&both)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! types, so the CRD schema, the operator's rendering and the node's parser
 //! can never disagree about a field, its default or its range.
 
-use dcdn_node::config::{FecSection, P2pSection, QuicSection, StorageSection};
+use dcdn_node::config::{Bounded, FecSection, P2pSection, QuicSection, StorageSection};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 #[x_kube(validation = Rule::new("self.edge.replicas >= 1 || self.relay.replicas == 0").message("a cluster with relays needs at least one edge"))]
 #[x_kube(validation = Rule::new("self.origin.replicas <= 1").message("origin.replicas must be 0 or 1: one origin signs and publishes"))]
 #[x_kube(validation = Rule::new("!has(self.relay.tls)").message("relay.tls: relays serve no clients; set edge.tls (client listener) or origin.tls (ingest API)"))]
+#[x_kube(validation = Rule::new("!has(self.relay.upstream) && !has(self.edge.upstream)").message("upstream belongs to the origin (spec.origin.upstream): only the origin pulls from it"))]
 pub struct DcdnClusterSpec {
     /// The node image, e.g. `dcdn/node:0.1.0` or a digest reference.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
@@ -85,6 +86,96 @@ pub struct TierSpec {
     /// the edges' HTTP server, the origin's ingest API. Relays have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TierTlsSpec>,
+    /// Origin only: the storage the origin fronts (pull-through). A name
+    /// the origin does not hold is fetched from here once, signed and kept
+    /// on the origin's volume like a publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
+}
+
+/// An HTTP(S) origin or an S3-compatible bucket the origin pulls from;
+/// the freshness fields are the node's `origin.upstream` ones.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.s3)").message("upstream needs exactly one of url and s3"))]
+pub struct UpstreamSpec {
+    /// HTTP(S) base URL: NAME is fetched from `{url}/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("url must start with http:// or https:// and a host"))]
+    pub url: Option<String>,
+    /// An S3-compatible bucket instead: NAME is the object key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3UpstreamSpec>,
+    /// How long a fetched object is fresh when the upstream's
+    /// `Cache-Control` gives no `s-maxage`/`max-age`, seconds.
+    #[serde(default = "dcdn_node::config::default_upstream_ttl")]
+    pub default_ttl_secs: Bounded<0, 31536000>,
+    /// When revalidation fails, serve the version held instead of a 502.
+    #[serde(default)]
+    pub serve_stale_if_error: bool,
+    /// Deadline for the upstream's response headers, and between two
+    /// pieces of its body, milliseconds.
+    #[serde(default = "dcdn_node::config::default_upstream_timeout")]
+    pub timeout_ms: Bounded<100, 600000>,
+    /// Upstream fetches in flight at once.
+    #[serde(default = "dcdn_node::config::default_upstream_concurrency")]
+    pub max_concurrent: Bounded<1, 1024>,
+    /// How long an upstream 404 is remembered (answered without asking
+    /// again), seconds; 0 asks every time. A publish is served at once.
+    #[serde(default = "dcdn_node::config::default_not_found_ttl")]
+    pub not_found_ttl_secs: Bounded<0, 86400>,
+    /// Most names remembered as missing upstream.
+    #[serde(default = "dcdn_node::config::default_not_found_max_names")]
+    pub not_found_max_names: Bounded<1, 10000000>,
+}
+
+/// An S3-compatible bucket, read with SigV4-signed GETs (path style).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3UpstreamSpec {
+    /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://minio.storage.svc:9000`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("s3.endpoint must start with http:// or https:// and a host"))]
+    pub endpoint: String,
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]*[a-z0-9]$')").message("s3.bucket must be a bucket name: 3-63 characters of a-z, 0-9, '.' and '-'"))]
+    pub bucket: String,
+    /// The region requests are signed for.
+    #[serde(default = "dcdn_node::config::default_s3_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// The Secret (in the cluster's namespace) holding the access key:
+    /// mounted read-only into the origin pod only, never put in a ConfigMap.
+    pub credentials_secret: S3CredentialsSecret,
+}
+
+/// Where the S3 access key is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsSecret {
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("credentialsSecret.name must be a Secret name: at most 253 characters of a-z, 0-9, '-' and '.'"))]
+    pub name: String,
+    /// The key holding the access key id.
+    #[serde(default = "access_key_id_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("accessKeyIdKey must be a Secret key"))]
+    pub access_key_id_key: String,
+    /// The key holding the secret access key.
+    #[serde(default = "secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("secretAccessKeyKey must be a Secret key"))]
+    pub secret_access_key_key: String,
+}
+
+fn access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".to_owned()
+}
+
+fn secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_owned()
 }
 
 fn one() -> u32 {
@@ -101,6 +192,7 @@ impl Default for TierSpec {
             tolerations: Vec::new(),
             config: TierConfig::default(),
             tls: None,
+            upstream: None,
         }
     }
 }
@@ -553,7 +645,28 @@ mod tests {
             .iter()
             .map(|r| r["rule"].as_str().unwrap())
             .collect();
-        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert_eq!(rules.len(), 4, "{rules:?}");
+        assert!(
+            rules.contains(&"!has(self.relay.upstream) && !has(self.edge.upstream)"),
+            "{rules:?}"
+        );
+        // Upstream: one of url and s3, credentials by Secret name only.
+        let up = &spec["properties"]["origin"]["properties"]["upstream"];
+        assert_eq!(
+            up["x-kubernetes-validations"][0]["rule"],
+            "has(self.url) != has(self.s3)"
+        );
+        assert_eq!(up["properties"]["defaultTtlSecs"]["default"], 60);
+        assert_eq!(up["properties"]["notFoundTtlSecs"]["maximum"], 86400.0);
+        let s3 = &up["properties"]["s3"];
+        assert_eq!(
+            s3["required"],
+            serde_json::json!(["bucket", "credentialsSecret", "endpoint"])
+        );
+        assert_eq!(
+            s3["properties"]["credentialsSecret"]["required"],
+            serde_json::json!(["name"])
+        );
         assert!(rules.contains(&"!has(self.relay.tls)"), "{rules:?}");
         // TLS: Secret names checked at admission, SNI Secrets a bounded set.
         let tls = &spec["properties"]["edge"]["properties"]["tls"];

@@ -60,6 +60,17 @@ fn all_objects_with(c: &DcdnCluster, tokens: &AdminTokens) -> Vec<Value> {
     }
     let ring = dcdn_node::crypto::KeyRing::new();
     out.push(build::trust_bundle(&names, &ring.to_bundle()));
+    // The S3 upstream's access key: the user's Secret, with the keys the
+    // resource names.
+    if let Some(s3) = c.spec.origin.upstream.as_ref().and_then(|u| u.s3.as_ref()) {
+        let secret = &s3.credentials_secret;
+        out.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": secret.name, "namespace": names.namespace },
+            "data": { secret.access_key_id_key.clone(): "", secret.secret_access_key_key.clone(): "" },
+        }));
+    }
     for role in TIERS {
         if let Some(tls) = &build::tier_spec(c, role).tls {
             for name in build::tls_secret_names(tls) {
@@ -479,4 +490,57 @@ fn pods_mount_token_digests_only_and_each_tier_only_those_it_checks() {
             }
         }
     }
+}
+
+#[test]
+fn the_origin_reads_its_s3_key_from_the_users_secret_and_the_check_sees_a_wrong_key() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/upstream.yaml");
+    let mut c = dcdn_operator::crd::from_yaml(&std::fs::read_to_string(example).unwrap()).unwrap();
+    c.metadata.namespace = Some("x".into());
+    let objects = all_objects(&c);
+    let origin = |objects: &[Value]| -> StatefulSet {
+        serde_json::from_value(
+            objects
+                .iter()
+                .find(|o| o["kind"] == "StatefulSet" && o["metadata"]["name"] == "pull-origin")
+                .unwrap()
+                .clone(),
+        )
+        .unwrap()
+    };
+    assert!(missing_files(&objects, &origin(&objects)).is_empty());
+    // The node parses the rendered [origin.upstream] and reads the key from
+    // the Secret's files; the ConfigMap names files, never a key.
+    let cfg = build::node_config(&c, dcdn_node::config::Role::Origin).unwrap();
+    let s3 = cfg.origin.upstream.unwrap().s3.unwrap();
+    assert_eq!(
+        s3.access_key_id_file.unwrap(),
+        Path::new(build::UPSTREAM_S3_DIR).join("access-key-id")
+    );
+    // The resource names a key the user's Secret does not have: the file
+    // the node reads is not projected, and the check says so.
+    let mut wrong = c.clone();
+    wrong
+        .spec
+        .origin
+        .upstream
+        .as_mut()
+        .unwrap()
+        .s3
+        .as_mut()
+        .unwrap()
+        .credentials_secret
+        .access_key_id_key = "id".into();
+    let mut objects = build::build(&wrong).unwrap();
+    objects.extend(
+        all_objects(&c)
+            .into_iter()
+            .filter(|o| o["kind"] != "StatefulSet"),
+    );
+    let problems = missing_files(&objects, &origin(&objects));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("/etc/dcdn/upstream-s3/access-key-id"),
+        "{problems:?}"
+    );
 }

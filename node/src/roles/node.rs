@@ -716,6 +716,9 @@ impl Shared {
         let key = StreamId::object_key(name);
         // Pulled again on the next request, as a new version.
         self.pulled.lock().remove(key);
+        if let Some(up) = &self.upstream {
+            up.forget_missing(key);
+        }
         let known = self.manifests.lock().newest(key).is_some();
         let kept = self
             .origin_store

@@ -513,10 +513,12 @@ impl Publish for OriginPublisher {
             let at = crate::roles::node::unix_ms();
             // A PUT makes the name the publisher's: the upstream no longer
             // revalidates it (a pull records itself again after this).
-            shared
-                .pulled
-                .lock()
-                .remove(crate::chunk::StreamId::object_key(&object.name));
+            let key = crate::chunk::StreamId::object_key(&object.name);
+            shared.pulled.lock().remove(key);
+            // Nor does a 404 remembered from it stand any longer.
+            if let Some(up) = &shared.upstream {
+                up.forget_missing(key);
+            }
             if shared.origin_store.is_some() {
                 // Durable before the manifest goes out and before the 201;
                 // the syncs run off the async workers.

@@ -15,7 +15,10 @@
 //! 404 purges the name everywhere. When the upstream cannot be reached
 //! the request fails with 502 (`upstream_failed`) and
 //! `dcdn_upstream_fetches_total{result="error"}` counts it, unless
-//! `serve_stale_if_error` says to serve the version held.
+//! `serve_stale_if_error` says to serve the version held. A 404 is
+//! remembered for `not_found_ttl_secs` in a bounded map ([`NotFound`]), so
+//! a flood of requests for a missing name reaches the upstream once per
+//! period; a publish or purge of the name forgets it.
 //!
 //! This module owns the upstream client (HTTP, or S3 with SigV4 signing)
 //! and the pull; chunking, signing and storage are the ingest path's.
@@ -32,8 +35,9 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
-use std::path::Path;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -92,10 +96,37 @@ enum Source {
         host: String,
         bucket: String,
         region: String,
-        key_id: String,
-        secret: String,
+        /// The access key: the last one read that was whole.
+        key: Mutex<S3Key>,
+        /// Where it is read from before each request, when configured as
+        /// files: a rotated Secret (kubelet swaps the mounted files
+        /// atomically) reaches a running origin.
+        key_files: Option<(PathBuf, PathBuf)>,
         session_token: Option<String>,
     },
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct S3Key {
+    id: String,
+    secret: String,
+}
+
+impl S3Key {
+    fn read(files: &(PathBuf, PathBuf)) -> Result<Self, UpstreamError> {
+        let key = Self {
+            id: read_secret(Some(&files.0), "AWS_ACCESS_KEY_ID")?,
+            secret: read_secret(Some(&files.1), "AWS_SECRET_ACCESS_KEY")?,
+        };
+        if key.id.is_empty() || key.secret.is_empty() {
+            return Err(UpstreamError::Credentials(format!(
+                "{} or {} is empty",
+                files.0.display(),
+                files.1.display()
+            )));
+        }
+        Ok(key)
+    }
 }
 
 /// What a pulled version was fetched as: the conditional request's inputs.
@@ -141,6 +172,10 @@ pub struct Upstream {
     timeout: Duration,
     default_ttl: Duration,
     pub serve_stale_if_error: bool,
+    not_found_ttl: Duration,
+    not_found_max: usize,
+    /// Names the upstream answered 404 for, answered 404 here until then.
+    not_found: Mutex<NotFound>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -182,16 +217,27 @@ impl Upstream {
                     .split_once("://")
                     .map_or(endpoint.as_str(), |(_, h)| h)
                     .to_owned();
+                let key_files = s3
+                    .access_key_id_file
+                    .clone()
+                    .zip(s3.secret_access_key_file.clone());
+                let key = match &key_files {
+                    Some(files) => S3Key::read(files)?,
+                    None => S3Key {
+                        id: read_secret(s3.access_key_id_file.as_deref(), "AWS_ACCESS_KEY_ID")?,
+                        secret: read_secret(
+                            s3.secret_access_key_file.as_deref(),
+                            "AWS_SECRET_ACCESS_KEY",
+                        )?,
+                    },
+                };
                 Source::S3 {
                     endpoint,
                     host,
                     bucket: s3.bucket.clone(),
                     region: s3.region.clone(),
-                    key_id: read_secret(s3.access_key_id_file.as_deref(), "AWS_ACCESS_KEY_ID")?,
-                    secret: read_secret(
-                        s3.secret_access_key_file.as_deref(),
-                        "AWS_SECRET_ACCESS_KEY",
-                    )?,
+                    key: Mutex::new(key),
+                    key_files,
                     session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
                 }
             }
@@ -232,7 +278,38 @@ impl Upstream {
             timeout: Duration::from_millis(config.timeout_ms.get()),
             default_ttl: Duration::from_secs(config.default_ttl_secs.get()),
             serve_stale_if_error: config.serve_stale_if_error,
+            not_found_ttl: Duration::from_secs(config.not_found_ttl_secs.get()),
+            not_found_max: config.not_found_max_names.get() as usize,
+            not_found: Mutex::new(NotFound::default()),
         })
+    }
+
+    /// Whether the upstream answered 404 for `key` recently enough that
+    /// it is not asked again yet.
+    pub(crate) fn known_missing(&self, key: StreamId) -> bool {
+        self.not_found.lock().contains(key, Instant::now())
+    }
+
+    /// Remembers that the upstream has no `key`, for `not_found_ttl_secs`.
+    fn remember_missing(&self, key: StreamId) {
+        if self.not_found_ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        self.not_found
+            .lock()
+            .insert(key, now + self.not_found_ttl, now, self.not_found_max);
+    }
+
+    /// Forgets a remembered 404 for `key`: the name was published or
+    /// purged here, so the next request must not be answered from it.
+    pub fn forget_missing(&self, key: StreamId) {
+        self.not_found.lock().remove(key);
+    }
+
+    /// Names remembered as missing upstream.
+    pub fn missing_names(&self) -> usize {
+        self.not_found.lock().len()
     }
 
     /// Which kind of upstream, for metric labels.
@@ -271,10 +348,11 @@ impl Upstream {
                 host,
                 bucket,
                 region,
-                key_id,
-                secret,
+                key,
+                key_files,
                 session_token,
             } => {
+                let key = s3_key(key, key_files.as_ref());
                 let uri_path = format!("/{}/{path}", encode_segment(bucket));
                 let amz_date = amz_date(crate::roles::node::unix_ms() / 1000);
                 let mut signed: Vec<(&str, &str)> = vec![
@@ -294,8 +372,8 @@ impl Upstream {
                     amz_date: &amz_date,
                     region,
                     service: "s3",
-                    key_id,
-                    secret,
+                    key_id: &key.id,
+                    secret: &key.secret,
                 });
                 for (k, v) in &signed {
                     if *k != "host" {
@@ -373,6 +451,27 @@ impl Upstream {
     pub fn idle_timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// The S3 key to sign with: read again from its files when it has them
+/// (a rotation is picked up by the next request); a read that fails or
+/// finds an empty file keeps the last good key, with a warning.
+fn s3_key(held: &Mutex<S3Key>, files: Option<&(PathBuf, PathBuf)>) -> S3Key {
+    if let Some(files) = files {
+        match S3Key::read(files) {
+            Ok(fresh) => {
+                let mut k = held.lock();
+                if *k != fresh {
+                    tracing::info!(file = %files.0.display(), "the upstream's S3 key changed; signing with the new one");
+                    *k = fresh;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the upstream's S3 key; keeping the last one read")
+            }
+        }
+    }
+    held.lock().clone()
 }
 
 /// How long an upstream answer stays fresh: `s-maxage`, else `max-age`;
@@ -535,6 +634,52 @@ impl Pulled {
     }
 }
 
+/// Names the upstream answered 404 for and until when that answer stands,
+/// bounded: every entry lives as long as the others (one TTL), so
+/// insertion order is expiry order and the oldest go first.
+#[derive(Debug, Default)]
+pub(crate) struct NotFound {
+    until: HashMap<StreamId, Instant>,
+    /// Insertion order; an entry whose time no longer matches `until`
+    /// (removed, or inserted again since) is skipped when it comes up.
+    order: VecDeque<(StreamId, Instant)>,
+}
+
+impl NotFound {
+    pub(crate) fn contains(&mut self, key: StreamId, now: Instant) -> bool {
+        match self.until.get(&key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                self.until.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: StreamId, until: Instant, now: Instant, max: usize) {
+        self.until.insert(key, until);
+        self.order.push_back((key, until));
+        while let Some(&(k, u)) = self.order.front() {
+            if self.order.len() <= max && u > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.until.get(&k) == Some(&u) {
+                self.until.remove(&k);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: StreamId) {
+        self.until.remove(&key);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
 fn count(shared: &Shared, kind: &str, result: &str) {
     shared
         .metrics
@@ -562,6 +707,14 @@ pub(crate) async fn manifest(
             return Ok(Some(m.clone()));
         }
         _ => {}
+    }
+    if held.is_none() && up.known_missing(object) {
+        shared
+            .metrics
+            .upstream_not_found_cached
+            .with_label_values(&[up.kind()])
+            .inc();
+        return Ok(None);
     }
     // One pull per name however many ask, and it runs to the end as its
     // own task: a requester that gives up (a relay's request timeout on a
@@ -639,6 +792,7 @@ async fn pull(
                 // Gone upstream: gone from every edge too, by signed purge.
                 shared.purge(name)?;
             }
+            up.remember_missing(object);
             Err(format!("the upstream has no manifest for {name}"))
         }
         Fetched::Body {
@@ -810,6 +964,66 @@ mod tests {
         );
         assert_eq!(freshness(Some("no-cache"), d), Duration::ZERO);
         assert_eq!(freshness(Some("max-age=30, private"), d), Duration::ZERO);
+    }
+
+    #[test]
+    fn remembered_404s_expire_are_bounded_and_can_be_forgotten() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let key = |i: u32| StreamId::object_key(&format!("n{i}"));
+        let mut m = NotFound::default();
+        m.insert(key(0), t0 + ttl, t0, 3);
+        assert!(m.contains(key(0), t0 + Duration::from_secs(9)));
+        assert!(!m.contains(key(0), t0 + ttl), "expired at its time");
+        assert_eq!(m.len(), 0, "an expired entry found is dropped");
+        // Bounded: the fourth name pushes out the oldest.
+        for i in 1..=4 {
+            m.insert(key(i), t0 + ttl, t0, 3);
+        }
+        assert_eq!(m.len(), 3);
+        assert!(!m.contains(key(1), t0) && m.contains(key(4), t0));
+        // A flood of the same name keeps one entry.
+        for _ in 0..100 {
+            m.insert(key(4), t0 + ttl, t0, 3);
+        }
+        assert!(
+            m.len() <= 3 && m.order.len() <= 3,
+            "{} {}",
+            m.len(),
+            m.order.len()
+        );
+        m.remove(key(4));
+        assert!(!m.contains(key(4), t0));
+        // Entries past their time go as new ones arrive.
+        let later = t0 + Duration::from_secs(60);
+        m.insert(key(9), later + ttl, later, 3);
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn an_s3_key_in_files_is_read_again_and_a_broken_read_keeps_the_last() {
+        let dir = std::env::temp_dir().join(format!("dcdn-s3key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = (dir.join("id"), dir.join("secret"));
+        std::fs::write(&files.0, "AKIA1\n").unwrap();
+        std::fs::write(&files.1, "s1").unwrap();
+        let held = Mutex::new(S3Key::read(&files).unwrap());
+        std::fs::write(&files.0, "AKIA2").unwrap();
+        std::fs::write(&files.1, "s2\n").unwrap();
+        let k = s3_key(&held, Some(&files));
+        assert_eq!((k.id.as_str(), k.secret.as_str()), ("AKIA2", "s2"));
+        std::fs::write(&files.1, "").unwrap();
+        assert_eq!(
+            s3_key(&held, Some(&files)).secret,
+            "s2",
+            "an empty file is not a key"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            s3_key(&held, Some(&files)).id,
+            "AKIA2",
+            "nor is a missing one"
+        );
     }
 
     #[test]
