@@ -187,6 +187,9 @@ pub struct Shared {
     pub(crate) pulled: Mutex<crate::roles::upstream::Pulled>,
     /// The live files held, per stream: the DVR window.
     pub live: Mutex<crate::roles::live::Windows>,
+    /// Bumped each time a live file version enters the window: what held
+    /// LL-HLS requests wait on.
+    pub live_changed: watch::Sender<u64>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -617,6 +620,9 @@ impl Shared {
         }
         let kept = recorded.kept;
         self.forget_live(recorded);
+        if kept {
+            self.live_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         kept
     }
 
@@ -658,6 +664,15 @@ impl Shared {
                     .remove_label_values(&[stream, kind]);
             }
             let _ = self.metrics.live_held_bytes.remove_label_values(&[stream]);
+            let _ = self.metrics.live_held.remove_label_values(&[stream]);
+            for kind in ["reload", "hint"] {
+                for result in ["released", "timed_out"] {
+                    let _ = self
+                        .metrics
+                        .live_blocking
+                        .remove_label_values(&[stream, kind, result]);
+                }
+            }
         }
     }
 
@@ -1392,6 +1407,24 @@ impl Content for EdgeContent {
 
     fn cached(&self, id: ChunkId) -> Option<Chunk> {
         self.0.store.get(&id, Instant::now())
+    }
+}
+
+impl crate::roles::live_http::LiveContent for EdgeContent {
+    fn live_changes(&self) -> watch::Receiver<u64> {
+        self.0.live_changed.subscribe()
+    }
+
+    fn held_version(&self, name: &str) -> Option<u64> {
+        self.0
+            .manifests
+            .lock()
+            .newest(StreamId::object_key(name))
+            .map(|(m, _)| m.version)
+    }
+
+    fn playlists(&self, stream: &str) -> Vec<String> {
+        self.0.live.lock().playlists(stream)
     }
 }
 
