@@ -585,6 +585,37 @@ impl Shared {
         Ok(())
     }
 
+    /// A live file whose manifest came by push must be whole here before a
+    /// player asks for it (the playlist naming it may come next): chunks
+    /// that FEC could not rebuild are pulled once the push has had
+    /// `repair_delay` to land, not on the first player's request.
+    pub fn complete_live(self: &Arc<Self>, stream: StreamId, name: &str, chunks: u64) {
+        if crate::roles::live::split_name(name).is_none()
+            || self.settings.role == Role::Origin
+            || self.is_shutting_down()
+        {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + shared.settings.repair_delay;
+            for seq in 0..chunks {
+                let id = ChunkId::new(stream, seq);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if shared.wait_for(id, left).await.is_some() {
+                    continue;
+                }
+                // Gone from the window meanwhile: nothing to complete.
+                if shared.manifests.lock().get(stream).is_none() {
+                    return;
+                }
+                if let Err(e) = shared.fetch(id).await {
+                    tracing::debug!(chunk = %id, error = %e, "live chunk repair failed");
+                }
+            }
+        });
+    }
+
     /// Puts a newly verified live file version into the window, and forgets
     /// what that pushed out of it.
     fn note_live(&self, m: &ManifestFrame, kind: crate::roles::live::Kind) -> bool {
