@@ -412,11 +412,11 @@ async fn publish_to_every_edge_latency_with_and_without_loss() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for (kind, what) in ["part 40 KB", "segment 150 KB"].iter().enumerate() {
         let mut row = Vec::new();
-        for ci in 0..2 {
-            took[ci][kind].sort();
+        for cluster in &mut took {
+            cluster[kind].sort();
             row.push((
-                percentile(&took[ci][kind], 50),
-                percentile(&took[ci][kind], 99),
+                percentile(&cluster[kind], 50),
+                percentile(&cluster[kind], 99),
             ));
         }
         println!(
