@@ -588,7 +588,7 @@ impl Shared {
     /// A live file whose manifest came by push must be whole here before a
     /// player asks for it (the playlist naming it may come next): chunks
     /// that FEC could not rebuild are pulled once the push has had
-    /// `repair_delay` to land, not on the first player's request.
+    /// a few `repair_delay`s to land, not on the first player's request.
     pub fn complete_live(self: &Arc<Self>, stream: StreamId, name: &str, chunks: u64) {
         if crate::roles::live::split_name(name).is_none()
             || self.settings.role == Role::Origin
@@ -598,7 +598,9 @@ impl Shared {
         }
         let shared = self.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + shared.settings.repair_delay;
+            // Pushed chunks normally land before their manifest; a few
+            // repair delays is what a late one gets before it is pulled.
+            let deadline = Instant::now() + shared.settings.repair_delay * COMPLETE_GRACE;
             for seq in 0..chunks {
                 let id = ChunkId::new(stream, seq);
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -1330,6 +1332,10 @@ fn object_info(m: &ManifestFrame) -> ObjectInfo {
         cache_control: m.cache_control.clone(),
     }
 }
+
+/// Repair delays a pushed live file's chunks get, after its manifest, before
+/// the missing ones are pulled (`Shared::complete_live`).
+const COMPLETE_GRACE: u32 = 3;
 
 /// How often a client waiting for a live chunk not yet pushed asks upstream.
 const LIVE_POLL: Duration = Duration::from_millis(250);
