@@ -610,6 +610,13 @@ pub struct LiveSection {
     /// Segments a node keeps per stream, whatever the window says: the
     /// bound when a publisher sends many tiny segments.
     pub max_segments_per_stream: Bounded<4, 65536>,
+    /// LL-HLS requests an edge holds at once (blocking playlist reloads
+    /// and preload-hinted parts waiting for their bytes); one past this is
+    /// answered 503 and counted.
+    pub max_held_requests: Bounded<1, 100000>,
+    /// The same bound per stream, so one busy stream cannot take every
+    /// slot.
+    pub max_held_per_stream: Bounded<1, 100000>,
 }
 
 impl Default for LiveSection {
@@ -618,6 +625,8 @@ impl Default for LiveSection {
             dvr_window_seconds: Bounded::lit(120),
             max_streams: Bounded::lit(64),
             max_segments_per_stream: Bounded::lit(2048),
+            max_held_requests: Bounded::lit(4096),
+            max_held_per_stream: Bounded::lit(1024),
         }
     }
 }

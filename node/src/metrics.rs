@@ -116,6 +116,12 @@ pub struct Metrics {
     /// From the origin signing a segment's manifest to this node taking it
     /// in, seconds: the edge-side latency a player waits beyond the upload.
     pub live_segment_delay: prometheus::Histogram,
+    /// LL-HLS requests an edge holds now (blocking playlist reloads and
+    /// preload-hinted parts), by `stream`.
+    pub live_held: IntGaugeVec,
+    /// LL-HLS requests that waited, by `stream`, `kind` (reload, hint) and
+    /// `result` (released, timed_out).
+    pub live_blocking: IntCounterVec,
     /// Payload bytes an edge's swarm pulled, by the sending peer's role.
     pub swarm_bytes: IntCounterVec,
     /// Swarms by how they ended or why they were refused.
@@ -423,6 +429,18 @@ impl Metrics {
                 })?;
                 register(r, "dcdn_live_segment_delay_seconds", h)?
             },
+            live_held: gauge_vec(
+                r,
+                "dcdn_live_held_requests",
+                "LL-HLS requests held now (blocking reloads, preload-hinted parts), by stream.",
+                &["stream"],
+            )?,
+            live_blocking: counter(
+                r,
+                "dcdn_live_blocking_total",
+                "LL-HLS requests that waited, by stream, kind (reload, hint) and result (released, timed_out).",
+                &["stream", "kind", "result"],
+            )?,
             registry,
         })
     }

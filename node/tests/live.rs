@@ -185,13 +185,25 @@ async fn live_files_reach_every_edge_by_push_and_playlists_never_go_back() {
     stop.store(true, Ordering::Relaxed);
     let polls = poller.await.unwrap();
     assert!(polls > 10, "the player polled only {polls} times");
-    // Nothing was pulled: the files came by push (no edge asked for the
-    // segments edge 1 holds, and edge 0's player asked only after).
-    let pulled = c.nodes[c.by_role(Role::Edge)[1]].metric(
+    // The files came by push: no player asked edge 1 for anything. An edge
+    // does repair a pushed file whose chunks are still missing a while
+    // after its manifest (`Shared::complete_live`), which on a loaded
+    // machine can happen to a chunk that was merely late; that must stay
+    // the exception.
+    let edge1 = &c.nodes[c.by_role(Role::Edge)[1]];
+    let pulled = edge1.metric(
         "dcdn_chunks_total",
         &[("direction", "in"), ("path", "pull")],
     );
-    assert_eq!(pulled, 0.0, "edge 1 pulled {pulled} chunks");
+    let pushed = edge1.metric(
+        "dcdn_chunks_total",
+        &[("direction", "in"), ("path", "push")],
+    );
+    // 30 segments of 3 chunks and 30 playlists of 1.
+    assert!(
+        pushed >= 108.0 && pulled <= 12.0,
+        "edge 1 took {pushed} chunks by push and {pulled} by pull, of 120"
+    );
     // Both edges serve the publisher's bytes with the right headers.
     for (edge, _) in &edges {
         let resp = get(&format!("{edge}/live/cam/seg29.ts")).await.unwrap();
@@ -331,4 +343,107 @@ async fn the_dvr_window_bounds_what_every_node_holds() {
         );
     }
     c.stop().await;
+}
+
+/// The publish → every-edge figure of issue #16, with its same-run
+/// baseline: two clusters whose edges reach the relay through the same UDP
+/// proxy, one dropping nothing, one dropping 5 % of datagrams both ways,
+/// fed alternately (one file to each in turn, so load on the machine falls
+/// on both alike). For LL-HLS parts (40 KB) and 2 s segments (150 KB): the
+/// time from the origin's 201 to every edge being able to serve the file
+/// from what it holds. Fails if any file does not reach every edge, if an
+/// edge serves bytes other than the publisher's, or if the lossy cluster
+/// needed more than a few pulls (FEC, not repair, must carry the loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_to_every_edge_latency_with_and_without_loss() {
+    let tweak = |cfg: &mut NodeConfig| cfg.origin.chunk_size_kb = Bounded::new(64).unwrap();
+    let counts = Counts {
+        relays: 1,
+        edges: 2,
+    };
+    let (clean, _clean_proxy) =
+        TestCluster::start_with_lossy_relay_link("live-lat-clean", counts, tweak, 0.0).await;
+    let (lossy, lossy_proxy) =
+        TestCluster::start_with_lossy_relay_link("live-lat-loss", counts, tweak, 0.05).await;
+    let clusters = [&clean, &lossy];
+    let edge_sets = [edges(&clean), edges(&lossy)];
+    const ROUNDS: usize = 30;
+    // took[cluster][kind]: kind 0 = part, 1 = segment.
+    let mut took = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut last = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for (kind, (file, len)) in [("part", 40_000usize), ("seg", 150_000)]
+            .into_iter()
+            .enumerate()
+        {
+            for (ci, c) in clusters.iter().enumerate() {
+                let body = payload((round * 2 + kind) as u64, len + round);
+                let published = put(c, &format!("/live/lat/{file}{round}.m4s"), &body).await;
+                let acked = Instant::now();
+                took[ci][kind].push(until_everywhere(&edge_sets[ci], &published, acked).await);
+                last[ci] = body;
+            }
+        }
+    }
+    for (ci, c) in clusters.iter().enumerate() {
+        for (edge, _) in &edge_sets[ci] {
+            let resp = get(&format!("{edge}/live/lat/seg{}.m4s", ROUNDS - 1))
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.body[..],
+                last[ci][..],
+                "{} served other bytes",
+                c.dir.display()
+            );
+        }
+    }
+    let dropped = lossy_proxy
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 50,
+        "the lossy link dropped only {dropped} packets"
+    );
+    let pulled: f64 = lossy
+        .by_role(Role::Edge)
+        .into_iter()
+        .map(|i| {
+            lossy.nodes[i].metric(
+                "dcdn_chunks_total",
+                &[("direction", "in"), ("path", "pull")],
+            )
+        })
+        .sum();
+    let chunks_sent = (ROUNDS * (1 + 3) * 2) as f64;
+    assert!(
+        pulled <= chunks_sent * 0.1,
+        "edges pulled {pulled} of {chunks_sent} chunks: FEC did not carry the loss"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (kind, what) in ["part 40 KB", "segment 150 KB"].iter().enumerate() {
+        let mut row = Vec::new();
+        for cluster in &mut took {
+            cluster[kind].sort();
+            row.push((
+                percentile(&cluster[kind], 50),
+                percentile(&cluster[kind], 99),
+            ));
+        }
+        println!(
+            "FIGURE live {what} origin 201 -> servable at every edge (n={ROUNDS} each, alternating): \
+             no loss p50 {:.1} ms p99 {:.1} ms; 5% datagram loss p50 {:.1} ms p99 {:.1} ms; \
+             ratio p50 {:.2}x p99 {:.2}x",
+            ms(row[0].0),
+            ms(row[0].1),
+            ms(row[1].0),
+            ms(row[1].1),
+            row[1].0.as_secs_f64() / row[0].0.as_secs_f64().max(1e-9),
+            row[1].1.as_secs_f64() / row[0].1.as_secs_f64().max(1e-9),
+        );
+    }
+    println!("FIGURE live loss run: proxy dropped {dropped} packets; edges pulled {pulled} chunks");
+    clean.stop().await;
+    lossy.stop().await;
 }

@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Live HLS with the real encoder and player: `dcdn up` runs an origin, a
-# relay and two edges; ffmpeg publishes a 20 s stream (2 s segments) to the
-# origin with -method PUT, in real time; another ffmpeg plays it from an edge while it is published. Passes only if
-# the player decoded every frame the publisher sent, in order and
-# bit-identical (framemd5 against the source), if every segment the other
-# edge serves is byte-identical to the same muxing done locally, and if
-# both edges answer the right Content-Type and Cache-Control.
+# Live video with the real encoder and player: `dcdn up` runs an origin, a
+# relay and two edges, and three streams are published at once, in real
+# time:
+# - HLS: ffmpeg publishes a 20 s stream (2 s segments) to the origin with
+#   -method PUT; another ffmpeg plays it from an edge while it is published.
+#   Passes only if the player decoded every frame the publisher sent, in
+#   order and bit-identical (framemd5 against the source), if every segment
+#   the other edge serves is byte-identical to the same muxing done
+#   locally, and if both edges answer the right Content-Type and
+#   Cache-Control.
+# - DASH: ffmpeg's dash muxer publishes the same source (-method PUT, the
+#   token through -http_opts); the edge serves a dynamic MPD while it runs,
+#   and ffmpeg reading the final MPD from the other edge decodes every frame
+#   bit-identical.
+# - LL-HLS: scripts/checks/llhls.py cuts an ffmpeg-made fragmented MP4 into
+#   0.5 s parts and publishes them with an LL-HLS playlist while it drives
+#   blocking reloads and preload-hinted GETs at an edge (see there); then
+#   ffmpeg plays the final playlist from the other edge, every frame
+#   bit-identical.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -46,7 +58,24 @@ mkdir "$work/local"
 ffmpeg -hide_banner -loglevel error -i "$work/src.ts" -c copy -f hls -hls_time 2 \
   -hls_list_size 0 "$work/local/index.m3u8"
 
+# LL-HLS source: 1 s GOPs, one MP4 fragment (a part) per 0.5 s.
+ffmpeg -hide_banner -loglevel error -f lavfi -i testsrc=size=320x240:rate=24 -t 10 \
+  -c:v libx264 -g 24 -keyint_min 24 -sc_threshold 0 -pix_fmt yuv420p -f mp4 \
+  -movflags +empty_moov+default_base_moof+frag_keyframe -frag_duration 500000 "$work/frag.mp4"
+ffmpeg -hide_banner -loglevel error -i "$work/frag.mp4" -f framemd5 "$work/llref.md5"
+
 start=$(date +%s)
+python3 scripts/checks/llhls.py "$ORIGIN" "$TOKEN" "$EDGE1" "$work/frag.mp4" "$work" \
+  >"$work/llhls.log" 2>&1 &
+llhls=$!
+pids+=("$llhls")
+# ffmpeg's -http_opts is a dictionary: the header goes quoted, CRLF inside.
+ffmpeg -hide_banner -loglevel error -re -i "$work/src.ts" -c copy -tag:v avc1 -f dash \
+  -seg_duration 2 -window_size 0 -method PUT \
+  -http_opts "headers='Authorization: Bearer $TOKEN"$'\r\n'"'" \
+  "$ORIGIN/live/dash/manifest.mpd" >"$work/dash.log" 2>&1 &
+dash=$!
+pids+=("$dash")
 ffmpeg -hide_banner -loglevel error -re -i "$work/src.ts" -c copy -f hls -hls_time 2 \
   -hls_list_size 6 -hls_flags delete_segments -method PUT \
   -headers "Authorization: Bearer $TOKEN"$'\r\n' \
@@ -66,9 +95,43 @@ timeout 90 ffmpeg -hide_banner -loglevel error -live_start_index 0 \
 player=$!
 pids+=("$player")
 
+# While DASH is live, the edge serves the publisher's dynamic MPD.
+dynamic=no
+for _ in $(seq 100); do
+  if curl -fsS "$EDGE2/live/dash/manifest.mpd" 2>/dev/null | grep -q 'type="dynamic"'; then
+    dynamic=yes
+    break
+  fi
+  sleep 0.1
+done
+[ "$dynamic" = yes ] || fail "edge 2 never served a dynamic (live) MPD"
+
 wait "$publisher" || fail "the publisher failed"
 wait "$player" || fail "the player failed"
+wait "$dash" || fail "the DASH publisher failed: $(cat "$work/dash.log")"
+wait "$llhls" || fail "LL-HLS: $(cat "$work/llhls.log")"
+cat "$work/llhls.log"
 echo "live-hls: published and played in $(( $(date +%s) - start )) s"
+
+same_frames() { # reference, played, what
+  python3 - "$1" "$2" "$3" <<'PY'
+import sys
+def hashes(path):
+    return [l.rsplit(",", 1)[1].strip() for l in open(path) if l.strip() and not l.startswith("#")]
+ref, play = hashes(sys.argv[1]), hashes(sys.argv[2])
+if ref != play:
+    first = next((i for i, (a, b) in enumerate(zip(ref, play)) if a != b), min(len(ref), len(play)))
+    sys.exit(f"live-hls: FAIL: {sys.argv[3]}: the player decoded {len(play)} frames, source has {len(ref)}; first difference at frame {first}")
+print(f"live-hls: {sys.argv[3]}: the player decoded all {len(play)} frames, in order, bit-identical")
+PY
+}
+# The DASH stream and the LL-HLS stream, each played whole from edge 2.
+timeout 60 ffmpeg -hide_banner -loglevel error -i "$EDGE2/live/dash/manifest.mpd" \
+  -f framemd5 "$work/dash.md5" >"$work/dashplay.log" 2>&1 || fail "DASH player: $(cat "$work/dashplay.log")"
+same_frames "$work/ref.md5" "$work/dash.md5" DASH
+timeout 60 ffmpeg -hide_banner -loglevel error -live_start_index 0 -i "$EDGE2/live/ll/index.m3u8" \
+  -f framemd5 "$work/ll.md5" >"$work/llplay.log" 2>&1 || fail "LL-HLS player: $(cat "$work/llplay.log")"
+same_frames "$work/llref.md5" "$work/ll.md5" LL-HLS
 
 python3 - "$work/ref.md5" "$work/play.md5" <<'PY'
 import sys

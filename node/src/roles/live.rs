@@ -332,6 +332,14 @@ impl Windows {
         out
     }
 
+    /// The playlist and manifest files held for `stream`.
+    pub fn playlists(&self, stream: &str) -> Vec<String> {
+        self.streams
+            .get(stream)
+            .map(|w| w.playlists.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Per stream: segments and bytes held.
     pub fn summary(&self) -> Vec<(String, usize, u64)> {
         let mut v: Vec<_> = self

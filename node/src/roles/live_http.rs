@@ -16,20 +16,25 @@
 //! (playlists `no-cache`, segments immutable). These routes carry no
 //! fallback of their own: they are merged into the ingest and serve routers.
 
-use crate::chunk::StreamId;
+use crate::chunk::{ChunkId, StreamId};
 use crate::metrics::Metrics;
+use crate::roles::hls::{self, Block, Playlist};
 use crate::roles::ingest::{IngestConfig, Publish, Published, check_token};
-use crate::roles::live::{LiveFile, PathError};
-use crate::roles::serve::{self, Content, HttpError, ServeConfig};
+use crate::roles::live::{Kind, LiveFile, PathError, object_name};
+use crate::roles::serve::{self, Content, HttpError, ObjectInfo, ServeConfig};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use axum::{Json, Router};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The route both sides answer.
 pub const ROUTE: &str = "/live/{stream}/{*file}";
@@ -158,7 +163,43 @@ async fn receive_file<P: Publish>(
     let mut pending = BytesMut::with_capacity(chunk_size);
     let mut seq = 0u64;
     let mut len = 0u64;
-    let mut body = body.into_data_stream();
+    let mut body = body.into_data_stream().boxed();
+    if f.kind == Kind::HlsPlaylist {
+        // A playlist is checked whole before any of it is pushed: edges
+        // keep the promises its EXT-X-SERVER-CONTROL makes, so they must
+        // only ever see one whose promises hold.
+        let mut whole = BytesMut::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| {
+                refused(
+                    metrics,
+                    "body",
+                    HttpError::new(
+                        StatusCode::BAD_REQUEST,
+                        "body",
+                        format!("reading the body: {e}"),
+                    ),
+                )
+            })?;
+            if (whole.len() + piece.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            whole.extend_from_slice(&piece);
+        }
+        let text = std::str::from_utf8(&whole).map_err(|_| hls::PlaylistError::Header);
+        if let Err(e) = text.and_then(Playlist::parse) {
+            return Err(refused(
+                metrics,
+                "bad_playlist",
+                HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_playlist",
+                    format!("{}: {e}", f.file),
+                ),
+            ));
+        }
+        body = futures_util::stream::iter([Ok(whole.freeze())]).boxed();
+    }
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|e| {
             refused(
@@ -230,17 +271,228 @@ async fn delete_file<P: Publish>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// What an edge needs beyond [`Content`] to serve Low-Latency HLS: to
+/// learn when a new live file version arrives, and what it holds without
+/// asking upstream.
+pub trait LiveContent: Content {
+    /// Changes each time a live file version enters this node's window.
+    fn live_changes(&self) -> watch::Receiver<u64>;
+    /// The newest version of `name` held here; never fetches.
+    fn held_version(&self, name: &str) -> Option<u64>;
+    /// The playlist files held for `stream`.
+    fn playlists(&self, stream: &str) -> Vec<String>;
+}
+
+/// Limits of the LL-HLS requests an edge holds.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldConfig {
+    pub max_held: usize,
+    pub max_held_per_stream: usize,
+    /// The longest any request is held, whatever the playlist's target
+    /// duration says.
+    pub max_hold: Duration,
+}
+
+impl HoldConfig {
+    pub fn of(c: &crate::config::LiveSection) -> Self {
+        Self {
+            max_held: c.max_held_requests.get() as usize,
+            max_held_per_stream: c.max_held_per_stream.get() as usize,
+            max_hold: MAX_HOLD,
+        }
+    }
+}
+
+/// §6.2.5.2 bounds a blocking reload by three target durations; a
+/// publisher's huge target duration must not hold sockets for minutes.
+const MAX_HOLD: Duration = Duration::from_secs(30);
+/// Parsed playlist versions remembered per edge.
+const PARSED_CACHE: usize = 256;
+
+/// The requests held now: in total and per stream (an entry only while a
+/// stream holds any, so the map is bounded by `max_held`).
+#[derive(Default)]
+struct Holds {
+    total: usize,
+    per_stream: HashMap<String, usize>,
+}
+
+struct HoldGuard<C> {
+    state: Arc<EdgeState<C>>,
+    stream: String,
+}
+
+impl<C> Drop for HoldGuard<C> {
+    fn drop(&mut self) {
+        let mut h = self.state.holds.lock();
+        h.total -= 1;
+        let n = h.per_stream.get_mut(&self.stream).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if n == Some(0) {
+            h.per_stream.remove(&self.stream);
+        }
+        self.state
+            .metrics
+            .live_held
+            .with_label_values(&[&self.stream])
+            .set(n.unwrap_or(0) as i64);
+    }
+}
+
+/// Playlist versions already read and parsed, by version stream id.
+#[derive(Default)]
+struct Parsed {
+    map: HashMap<StreamId, Arc<(Bytes, Playlist)>>,
+    order: VecDeque<StreamId>,
+}
+
 struct EdgeState<C> {
     content: Arc<C>,
     config: ServeConfig,
+    hold: HoldConfig,
+    holds: Mutex<Holds>,
+    parsed: Mutex<Parsed>,
     metrics: Metrics,
 }
 
+impl<C: LiveContent> EdgeState<C> {
+    /// Takes a slot for a held request, or refuses it (503, counted).
+    fn hold(self: &Arc<Self>, stream: &str) -> Result<HoldGuard<C>, HttpError> {
+        let mut h = self.holds.lock();
+        let mine = h.per_stream.get(stream).copied().unwrap_or(0);
+        if h.total >= self.hold.max_held || mine >= self.hold.max_held_per_stream {
+            drop(h);
+            let e = refused(
+                &self.metrics,
+                "too_many_held",
+                HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_held",
+                    "this edge holds as many LL-HLS requests as live.max_held_requests \
+                     (or live.max_held_per_stream) allows",
+                ),
+            );
+            return Err(e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        h.total += 1;
+        h.per_stream.insert(stream.to_owned(), mine + 1);
+        drop(h);
+        self.metrics
+            .live_held
+            .with_label_values(&[stream])
+            .set(mine as i64 + 1);
+        Ok(HoldGuard {
+            state: self.clone(),
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// The newest version of playlist `name`: its manifest, bytes and
+    /// parse. The bytes are checked against the manifest's digest.
+    async fn playlist(
+        &self,
+        name: &str,
+    ) -> Result<(ObjectInfo, Arc<(Bytes, Playlist)>), HttpError> {
+        let info = self.content.object(name).await?;
+        if let Some(p) = self.parsed.lock().map.get(&info.stream) {
+            return Ok((info, p.clone()));
+        }
+        let mut body = BytesMut::with_capacity(info.len as usize);
+        for seq in 0..info.chunk_count {
+            let c = self
+                .content
+                .chunk(ChunkId::new(info.stream, seq), self.config.chunk_wait)
+                .await?;
+            body.extend_from_slice(&c.payload);
+        }
+        if body.len() as u64 != info.len || *blake3::hash(&body).as_bytes() != info.digest {
+            return Err(HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                "digest_mismatch",
+                format!("{name}: the chunks held do not make the published playlist"),
+            ));
+        }
+        let body = body.freeze();
+        let text = std::str::from_utf8(&body).map_err(|_| bad_playlist(name))?;
+        let parsed = Playlist::parse(text).map_err(|_| bad_playlist(name))?;
+        let p = Arc::new((body, parsed));
+        let mut cache = self.parsed.lock();
+        if cache.map.insert(info.stream, p.clone()).is_none() {
+            cache.order.push_back(info.stream);
+            if cache.order.len() > PARSED_CACHE {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.map.remove(&old);
+                }
+            }
+        }
+        Ok((info, p))
+    }
+}
+
+fn bad_playlist(name: &str) -> HttpError {
+    // The origin refuses playlists that do not parse, so this is a
+    // playlist from before that check or a bug: say so, do not guess.
+    HttpError::new(
+        StatusCode::BAD_GATEWAY,
+        "bad_playlist",
+        format!("{name} is not a playlist this edge can read"),
+    )
+}
+
+/// The LL-HLS delivery directives of a playlist request (§6.2.5).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Directives {
+    msn: Option<u64>,
+    part: Option<u64>,
+    skip: bool,
+}
+
+impl Directives {
+    fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut d = Self::default();
+        for pair in query.unwrap_or_default().split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}={v:?} is not a decimal integer"))
+            };
+            match k {
+                "_HLS_msn" => d.msn = Some(num()?),
+                "_HLS_part" => d.part = Some(num()?),
+                "_HLS_skip" => match v {
+                    "YES" | "v2" => d.skip = true,
+                    _ => return Err(format!("_HLS_skip={v:?} must be YES or v2")),
+                },
+                // Anything else (cache busters) is not ours to judge.
+                _ => {}
+            }
+        }
+        if d.part.is_some() && d.msn.is_none() {
+            return Err("_HLS_part needs _HLS_msn".into());
+        }
+        Ok(d)
+    }
+
+    fn any(&self) -> bool {
+        self.msn.is_some() || self.skip
+    }
+}
+
 /// The edge's live routes: `GET|HEAD /live/{stream}/{file}`.
-pub fn edge_router<C: Content>(content: Arc<C>, config: ServeConfig, metrics: Metrics) -> Router {
+pub fn edge_router<C: LiveContent>(
+    content: Arc<C>,
+    config: ServeConfig,
+    hold: HoldConfig,
+    metrics: Metrics,
+) -> Router {
     let state = Arc::new(EdgeState {
         content,
         config,
+        hold,
+        holds: Mutex::new(Holds::default()),
+        parsed: Mutex::new(Parsed::default()),
         metrics,
     });
     Router::new()
@@ -248,21 +500,47 @@ pub fn edge_router<C: Content>(content: Arc<C>, config: ServeConfig, metrics: Me
         .with_state(state)
 }
 
-async fn get_file<C: Content>(
+async fn get_file<C: LiveContent>(
     State(state): State<Arc<EdgeState<C>>>,
     Path((stream, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let f = LiveFile::parse(&stream, &file).map_err(|e| path_error(&state.metrics, e))?;
-    let mut resp = serve::object_response(
-        state.content.clone(),
-        state.config,
-        f.object_name(),
-        method,
-        headers,
-    )
-    .await?;
+    let mut resp = if f.kind == Kind::HlsPlaylist {
+        let d = Directives::parse(query.as_deref()).map_err(|why| {
+            refused(
+                &state.metrics,
+                "bad_directive",
+                HttpError::new(StatusCode::BAD_REQUEST, "bad_directive", why),
+            )
+        })?;
+        if d.any() {
+            low_latency_playlist(&state, &f, d, &method).await?
+        } else {
+            serve::object_response(
+                state.content.clone(),
+                state.config,
+                f.object_name(),
+                method,
+                headers,
+            )
+            .await?
+        }
+    } else {
+        if f.kind == Kind::Segment && state.content.held_version(&f.object_name()).is_none() {
+            wait_for_hinted(&state, &f).await?;
+        }
+        serve::object_response(
+            state.content.clone(),
+            state.config,
+            f.object_name(),
+            method,
+            headers,
+        )
+        .await?
+    };
     if resp.status().is_success() {
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -282,6 +560,197 @@ async fn get_file<C: Content>(
         HeaderValue::from_static("*"),
     );
     Ok(resp)
+}
+
+fn hold_for(target_duration: f64, max: Duration) -> Duration {
+    Duration::try_from_secs_f64(3.0 * target_duration)
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// A playlist request with `_HLS_msn` (and `_HLS_part`) is held until a
+/// playlist this edge holds lists that segment or part, at most three
+/// target durations (then 503); one too far ahead is 400 at once
+/// (§6.2.5.2). With `_HLS_skip` the answer is the delta update.
+async fn low_latency_playlist<C: LiveContent>(
+    state: &Arc<EdgeState<C>>,
+    f: &LiveFile,
+    d: Directives,
+    method: &Method,
+) -> Result<Response, HttpError> {
+    let name = f.object_name();
+    // Subscribed before the first look, so a version arriving in between
+    // still wakes us.
+    let mut changes = state.content.live_changes();
+    let (mut info, mut current) = state.playlist(&name).await?;
+    let blocking = d.msn.filter(|_| current.1.control.can_block_reload);
+    if let Some(msn) = blocking {
+        match current.1.block(msn, d.part) {
+            Block::Ready => {}
+            Block::TooFar(why) => {
+                return Err(refused(
+                    &state.metrics,
+                    "too_far",
+                    HttpError::new(StatusCode::BAD_REQUEST, "too_far", why),
+                ));
+            }
+            Block::Hold => {
+                let _slot = state.hold(&f.stream)?;
+                let target = current.1.target_duration.unwrap_or(0.0);
+                let deadline = Instant::now() + hold_for(target, state.hold.max_hold);
+                loop {
+                    match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => {
+                            state
+                                .metrics
+                                .live_blocking
+                                .with_label_values(&[&f.stream, "reload", "timed_out"])
+                                .inc();
+                            let e = HttpError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "blocking_timeout",
+                                format!(
+                                    "no playlist listed segment {msn}{} within three target durations",
+                                    d.part.map(|p| format!(" part {p}")).unwrap_or_default()
+                                ),
+                            );
+                            return Err(
+                                e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                            );
+                        }
+                    }
+                    if state.content.held_version(&name) == Some(info.version) {
+                        continue;
+                    }
+                    (info, current) = state.playlist(&name).await?;
+                    if current.1.block(msn, d.part) == Block::Ready {
+                        break;
+                    }
+                }
+                state
+                    .metrics
+                    .live_blocking
+                    .with_label_values(&[&f.stream, "reload", "released"])
+                    .inc();
+            }
+        }
+    }
+    let (bytes, playlist) = (&current.0, &current.1);
+    let delta = d
+        .skip
+        .then(|| std::str::from_utf8(bytes).ok())
+        .flatten()
+        .and_then(|text| hls::delta(text, playlist));
+    let etag = format!(
+        "\"{}-{}{}\"",
+        hex::encode(info.digest),
+        info.version,
+        if delta.is_some() { "-skip" } else { "" }
+    );
+    let body = delta.map_or_else(|| bytes.clone(), Bytes::from);
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CACHE_CONTROL, &info.cache_control)
+        .header(header::ETAG, etag)
+        .header(header::CONTENT_LENGTH, body.len());
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    builder
+        .body(body)
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// A GET for a file this edge does not hold, named by a preload hint of a
+/// playlist it holds, waits until the file arrives (at most three target
+/// durations); any other missing file is left to the ordinary 404.
+async fn wait_for_hinted<C: LiveContent>(
+    state: &Arc<EdgeState<C>>,
+    f: &LiveFile,
+) -> Result<(), HttpError> {
+    let name = f.object_name();
+    let mut changes = state.content.live_changes();
+    let mut target = None;
+    for playlist in state.content.playlists(&f.stream) {
+        if !playlist.ends_with(".m3u8") {
+            continue;
+        }
+        let Ok((_, p)) = state.playlist(&object_name(&f.stream, &playlist)).await else {
+            continue;
+        };
+        if p.1
+            .hints
+            .iter()
+            .any(|uri| resolve(&f.stream, &playlist, uri).as_deref() == Some(&f.file))
+        {
+            target = p.1.target_duration;
+            break;
+        }
+    }
+    let Some(target) = target else {
+        return Ok(());
+    };
+    let _slot = state.hold(&f.stream)?;
+    let deadline = Instant::now() + hold_for(target, state.hold.max_hold);
+    while state.content.held_version(&name).is_none() {
+        match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                state
+                    .metrics
+                    .live_blocking
+                    .with_label_values(&[&f.stream, "hint", "timed_out"])
+                    .inc();
+                let e = HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "hint_timeout",
+                    format!(
+                        "{} was hinted but not published within three target durations",
+                        f.file
+                    ),
+                );
+                return Err(e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+        }
+    }
+    state
+        .metrics
+        .live_blocking
+        .with_label_values(&[&f.stream, "hint", "released"])
+        .inc();
+    Ok(())
+}
+
+/// The file (inside `stream`) a URI in playlist `playlist` names, if it is
+/// one of this stream's: relative to the playlist's directory, or an
+/// absolute `/live/{stream}/...` path.
+fn resolve(stream: &str, playlist: &str, uri: &str) -> Option<String> {
+    let uri = uri.split(['?', '#']).next()?;
+    if let Some(abs) = uri.strip_prefix('/') {
+        return abs
+            .strip_prefix("live/")?
+            .strip_prefix(stream)?
+            .strip_prefix('/')
+            .map(str::to_owned);
+    }
+    if uri.contains("://") {
+        return None;
+    }
+    let dir = playlist.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut parts: Vec<&str> = dir.split('/').filter(|s| !s.is_empty()).collect();
+    for seg in uri.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            s => parts.push(s),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 #[cfg(test)]
@@ -444,6 +913,13 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_streams",
             ),
+            (
+                "/live/cam/bad.m3u8",
+                "t",
+                10,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_playlist",
+            ),
         ] {
             assert_eq!(
                 put(&router, path, token, vec![0; len]).await,
@@ -457,5 +933,301 @@ mod tests {
             );
         }
         assert!(rec.manifests.lock().is_empty(), "nothing refused is named");
+        // A playlist whose server control promises too little is refused
+        // whole: not one chunk of it leaves the origin.
+        let lie = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n\
+                   #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=3\n";
+        assert_eq!(
+            put(&router, "/live/cam/ll.m3u8", "t", lie.as_bytes().to_vec()).await,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert!(rec.chunks.lock().is_empty());
+    }
+
+    /// An edge's store as the LL-HLS routes see it: files appear when the
+    /// test says, and each appearance bumps `live_changes` as the node
+    /// does.
+    struct Edge {
+        files: Mutex<HashMap<String, (ObjectInfo, Bytes)>>,
+        playlists: Mutex<Vec<String>>,
+        changed: watch::Sender<u64>,
+        version: std::sync::atomic::AtomicU64,
+    }
+
+    impl Edge {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                files: Mutex::new(HashMap::new()),
+                playlists: Mutex::new(Vec::new()),
+                changed: watch::channel(0).0,
+                version: Default::default(),
+            })
+        }
+
+        fn publish(&self, file: &str, body: &[u8]) {
+            let name = object_name("cam", file);
+            let version = self
+                .version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let info = ObjectInfo {
+                name: name.clone(),
+                stream: StreamId::object(&name, version),
+                version,
+                len: body.len() as u64,
+                chunk_size: 1 << 20,
+                chunk_count: 1,
+                digest: *blake3::hash(body).as_bytes(),
+                published_ms: 1,
+                cache_control: "no-cache".into(),
+            };
+            if file.ends_with(".m3u8") && !self.playlists.lock().iter().any(|p| p == file) {
+                self.playlists.lock().push(file.to_owned());
+            }
+            self.files
+                .lock()
+                .insert(name, (info, Bytes::copy_from_slice(body)));
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    impl Content for Edge {
+        async fn object(&self, name: &str) -> Result<ObjectInfo, serve::ContentError> {
+            self.files
+                .lock()
+                .get(name)
+                .map(|(i, _)| i.clone())
+                .ok_or_else(|| serve::ContentError::NotFound(name.to_owned()))
+        }
+        async fn chunk(
+            &self,
+            id: ChunkId,
+            _: Duration,
+        ) -> Result<crate::chunk::Chunk, serve::ContentError> {
+            self.cached(id)
+                .ok_or_else(|| serve::ContentError::NotFound(id.to_string()))
+        }
+        fn stream_head(&self, _: StreamId) -> Option<u64> {
+            None
+        }
+        fn cached(&self, id: ChunkId) -> Option<crate::chunk::Chunk> {
+            let files = self.files.lock();
+            let (_, body) = files.values().find(|(i, _)| i.stream == id.stream)?;
+            Some(crate::chunk::Chunk {
+                header: crate::chunk::ChunkHeader {
+                    id,
+                    len: body.len() as u32,
+                    digest: *blake3::hash(body).as_bytes(),
+                    key_id: crate::chunk::KeyId(1),
+                    timestamp_ms: 1,
+                },
+                signature: [0; 64],
+                payload: body.clone(),
+            })
+        }
+    }
+
+    impl LiveContent for Edge {
+        fn live_changes(&self) -> watch::Receiver<u64> {
+            self.changed.subscribe()
+        }
+        fn held_version(&self, name: &str) -> Option<u64> {
+            self.files.lock().get(name).map(|(i, _)| i.version)
+        }
+        fn playlists(&self, _: &str) -> Vec<String> {
+            self.playlists.lock().clone()
+        }
+    }
+
+    /// 1 s segments of two 0.5 s parts; `complete` segments listed, then
+    /// `trailing` parts of the next and a hint for the part after.
+    fn ll_playlist(complete: u64, trailing: u64) -> String {
+        let mut s = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=6,PART-HOLD-BACK=1.5\n\
+             #EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+        );
+        for msn in 0..complete {
+            s += &format!(
+                "#EXT-X-PART:DURATION=0.5,URI=\"p{msn}.0.m4s\"\n\
+                 #EXT-X-PART:DURATION=0.5,URI=\"p{msn}.1.m4s\"\n#EXTINF:1.0,\ns{msn}.m4s\n"
+            );
+        }
+        for i in 0..trailing {
+            s += &format!("#EXT-X-PART:DURATION=0.5,URI=\"p{complete}.{i}.m4s\"\n");
+        }
+        s + &format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p{complete}.{trailing}.m4s\"\n")
+    }
+
+    fn edge_app(edge: Arc<Edge>, max_held: usize) -> (Router, Metrics) {
+        let metrics = Metrics::new("edge").unwrap();
+        let router = edge_router(
+            edge,
+            ServeConfig::default(),
+            HoldConfig {
+                max_held,
+                max_held_per_stream: max_held,
+                max_hold: MAX_HOLD,
+            },
+            metrics.clone(),
+        );
+        (router, metrics)
+    }
+
+    async fn get(router: &Router, uri: &str) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        let resp = router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_blocking_reload_is_held_until_the_part_is_listed() {
+        let edge = Edge::new();
+        edge.publish("index.m3u8", ll_playlist(3, 1).as_bytes());
+        let (router, metrics) = edge_app(edge.clone(), 8);
+        // Listed already: at once.
+        let (status, body) = get(&router, "/live/cam/index.m3u8?_HLS_msn=3&_HLS_part=0").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, ll_playlist(3, 1));
+        // The next part: held until a playlist lists it.
+        let held = tokio::spawn({
+            let router = router.clone();
+            async move { get(&router, "/live/cam/index.m3u8?_HLS_msn=3&_HLS_part=1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished(), "answered before the part was listed");
+        assert_eq!(metrics.live_held.with_label_values(&["cam"]).get(), 1);
+        // A new segment that does not list it yet keeps it held.
+        edge.publish("p3.1.m4s", b"part");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !held.is_finished(),
+            "released by a file that is not the playlist"
+        );
+        // A new playlist version that still does not list it: held too.
+        edge.publish("index.m3u8", ll_playlist(3, 1).as_bytes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !held.is_finished(),
+            "released by a playlist without the part"
+        );
+        edge.publish("index.m3u8", ll_playlist(3, 2).as_bytes());
+        let (status, body) = tokio::time::timeout(Duration::from_secs(2), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, ll_playlist(3, 2));
+        assert_eq!(metrics.live_held.with_label_values(&["cam"]).get(), 0);
+        assert_eq!(
+            metrics
+                .live_blocking
+                .with_label_values(&["cam", "reload", "released"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn blocking_reloads_are_bounded_in_time_count_and_distance() {
+        let edge = Edge::new();
+        edge.publish("index.m3u8", ll_playlist(3, 0).as_bytes());
+        let (router, metrics) = edge_app(edge.clone(), 1);
+        let refused = |r| metrics.live_refused.with_label_values(&[r]).get();
+        // Malformed directives and one too far ahead: 400 at once.
+        for (uri, reason) in [
+            ("/live/cam/index.m3u8?_HLS_part=1", "bad_directive"),
+            ("/live/cam/index.m3u8?_HLS_msn=x", "bad_directive"),
+            (
+                "/live/cam/index.m3u8?_HLS_msn=3&_HLS_skip=NO",
+                "bad_directive",
+            ),
+            ("/live/cam/index.m3u8?_HLS_msn=5", "too_far"),
+            ("/live/cam/index.m3u8?_HLS_msn=4&_HLS_part=5", "too_far"),
+        ] {
+            let before = refused(reason);
+            assert_eq!(get(&router, uri).await.0, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(refused(reason), before + 1, "{uri}");
+        }
+        // One held (max_held = 1): a second is refused, 503 and counted.
+        let started = Instant::now();
+        let held = tokio::spawn({
+            let router = router.clone();
+            async move { get(&router, "/live/cam/index.m3u8?_HLS_msn=3").await }
+        });
+        while metrics.live_held.with_label_values(&["cam"]).get() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (status, _) = get(&router, "/live/cam/index.m3u8?_HLS_msn=4").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused("too_many_held"), 1);
+        // Nothing new for three target durations (3 s): 503.
+        let (status, body) = held.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("blocking_timeout"), "{body}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_secs(6),
+            "held {waited:?}"
+        );
+        assert_eq!(
+            metrics
+                .live_blocking
+                .with_label_values(&["cam", "reload", "timed_out"])
+                .get(),
+            1
+        );
+        // The slot came back.
+        assert_eq!(metrics.live_held.with_label_values(&["cam"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hinted_part_is_waited_for_and_a_delta_update_skips_old_segments() {
+        let edge = Edge::new();
+        edge.publish("index.m3u8", ll_playlist(10, 1).as_bytes());
+        let (router, metrics) = edge_app(edge.clone(), 8);
+        // Not hinted: 404 at once.
+        assert_eq!(
+            get(&router, "/live/cam/p10.5.m4s").await.0,
+            StatusCode::NOT_FOUND
+        );
+        let held = tokio::spawn({
+            let router = router.clone();
+            async move { get(&router, "/live/cam/p10.1.m4s").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !held.is_finished(),
+            "a hinted part answered before it existed"
+        );
+        edge.publish("p10.1.m4s", b"the part's bytes");
+        let (status, body) = held.await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "the part's bytes")
+        );
+        assert_eq!(
+            metrics
+                .live_blocking
+                .with_label_values(&["cam", "hint", "released"])
+                .get(),
+            1
+        );
+        // Delta update: 10 s listed, skip boundary 6 s: 4 segments skipped.
+        let (status, body) = get(&router, "/live/cam/index.m3u8?_HLS_skip=YES").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n"), "{body}");
+        assert!(
+            !body.contains("\ns3.m4s\n") && body.contains("\ns4.m4s\n"),
+            "{body}"
+        );
+        let (_, v2) = get(&router, "/live/cam/index.m3u8?_HLS_msn=9&_HLS_skip=v2").await;
+        assert_eq!(v2, body);
     }
 }

@@ -335,8 +335,10 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
             peer.current_parity.store(m, Ordering::Relaxed);
         }
         Frame::Manifest(m) => {
-            if let Err(e) = shared.accept_manifest(m, Some(peer.id)) {
-                tracing::warn!(peer = %peer.name, error = %e, "manifest refused");
+            let (stream, chunks, name) = (m.stream, m.chunk_count, m.name.clone());
+            match shared.accept_manifest(m, Some(peer.id)) {
+                Ok(()) => shared.complete_live(stream, &name, chunks),
+                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "manifest refused"),
             }
         }
         Frame::Purge(p) => {

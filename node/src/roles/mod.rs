@@ -9,6 +9,7 @@ pub mod certs;
 pub mod discovery;
 pub mod flight;
 pub mod framing;
+pub mod hls;
 pub mod http3;
 pub mod ingest;
 pub mod listener;

@@ -187,6 +187,9 @@ pub struct Shared {
     pub(crate) pulled: Mutex<crate::roles::upstream::Pulled>,
     /// The live files held, per stream: the DVR window.
     pub live: Mutex<crate::roles::live::Windows>,
+    /// Bumped each time a live file version enters the window: what held
+    /// LL-HLS requests wait on.
+    pub live_changed: watch::Sender<u64>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -582,6 +585,39 @@ impl Shared {
         Ok(())
     }
 
+    /// A live file whose manifest came by push must be whole here before a
+    /// player asks for it (the playlist naming it may come next): chunks
+    /// that FEC could not rebuild are pulled once the push has had
+    /// a few `repair_delay`s to land, not on the first player's request.
+    pub fn complete_live(self: &Arc<Self>, stream: StreamId, name: &str, chunks: u64) {
+        if crate::roles::live::split_name(name).is_none()
+            || self.settings.role == Role::Origin
+            || self.is_shutting_down()
+        {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            // Pushed chunks normally land before their manifest; a few
+            // repair delays is what a late one gets before it is pulled.
+            let deadline = Instant::now() + shared.settings.repair_delay * COMPLETE_GRACE;
+            for seq in 0..chunks {
+                let id = ChunkId::new(stream, seq);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if shared.wait_for(id, left).await.is_some() {
+                    continue;
+                }
+                // Gone from the window meanwhile: nothing to complete.
+                if shared.manifests.lock().get(stream).is_none() {
+                    return;
+                }
+                if let Err(e) = shared.fetch(id).await {
+                    tracing::debug!(chunk = %id, error = %e, "live chunk repair failed");
+                }
+            }
+        });
+    }
+
     /// Puts a newly verified live file version into the window, and forgets
     /// what that pushed out of it.
     fn note_live(&self, m: &ManifestFrame, kind: crate::roles::live::Kind) -> bool {
@@ -617,6 +653,9 @@ impl Shared {
         }
         let kept = recorded.kept;
         self.forget_live(recorded);
+        if kept {
+            self.live_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         kept
     }
 
@@ -658,6 +697,15 @@ impl Shared {
                     .remove_label_values(&[stream, kind]);
             }
             let _ = self.metrics.live_held_bytes.remove_label_values(&[stream]);
+            let _ = self.metrics.live_held.remove_label_values(&[stream]);
+            for kind in ["reload", "hint"] {
+                for result in ["released", "timed_out"] {
+                    let _ = self
+                        .metrics
+                        .live_blocking
+                        .remove_label_values(&[stream, kind, result]);
+                }
+            }
         }
     }
 
@@ -1288,6 +1336,10 @@ fn object_info(m: &ManifestFrame) -> ObjectInfo {
     }
 }
 
+/// Repair delays a pushed live file's chunks get, after its manifest, before
+/// the missing ones are pulled (`Shared::complete_live`).
+const COMPLETE_GRACE: u32 = 3;
+
 /// How often a client waiting for a live chunk not yet pushed asks upstream.
 const LIVE_POLL: Duration = Duration::from_millis(250);
 
@@ -1395,6 +1447,24 @@ impl Content for EdgeContent {
 
     fn cached(&self, id: ChunkId) -> Option<Chunk> {
         self.0.store.get(&id, Instant::now())
+    }
+}
+
+impl crate::roles::live_http::LiveContent for EdgeContent {
+    fn live_changes(&self) -> watch::Receiver<u64> {
+        self.0.live_changed.subscribe()
+    }
+
+    fn held_version(&self, name: &str) -> Option<u64> {
+        self.0
+            .manifests
+            .lock()
+            .newest(StreamId::object_key(name))
+            .map(|(m, _)| m.version)
+    }
+
+    fn playlists(&self, stream: &str) -> Vec<String> {
+        self.0.live.lock().playlists(stream)
     }
 }
 

@@ -148,6 +148,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         live: Mutex::new(crate::roles::live::Windows::new(
             crate::roles::live::WindowConfig::of(&settings.config.live),
         )),
+        live_changed: tokio::sync::watch::channel(0).0,
         settings,
     });
     match load_origin_store(&shared) {
@@ -241,6 +242,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             let router = serve::router(content.clone(), config).merge(live_http::edge_router(
                 content,
                 config,
+                live_http::HoldConfig::of(&shared.settings.config.live),
                 shared.metrics.clone(),
             ));
             Some(
