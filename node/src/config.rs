@@ -373,6 +373,11 @@ pub struct P2pSection {
     pub optimistic_unchoke_count: Bounded<0, 16>,
     /// Window over which give-and-take is measured, seconds.
     pub rate_window_seconds: Bounded<1, 600>,
+    /// Edges swarm: the first client request for an object (or a preheat)
+    /// makes an edge pull the whole object, trading pieces with its
+    /// neighbours. `false`: an edge fetches only what its clients read (with
+    /// read-ahead), and refuses preheats.
+    pub swarm: bool,
 }
 
 impl Default for P2pSection {
@@ -384,6 +389,7 @@ impl Default for P2pSection {
             regular_unchoke_count: Bounded::lit(4),
             optimistic_unchoke_count: Bounded::lit(1),
             rate_window_seconds: Bounded::lit(20),
+            swarm: true,
         }
     }
 }

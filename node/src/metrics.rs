@@ -177,7 +177,7 @@ impl Metrics {
             preheats: counter(
                 r,
                 "dcdn_preheats_total",
-                "Preheat requests by outcome: sent (origin), forwarded (relay), started (edge), refused_not_upstream, unknown_object.",
+                "Preheat requests by outcome: sent (origin), forwarded (relay), started (edge), refused_not_upstream, refused_signature, refused_stale, refused_swarm_off, other_version, unknown_object.",
                 &["outcome"],
             )?,
             chunks: counter(

@@ -7,8 +7,13 @@
 mod support;
 
 use bytes::Bytes;
+use dcdn_node::chunk::StreamId;
+use dcdn_node::chunk::wire::{Frame, PreheatFrame, WireRole};
 use dcdn_node::client::Client;
 use dcdn_node::config::{Bounded, NodeConfig, Role};
+use dcdn_node::crypto::Signer;
+use dcdn_node::roles::framing;
+use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits};
 use dcdn_node::up::plan::Counts;
 use std::time::{Duration, Instant};
 use support::cluster::{TestCluster, TestNode};
@@ -212,5 +217,168 @@ async fn after_a_preheat_edges_serve_the_object_without_fetching() {
             e.name
         );
     }
+    c.stop().await;
+}
+
+/// A compromised relay (a cluster member with a relay certificate, so an
+/// upstream in the edge's eyes) cannot make an edge pull anything the origin
+/// did not sign a preheat for: a forged preheat and a replayed old one are
+/// refused and counted, and only the origin-signed one starts a swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_preheat_the_origin_signed_makes_an_edge_pull() {
+    let c = cluster("swarm-signed-preheat").await;
+    let data = payload(OBJECT_LEN);
+    publish(&c, "signed.bin", &data).await;
+    let edge = edges(&c)[0];
+    let object = StreamId::object_key("signed.bin");
+    let version = c
+        .origin()
+        .running()
+        .shared
+        .manifests
+        .lock()
+        .newest(object)
+        .unwrap()
+        .0
+        .version;
+
+    // Mallory holds a relay certificate from the cluster CA.
+    let ca = ClusterCa::load(&c.dir.join("ca.pem"), &c.dir.join("ca.key")).unwrap();
+    let id = ca.issue_node("mallory", Role::Relay).unwrap();
+    let ca_pem = std::fs::read_to_string(c.dir.join("ca.pem")).unwrap();
+    let ep = MeshEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &id,
+        &ca_pem,
+        MeshLimits::default(),
+    )
+    .unwrap();
+    let pc = ep.connect(edge.mesh()).await.unwrap();
+    let (mut send, mut recv) = pc.connection.open_bi().await.unwrap();
+    framing::write_frame(
+        &mut send,
+        &Frame::Hello {
+            node_name: "mallory".into(),
+            role: WireRole::Relay,
+            keyset_generation: 0,
+        },
+    )
+    .await
+    .unwrap();
+    framing::read_frame(&mut recv, 65536, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let real = Signer::load(&c.dir.join("signing.key")).unwrap();
+    let rogue = Signer::generate(&mut rand::rngs::OsRng);
+    let now = dcdn_node::roles::node::unix_ms();
+    let signed = |by: &Signer, timestamp_ms: u64| {
+        let mut p = PreheatFrame {
+            object,
+            version,
+            key_id: real.key_id(),
+            timestamp_ms,
+            signature: [0; 64],
+        };
+        p.signature = by.sign(&p.signing_bytes());
+        Frame::Preheat(p)
+    };
+    let outcome = |o: &str| edge.metric("dcdn_preheats_total", &[("outcome", o)]);
+    let wait_for = |o: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while outcome(o) < 1.0 {
+            assert!(Instant::now() < deadline, "no preheat counted as {o}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Signed by a key the cluster does not trust, claiming the origin's id.
+    framing::write_frame(&mut send, &signed(&rogue, now))
+        .await
+        .unwrap();
+    wait_for("refused_signature").await;
+    // Genuinely signed, but an hour old: a recording replayed.
+    framing::write_frame(&mut send, &signed(&real, now - 3_600_000))
+        .await
+        .unwrap();
+    wait_for("refused_stale").await;
+    assert_eq!(outcome("started"), 0.0);
+    assert_eq!(
+        edge.metric("dcdn_swarms_total", &[("outcome", "started")]),
+        0.0,
+        "a refused preheat started a swarm"
+    );
+    // The origin's own signature, fresh: the edge swarms that version.
+    framing::write_frame(&mut send, &signed(&real, now))
+        .await
+        .unwrap();
+    wait_for("started").await;
+    drop(pc);
+    c.stop().await;
+}
+
+/// With `[p2p] swarm = false` an edge fetches only what its client reads and
+/// refuses preheats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_swarming_off_edges_fetch_only_what_clients_read() {
+    let c = TestCluster::start(
+        "swarm-off",
+        Counts {
+            relays: 1,
+            edges: 2,
+        },
+        |c| {
+            swarm_config(c);
+            c.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let data = payload(OBJECT_LEN);
+    publish(&c, "off.bin", &data).await;
+    let client = Client::new(Duration::from_secs(60));
+    let resp = client
+        .send(
+            hyper::Method::POST,
+            &format!("{}/v1/objects/off.bin/preheat", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 202);
+    let first = edges(&c)[0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.metric("dcdn_preheats_total", &[("outcome", "refused_swarm_off")]) < 1.0 {
+        assert!(Instant::now() < deadline, "the preheat was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client reads the first 16 KiB: the edge fetches about that, not the
+    // object.
+    let got = client
+        .send(
+            hyper::Method::GET,
+            &format!("{}/v1/objects/off.bin", first.http()),
+            None,
+            &[(hyper::header::RANGE, "bytes=0-16383".to_owned())],
+            axum::body::Body::empty(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&got.body[..], &data[..16384]);
+    // A swarm starts (or not) before the response's headers are sent.
+    for e in edges(&c) {
+        assert_eq!(
+            e.metric("dcdn_swarms_total", &[("outcome", "started")]),
+            0.0,
+            "{} swarmed with swarming off",
+            e.name
+        );
+    }
+    let pulled = first.metric("dcdn_chunks_total", &[("direction", "in")]);
+    assert!(
+        pulled <= 8.0,
+        "the edge pulled {pulled} of 65 chunks for a 1-chunk read"
+    );
     c.stop().await;
 }

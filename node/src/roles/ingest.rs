@@ -97,9 +97,10 @@ pub trait Publish: Send + Sync + 'static {
 
     /// Tells every edge (through the relays) to pull the newest version of
     /// object `name` now: that version and how many downstream peers were
-    /// told, or None if the name is not known.
-    fn preheat(&self, _name: &str) -> Option<(u64, usize)> {
-        None
+    /// told, or None if the name is not known; an error if the preheat
+    /// cannot be signed here.
+    fn preheat(&self, _name: &str) -> Result<Option<(u64, usize)>, String> {
+        Ok(None)
     }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
@@ -404,7 +405,11 @@ async fn post_object<P: Publish>(
         ));
     };
     check_name(name)?;
-    match state.publisher.preheat(name) {
+    match state
+        .publisher
+        .preheat(name)
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "preheat_failed", e))?
+    {
         Some((version, told)) => Ok((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({

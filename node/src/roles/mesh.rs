@@ -346,8 +346,8 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
                 tracing::warn!(peer = %peer.name, error = %e, "purge refused");
             }
         }
-        Frame::Preheat { object, version } => {
-            crate::roles::swarm::on_preheat(shared, peer, object, version);
+        Frame::Preheat(p) => {
+            crate::roles::swarm::on_preheat(shared, peer, p);
         }
         other => {
             shared

@@ -1358,7 +1358,9 @@ impl Content for EdgeContent {
                 let info = object_info(&m);
                 // A client asked: pull the whole object, trading with the
                 // other edges, so they have something to trade with us.
-                crate::roles::swarm::start(&self.0, m, false);
+                if self.0.settings.swarm {
+                    crate::roles::swarm::start(&self.0, m, false);
+                }
                 Ok(info)
             }
             Err(e) if e.contains("has no manifest") => {

@@ -564,7 +564,7 @@ impl Publish for OriginPublisher {
         self.0.live.lock().has_room_for(stream)
     }
 
-    fn preheat(&self, name: &str) -> Option<(u64, usize)> {
+    fn preheat(&self, name: &str) -> Result<Option<(u64, usize)>, String> {
         crate::roles::swarm::preheat(&self.0, name)
     }
 

@@ -54,6 +54,10 @@ pub struct NodeSettings {
     pub fetch_retry: Duration,
     /// See [`READ_AHEAD`].
     pub read_ahead: usize,
+    /// Edges pull whole objects with the piece picker (`[p2p] swarm`).
+    pub swarm: bool,
+    /// How far a signed frame's timestamp may run ahead of our clock.
+    pub max_clock_skew_ms: u64,
     pub config: NodeConfig,
     /// The file the config came from, for `POST /v1/config/reload`.
     pub config_path: Option<std::path::PathBuf>,
@@ -114,6 +118,8 @@ impl NodeSettings {
             loss_report_every: Duration::from_millis(500),
             fetch_retry: Duration::from_millis(500),
             read_ahead: READ_AHEAD,
+            swarm: c.p2p.swarm,
+            max_clock_skew_ms: c.crypto.max_clock_skew_ms.get(),
             config,
             config_path: None,
         }

@@ -14,7 +14,7 @@
 //! [`Shared::accept_chunk`], like every other chunk) and cancels endgame
 //! losers by dropping their streams.
 
-use crate::chunk::wire::{Frame, ManifestFrame};
+use crate::chunk::wire::{Frame, ManifestFrame, PreheatFrame};
 use crate::chunk::{ChunkId, PeerId, StreamId};
 use crate::p2p::picker::{Bitfield, Picker, upstream_stripe};
 use crate::roles::node::{Accepted, Path, Peer, Role, Shared, request};
@@ -527,36 +527,54 @@ fn bitfield_frames(stream: StreamId, have: &Bitfield) -> Vec<Frame> {
     out
 }
 
-/// Handles a `Preheat` frame from `peer`: only an upstream may ask. A
-/// relay passes it on to its downstream peers once per version; an edge
-/// learns the manifest (verified, as always) and swarms that version.
-pub(crate) fn on_preheat(shared: &Arc<Shared>, peer: &Peer, object: StreamId, version: u64) {
+/// How old a preheat may be when it arrives (beyond the allowed clock
+/// skew): a recorded one replayed later is refused.
+const PREHEAT_MAX_AGE_MS: u64 = 10 * 60 * 1000;
+
+/// Handles a `Preheat` frame from `peer`: only an upstream may send one, and
+/// only one the origin signed (with a key this node trusts, recently) is
+/// acted on, so no peer — a relay included — can make the mesh pull an
+/// object the publisher did not ask to preheat. A relay passes it on to its
+/// downstream peers once per version; an edge learns the manifest
+/// (verified, as always) and swarms exactly that version.
+pub(crate) fn on_preheat(shared: &Arc<Shared>, peer: &Peer, p: PreheatFrame) {
     let me = shared.settings.role;
+    let count = |outcome: &str| {
+        shared.metrics.preheats.with_label_values(&[outcome]).inc();
+    };
     if !peer.role.is_upstream_of(me) {
-        shared
-            .metrics
-            .preheats
-            .with_label_values(&["refused_not_upstream"])
-            .inc();
+        count("refused_not_upstream");
         return;
     }
-    if !shared.preheat_seen.lock().insert(object, version) {
+    if let Err(e) = shared.verify_preheat(&p) {
+        count(e);
+        tracing::warn!(peer = %peer.name, reason = e, "preheat refused");
+        return;
+    }
+    if !shared.preheat_seen.lock().insert(p.object, p.version) {
         return;
     }
     match me {
         Role::Relay => {
-            forward_preheat(shared, object, version, Some(peer.id));
-            shared
-                .metrics
-                .preheats
-                .with_label_values(&["forwarded"])
-                .inc();
+            forward_preheat(shared, &p, Some(peer.id));
+            count("forwarded");
         }
         Role::Edge => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                match shared.fetch_manifest(object, "").await {
-                    Ok(m) if m.version >= version => {
+                match shared.fetch_manifest(p.object, "").await {
+                    // Exactly the version the origin signed: an older
+                    // preheat (replayed, or overtaken by a new publish)
+                    // does not pull a version nobody asked to preheat.
+                    Ok(m) if m.version == p.version => {
+                        if !shared.settings.swarm {
+                            shared
+                                .metrics
+                                .preheats
+                                .with_label_values(&["refused_swarm_off"])
+                                .inc();
+                            return;
+                        }
                         shared
                             .metrics
                             .preheats
@@ -564,7 +582,12 @@ pub(crate) fn on_preheat(shared: &Arc<Shared>, peer: &Peer, object: StreamId, ve
                             .inc();
                         start(&shared, m, true);
                     }
-                    _ => shared
+                    Ok(_) => shared
+                        .metrics
+                        .preheats
+                        .with_label_values(&["other_version"])
+                        .inc(),
+                    Err(_) => shared
                         .metrics
                         .preheats
                         .with_label_values(&["unknown_object"])
@@ -576,34 +599,66 @@ pub(crate) fn on_preheat(shared: &Arc<Shared>, peer: &Peer, object: StreamId, ve
     }
 }
 
-/// Starts a preheat of the newest version of `name` (origin): tells every
-/// downstream peer, which pass it on. The version and how many were told,
-/// or None if the name is not known here.
-pub fn preheat(shared: &Shared, name: &str) -> Option<(u64, usize)> {
+impl Shared {
+    /// Checks a preheat's signature and age; the refusal's metric label.
+    fn verify_preheat(&self, p: &PreheatFrame) -> Result<(), &'static str> {
+        if self
+            .verifier
+            .verify_signature(p.key_id, &p.signing_bytes(), &p.signature)
+            .is_err()
+        {
+            return Err("refused_signature");
+        }
+        let now = crate::roles::node::unix_ms();
+        let skew = self.settings.max_clock_skew_ms;
+        if p.timestamp_ms > now.saturating_add(skew)
+            || now.saturating_sub(p.timestamp_ms) > PREHEAT_MAX_AGE_MS + skew
+        {
+            return Err("refused_stale");
+        }
+        Ok(())
+    }
+}
+
+/// Starts a preheat of the newest version of `name` (origin): signs it and
+/// tells every downstream peer, which pass it on. The version and how many
+/// were told; None if the name is not known here; an error if this origin
+/// cannot sign.
+pub fn preheat(shared: &Shared, name: &str) -> Result<Option<(u64, usize)>, String> {
     let object = StreamId::object_key(name);
-    let (m, _) = shared.manifests.lock().newest(object)?;
+    let Some((m, _)) = shared.manifests.lock().newest(object) else {
+        return Ok(None);
+    };
+    let active = shared.keys.read().active().ok_or("no active signing key")?;
+    let mut p = PreheatFrame {
+        object,
+        version: m.version,
+        key_id: active,
+        timestamp_ms: crate::roles::node::unix_ms(),
+        signature: [0; 64],
+    };
+    {
+        let signers = shared.signers.read();
+        let signer = signers
+            .get(&active)
+            .ok_or_else(|| format!("the active key {active} has no secret key on this node"))?;
+        p.signature = signer.sign(&p.signing_bytes());
+    }
     shared.preheat_seen.lock().insert(object, m.version);
-    let told = forward_preheat(shared, object, m.version, None);
+    let told = forward_preheat(shared, &p, None);
     shared.metrics.preheats.with_label_values(&["sent"]).inc();
     tracing::info!(object = %name, version = m.version, told, "preheat sent");
-    Some((m.version, told))
+    Ok(Some((m.version, told)))
 }
 
 /// Sends a preheat to every downstream peer (relays and edges below us).
-pub(crate) fn forward_preheat(
-    shared: &Shared,
-    object: StreamId,
-    version: u64,
-    from: Option<PeerId>,
-) -> usize {
+pub(crate) fn forward_preheat(shared: &Shared, p: &PreheatFrame, from: Option<PeerId>) -> usize {
     let me = shared.settings.role;
     let mut sent = 0;
-    for p in shared.peer_list() {
-        if Some(p.id) != from
-            && me.is_upstream_of(p.role)
-            && p.control
-                .try_send(Frame::Preheat { object, version })
-                .is_ok()
+    for peer in shared.peer_list() {
+        if Some(peer.id) != from
+            && me.is_upstream_of(peer.role)
+            && peer.control.try_send(Frame::Preheat(p.clone())).is_ok()
         {
             sent += 1;
         }

@@ -608,7 +608,7 @@ impl World {
     fn connect_edge(&mut self, e: u32) {
         let now = self.instant(self.q.now());
         let reader = self.nodes[e as usize].behaviour != Behaviour::Malicious;
-        if reader && self.s.peers.swarm && !self.s.content.is_live() {
+        if reader && self.s.peers.swarm && self.settings.swarm && !self.s.content.is_live() {
             let mut picker = Picker::new(
                 self.settings
                     .picker_config(self.chunks, self.s.chunk_bytes()),

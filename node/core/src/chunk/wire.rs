@@ -29,6 +29,8 @@ pub const MAX_RANGE_COUNT: u32 = 1024;
 pub const MANIFEST_SIGNING_CONTEXT: &[u8] = b"dcdn/manifest/v1\0";
 /// Domain separator for purge signatures.
 pub const PURGE_SIGNING_CONTEXT: &[u8] = b"dcdn/purge/v1\0";
+/// Domain separator for preheat signatures.
+pub const PREHEAT_SIGNING_CONTEXT: &[u8] = b"dcdn/preheat/v1\0";
 
 /// A node's role as announced on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,6 +142,37 @@ fn put_purge_fields(out: &mut BytesMut, p: &PurgeFrame) {
     out.put_u64(p.timestamp_ms);
 }
 
+/// The origin's signed order to swarm one version of an object before any
+/// client asks. Signed like a purge so that no peer — a relay included —
+/// can make the mesh pull what the publisher did not ask to preheat: every
+/// node verifies it before acting on it or passing it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreheatFrame {
+    /// The object key (`StreamId::object_key(name)`).
+    pub object: StreamId,
+    pub version: u64,
+    pub key_id: KeyId,
+    pub timestamp_ms: u64,
+    pub signature: [u8; 64],
+}
+
+impl PreheatFrame {
+    /// The bytes the preheat signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(PREHEAT_SIGNING_CONTEXT.len() + 32);
+        out.put_slice(PREHEAT_SIGNING_CONTEXT);
+        put_preheat_fields(&mut out, self);
+        out.to_vec()
+    }
+}
+
+fn put_preheat_fields(out: &mut BytesMut, p: &PreheatFrame) {
+    out.put_u64(p.object.0);
+    out.put_u64(p.version);
+    out.put_u64(p.key_id.0);
+    out.put_u64(p.timestamp_ms);
+}
+
 /// Every frame of the mesh protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -209,13 +242,10 @@ pub enum Frame {
     Subscribe,
     /// A signed purge, flooded to every peer.
     Purge(PurgeFrame),
-    /// From an upstream: swarm this version of the object (the object key
-    /// and version; the receiver checks both against a verified manifest)
-    /// before any client asks for it.
-    Preheat {
-        object: StreamId,
-        version: u64,
-    },
+    /// From an upstream, signed by the origin: swarm this version of the
+    /// object (the receiver checks it against a verified manifest) before
+    /// any client asks for it.
+    Preheat(PreheatFrame),
 }
 
 /// Why bytes are not a frame.
@@ -334,7 +364,7 @@ impl Frame {
             Self::Error { .. } => "error",
             Self::Subscribe => "subscribe",
             Self::Purge(_) => "purge",
-            Self::Preheat { .. } => "preheat",
+            Self::Preheat(_) => "preheat",
         }
     }
 
@@ -409,10 +439,10 @@ impl Frame {
             Self::Choke => out.put_u8(tag::CHOKE),
             Self::Unchoke => out.put_u8(tag::UNCHOKE),
             Self::Subscribe => out.put_u8(tag::SUBSCRIBE),
-            Self::Preheat { object, version } => {
+            Self::Preheat(p) => {
                 out.put_u8(tag::PREHEAT);
-                out.put_u64(object.0);
-                out.put_u64(*version);
+                put_preheat_fields(out, p);
+                out.put_slice(&p.signature);
             }
             Self::Purge(p) => {
                 out.put_u8(tag::PURGE);
@@ -608,10 +638,21 @@ impl Frame {
                     signature,
                 })
             }
-            tag::PREHEAT => Frame::Preheat {
-                object: StreamId(r.u64("object")?),
-                version: r.u64("version")?,
-            },
+            tag::PREHEAT => {
+                let object = StreamId(r.u64("object")?);
+                let version = r.u64("version")?;
+                let key_id = KeyId(r.u64("key_id")?);
+                let timestamp_ms = r.u64("timestamp_ms")?;
+                let mut signature = [0u8; 64];
+                signature.copy_from_slice(r.take(64, "signature")?);
+                Frame::Preheat(PreheatFrame {
+                    object,
+                    version,
+                    key_id,
+                    timestamp_ms,
+                    signature,
+                })
+            }
             tag::INTERESTED => Frame::Interested {
                 stream: StreamId(r.u64("stream")?),
             },
@@ -951,9 +992,14 @@ mod tests {
                     signature: [9u8; 64],
                 })
             }),
-            (any::<u64>(), any::<u64>()).prop_map(|(s, v)| Frame::Preheat {
-                object: StreamId(s),
-                version: v
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(s, v, k, ts)| {
+                Frame::Preheat(PreheatFrame {
+                    object: StreamId(s),
+                    version: v,
+                    key_id: KeyId(k),
+                    timestamp_ms: ts,
+                    signature: [7u8; 64],
+                })
             }),
             any::<u64>().prop_map(|s| Frame::Interested {
                 stream: StreamId(s)
