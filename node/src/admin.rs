@@ -611,6 +611,7 @@ struct KeyChange {
 }
 
 fn key_changed(state: &AdminState, id: Option<KeyId>) -> Json<KeyChange> {
+    state.shared.forget_untrusted_chunks();
     let generation = state.shared.keys.read().generation();
     state
         .shared

@@ -633,6 +633,110 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
     c.stop().await;
 }
 
+/// An object published before a key rotation stays readable after it: the
+/// origin answers its manifest signed with the key active now, so no node
+/// that revalidates it (or asks for it the first time) refuses it as signed
+/// by a revoked key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_published_before_a_key_rotation_is_served_after_it_with_nothing_rejected() {
+    let c = TestCluster::start(
+        "rotate-obj",
+        Counts {
+            relays: 1,
+            edges: 2,
+        },
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let token = std::fs::read_to_string(c.dir.join("admin-token")).unwrap();
+    let client = Client::new(Duration::from_secs(20));
+    let data = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(data.clone())]);
+    client
+        .put_stream(
+            &format!("{}/v1/objects/before/rotation.bin", c.origin().http()),
+            Some(&c.plan.ingest_token),
+            body,
+        )
+        .await
+        .unwrap();
+    let edges = c.by_role(Role::Edge);
+    // Read through one edge only: the other learns of it from pushes, and
+    // both hold the manifest signed with the old key.
+    let first = &c.nodes[edges[0]];
+    let got = client
+        .get(
+            &format!("{}/v1/objects/before/rotation.bin", first.http()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.body, data);
+
+    // Rotate: trust the new key, make it active, revoke the old one.
+    let new_key = Signer::generate(&mut rand::rngs::OsRng);
+    let origin_shared = c.origin().running().shared.clone();
+    let key_path = c.dir.join("signing-2.key");
+    new_key.save(&key_path).unwrap();
+    origin_shared.reload_signers(&[key_path]).unwrap();
+    let old_id = origin_shared.keys.read().active().unwrap();
+    let add = format!(
+        "{{\"public_key\":\"{}\"}}",
+        hex::encode(new_key.public_key())
+    );
+    let id = new_key.key_id().to_string();
+    for step in ["add", "activate", "revoke"] {
+        for n in &c.nodes {
+            let (path, body) = match step {
+                "add" => ("/v1/keys".to_owned(), add.as_str()),
+                "activate" => (format!("/v1/keys/{id}/activate"), ""),
+                _ => (format!("/v1/keys/{old_id}/revoke"), ""),
+            };
+            admin_post(&client, &n.admin(), &path, &token, body).await;
+        }
+    }
+    // Past the manifest revalidation interval (1 s), every read asks
+    // upstream again, and the relay asks the origin.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for &e in &edges {
+        let edge = &c.nodes[e];
+        let got = client
+            .get(
+                &format!("{}/v1/objects/before/rotation.bin", edge.http()),
+                None,
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{} after the rotation: {err}", edge.name));
+        assert_eq!(got.body, data, "{} served the published bytes", edge.name);
+    }
+    for n in &c.nodes {
+        assert_eq!(
+            n.metric("dcdn_chunks_rejected_total", &[]),
+            0.0,
+            "{} rejected something signed during the rotation",
+            n.name
+        );
+    }
+    // The manifest now held everywhere is signed with the new key.
+    let key = dcdn_node::chunk::StreamId::object_key("before/rotation.bin");
+    for n in &c.nodes {
+        let held = n.running().shared.manifests.lock().newest(key);
+        let (m, _) = held.unwrap_or_else(|| panic!("{} holds no manifest", n.name));
+        assert_eq!(
+            m.key_id,
+            new_key.key_id(),
+            "{} holds an old-key manifest",
+            n.name
+        );
+    }
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_finishes_in_flight_responses() {
     let mut c = TestCluster::start(

@@ -122,6 +122,7 @@ pub fn parse_keys(body: &[u8]) -> Result<KeyView, String> {
     #[derive(serde::Deserialize)]
     struct Key {
         id: String,
+        state: dcdn_node::crypto::KeyState,
         can_sign_here: bool,
     }
     #[derive(serde::Deserialize)]
@@ -134,10 +135,11 @@ pub fn parse_keys(body: &[u8]) -> Result<KeyView, String> {
         generation: k.generation,
         can_sign: k
             .keys
-            .into_iter()
+            .iter()
             .filter(|k| k.can_sign_here)
-            .map(|k| k.id)
+            .map(|k| k.id.clone())
             .collect(),
+        keys: k.keys.into_iter().map(|k| (k.id, k.state)).collect(),
     })
 }
 
@@ -172,6 +174,13 @@ mod tests {
         let v = super::parse_keys(body).unwrap();
         assert_eq!(v.generation, 7);
         assert_eq!(v.can_sign, vec!["00aa".to_owned()]);
+        assert_eq!(
+            v.keys.into_iter().collect::<Vec<_>>(),
+            [
+                ("00aa".to_owned(), dcdn_node::crypto::KeyState::Active),
+                ("00bb".to_owned(), dcdn_node::crypto::KeyState::Trusted)
+            ]
+        );
         assert!(super::parse_keys(b"{}").unwrap_err().contains("/v1/keys"));
     }
 

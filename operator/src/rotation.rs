@@ -17,6 +17,7 @@ use crate::keys::SigningKeys;
 use dcdn_node::config::Role;
 use dcdn_node::crypto::{KeyRing, KeyState, Signer};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The annotation that asks for a rotation now; any new value triggers one.
@@ -28,6 +29,8 @@ pub struct KeyView {
     pub generation: u64,
     /// Key ids this node holds the secret key for (origins).
     pub can_sign: Vec<String>,
+    /// Every key in the node's ring, by id, with its state.
+    pub keys: BTreeMap<String, KeyState>,
 }
 
 /// One pod the tiers should run, and what it reported.
@@ -98,13 +101,29 @@ pub fn ensure_current_active(ring: &mut KeyRing, keys: &SigningKeys) -> Result<(
     Ok(())
 }
 
-/// Pods that have not reported at least `generation`, named (a few).
-fn laggards(input: &Input<'_>, generation: u64) -> Option<String> {
+/// Pods whose ring is not the operator's yet, named (a few). A pod has
+/// caught up when it reports at least the ring's generation *and* the same
+/// key ids in the same states: a generation alone can mislead (a node keeps
+/// a newer ring and refuses an older bundle, e.g. one rebuilt after its
+/// ConfigMap was deleted, while holding other keys than the bundle names).
+fn laggards(input: &Input<'_>, ring: &KeyRing) -> Option<String> {
+    let generation = ring.generation();
+    let want: BTreeMap<String, KeyState> = ring
+        .keys()
+        .into_iter()
+        .map(|(id, state)| (id.to_string(), state))
+        .collect();
     let mut behind: Vec<String> = input
         .pods
         .iter()
         .filter_map(|p| match &p.view {
-            Ok(v) if v.generation >= generation => None,
+            Ok(v) if v.generation >= generation && v.keys == want => None,
+            Ok(v) if v.generation >= generation => Some(format!(
+                "{} at generation {} holds keys {}",
+                p.name,
+                v.generation,
+                show_keys(&v.keys)
+            )),
             Ok(v) => Some(format!("{} at generation {}", p.name, v.generation)),
             Err(e) => Some(format!("{} ({e})", p.name)),
         })
@@ -119,10 +138,19 @@ fn laggards(input: &Input<'_>, generation: u64) -> Option<String> {
         behind.push(format!("{missing} pod(s) not running"));
     }
     Some(format!(
-        "{total} of {} pods to report keyset generation {generation}: {}",
+        "{total} of {} pods to report keyset generation {generation} with keys {}: {}",
         input.expected_pods,
+        show_keys(&want),
         behind.join(", ")
     ))
+}
+
+fn show_keys(keys: &BTreeMap<String, KeyState>) -> String {
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|(id, state)| format!("{id} {state:?}").to_lowercase())
+        .collect();
+    format!("[{}]", shown.join(", "))
 }
 
 fn due(input: &Input<'_>) -> Option<String> {
@@ -222,7 +250,7 @@ pub fn step(
                 return Ok(out);
             }
             ring.add_trusted(next.public_key()).map_err(ring_err)?;
-            if let Some(w) = laggards(input, ring.generation()) {
+            if let Some(w) = laggards(input, ring) {
                 out.status.waiting_for = Some(w);
                 return Ok(out);
             }
@@ -245,7 +273,7 @@ pub fn step(
             );
         }
         RotationPhase::Activating => {
-            if let Some(w) = laggards(input, ring.generation()) {
+            if let Some(w) = laggards(input, ring) {
                 out.status.waiting_for = Some(w);
                 return Ok(out);
             }
@@ -288,7 +316,7 @@ pub fn step(
         }
         RotationPhase::Retiring => {
             if let Some(next) = keys.next.take() {
-                if let Some(w) = laggards(input, ring.generation()) {
+                if let Some(w) = laggards(input, ring) {
                     keys.next = Some(next);
                     out.status.waiting_for = Some(w);
                     return Ok(out);
@@ -323,7 +351,13 @@ mod tests {
         KeyRotationSpec::default()
     }
 
-    fn reports(generation: u64, can_sign: &[String]) -> Vec<PodReport> {
+    /// Every pod at `generation`, holding the keys of `ring`.
+    fn reports(generation: u64, can_sign: &[String], ring: &KeyRing) -> Vec<PodReport> {
+        let keys: BTreeMap<String, KeyState> = ring
+            .keys()
+            .into_iter()
+            .map(|(id, state)| (id.to_string(), state))
+            .collect();
         [
             ("o-0", Role::Origin),
             ("r-0", Role::Relay),
@@ -340,6 +374,7 @@ mod tests {
                 } else {
                     vec![]
                 },
+                keys: keys.clone(),
             }),
         })
         .collect()
@@ -395,7 +430,7 @@ mod tests {
             if let Some(n) = &self.keys.next {
                 signable.push(n.key_id().to_string());
             }
-            let pods = reports(generation, &signable);
+            let pods = reports(generation, &signable, &self.ring);
             let spec = spec();
             let out = self.run(&spec, trigger, &pods, 3, Duration::from_secs(3605));
             self.phase = out.phase;
@@ -464,6 +499,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_at_the_generation_but_without_the_next_key_holds_the_rotation() {
+        let mut w = World::new();
+        w.step(0, Some("k"));
+        let before = w.ring.clone();
+        assert_eq!(w.step(0, Some("k")).phase, RotationPhase::Distributing);
+        let g = w.ring.generation();
+        // Every pod says generation g, but one still holds the ring from
+        // before the next key was trusted (it refused a bundle it saw as
+        // older and kept its own).
+        let signable = [
+            w.keys.current.key_id().to_string(),
+            w.keys.next.as_ref().unwrap().key_id().to_string(),
+        ];
+        let mut pods = reports(g, &signable, &w.ring);
+        pods[2] = reports(g + 5, &signable, &before).remove(2);
+        let spec = spec();
+        let out = w.run(&spec, Some("k"), &pods, 3, Duration::from_secs(1));
+        assert_eq!(out.phase, RotationPhase::Distributing);
+        let why = out.status.waiting_for.unwrap();
+        assert!(
+            why.contains("e-0 at generation") && why.contains("holds keys"),
+            "{why}"
+        );
+        // Once it holds the same keys, the rotation moves on.
+        let pods = reports(g, &signable, &w.ring);
+        let out = w.run(&spec, Some("k"), &pods, 3, Duration::from_secs(1));
+        assert_eq!(out.phase, RotationPhase::Activating);
+    }
+
+    #[test]
     fn activation_waits_for_the_origin_to_hold_the_next_secret_key() {
         let mut w = World::new();
         w.step(0, Some("go"));
@@ -471,7 +536,7 @@ mod tests {
         let g = w.ring.generation();
         let next = w.keys.next.as_ref().unwrap().key_id();
         // The origin reports the bundle but only the old secret key.
-        let pods = reports(g, &[w.keys.current.key_id().to_string()]);
+        let pods = reports(g, &[w.keys.current.key_id().to_string()], &w.ring);
         let spec = spec();
         let out = w.run(&spec, Some("go"), &pods, 3, Duration::from_secs(1));
         assert_eq!(out.phase, RotationPhase::Distributing);
@@ -509,12 +574,12 @@ mod tests {
         w.step(0, Some("p"));
         let mut spec = spec();
         spec.paused = true;
-        let pods = reports(0, &[]);
+        let pods = reports(0, &[], &w.ring);
         let out = w.run(&spec, Some("p"), &pods, 3, Duration::from_secs(1));
         assert_eq!(out.phase, RotationPhase::Staged);
         assert!(out.status.waiting_for.unwrap().contains("paused"));
         w.step(0, Some("p"));
-        let mut pods = reports(w.ring.generation(), &[]);
+        let mut pods = reports(w.ring.generation(), &[], &w.ring);
         pods[2].view = Err("connection refused".into());
         let spec = KeyRotationSpec::default();
         let out = w.run(&spec, Some("p"), &pods[..], 4, Duration::from_secs(1));
@@ -531,7 +596,7 @@ mod tests {
         let mut spec = spec();
         spec.period_hours = 24;
         let created: Timestamp = "2025-12-31T00:00:00Z".parse().unwrap();
-        let pods = reports(0, &[]);
+        let pods = reports(0, &[], &w.ring);
         let run = |now: Timestamp, w: &mut World| {
             let input = Input {
                 spec: &spec,

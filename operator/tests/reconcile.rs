@@ -372,7 +372,13 @@ impl World {
     /// Kubelet syncs the mounted files and every node reloads: each pod
     /// reports the bundle's generation; origins hold both Secret keys.
     async fn sync_nodes(&self) {
-        let generation = self.bundle().await.generation;
+        let bundle = self.bundle().await;
+        let generation = bundle.generation;
+        let ring: BTreeMap<String, dcdn_node::crypto::KeyState> = bundle
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.state))
+            .collect();
         let keys = self.signing().await;
         let mut signable = vec![keys.current.key_id().to_string()];
         if let Some(n) = &keys.next {
@@ -388,6 +394,7 @@ impl World {
                 KeyView {
                     generation,
                     can_sign: if origin { signable.clone() } else { vec![] },
+                    keys: ring.clone(),
                 },
             );
         }

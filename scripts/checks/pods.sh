@@ -16,18 +16,17 @@ fi
 # what they hold. On the kind example's cluster, in one run: scenarios 4 (a
 # killed pod comes back, delivery continues), 6 (a scale through the API is
 # put back), 5 (an origin memory limit it is OOM-killed under rolls out and
-# crash-loops; the edit that fixes it lands and the cluster recovers), 2 (a
-# config change rolls every tier while a client publishes and another reads
-# through the edge Service) and 3 (a key rotation by annotation through
-# every phase under the same traffic). The image is built once
+# crash-loops; the edit that fixes it lands and the cluster recovers). The
+# image is built once
 # (docker-testbed.sh has usually built it already; build.sh is then quick).
 # Always (re)build: an image older than the source renders fields its node
 # does not know (seen after a merge: `unknown field http_header_timeout_ms`).
 # After docker-testbed.sh this is a cargo no-op plus a docker build.
 DCDN_PODS_BUILD=1 testbed/pods/run.sh deploy/examples/minimal.yaml --scenarios=relay-restart
-# Scenarios 5, 2 and 3 (broken-origin, rollout, rotation) are written but
-# have not yet run to the end on this 2-core machine; until they have, they
-# run when asked (DCDN_PODS_ALL=1), not in every CI run.
-scenarios=kill,scale
-[ "${DCDN_PODS_ALL:-}" = 1 ] && scenarios=$scenarios,broken-origin,rollout,rotation
+# Scenarios 2 and 3 (rollout, rotation) run when asked (DCDN_PODS_ALL=1):
+# on this 2-core machine each still lost 2 live-stream reads to a relay
+# answering 404 for a chunk it should have fetched from the origin (see
+# issue #13's note); they join CI once that is found.
+scenarios=kill,scale,broken-origin
+[ "${DCDN_PODS_ALL:-}" = 1 ] && scenarios=$scenarios,rollout,rotation
 testbed/pods/run.sh deploy/examples/kind.yaml --scenarios=$scenarios

@@ -426,6 +426,30 @@ impl ChunkStore {
         }
     }
 
+    /// Removes and returns every chunk `pick` chooses (after a key-ring
+    /// change: what was signed with a key no longer trusted). Walks the
+    /// whole store: for rare events, not hot paths. Removed chunks leave
+    /// stale fifo entries, which `expire` and eviction already skip.
+    pub fn take_where(&self, pick: impl Fn(&Chunk) -> bool) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let mut shard = s.lock();
+            let ids: Vec<ChunkId> = shard
+                .map
+                .iter()
+                .filter(|e| pick(&e.chunk))
+                .map(|e| e.chunk.id())
+                .collect();
+            for id in ids {
+                if let Some(e) = shard.map.take(&id) {
+                    self.release(e.chunk.stored_len(), true);
+                    out.push(e.0.chunk);
+                }
+            }
+        }
+        out
+    }
+
     /// Removes every chunk whose TTL has passed; returns how many. Entries
     /// are in insertion order per shard, so this stops at the first live one.
     pub fn expire(&self, now: Instant) -> usize {
@@ -598,6 +622,27 @@ mod tests {
             );
         }
         assert_eq!(s.stats().evictions, 15);
+    }
+
+    #[test]
+    fn take_where_removes_what_it_picks_and_gives_back_its_bytes() {
+        let s = store(1 << 20, 60_000);
+        let now = Instant::now();
+        for seq in 0..40 {
+            s.insert(chunk(seq % 4, seq, 100), now).unwrap();
+        }
+        let taken = s.take_where(|c| c.id().stream == StreamId(2));
+        assert_eq!(taken.len(), 10);
+        assert!(taken.iter().all(|c| c.id().stream == StreamId(2)));
+        for seq in 0..40 {
+            let held = s.contains(&ChunkId::new(StreamId(seq % 4), seq), now);
+            assert_eq!(held, seq % 4 != 2, "{seq}");
+        }
+        let one = chunk(0, 0, 100).stored_len();
+        assert_eq!((s.stats().chunks, s.stats().bytes), (30, 30 * one));
+        // What was taken left stale queue entries: expiry and eviction skip them.
+        assert_eq!(s.expire(now + Duration::from_secs(61)), 30);
+        assert_eq!((s.stats().chunks, s.stats().bytes), (0, 0));
     }
 
     #[test]

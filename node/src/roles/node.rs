@@ -10,7 +10,7 @@
 
 use crate::chunk::wire::{Frame, ManifestFrame, PurgeFrame};
 use crate::chunk::{Chunk, ChunkId, KeyId, PeerId, StreamId};
-use crate::crypto::{KeyRing, Rejection, ReplayGuard, Reputation, Signer, Verifier};
+use crate::crypto::{KeyRing, KeyState, Rejection, ReplayGuard, Reputation, Signer, Verifier};
 use crate::fec::{Assembler, Encoder, ParityPolicy};
 use crate::metrics::Metrics;
 use crate::p2p::{Choker, SourceKind};
@@ -959,12 +959,13 @@ impl Shared {
         {
             return crate::roles::upstream::manifest(self, up, object, name)
                 .await?
+                .map(|m| self.signed_with_active_key(m))
                 .ok_or_else(|| format!("origin has no manifest for {object}"));
         }
         let held = self.manifests.lock().newest(object);
         if self.settings.role == Role::Origin {
             return held
-                .map(|(m, _)| m)
+                .map(|(m, _)| self.signed_with_active_key(m))
                 .ok_or_else(|| format!("origin has no manifest for {object}"));
         }
         if let Some((m, checked)) = &held {
@@ -1116,6 +1117,38 @@ impl Shared {
         self.accept_manifest(m, None)
     }
 
+    /// A manifest the origin holds, as it answers it now: signed with the
+    /// key active now. After a key rotation the old key is revoked and then
+    /// leaves every ring, so a manifest it signed is refused by every node
+    /// that asks (counted as a rejection) and a version the origin of record
+    /// keeps would become unreadable wherever it is not already held. The
+    /// version is the same one (name, version, length, digest and the
+    /// publish timestamp unchanged), only signed again, as its chunks are
+    /// (`chunk_from_origin_store`); the re-signed one replaces the held one,
+    /// so each manifest is signed once per key.
+    fn signed_with_active_key(&self, m: ManifestFrame) -> ManifestFrame {
+        let Some(active) = self.keys.read().active() else {
+            return m;
+        };
+        if m.key_id == active {
+            return m;
+        }
+        let resigned = {
+            let signers = self.signers.read();
+            let Some(signer) = signers.get(&active) else {
+                return m;
+            };
+            let mut r = m;
+            r.key_id = active;
+            r.signature = signer.sign(&r.signing_bytes());
+            r
+        };
+        self.manifests
+            .lock()
+            .insert(resigned.clone(), Instant::now());
+        resigned
+    }
+
     /// Connected peers.
     pub fn peer_list_len(&self) -> usize {
         self.peers.read().len()
@@ -1151,10 +1184,15 @@ impl Shared {
                 );
                 return Ok(false);
             }
-            self.keys
+            let changed = self
+                .keys
                 .write()
                 .apply_bundle(&bundle)
-                .map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if changed {
+                self.forget_untrusted_chunks();
+            }
+            Ok(changed)
         })();
         self.metrics
             .trust_bundle_reloads
@@ -1164,6 +1202,53 @@ impl Shared {
             .keyring_generation
             .set(self.keys.read().generation() as i64);
         result
+    }
+
+    /// After the key ring changed: a chunk held signed with a key the ring
+    /// no longer trusts (revoked, or gone from it) is neither served nor
+    /// passed on. A peer would refuse it and strike this node for it (an
+    /// edge that asked its relay for such a chunk bans the relay), and a
+    /// client must not be given it. The store counts a chunk's TTL from
+    /// when this node got it, so a chunk signed just before a rotation's
+    /// activation can outlive the rotation's drain here. An origin signs
+    /// what it held again with the active key (the bytes are the published
+    /// ones, as `chunk_from_origin_store` does); other nodes drop it and
+    /// fetch it again when asked. Returns how many were dropped or re-signed.
+    pub fn forget_untrusted_chunks(&self) -> usize {
+        let trusted: HashSet<KeyId> = self
+            .keys
+            .read()
+            .keys()
+            .into_iter()
+            .filter(|(_, state)| matches!(state, KeyState::Active | KeyState::Trusted))
+            .map(|(id, _)| id)
+            .collect();
+        let gone = self
+            .store
+            .take_where(|c| !trusted.contains(&c.header.key_id));
+        if gone.is_empty() {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut resigned = 0usize;
+        if self.settings.role == Role::Origin {
+            let active = self.keys.read().active();
+            let signers = self.signers.read();
+            if let Some(signer) = active.and_then(|a| signers.get(&a)) {
+                for c in &gone {
+                    let fresh = signer.sign_chunk(c.id(), c.payload.clone(), self.now_ms());
+                    if self.store.insert(fresh, now).is_ok() {
+                        resigned += 1;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            chunks = gone.len(),
+            resigned,
+            "key ring changed: chunks signed with a key no longer trusted are not served"
+        );
+        gone.len()
     }
 
     /// Re-reads the signing key files (origins); returns how many loaded.

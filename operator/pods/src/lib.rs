@@ -57,6 +57,9 @@ struct PodRun {
     /// When the kubelet saw the container not running (it waits out the
     /// back-off before starting it again).
     exited_at: Option<Instant>,
+    /// Why the container last stopped, as the kubelet reports it in
+    /// `lastState.terminated.reason`: `OOMKilled`, `Error` or `Completed`.
+    last_termination: Option<(String, i32)>,
     /// Restarts in a row, for the back-off.
     crash_loop: u32,
     started_at: Instant,
@@ -241,6 +244,14 @@ impl Runner {
         self.pods.lock().get(pod).map(|p| p.container.clone())
     }
 
+    /// Why `pod`'s container last stopped (`OOMKilled`, `Error`, …).
+    pub fn last_termination(&self, pod: &str) -> Option<String> {
+        self.pods
+            .lock()
+            .get(pod)
+            .and_then(|p| p.last_termination.as_ref().map(|(r, _)| r.clone()))
+    }
+
     pub fn restarts(&self, pod: &str) -> u32 {
         self.pods.lock().get(pod).map_or(0, |p| p.restarts)
     }
@@ -378,6 +389,12 @@ impl Runner {
                         // restartPolicy Always: the kubelet starts it again,
                         // after the back-off; not running is not ready.
                         let exited = p.exited_at.unwrap_or_else(Instant::now);
+                        if p.exited_at.is_none() {
+                            let why = termination_reason(&p.container).await;
+                            if let Some(p) = self.pods.lock().get_mut(pod) {
+                                p.last_termination = why;
+                            }
+                        }
                         let crash_loop = if p.started_at.elapsed() > Duration::from_secs(600) {
                             0
                         } else {
@@ -443,6 +460,12 @@ impl Runner {
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         for (pod, run) in pods.iter().zip(&snapshot) {
             let Some(run) = run else { continue };
+            let last_state = match &run.last_termination {
+                Some((reason, code)) => {
+                    json!({ "terminated": { "reason": reason, "exitCode": code } })
+                }
+                None => json!({}),
+            };
             let status = json!({ "status": {
                 "phase": "Running",
                 "podIP": run.ip,
@@ -451,6 +474,7 @@ impl Runner {
                 "containerStatuses": [{
                     "name": "dcdn", "ready": run.ready, "restartCount": run.restarts,
                     "image": "", "imageID": "", "started": true,
+                    "lastState": last_state,
                 }],
             }});
             pod_api
@@ -502,6 +526,14 @@ impl Runner {
                 .with_context(|| format!("writing status of StatefulSet {name}"))?;
         }
         Ok(())
+    }
+
+    /// Where the claim `<claim>-<pod>` (the PVC a StatefulSet makes from a
+    /// volumeClaimTemplate) keeps its files: outside the pod's directory,
+    /// so it survives the pod's deletion and replacement, as a PVC does;
+    /// it goes only with the run.
+    fn claim_dir(&self, claim: &str, pod: &str) -> PathBuf {
+        self.work.join("claims").join(format!("{claim}-{pod}"))
     }
 
     async fn delete_pod(&self, pod: &str) -> Result<()> {
@@ -790,7 +822,7 @@ impl Runner {
             .flatten()
         {
             let name = claim.metadata.name.clone().unwrap_or_default();
-            let dir = self.work.join(pod).join(&name);
+            let dir = self.claim_dir(&name, pod);
             if !dir.exists() {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating claim {}", dir.display()))?;
@@ -908,11 +940,23 @@ impl Runner {
         for (k, v) in &env {
             a.extend(args(["-e", &format!("{k}={v}")]));
         }
+        let claims: Vec<String> = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
         for m in ctr.volume_mounts.iter().flatten() {
             if m.sub_path.is_some() {
                 bail!("mount {}: subPath is not played", m.name);
             }
-            let host = self.work.join(pod).join(&m.name);
+            let host = if claims.contains(&m.name) {
+                self.claim_dir(&m.name, pod)
+            } else {
+                self.work.join(pod).join(&m.name)
+            };
             let ro = if m.read_only == Some(true) { ":ro" } else { "" };
             a.extend(args([
                 "-v",
@@ -943,6 +987,7 @@ impl Runner {
                 failures: 0,
                 restarts: 0,
                 exited_at: None,
+                last_termination: None,
                 crash_loop: 0,
                 started_at: Instant::now(),
             },
@@ -1123,6 +1168,30 @@ impl Runner {
     pub fn image_override(&self) -> Option<&str> {
         self.image.as_deref()
     }
+}
+
+/// Why a stopped container stopped, the kubelet's way: the kernel's OOM
+/// killer (the cgroup's memory limit) is `OOMKilled`, a non-zero exit
+/// `Error`, a zero exit `Completed`.
+async fn termination_reason(container: &str) -> Option<(String, i32)> {
+    let out = docker(&args([
+        "inspect",
+        "--format",
+        "{{.State.OOMKilled}} {{.State.ExitCode}}",
+        container,
+    ]))
+    .await
+    .ok()?;
+    let (oom, code) = out.trim().split_once(' ')?;
+    let code: i32 = code.parse().ok()?;
+    let reason = if oom == "true" {
+        "OOMKilled"
+    } else if code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    Some((reason.to_owned(), code))
 }
 
 /// A memory quantity (`512Mi`, `1G`, `64M`, `100000`) in bytes.

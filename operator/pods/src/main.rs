@@ -655,10 +655,19 @@ async fn rotation(runner: &Arc<Runner>, names: &Names, report: &mut Report) -> R
     Ok(())
 }
 
+/// The origin memory of scenario 5: a value the schema (and the API
+/// server: requests equal limits) admits and a user could well write, but
+/// that the node cannot run in: it is OOM-killed by the limit the kubelet
+/// (here `docker run --memory`) puts on its cgroup as soon as it takes a
+/// publish.
+const BROKEN_ORIGIN_MEMORY: &str = "12Mi";
+
 /// Scenario 5: a value the schema admits but the origin cannot run with (a
-/// memory limit it is OOM-killed under) rolls out and crash-loops; the edit
-/// that fixes it lands (the rollout gate lets an unhealthy tier roll) and
-/// the cluster recovers, nothing deleted by hand.
+/// memory limit it is OOM-killed under as soon as it works) rolls out and
+/// crash-loops; the edit that fixes it lands (the rollout gate lets an
+/// unhealthy tier roll) and the cluster recovers, nothing deleted by hand.
+/// The edit back is made whatever happened, so later scenarios never run
+/// on a broken origin.
 async fn broken_origin(
     runner: &Arc<Runner>,
     names: &Names,
@@ -667,59 +676,80 @@ async fn broken_origin(
 ) -> Result<()> {
     let pod = format!("{}-0", names.workload(Role::Origin));
     let cluster = runner.cluster().await?;
-    let limit = cluster
-        .spec
-        .origin
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get("memory"))
-        .map(|q| q.0.clone());
-    let set = |v: serde_json::Value| serde_json::json!({"spec": {"origin": {"resources": {"limits": {"memory": v}}}}});
+    let resources = cluster.spec.origin.resources.clone();
+    let set = |v: serde_json::Value| serde_json::json!({"spec": {"origin": {"resources": v}}});
+    let token = runner
+        .secret_value(
+            &names.admin_secret(),
+            dcdn_operator::keys::INGEST_TOKEN_FILE,
+        )
+        .await?;
     let started = Instant::now();
+    // Requests with the limit: a real API server refuses a pod whose
+    // request is above its limit.
     runner
         .clusters()
         .patch(
             &runner.name,
             &PatchParams::default(),
-            &Patch::Merge(set("6Mi".into())),
+            &Patch::Merge(set(serde_json::json!({
+                "requests": {"memory": BROKEN_ORIGIN_MEMORY},
+                "limits": {"memory": BROKEN_ORIGIN_MEMORY},
+            }))),
         )
         .await
         .context("editing the DcdnCluster")?;
-    // Broken: the origin pod was replaced with the new template and its
-    // container died at least once since.
+    // Broken: the origin pod was replaced with the new template and the
+    // kernel's OOM killer stopped it at least once since, while a
+    // publisher kept trying to publish at it.
+    let client = dcdn_node::client::Client::new(Duration::from_secs(10));
+    let body = bytes::Bytes::from(vec![7u8; 4 << 20]);
+    let mut n = 0u32;
     let broke = loop {
         let replaced = runner
             .replaced_since(started)
             .iter()
             .any(|(_, p)| *p == pod);
-        if replaced && runner.restarts(&pod) >= 1 {
+        if replaced
+            && runner.restarts(&pod) >= 1
+            && runner.last_termination(&pod).as_deref() == Some("OOMKilled")
+        {
             break true;
         }
-        if started.elapsed() > Duration::from_secs(90) {
+        if started.elapsed() > Duration::from_secs(120) {
             break false;
+        }
+        match runner.pod_ips().get(&pod) {
+            Some((ip, _)) if replaced => {
+                n += 1;
+                let url = format!(
+                    "http://{ip}:{}/v1/objects/broken-origin/{n}.bin",
+                    dcdn_operator::build::HTTP_PORT
+                );
+                let chunk = futures_util::stream::iter([Ok::<_, std::io::Error>(body.clone())]);
+                let _ = client.put_stream(&url, Some(&token), chunk).await;
+            }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     report.line(
         broke,
-        "5. origin limits.memory 6Mi: rolled out, crash-loops",
+        &format!("5. origin memory {BROKEN_ORIGIN_MEMORY}: rolled out, OOM-killed, restarted"),
         &format!(
-            "{} restarts after {:.1} s",
+            "{} restarts (last: {}) after {:.1} s, {n} publishes tried",
             runner.restarts(&pod),
+            runner.last_termination(&pod).as_deref().unwrap_or("none"),
             started.elapsed().as_secs_f64()
         ),
     );
-    if !broke {
-        return Ok(());
-    }
     let fixed_at = Instant::now();
     runner
         .clusters()
         .patch(
             &runner.name,
             &PatchParams::default(),
-            &Patch::Merge(set(limit.map_or(serde_json::Value::Null, Into::into))),
+            &Patch::Merge(set(serde_json::to_value(&resources)?)),
         )
         .await
         .context("editing the DcdnCluster back")?;
