@@ -32,10 +32,25 @@ enum Item {
         first_seq: u64,
         chunks: u64,
         data: Bytes,
+        acknowledged: Instant,
     },
 }
 
+/// A live stream is kept for its chunks' TTL, not for ever: the rollout
+/// scenario lowers it to 40 s, so a live item is read again only while it
+/// is younger than this (an object is kept by the origin of record and is
+/// read again however old).
+const LIVE_REREAD_HORIZON: Duration = Duration::from_secs(30);
+
 impl Item {
+    /// Whether reading it again must still succeed.
+    fn still_held(&self) -> bool {
+        match self {
+            Item::Object { .. } => true,
+            Item::Live { acknowledged, .. } => acknowledged.elapsed() < LIVE_REREAD_HORIZON,
+        }
+    }
+
     fn name(&self) -> &str {
         match self {
             Item::Object { name, .. } | Item::Live { name, .. } => name,
@@ -238,6 +253,7 @@ async fn publish(shared: Arc<Shared>, origin: String, token: String, tag: String
                         first_seq: v["first_seq"].as_u64().unwrap_or(0),
                         chunks: v["chunks"].as_u64().unwrap_or(0),
                         data,
+                        acknowledged: Instant::now(),
                     })
                 })
         } else {
@@ -287,6 +303,7 @@ async fn read_item(client: &Client, base: &str, item: &Item) -> Result<u64, (boo
             first_seq,
             chunks,
             data,
+            ..
         } => {
             let mut joined = Vec::with_capacity(data.len());
             for seq in *first_seq..first_seq + chunks {
@@ -317,6 +334,8 @@ async fn read(shared: Arc<Shared>, runner: Arc<Runner>, service: String, port: u
         turn = turn.wrapping_add(1);
         let item = {
             let mut items = shared.items.lock();
+            items.pinned.retain(Item::still_held);
+            items.recent.retain(Item::still_held);
             if turn.is_multiple_of(4) && !items.pinned.is_empty() {
                 let k = (turn / 4) % items.pinned.len();
                 items.pinned.get(k).cloned().map(|i| (i, false, true))
