@@ -846,46 +846,73 @@ impl Shared {
     }
 
     async fn fetch_uncached(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
-        let sources = self.sources_for(id);
-        if sources.is_empty() {
-            return Err(format!("no upstream connected to fetch {id} from"));
-        }
         let mut last = String::new();
-        for peer in sources {
-            match request(
-                &peer.conn,
-                &Frame::Request { id },
-                self.settings.request_timeout,
-            )
-            .await
-            {
-                Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
-                    match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
-                        Accepted::Stored | Accepted::Duplicate => {
-                            self.metrics.repairs.with_label_values(&["ok"]).inc();
-                            if let Some(c) = self.store.get(&id, Instant::now()) {
-                                return Ok(c);
-                            }
-                            last = format!("{id} was evicted as soon as it arrived");
-                        }
-                        Accepted::Rejected(why) => {
-                            last = format!("{} sent a bad {id}: {why}", peer.name)
-                        }
-                    }
-                }
-                Ok(Frame::Chunk(other)) => {
-                    last = format!("{} answered {id} with {}", peer.name, other.id());
-                }
-                Ok(Frame::NotFound { .. }) => last = format!("{} does not have {id}", peer.name),
-                Ok(Frame::Error { message, .. }) => last = format!("{}: {message}", peer.name),
-                Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
-                Err(e) => last = format!("{}: {e}", peer.name),
+        // A relay answers what it lacks only once it has pulled it from its
+        // own upstream; over a lossy link that may outlast our stall limit
+        // while its pull progresses (and lands in its store). So a source
+        // that timed out is asked again, a bounded number of times.
+        for round in 0..FETCH_ROUNDS {
+            let sources = self.sources_for(id);
+            if sources.is_empty() {
+                return Err(format!("no upstream connected to fetch {id} from"));
             }
+            let mut timed_out = false;
+            for peer in sources {
+                if let Some(c) = self.fetch_from(&peer, id, &mut last, &mut timed_out).await {
+                    return Ok(c);
+                }
+            }
+            if !timed_out {
+                break;
+            }
+            tracing::debug!(%id, round, error = %last, "fetch: a source timed out; asking again");
         }
         if count {
             self.metrics.repairs.with_label_values(&["failed"]).inc();
         }
         Err(last)
+    }
+
+    /// One request for `id` to `peer`; `None` with `last` saying why when
+    /// it did not bring the chunk.
+    async fn fetch_from(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        id: ChunkId,
+        last: &mut String,
+        timed_out: &mut bool,
+    ) -> Option<Chunk> {
+        let reply = request(
+            &peer.conn,
+            &Frame::Request { id },
+            self.settings.request_timeout,
+        )
+        .await;
+        *last = match reply {
+            Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
+                match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
+                    Accepted::Stored | Accepted::Duplicate => {
+                        self.metrics.repairs.with_label_values(&["ok"]).inc();
+                        if let Some(c) = self.store.get(&id, Instant::now()) {
+                            return Some(c);
+                        }
+                        format!("{id} was evicted as soon as it arrived")
+                    }
+                    Accepted::Rejected(why) => format!("{} sent a bad {id}: {why}", peer.name),
+                }
+            }
+            Ok(Frame::Chunk(other)) => {
+                format!("{} answered {id} with {}", peer.name, other.id())
+            }
+            Ok(Frame::NotFound { .. }) => format!("{} does not have {id}", peer.name),
+            Ok(Frame::Error { message, .. }) => format!("{}: {message}", peer.name),
+            Ok(other) => format!("{} answered with {}", peer.name, other.kind()),
+            Err(e) => {
+                *timed_out |= matches!(e, FramingError::Timeout(_));
+                format!("{}: {e}", peer.name)
+            }
+        };
+        None
     }
 
     /// The newest manifest of the object whose key is `object`. An origin
@@ -1252,24 +1279,45 @@ impl Shared {
 }
 
 /// One request on a fresh bidirectional stream; one frame back.
+///
+/// `stall` bounds silence, not the transfer: the request must be sent and
+/// the reply's bytes keep arriving with no gap longer than `stall`. Under
+/// heavy loss a 256 KiB chunk may take longer than any fixed deadline
+/// while still arriving, and cutting it off turned slow into failed (a
+/// 503 and a truncated body at 30 % loss). The whole exchange is still
+/// bounded, by [`REQUEST_CAP`] stall periods.
 pub(crate) async fn request(
     conn: &quinn::Connection,
     frame: &Frame,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Frame, FramingError> {
     let fut = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| FramingError::Write(e.to_string()))?;
-        framing::write_frame(&mut send, frame).await?;
-        let _ = send.finish();
-        framing::read_frame(&mut recv, MAX_REPLY_FRAME, timeout).await
-    };
-    tokio::time::timeout(timeout, fut)
+        let mut recv = tokio::time::timeout(stall, async {
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| FramingError::Write(e.to_string()))?;
+            framing::write_frame(&mut send, frame).await?;
+            let _ = send.finish();
+            Ok::<_, FramingError>(recv)
+        })
         .await
-        .map_err(|_| FramingError::Timeout(timeout))?
+        .map_err(|_| FramingError::Timeout(stall))??;
+        framing::read_frame_progressing(&mut recv, MAX_REPLY_FRAME, stall).await
+    };
+    let cap = stall * REQUEST_CAP;
+    tokio::time::timeout(cap, fut)
+        .await
+        .map_err(|_| FramingError::Timeout(cap))?
 }
+
+/// How many times a fetch goes round its sources while one of them times
+/// out (see `fetch_uncached`).
+const FETCH_ROUNDS: usize = 3;
+
+/// How many stall periods one request may take in all, however steadily
+/// its reply trickles in.
+const REQUEST_CAP: u32 = 12;
 
 fn object_info(m: &ManifestFrame) -> ObjectInfo {
     ObjectInfo {
@@ -1378,11 +1426,13 @@ impl Content for EdgeContent {
                 }
             }
         }
-        match tokio::time::timeout(wait, shared.fetch(id)).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) if e.contains("does not have") => Err(ContentError::NotFound(e)),
-            Ok(Err(e)) => Err(ContentError::Unavailable(e)),
-            Err(_) => Err(ContentError::Unavailable(format!("chunk {id}: timed out"))),
+        // No wall-clock deadline on the fetch: it gives up on a source that
+        // stops making progress, so over a lossy link a chunk is slow but
+        // whole, where a fixed deadline cut bodies short.
+        match shared.fetch(id).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.contains("does not have") => Err(ContentError::NotFound(e)),
+            Err(e) => Err(ContentError::Unavailable(e)),
         }
     }
 
