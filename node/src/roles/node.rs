@@ -165,6 +165,8 @@ pub struct Shared {
     pub encoder: Mutex<Encoder>,
     pub choker: Mutex<Choker>,
     pub(crate) heads: Mutex<HashMap<StreamId, u64>>,
+    /// Background catch-up tasks running (see [`Shared::catch_up`]).
+    pub(crate) catching_up: std::sync::atomic::AtomicUsize,
     pub started: Instant,
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
@@ -484,7 +486,12 @@ impl Shared {
                 self.choker.lock().record_downloaded(peer.id, len, now);
             }
         }
-        self.note_head(id);
+        let before = self.note_head(id);
+        if path == Path::Push && self.settings.role != Role::Origin {
+            if let Some(before) = before.filter(|&h| id.seq > h + 1) {
+                self.catch_up(id.stream, before + 1, id.seq);
+            }
+        }
         let _ = self.arrivals.send(id);
         self.forward(&chunk, from, matches!(path, Path::Push | Path::IngestLive));
         Accepted::Stored
@@ -514,13 +521,62 @@ impl Shared {
         }
     }
 
-    fn note_head(&self, id: ChunkId) {
+    /// Moves the stream's head to `id` if it is newer; answers the head
+    /// before (`None` for a stream not seen yet).
+    fn note_head(&self, id: ChunkId) -> Option<u64> {
         let mut heads = self.heads.lock();
         if heads.len() >= MAX_TRACKED_STREAMS && !heads.contains_key(&id.stream) {
-            return;
+            return None;
         }
+        let before = heads.get(&id.stream).copied();
         let head = heads.entry(id.stream).or_insert(id.seq);
         *head = (*head).max(id.seq);
+        before
+    }
+
+    /// A push arrived beyond a gap (`from..to` never arrived): the upstream
+    /// was unreachable for a while (a blackholed path, a failover) or FEC
+    /// could not rebuild some groups. Pulls the missing chunks in the
+    /// background, so the DVR window is whole again without a client having
+    /// to ask and wait for each repair. It waits one reassembly timeout
+    /// first, so groups still being rebuilt are not pulled twice. Bounded:
+    /// the newest [`MAX_CATCH_UP_CHUNKS`] of a gap, [`MAX_CATCH_UP_TASKS`]
+    /// gaps at a time (past that a gap is healed when a client asks, as
+    /// before).
+    fn catch_up(self: &Arc<Self>, stream: StreamId, from: u64, to: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let from = from.max(to.saturating_sub(MAX_CATCH_UP_CHUNKS));
+        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
+            self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .catch_up
+                .with_label_values(&["skipped"])
+                .inc_by(to - from);
+            return;
+        }
+        let shared = self.clone();
+        rt.spawn(async move {
+            let settle =
+                Duration::from_millis(shared.settings.config.fec.reassembly_timeout_ms.get());
+            tokio::time::sleep(settle).await;
+            for seq in from..to {
+                if shared.is_shutting_down() {
+                    break;
+                }
+                let id = ChunkId::new(stream, seq);
+                if shared.store.contains(&id, Instant::now()) {
+                    continue;
+                }
+                let outcome = match shared.fetch(id).await {
+                    Ok(_) => "pulled",
+                    Err(_) => "failed",
+                };
+                shared.metrics.catch_up.with_label_values(&[outcome]).inc();
+            }
+            shared.catching_up.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// The newest sequence number held for `stream`.
@@ -1310,6 +1366,11 @@ pub(crate) async fn request(
         .await
         .map_err(|_| FramingError::Timeout(cap))?
 }
+
+/// The most chunks one gap's catch-up pulls (the newest of the gap).
+const MAX_CATCH_UP_CHUNKS: u64 = 4096;
+/// The most gaps caught up at once.
+const MAX_CATCH_UP_TASKS: usize = 16;
 
 /// How many times a fetch goes round its sources while one of them times
 /// out (see `fetch_uncached`).
