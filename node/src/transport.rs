@@ -316,7 +316,7 @@ impl Default for MeshLimits {
             keep_alive: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             socket_buffer_bytes: 4 << 20,
-            congestion: Congestion::Bbr,
+            congestion: Congestion::Cubic,
         }
     }
 }
