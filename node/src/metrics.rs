@@ -46,6 +46,9 @@ pub struct Metrics {
     pub fec_parity: IntGaugeVec,
     /// Repair fetches by `outcome` (ok, failed).
     pub repairs: IntCounterVec,
+    /// Live chunks missed by push (a gap after an outage) and pulled in the
+    /// background, by `outcome` (pulled, failed, skipped: too many gaps at once).
+    pub catch_up: IntCounterVec,
     /// An origin's upstream fetches (pull-through) by `kind` (http, s3) and
     /// `result` (fetched, not_modified, not_found, stale, error, timeout,
     /// status, busy, too_large, ingest).
@@ -220,6 +223,12 @@ impl Metrics {
                 r,
                 "dcdn_repairs_total",
                 "Chunks fetched over a reliable stream because push did not deliver them.",
+                &["outcome"],
+            )?,
+            catch_up: counter(
+                r,
+                "dcdn_catch_up_chunks_total",
+                "Chunks a push skipped over (a gap after an outage), pulled in the background: pulled, failed, skipped.",
                 &["outcome"],
             )?,
             upstream_fetches: counter(

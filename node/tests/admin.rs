@@ -361,6 +361,31 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
     assert_eq!(s, 403, "{body}");
     assert!(challenge.unwrap().contains("insufficient_scope"));
     assert_eq!(counted("admin", "forbidden"), before + 1.0);
+    // Nor any other write route: trusting, activating or revoking a key.
+    let key_id = "00".repeat(8);
+    for path in [
+        "/v1/keys".to_owned(),
+        format!("/v1/keys/{key_id}/activate"),
+        format!("/v1/keys/{key_id}/revoke"),
+    ] {
+        let before = counted("admin", "forbidden");
+        let (s, challenge, body) = raw(
+            admin_addr,
+            "POST",
+            &path,
+            Some(&format!("Bearer {read}")),
+            "{}",
+        )
+        .await;
+        assert_eq!(s, 403, "POST {path} with the read token: {body}");
+        assert!(challenge.unwrap().contains("insufficient_scope"));
+        assert_eq!(counted("admin", "forbidden"), before + 1.0, "{path}");
+    }
+    // And it reads: the routes the operator polls.
+    for path in ["/v1/keys", "/v1/status"] {
+        let (s, _, body) = raw(admin_addr, "GET", path, Some(&format!("Bearer {read}")), "").await;
+        assert_eq!(s, 200, "GET {path} with the read token: {body}");
+    }
 
     // Ingest: the same rules with its own token; nothing is published by a
     // refused request.
@@ -380,6 +405,7 @@ async fn tokens_are_kept_hashed_checked_whatever_their_length_and_every_refusal_
         (None, "no_token"),
         (Some(format!("Bearer {wrong}")), "bad_token"),
         (Some(format!("Bearer {admin}")), "bad_token"),
+        (Some(format!("Bearer {read}")), "bad_token"),
         (Some(format!("Token {ingest}")), "malformed_authorization"),
     ] {
         let before = counted("ingest", reason);

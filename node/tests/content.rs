@@ -161,7 +161,15 @@ async fn mixed_version_sequence_returns_one_version_whole_or_an_error() {
         .await;
     }
     publish(&c, "x", &v2).await;
-    for _ in 0..20 {
+    // Read through the switch (until the edge serves v2, and at least 20
+    // times): every answer is one version whole, or an error.
+    let (mut reads, mut saw_v2) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reads < 20 || !saw_v2 {
+        assert!(
+            Instant::now() < deadline,
+            "{edge} did not converge on v2 in {reads} reads"
+        );
         match get(&format!("{edge}/v1/objects/x")).await {
             Ok(resp) => {
                 let d = hex_digest(&resp.body);
@@ -171,12 +179,14 @@ async fn mixed_version_sequence_returns_one_version_whole_or_an_error() {
                     resp.body.len()
                 );
                 assert_eq!(etag_digest(&resp), d, "the ETag names another body");
+                saw_v2 |= d == hex_digest(&v2);
             }
             Err(e) => println!("an error is acceptable: {e}"),
         }
+        reads += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // And it converges on the newest version.
+    // And it stays on the newest version.
     wait_for_body(edge, "x", &v2, Duration::from_secs(5)).await;
     c.stop().await;
 }
@@ -591,6 +601,15 @@ async fn a_sigkilled_origin_process_serves_every_acknowledged_version_after_rest
         assert_eq!(ack["digest"], hex_digest(&data));
         acked.insert(name, (ack["version"].as_u64().unwrap(), data));
     }
+    let store = c.nodes[origin].config.origin.store_dir.clone().unwrap();
+    let half_written = |store: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("tmp-"))
+            .collect()
+    };
     // An upload the origin will never acknowledge: half its body, then
     // the sender stalls, and the origin dies under it.
     let half = Bytes::from(payload(999, 100_000));
@@ -608,21 +627,21 @@ async fn a_sigkilled_origin_process_serves_every_acknowledged_version_after_rest
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill the origin once the upload is under way on its disk, not at a
+    // guessed moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while half_written(&store).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled upload never reached the origin's store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     c.nodes[origin].kill_process();
     assert!(
         stalled.await.unwrap().is_err(),
         "the half-sent upload was never acknowledged"
     );
-    let store = c.nodes[origin].config.origin.store_dir.clone().unwrap();
-    let half_written = |store: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(store)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("tmp-"))
-            .collect()
-    };
     assert!(
         !half_written(&store).is_empty(),
         "the killed upload left its temporary directory"

@@ -142,7 +142,21 @@ async fn real_run(loss: f64) -> Real {
     // A piece becomes one chunk unless HTTP framing split it.
     let live_chunks = published["chunks"].as_u64().unwrap() as f64;
     println!("live published after {:?}", began.elapsed());
-    // Let pushes in flight land.
+    // Let pushes in flight land: wait until every edge has an outcome for
+    // every group pushed to it (whole, rebuilt, or given up at the
+    // reassembly timeout). A group whose every shard was lost never shows,
+    // so the wait is bounded and its end is not a failure.
+    let settled = || {
+        c.by_role(Role::Edge)
+            .into_iter()
+            .map(|e| {
+                ["complete", "rebuilt", "failed"]
+                    .iter()
+                    .map(|o| c.nodes[e].metric("dcdn_fec_groups_total", &[("outcome", o)]))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    };
     let groups = || {
         c.by_role(Role::Edge)
             .into_iter()
@@ -152,15 +166,9 @@ async fn real_run(loss: f64) -> Real {
             })
             .sum::<f64>()
     };
-    let (mut last, mut stable) = (-1.0, 0);
-    for _ in 0..150 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = groups();
-        stable = if now == last { stable + 1 } else { 0 };
-        if now >= EDGES as f64 * live_chunks || stable >= 10 {
-            break;
-        }
-        last = now;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while settled() < EDGES as f64 * live_chunks && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rebuilt: f64 = c
         .by_role(Role::Edge)

@@ -350,6 +350,7 @@ pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError
     cfg.tls.node_cert = PathBuf::from("/etc/dcdn/tls/node.crt");
     cfg.tls.node_key = PathBuf::from("/etc/dcdn/tls/node.key");
     cfg.admin.token_file = Some(PathBuf::from("/etc/dcdn/admin/token"));
+    cfg.admin.read_token_file = Some(PathBuf::from("/etc/dcdn/admin/read-token"));
     cfg.origin.upstream = upstream(c, role)?;
     if role == Role::Origin {
         cfg.origin.ingest_token_file = Some(PathBuf::from("/etc/dcdn/admin/ingest-token"));
@@ -499,7 +500,7 @@ fn restricted_container_security() -> Value {
 }
 
 fn token_items(role: Role) -> Value {
-    let mut keys = vec![crate::keys::ADMIN_TOKEN_FILE];
+    let mut keys = vec![crate::keys::ADMIN_TOKEN_FILE, crate::keys::READ_TOKEN_FILE];
     if role == Role::Origin {
         keys.push(crate::keys::INGEST_TOKEN_FILE);
     }

@@ -23,6 +23,7 @@ pub const CA_CERT_FILE: &str = "ca.crt";
 const CA_KEY_FILE: &str = "ca.key";
 pub const ADMIN_TOKEN_FILE: &str = "token";
 pub const INGEST_TOKEN_FILE: &str = "ingest-token";
+pub const READ_TOKEN_FILE: &str = "read-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -186,10 +187,14 @@ impl MeshCa {
     }
 }
 
-/// The admin and ingest bearer tokens, when the operator generates them.
+/// The admin, ingest and read bearer tokens, when the operator generates them.
 pub struct AdminTokens {
     pub admin: String,
     pub ingest: String,
+    /// Reads the nodes' admin APIs and cannot change them: what the
+    /// operator polls with, so a leak of what it holds in memory for its
+    /// reads cannot trust a key or reload a node.
+    pub read: String,
 }
 
 impl std::fmt::Debug for AdminTokens {
@@ -209,11 +214,20 @@ impl AdminTokens {
         Self {
             admin: token(),
             ingest: token(),
+            read: token(),
         }
     }
 
+    /// A fresh read token, for a Secret written before read tokens existed.
+    pub fn with_new_read_token(mut self) -> Self {
+        self.read = Self::generate().read;
+        self
+    }
+
     /// Reads a token Secret, the operator's or the user's (`token`, and
-    /// `ingest-token`, which defaults to the admin token).
+    /// `ingest-token` and `read-token`, which default to the admin token:
+    /// a user's Secret without a read token keeps working, with the
+    /// operator reading by the admin token as before).
     pub fn from_secret(secret: &Secret, name: &str) -> Result<Self, KeyError> {
         let admin = field(secret, ADMIN_TOKEN_FILE)
             .map(|t| t.trim().to_owned())
@@ -223,7 +237,15 @@ impl AdminTokens {
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| admin.clone());
-        Ok(Self { admin, ingest })
+        let read = field(secret, READ_TOKEN_FILE)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| admin.clone());
+        Ok(Self {
+            admin,
+            ingest,
+            read,
+        })
     }
 
     /// The Secret pods mount: the same keys, each holding `sha256:<hex>` of
@@ -241,6 +263,7 @@ impl AdminTokens {
             &[
                 (ADMIN_TOKEN_FILE, &digest(ADMIN_TOKEN_FILE, &self.admin)?),
                 (INGEST_TOKEN_FILE, &digest(INGEST_TOKEN_FILE, &self.ingest)?),
+                (READ_TOKEN_FILE, &digest(READ_TOKEN_FILE, &self.read)?),
             ],
         ))
     }
@@ -253,6 +276,7 @@ impl AdminTokens {
             &[
                 (ADMIN_TOKEN_FILE, &self.admin),
                 (INGEST_TOKEN_FILE, &self.ingest),
+                (READ_TOKEN_FILE, &self.read),
             ],
         )
     }

@@ -567,6 +567,17 @@ async fn read_keys(
                 crate::keys::INGEST_TOKEN_FILE
             )));
         }
+        // The operator's own Secret from before read tokens gains one (the
+        // apply step writes it back); a user's keeps what it holds.
+        Some(s)
+            if admin_generated
+                && !s
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(crate::keys::READ_TOKEN_FILE)) =>
+        {
+            AdminTokens::from_secret(&s, &names.admin_secret())?.with_new_read_token()
+        }
         Some(s) => AdminTokens::from_secret(&s, &names.admin_secret())?,
         None if admin_generated => AdminTokens::generate(),
         None => {
@@ -971,7 +982,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
     let phase = old_status.rotation_phase.unwrap_or_default();
     let in_motion = phase != RotationPhase::Idle || keys.signing.next.is_some();
     let reports = if in_motion {
-        pod_reports(ctx, &live.pods, &keys.admin.admin).await
+        pod_reports(ctx, &live.pods, &keys.admin.read).await
     } else {
         Vec::new()
     };
@@ -1310,7 +1321,7 @@ async fn reconcile_inner<A: NodeAdmin>(c: &DcdnCluster, ctx: &Context<A>) -> Res
         rotation_phase: Some(outcome.phase),
         rotation: outcome.status.clone(),
         config_hash: Some(config_hash),
-        origin_offload_ratio: origin_offload(ctx, &live.pods, &keys.admin.admin)
+        origin_offload_ratio: origin_offload(ctx, &live.pods, &keys.admin.read)
             .await
             .or(old_status.origin_offload_ratio),
     };

@@ -66,10 +66,13 @@ struct FakeNodes {
     views: Arc<Mutex<BTreeMap<String, KeyView>>>,
     unreachable: Arc<Mutex<HashSet<String>>>,
     reloads: Arc<AtomicUsize>,
+    /// Every bearer token the operator read with (keys, metrics).
+    read_with: Arc<Mutex<HashSet<String>>>,
 }
 
 impl NodeAdmin for FakeNodes {
     async fn keys(&self, target: &NodeTarget) -> Result<KeyView, String> {
+        self.read_with.lock().insert(target.token.clone());
         if self.unreachable.lock().contains(&target.pod) {
             return Err("connection refused".into());
         }
@@ -84,6 +87,7 @@ impl NodeAdmin for FakeNodes {
         Ok(())
     }
     async fn origin_offload(&self, target: &NodeTarget) -> Result<Option<f64>, String> {
+        self.read_with.lock().insert(target.token.clone());
         // 1 origin copy per relay (2) over the chunk count, as a node would say.
         Ok(self.views.lock().contains_key(&target.pod).then_some(1.996))
     }
@@ -472,6 +476,27 @@ async fn from_nothing_every_object_is_created_owned_and_ready_once_tiers_settle(
     w.pass().await;
     let (ready, _, msg) = w.condition("Ready").await;
     assert_eq!(ready, "True", "{msg}");
+    // The operator reads the nodes with the read token only: it is not the
+    // admin token, and the nodes hold its digest.
+    let tokens = secrets.get("demo-admin-token").await.unwrap().data.unwrap();
+    let text = |k: &str| String::from_utf8(tokens[k].0.clone()).unwrap();
+    let (admin, read) = (text("token"), text("read-token"));
+    assert_ne!(admin, read);
+    assert_eq!(
+        *w.nodes.read_with.lock(),
+        HashSet::from([read.clone()]),
+        "every read used the read token"
+    );
+    let digests = secrets
+        .get("demo-token-digests")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(digests["read-token"].0.clone()).unwrap(),
+        dcdn_node::auth::Token::from_secret(&read).unwrap().hashed()
+    );
     let status = w.cluster().await.status.unwrap();
     assert_eq!(status.tiers.edge.ready, 3);
     assert_eq!(status.active_key_id.as_deref(), Some(active.as_str()));

@@ -122,6 +122,73 @@ where
 /// What a frame body buffer starts at before bytes arrive.
 const INITIAL_BODY: usize = 16 * 1024;
 
+/// Reads one length-prefixed frame of at most `max` bytes, judging the
+/// peer by progress: it fails only when no byte has arrived for `stall`.
+/// A lossy link that delivers slowly is waited for; a silent peer is not.
+/// The caller bounds the whole read (a peer trickling a byte just inside
+/// `stall` must not hold it for ever).
+pub async fn read_frame_progressing<R>(
+    recv: &mut R,
+    max: usize,
+    stall: Duration,
+) -> Result<Frame, FramingError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut guarded = StallGuard {
+        inner: recv,
+        stall,
+        timer: Box::pin(tokio::time::sleep(stall)),
+        fired: false,
+    };
+    match read_frame_from(&mut guarded, max).await {
+        Err(_) if guarded.fired => Err(FramingError::Timeout(stall)),
+        other => other,
+    }
+}
+
+/// A reader that fails once nothing has arrived for `stall`; every read
+/// that brings bytes restarts the clock.
+struct StallGuard<'a, R> {
+    inner: &'a mut R,
+    stall: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    fired: bool,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + this.stall;
+                    this.timer.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.fired = true;
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no progress",
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +248,46 @@ mod tests {
         assert!(matches!(&half_len[..], [Err(e)] if e.contains("2 of 4")));
         let garbage = read_all(&[0, 0, 0, 3, 0xFF, 0xFF, 0xFF], 1024);
         assert!(matches!(&garbage[..], [Err(e)] if e.starts_with("malformed")));
+    }
+
+    /// A frame that arrives slowly but steadily is read whole, though it
+    /// takes several times the stall limit; one whose sender goes silent
+    /// fails with a timeout after about the stall limit.
+    #[tokio::test]
+    async fn a_slow_but_steady_reply_is_read_and_a_silent_one_times_out() {
+        use tokio::io::AsyncWriteExt;
+        let frame = Frame::NotFound {
+            id: ChunkId::new(StreamId(9), 4),
+        };
+        let mut bytes = (encode(&frame).len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&encode(&frame));
+        let stall = Duration::from_millis(200);
+
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let steady = bytes.clone();
+        let writer = tokio::spawn(async move {
+            for b in steady {
+                tx.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            tx
+        });
+        let began = std::time::Instant::now();
+        let got = read_frame_progressing(&mut rx, 1024, stall).await;
+        assert!(matches!(got, Ok(Frame::NotFound { .. })), "{got:?}");
+        assert!(
+            began.elapsed() > stall * 2,
+            "the test must outlast the stall limit"
+        );
+        drop(writer.await.unwrap());
+
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        tx.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+        let began = std::time::Instant::now();
+        let got = read_frame_progressing(&mut rx, 1024, stall).await;
+        assert!(matches!(got, Err(FramingError::Timeout(_))), "{got:?}");
+        assert!(began.elapsed() < stall * 10);
+        drop(tx);
     }
 
     proptest! {

@@ -165,6 +165,8 @@ pub struct Shared {
     pub encoder: Mutex<Encoder>,
     pub choker: Mutex<Choker>,
     pub(crate) heads: Mutex<HashMap<StreamId, u64>>,
+    /// Background catch-up tasks running (see [`Shared::catch_up`]).
+    pub(crate) catching_up: std::sync::atomic::AtomicUsize,
     pub started: Instant,
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
@@ -487,7 +489,12 @@ impl Shared {
                 self.choker.lock().record_downloaded(peer.id, len, now);
             }
         }
-        self.note_head(id);
+        let before = self.note_head(id);
+        if path == Path::Push && self.settings.role != Role::Origin {
+            if let Some(before) = before.filter(|&h| id.seq > h + 1) {
+                self.catch_up(id.stream, before + 1, id.seq);
+            }
+        }
         let _ = self.arrivals.send(id);
         self.forward(&chunk, from, matches!(path, Path::Push | Path::IngestLive));
         Accepted::Stored
@@ -517,13 +524,62 @@ impl Shared {
         }
     }
 
-    fn note_head(&self, id: ChunkId) {
+    /// Moves the stream's head to `id` if it is newer; answers the head
+    /// before (`None` for a stream not seen yet).
+    fn note_head(&self, id: ChunkId) -> Option<u64> {
         let mut heads = self.heads.lock();
         if heads.len() >= MAX_TRACKED_STREAMS && !heads.contains_key(&id.stream) {
-            return;
+            return None;
         }
+        let before = heads.get(&id.stream).copied();
         let head = heads.entry(id.stream).or_insert(id.seq);
         *head = (*head).max(id.seq);
+        before
+    }
+
+    /// A push arrived beyond a gap (`from..to` never arrived): the upstream
+    /// was unreachable for a while (a blackholed path, a failover) or FEC
+    /// could not rebuild some groups. Pulls the missing chunks in the
+    /// background, so the DVR window is whole again without a client having
+    /// to ask and wait for each repair. It waits one reassembly timeout
+    /// first, so groups still being rebuilt are not pulled twice. Bounded:
+    /// the newest [`MAX_CATCH_UP_CHUNKS`] of a gap, [`MAX_CATCH_UP_TASKS`]
+    /// gaps at a time (past that a gap is healed when a client asks, as
+    /// before).
+    fn catch_up(self: &Arc<Self>, stream: StreamId, from: u64, to: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let from = from.max(to.saturating_sub(MAX_CATCH_UP_CHUNKS));
+        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
+            self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .catch_up
+                .with_label_values(&["skipped"])
+                .inc_by(to - from);
+            return;
+        }
+        let shared = self.clone();
+        rt.spawn(async move {
+            let settle =
+                Duration::from_millis(shared.settings.config.fec.reassembly_timeout_ms.get());
+            tokio::time::sleep(settle).await;
+            for seq in from..to {
+                if shared.is_shutting_down() {
+                    break;
+                }
+                let id = ChunkId::new(stream, seq);
+                if shared.store.contains(&id, Instant::now()) {
+                    continue;
+                }
+                let outcome = match shared.fetch(id).await {
+                    Ok(_) => "pulled",
+                    Err(_) => "failed",
+                };
+                shared.metrics.catch_up.with_label_values(&[outcome]).inc();
+            }
+            shared.catching_up.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// The newest sequence number held for `stream`.
@@ -897,46 +953,73 @@ impl Shared {
     }
 
     async fn fetch_uncached(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
-        let sources = self.sources_for(id);
-        if sources.is_empty() {
-            return Err(format!("no upstream connected to fetch {id} from"));
-        }
         let mut last = String::new();
-        for peer in sources {
-            match request(
-                &peer.conn,
-                &Frame::Request { id },
-                self.settings.request_timeout,
-            )
-            .await
-            {
-                Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
-                    match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
-                        Accepted::Stored | Accepted::Duplicate => {
-                            self.metrics.repairs.with_label_values(&["ok"]).inc();
-                            if let Some(c) = self.store.get(&id, Instant::now()) {
-                                return Ok(c);
-                            }
-                            last = format!("{id} was evicted as soon as it arrived");
-                        }
-                        Accepted::Rejected(why) => {
-                            last = format!("{} sent a bad {id}: {why}", peer.name)
-                        }
-                    }
-                }
-                Ok(Frame::Chunk(other)) => {
-                    last = format!("{} answered {id} with {}", peer.name, other.id());
-                }
-                Ok(Frame::NotFound { .. }) => last = format!("{} does not have {id}", peer.name),
-                Ok(Frame::Error { message, .. }) => last = format!("{}: {message}", peer.name),
-                Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
-                Err(e) => last = format!("{}: {e}", peer.name),
+        // A relay answers what it lacks only once it has pulled it from its
+        // own upstream; over a lossy link that may outlast our stall limit
+        // while its pull progresses (and lands in its store). So a source
+        // that timed out is asked again, a bounded number of times.
+        for round in 0..FETCH_ROUNDS {
+            let sources = self.sources_for(id);
+            if sources.is_empty() {
+                return Err(format!("no upstream connected to fetch {id} from"));
             }
+            let mut timed_out = false;
+            for peer in sources {
+                if let Some(c) = self.fetch_from(&peer, id, &mut last, &mut timed_out).await {
+                    return Ok(c);
+                }
+            }
+            if !timed_out {
+                break;
+            }
+            tracing::debug!(%id, round, error = %last, "fetch: a source timed out; asking again");
         }
         if count {
             self.metrics.repairs.with_label_values(&["failed"]).inc();
         }
         Err(last)
+    }
+
+    /// One request for `id` to `peer`; `None` with `last` saying why when
+    /// it did not bring the chunk.
+    async fn fetch_from(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        id: ChunkId,
+        last: &mut String,
+        timed_out: &mut bool,
+    ) -> Option<Chunk> {
+        let reply = request(
+            &peer.conn,
+            &Frame::Request { id },
+            self.settings.request_timeout,
+        )
+        .await;
+        *last = match reply {
+            Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
+                match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
+                    Accepted::Stored | Accepted::Duplicate => {
+                        self.metrics.repairs.with_label_values(&["ok"]).inc();
+                        if let Some(c) = self.store.get(&id, Instant::now()) {
+                            return Some(c);
+                        }
+                        format!("{id} was evicted as soon as it arrived")
+                    }
+                    Accepted::Rejected(why) => format!("{} sent a bad {id}: {why}", peer.name),
+                }
+            }
+            Ok(Frame::Chunk(other)) => {
+                format!("{} answered {id} with {}", peer.name, other.id())
+            }
+            Ok(Frame::NotFound { .. }) => format!("{} does not have {id}", peer.name),
+            Ok(Frame::Error { message, .. }) => format!("{}: {message}", peer.name),
+            Ok(other) => format!("{} answered with {}", peer.name, other.kind()),
+            Err(e) => {
+                *timed_out |= matches!(e, FramingError::Timeout(_));
+                format!("{}: {e}", peer.name)
+            }
+        };
+        None
     }
 
     /// The newest manifest of the object whose key is `object`. An origin
@@ -1388,24 +1471,50 @@ impl Shared {
 }
 
 /// One request on a fresh bidirectional stream; one frame back.
+///
+/// `stall` bounds silence, not the transfer: the request must be sent and
+/// the reply's bytes keep arriving with no gap longer than `stall`. Under
+/// heavy loss a 256 KiB chunk may take longer than any fixed deadline
+/// while still arriving, and cutting it off turned slow into failed (a
+/// 503 and a truncated body at 30 % loss). The whole exchange is still
+/// bounded, by [`REQUEST_CAP`] stall periods.
 pub(crate) async fn request(
     conn: &quinn::Connection,
     frame: &Frame,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Frame, FramingError> {
     let fut = async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| FramingError::Write(e.to_string()))?;
-        framing::write_frame(&mut send, frame).await?;
-        let _ = send.finish();
-        framing::read_frame(&mut recv, MAX_REPLY_FRAME, timeout).await
-    };
-    tokio::time::timeout(timeout, fut)
+        let mut recv = tokio::time::timeout(stall, async {
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| FramingError::Write(e.to_string()))?;
+            framing::write_frame(&mut send, frame).await?;
+            let _ = send.finish();
+            Ok::<_, FramingError>(recv)
+        })
         .await
-        .map_err(|_| FramingError::Timeout(timeout))?
+        .map_err(|_| FramingError::Timeout(stall))??;
+        framing::read_frame_progressing(&mut recv, MAX_REPLY_FRAME, stall).await
+    };
+    let cap = stall * REQUEST_CAP;
+    tokio::time::timeout(cap, fut)
+        .await
+        .map_err(|_| FramingError::Timeout(cap))?
 }
+
+/// The most chunks one gap's catch-up pulls (the newest of the gap).
+const MAX_CATCH_UP_CHUNKS: u64 = 4096;
+/// The most gaps caught up at once.
+const MAX_CATCH_UP_TASKS: usize = 16;
+
+/// How many times a fetch goes round its sources while one of them times
+/// out (see `fetch_uncached`).
+const FETCH_ROUNDS: usize = 3;
+
+/// How many stall periods one request may take in all, however steadily
+/// its reply trickles in.
+const REQUEST_CAP: u32 = 12;
 
 fn object_info(m: &ManifestFrame) -> ObjectInfo {
     ObjectInfo {
@@ -1520,11 +1629,13 @@ impl Content for EdgeContent {
                 }
             }
         }
-        match tokio::time::timeout(wait, shared.fetch(id)).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) if e.contains("does not have") => Err(ContentError::NotFound(e)),
-            Ok(Err(e)) => Err(ContentError::Unavailable(e)),
-            Err(_) => Err(ContentError::Unavailable(format!("chunk {id}: timed out"))),
+        // No wall-clock deadline on the fetch: it gives up on a source that
+        // stops making progress, so over a lossy link a chunk is slow but
+        // whole, where a fixed deadline cut bodies short.
+        match shared.fetch(id).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.contains("does not have") => Err(ContentError::NotFound(e)),
+            Err(e) => Err(ContentError::Unavailable(e)),
         }
     }
 

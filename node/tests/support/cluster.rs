@@ -266,8 +266,25 @@ impl TestCluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        // Give edge-to-edge connections a moment too.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Edge-to-edge connections follow readiness: wait until every
+        // in-process edge holds its upstream and every other edge, for a
+        // bounded time only (a test may keep edges apart on purpose).
+        let edges = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Edge && n.running.is_some())
+            .count();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && self
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Edge)
+                .filter_map(|n| n.running.as_ref())
+                .any(|r| r.shared.peer_list_len() < edges)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn by_role(&self, role: Role) -> Vec<usize> {

@@ -53,6 +53,9 @@ fn bind_big() -> std::io::Result<UdpSocket> {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub stats: Arc<ProxyStats>,
+    /// While set, every packet both ways is dropped: the path is cut without
+    /// either end being told (a blackhole, not a close).
+    pub blackhole: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,9 +77,11 @@ impl Proxy {
         let front = Arc::new(bind_big()?);
         let addr = front.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
+        let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         let task = {
             let stats = stats.clone();
+            let blackhole = blackhole.clone();
             tokio::spawn(async move {
                 // One upstream socket per client, so replies find their way back.
                 let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -96,11 +101,20 @@ impl Proxy {
                             }
                             let sock = Arc::new(sock);
                             clients.insert(from, sock.clone());
-                            let (front, sock2, stats, rng) =
-                                (front.clone(), sock.clone(), stats.clone(), rng.clone());
+                            let (front, sock2, stats, rng, blackhole) = (
+                                front.clone(),
+                                sock.clone(),
+                                stats.clone(),
+                                rng.clone(),
+                                blackhole.clone(),
+                            );
                             tokio::spawn(async move {
                                 let mut buf = vec![0u8; 65536];
                                 while let Ok(n) = sock2.recv(&mut buf).await {
+                                    if blackhole.load(Ordering::Relaxed) {
+                                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
                                     let pkt = buf[..n].to_vec();
                                     forward(&front, Some(from), pkt, to_client, &stats, &rng).await;
                                 }
@@ -108,12 +122,21 @@ impl Proxy {
                             sock
                         }
                     };
+                    if blackhole.load(Ordering::Relaxed) {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let pkt = buf[..n].to_vec();
                     forward(&back, None, pkt, to_server, &stats, &rng).await;
                 }
             })
         };
-        Ok(Self { addr, stats, task })
+        Ok(Self {
+            addr,
+            stats,
+            blackhole,
+            task,
+        })
     }
 }
 
