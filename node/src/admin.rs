@@ -112,7 +112,7 @@ pub fn router(
         .merge(read)
         .merge(admin)
         .route_layer(axum::middleware::from_fn_with_state(
-            shared.metrics.clone(),
+            Arc::new(shared.metrics.clone()),
             crate::roles::serve::count_requests,
         ))
         .fallback(not_found)

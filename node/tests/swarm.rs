@@ -125,6 +125,30 @@ async fn every_edge_asked_at_once_gets_the_object_and_edges_feed_each_other() {
         let held = e.running().shared.store.stats().bytes;
         assert!(held >= OBJECT_LEN, "{} holds {held} bytes", e.name);
     }
+    // A warm object has nothing to swarm for: reading it again must not
+    // start (and at once end) a swarm per request.
+    let started_before: Vec<f64> = edges(&c)
+        .iter()
+        .map(|e| e.metric("dcdn_swarms_total", &[("outcome", "started")]))
+        .collect();
+    for e in edges(&c) {
+        for _ in 0..3 {
+            let body = Client::new(Duration::from_secs(60))
+                .get(&format!("{}/v1/objects/release.bin", e.http()), None)
+                .await
+                .unwrap()
+                .body;
+            assert!(body[..] == data[..], "{} served other bytes", e.name);
+        }
+    }
+    let started_after: Vec<f64> = edges(&c)
+        .iter()
+        .map(|e| e.metric("dcdn_swarms_total", &[("outcome", "started")]))
+        .collect();
+    assert_eq!(
+        started_before, started_after,
+        "reading a whole-held object started swarms"
+    );
     let (from_edges, from_relay) = (swarm_bytes(&c, "edge"), swarm_bytes(&c, "relay"));
     let share = from_edges / (from_edges + from_relay).max(1.0);
     let origin_out = c

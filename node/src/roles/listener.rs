@@ -313,7 +313,11 @@ pub(crate) const H2_MAX_HEADER_BYTES: u32 = 64 << 10;
 struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
+    /// Due no later than `last_moved + idle`; moved up to that only when it
+    /// fires. Resetting a timer takes the timer wheel's lock, and doing so
+    /// on every read and write was a per-request cost of small answers.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    last_moved: tokio::time::Instant,
     fired: Arc<AtomicBool>,
 }
 
@@ -323,13 +327,13 @@ impl<S> IdleTimeout<S> {
             inner,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            last_moved: tokio::time::Instant::now(),
             fired,
         }
     }
 
     fn progressed(&mut self) {
-        let next = tokio::time::Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.last_moved = tokio::time::Instant::now();
     }
 
     /// What a write returns once its progress counted against the deadline.
@@ -355,7 +359,14 @@ impl<S> IdleTimeout<S> {
 
     /// On `Pending`: the error to return if the idle deadline has passed.
     fn check(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last_moved + self.idle;
+            if due > tokio::time::Instant::now() {
+                // Bytes moved since the timer was set: wait for the rest
+                // (polled again by the loop, so the waker is registered).
+                self.deadline.as_mut().reset(due);
+                continue;
+            }
             self.fired.store(true, Ordering::Relaxed);
             return Some(io::Error::new(
                 io::ErrorKind::TimedOut,

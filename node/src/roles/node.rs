@@ -216,6 +216,9 @@ pub struct Manifests {
 struct Newest {
     manifest: ManifestFrame,
     checked: Instant,
+    /// When a background check upstream was last started (see
+    /// [`Manifests::claim_refresh`]).
+    refresh_started: Option<Instant>,
 }
 
 impl Manifests {
@@ -246,6 +249,7 @@ impl Manifests {
                     Newest {
                         manifest: m,
                         checked: now,
+                        refresh_started: None,
                     },
                 );
                 self.newest_order.push_back(key);
@@ -314,6 +318,20 @@ impl Manifests {
 
     /// The newest verified version of the object whose key is `object`,
     /// and when it was last confirmed the newest.
+    /// True for the one caller that should check `object` upstream ahead
+    /// of time: none has been started since the version was last confirmed.
+    /// A check that fails is not retried ahead; the request that finds the
+    /// version stale checks (and waits) as before.
+    pub fn claim_refresh(&mut self, object: StreamId, now: Instant) -> bool {
+        match self.newest.get_mut(&object) {
+            Some(n) if n.refresh_started.is_none_or(|t| t < n.checked) => {
+                n.refresh_started = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn newest(&self, object: StreamId) -> Option<(ManifestFrame, Instant)> {
         self.newest
             .get(&object)
@@ -1052,14 +1070,55 @@ impl Shared {
                 .ok_or_else(|| format!("origin has no manifest for {object}"));
         }
         if let Some((m, checked)) = &held {
-            if checked.elapsed() < MANIFEST_REVALIDATE {
+            let age = checked.elapsed();
+            if age < MANIFEST_REVALIDATE {
+                // Past half its life the held version is checked upstream in
+                // the background: under steady requests it is confirmed
+                // again before it goes stale, and no request waits for the
+                // round trip (before, every request to the object waited for
+                // it once a second).
+                if age >= MANIFEST_REVALIDATE / 2
+                    && self.manifests.lock().claim_refresh(object, Instant::now())
+                {
+                    let shared = self.clone();
+                    let name = name.to_owned();
+                    tokio::spawn(async move {
+                        if let Err(e) = shared.revalidate_manifest(object, &name).await {
+                            tracing::debug!(error = %e, object = %object, "refreshing a manifest ahead failed");
+                        }
+                    });
+                }
                 return Ok(m.clone());
             }
         }
+        let got = self.revalidate_manifest(object, name).await;
+        match (got, held) {
+            (Ok(m), _) => Ok(m),
+            (Err(FlightError::Failed(e)), Some(_))
+                if e.contains(crate::roles::upstream::UPSTREAM_FAILED) =>
+            {
+                Err(e)
+            }
+            (Err(FlightError::Failed(e)), None) => Err(e),
+            (Err(e), None) => Err(e.to_string()),
+            (Err(e), Some((m, _))) => {
+                tracing::debug!(error = %e, object = %object, "revalidating a manifest failed; serving the version held");
+                Ok(m)
+            }
+        }
+    }
+
+    /// Asks the upstreams, once however many callers ask at once, for the
+    /// newest manifest of `object`; a verified answer is recorded (and so
+    /// confirms the version held).
+    async fn revalidate_manifest(
+        self: &Arc<Self>,
+        object: StreamId,
+        name: &str,
+    ) -> Result<ManifestFrame, FlightError<String>> {
         let shared = self.clone();
         let name = name.to_owned();
-        let got = self
-            .manifest_flight
+        self.manifest_flight
             .run(object, || async move {
                 let upstream: Vec<Arc<Peer>> = shared
                     .peers
@@ -1110,21 +1169,7 @@ impl Shared {
                 }
                 Err(last)
             })
-            .await;
-        match (got, held) {
-            (Ok(m), _) => Ok(m),
-            (Err(FlightError::Failed(e)), Some(_))
-                if e.contains(crate::roles::upstream::UPSTREAM_FAILED) =>
-            {
-                Err(e)
-            }
-            (Err(FlightError::Failed(e)), None) => Err(e),
-            (Err(e), None) => Err(e.to_string()),
-            (Err(e), Some((m, _))) => {
-                tracing::debug!(error = %e, object = %object, "revalidating a manifest failed; serving the version held");
-                Ok(m)
-            }
-        }
+            .await
     }
 
     /// Chunk `id` from the origin of record, signed afresh (its bytes and id
@@ -1686,5 +1731,47 @@ impl std::fmt::Debug for Manifests {
 impl std::fmt::Debug for EdgeContent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("EdgeContent").finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(name: &str, version: u64) -> ManifestFrame {
+        ManifestFrame {
+            name: name.to_owned(),
+            stream: StreamId::object(name, version),
+            version,
+            cache_control: String::new(),
+            object_len: 1,
+            chunk_size: 1,
+            chunk_count: 1,
+            digest: [0; 32],
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        }
+    }
+
+    /// One background check per confirmation: requests arriving while it
+    /// runs do not start more, and the next confirmation allows the next.
+    #[test]
+    fn a_manifest_is_refreshed_ahead_once_per_confirmation() {
+        let mut ms = Manifests::default();
+        let key = StreamId::object_key("a");
+        let t0 = Instant::now();
+        assert!(
+            !ms.claim_refresh(key, t0),
+            "nothing held, nothing to refresh"
+        );
+        ms.insert(manifest("a", 1), t0);
+        let t1 = t0 + Duration::from_millis(600);
+        assert!(ms.claim_refresh(key, t1));
+        assert!(!ms.claim_refresh(key, t1), "a second check while one runs");
+        assert!(!ms.claim_refresh(key, t1 + Duration::from_millis(100)));
+        // The check's answer (the same version) confirms it again.
+        ms.insert(manifest("a", 1), t1 + Duration::from_millis(1));
+        assert!(ms.claim_refresh(key, t1 + Duration::from_millis(700)));
     }
 }

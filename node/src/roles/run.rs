@@ -309,7 +309,7 @@ async fn serve_http(
     // counted here, after routing, so the route label is the template.
     let router = if what == "http" {
         router.route_layer(axum::middleware::from_fn_with_state(
-            shared.metrics.clone(),
+            Arc::new(shared.metrics.clone()),
             serve::count_requests,
         ))
     } else {
