@@ -605,34 +605,48 @@ async fn rotation(runner: &Arc<Runner>, names: &Names, report: &mut Report) -> R
         return Ok(());
     };
     // Every pod holds only the new key (read token from the admin Secret).
+    // The operator goes Idle once it has removed the revoked key from the
+    // bundle; each pod drops it when it next reloads the projected bundle,
+    // so this is waited for (bounded) and the time it took reported.
     let token = runner
         .secret_value(&names.admin_secret(), dcdn_operator::keys::ADMIN_TOKEN_FILE)
         .await?;
     let client = dcdn_node::client::Client::new(Duration::from_secs(5));
-    let mut wrong = Vec::new();
-    let pods = runner.pod_ips();
-    for (pod, (ip, _)) in &pods {
-        let url = format!("http://{ip}:{}/v1/keys", dcdn_operator::build::ADMIN_PORT);
-        match client.get_json(&url, Some(&token)).await {
-            Ok(v) => {
-                let ids: Vec<&str> = v["keys"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|k| k["id"].as_str())
-                    .collect();
-                if ids != [new.as_str()] || v["active"].as_str() != Some(new.as_str()) {
-                    wrong.push(format!("{pod}: keys {ids:?} active {}", v["active"]));
+    let idle_at = Instant::now();
+    let (wrong, pods) = loop {
+        let mut wrong = Vec::new();
+        let pods = runner.pod_ips();
+        for (pod, (ip, _)) in &pods {
+            let url = format!("http://{ip}:{}/v1/keys", dcdn_operator::build::ADMIN_PORT);
+            match client.get_json(&url, Some(&token)).await {
+                Ok(v) => {
+                    let ids: Vec<&str> = v["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k["id"].as_str())
+                        .collect();
+                    if ids != [new.as_str()] || v["active"].as_str() != Some(new.as_str()) {
+                        wrong.push(format!("{pod}: keys {ids:?} active {}", v["active"]));
+                    }
                 }
+                Err(e) => wrong.push(format!("{pod}: {e}")),
             }
-            Err(e) => wrong.push(format!("{pod}: {e}")),
         }
-    }
+        if wrong.is_empty() || idle_at.elapsed() > Duration::from_secs(90) {
+            break (wrong, pods);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     report.line(
         wrong.is_empty(),
         &format!("3. every pod holds only the new key {new}"),
         &if wrong.is_empty() {
-            format!("{} pods; old key {old} gone", pods.len())
+            format!(
+                "{} pods; old key {old} gone {:.1} s after the operator went Idle",
+                pods.len(),
+                idle_at.elapsed().as_secs_f64()
+            )
         } else {
             wrong.join("; ")
         },
