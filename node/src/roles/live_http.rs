@@ -164,23 +164,24 @@ async fn receive_file<P: Publish>(
     let mut seq = 0u64;
     let mut len = 0u64;
     let mut body = body.into_data_stream().boxed();
+    let body_error = |e: axum::Error| {
+        refused(
+            metrics,
+            "body",
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("reading the body: {e}"),
+            ),
+        )
+    };
     if f.kind == Kind::HlsPlaylist {
         // A playlist is checked whole before any of it is pushed: edges
         // keep the promises its EXT-X-SERVER-CONTROL makes, so they must
         // only ever see one whose promises hold.
         let mut whole = BytesMut::new();
         while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| {
-                refused(
-                    metrics,
-                    "body",
-                    HttpError::new(
-                        StatusCode::BAD_REQUEST,
-                        "body",
-                        format!("reading the body: {e}"),
-                    ),
-                )
-            })?;
+            let piece = piece.map_err(body_error)?;
             if (whole.len() + piece.len()) as u64 > limit {
                 return Err(too_large());
             }
@@ -201,17 +202,7 @@ async fn receive_file<P: Publish>(
         body = futures_util::stream::iter([Ok(whole.freeze())]).boxed();
     }
     while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| {
-            refused(
-                metrics,
-                "body",
-                HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    "body",
-                    format!("reading the body: {e}"),
-                ),
-            )
-        })?;
+        let piece = piece.map_err(body_error)?;
         len += piece.len() as u64;
         if len > limit {
             return Err(too_large());
