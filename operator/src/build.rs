@@ -233,6 +233,107 @@ fn check_secret_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A Kubernetes quantity (`128Mi`, `0.5`, `100m`, `1e3`) as an exact
+/// fraction `(numerator, power of ten of the denominator)`, so `1Gi` and
+/// `1024Mi`, `0.1` and `100m` compare equal, as the API server compares them.
+fn quantity(q: &str) -> Option<(i128, u32)> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let (negative, number) = match number.strip_prefix('-') {
+        Some(n) => (true, n),
+        None => (false, number.strip_prefix('+').unwrap_or(number)),
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        || frac.len() > 9
+    {
+        return None;
+    }
+    let mut num: i128 = format!("{int}{frac}").parse().ok()?;
+    let mut scale = frac.len() as u32;
+    let mul = |num: i128, factor: i128| num.checked_mul(factor);
+    let pow10 = |e: u32| 10i128.checked_pow(e);
+    match suffix {
+        "" => {}
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
+            let i = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+                .iter()
+                .position(|s| *s == suffix)?;
+            num = mul(num, 1i128 << (10 * (i + 1)))?;
+        }
+        "n" => scale += 9,
+        "u" => scale += 6,
+        "m" => scale += 3,
+        "k" | "M" | "G" | "T" | "P" | "E" => {
+            let i = ["k", "M", "G", "T", "P", "E"]
+                .iter()
+                .position(|s| *s == suffix)?;
+            num = mul(num, pow10(3 * (i as u32 + 1))?)?;
+        }
+        e => {
+            let exp: i32 = e.strip_prefix(['e', 'E'])?.parse().ok()?;
+            if !(-18..=18).contains(&exp) {
+                return None;
+            }
+            if exp >= 0 {
+                num = mul(num, pow10(exp as u32)?)?;
+            } else {
+                scale += exp.unsigned_abs();
+            }
+        }
+    }
+    Some((if negative { -num } else { num }, scale))
+}
+
+/// `a <= b` for two parsed quantities, `None` if the comparison overflows.
+fn quantity_le((a, sa): (i128, u32), (b, sb): (i128, u32)) -> Option<bool> {
+    // a / 10^sa <= b / 10^sb  ⇔  a·10^sb <= b·10^sa
+    Some(a.checked_mul(10i128.checked_pow(sb)?)? <= b.checked_mul(10i128.checked_pow(sa)?)?)
+}
+
+/// The API server refuses a pod whose request exceeds its limit (and so
+/// the StatefulSet that would make it, over and over): refused here with
+/// the tier and the resource named.
+fn check_resources(spec: &TierSpec, role: Role) -> Result<(), BuildError> {
+    let bad = |message: String| BuildError::Config {
+        tier: tier_name(role),
+        message: format!("resources: {message}"),
+    };
+    let Some(r) = &spec.resources else {
+        return Ok(());
+    };
+    let parse = |kind: &str, name: &str, q: &str| {
+        quantity(q).ok_or_else(|| {
+            bad(format!(
+                "{kind}.{name} {q:?} is not a quantity (like 128Mi, 500m or 2)"
+            ))
+        })
+    };
+    let empty = Default::default();
+    let requests = r.requests.as_ref().unwrap_or(&empty);
+    let limits = r.limits.as_ref().unwrap_or(&empty);
+    for (name, q) in requests {
+        parse("requests", name, &q.0)?;
+    }
+    for (name, limit) in limits {
+        let l = parse("limits", name, &limit.0)?;
+        let Some(request) = requests.get(name) else {
+            continue;
+        };
+        let q = parse("requests", name, &request.0)?;
+        if !quantity_le(q, l).ok_or_else(|| bad(format!("{name} is out of range")))? {
+            return Err(bad(format!(
+                "requests.{name} {:?} is more than limits.{name} {:?}: the API server refuses such a pod",
+                request.0, limit.0
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The rules the CRD's CEL validations state, for resources that got past
 /// them (an older CRD), and the section a tier's config file gets.
 pub fn http_tls(c: &DcdnCluster, role: Role) -> Result<Option<HttpTlsSection>, BuildError> {
@@ -306,6 +407,7 @@ pub fn config_file(c: &DcdnCluster, role: Role) -> Result<String, BuildError> {
 pub fn node_config(c: &DcdnCluster, role: Role) -> Result<NodeConfig, BuildError> {
     let names = Names::of(c)?;
     let spec = tier_spec(c, role);
+    check_resources(spec, role)?;
     let mut cfg = NodeConfig::default();
     cfg.node.role = role;
     // Each pod sets its own name (DCDN_NODE_NAME from the downward API).
@@ -1185,6 +1287,66 @@ mod tests {
             "{:?}",
             build(&both)
         );
+    }
+
+    #[test]
+    fn quantities_compare_as_the_api_server_compares_them() {
+        let q = |s| quantity(s).unwrap_or_else(|| panic!("{s} did not parse"));
+        let le = |a, b| quantity_le(q(a), q(b)).unwrap();
+        for (a, b) in [
+            ("1Gi", "1024Mi"),
+            ("0.1", "100m"),
+            ("1k", "1000"),
+            ("1e3", "1k"),
+            ("1500m", "1.5"),
+            ("2", "2000000000n"),
+            ("1E-3", "1m"),
+        ] {
+            assert!(le(a, b) && le(b, a), "{a} == {b}");
+        }
+        for (small, big) in [("64Mi", "128Mi"), ("999m", "1"), ("1M", "1Mi"), ("-1", "0")] {
+            assert!(le(small, big) && !le(big, small), "{small} < {big}");
+        }
+        for bad in ["", "Mi", "1.2.3", "12x", "1e99", "1.0000000001", "--1"] {
+            assert_eq!(quantity(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_above_its_limit_is_refused_naming_tier_and_resource() {
+        let with = |resources: &str| {
+            cluster(&MINIMAL.replace(
+                "edge: {replicas: 3}",
+                &format!("edge: {{replicas: 3, resources: {resources}}}"),
+            ))
+        };
+        match build(&with("{requests: {memory: 128Mi}, limits: {memory: 64Mi}}")) {
+            Err(BuildError::Config { tier, message }) => {
+                assert_eq!(tier, "edge");
+                assert!(
+                    message
+                        .contains("requests.memory \"128Mi\" is more than limits.memory \"64Mi\""),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        match build(&with("{limits: {cpu: lots}}")) {
+            Err(BuildError::Config { tier, message }) => {
+                assert_eq!(tier, "edge");
+                assert!(
+                    message.contains("limits.cpu \"lots\" is not a quantity"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        // Equal amounts in other units, and a limit with no request, pass.
+        build(&with(
+            "{requests: {memory: 1Gi, cpu: '0.5'}, limits: {memory: 1024Mi, cpu: 500m}}",
+        ))
+        .unwrap();
+        build(&with("{limits: {memory: 64Mi}}")).unwrap();
     }
 
     #[test]
