@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use dcdn_node::chunk::wire::{Frame, ShardFrame, WireRole};
 use dcdn_node::chunk::{ChunkId, StreamId};
-use dcdn_node::client::Client;
+use dcdn_node::client::{Client, ClientError};
 use dcdn_node::config::Role;
 use dcdn_node::crypto::Signer;
 use dcdn_node::fec::Encoder;
@@ -15,7 +15,7 @@ use dcdn_node::roles::framing;
 use dcdn_node::roles::mesh::CLOSE_BANNED;
 use dcdn_node::transport::{ClusterCa, MeshEndpoint, MeshLimits, NodeIdentity};
 use dcdn_node::up::plan::Counts;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
@@ -748,5 +748,87 @@ async fn a_flood_of_hostile_fec_headers_stays_under_the_reassembly_cap_in_real_m
         edge.metric("dcdn_fec_groups_total", &[("outcome", "refused")]) >= (DATAGRAMS / 2) as f64,
         "headers declaring more blocks than a chunk has must be refused"
     );
+    c.stop().await;
+}
+
+/// A rollout restarts relays, then the origin. An edge asked for an object
+/// whose manifest it holds while its relay has just restarted (empty
+/// cache) and the origin is down must not answer 404 for an object that
+/// exists: it waits for the restart (bounded) and serves the bytes, or
+/// says 503. Seen on the pods runner before: `relay does not have …/0`
+/// turned into a 404 mid-rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_read_while_relay_and_origin_restart_is_served_never_404() {
+    let mut c = TestCluster::start(
+        "restart-read",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            small(cfg);
+            // The edge must hold nothing but the manifest: no swarm pulling
+            // the whole object once it is asked for.
+            cfg.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let object = payload(7, 5 * 65536 + 999);
+    publish_object(&c, "roll/obj.bin", &object).await;
+    let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
+    let url = format!("{edge}/v1/objects/roll/obj.bin");
+    let client = Client::new(Duration::from_secs(30));
+    // The edge learns the manifest and chunk 0 (HEAD pays for what
+    // decides the status), nothing else.
+    let head = client
+        .send(
+            hyper::Method::HEAD,
+            &url,
+            None,
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.status.as_u16(), 200);
+    let origin = c.by_role(Role::Origin)[0];
+    let relay = c.by_role(Role::Relay)[0];
+    c.nodes[origin].stop().await;
+    c.nodes[relay].stop().await;
+    c.restart_node(relay).await;
+
+    // Origin down, relay empty: a bounded wait, then an error the client
+    // sees (HEAD fetched chunk 0, so the 200 is sent and the body cut
+    // short), never a 404 and never a body that looks whole.
+    let t = Instant::now();
+    match client.get(&url, None).await {
+        Err(ClientError::Status { status, body, .. }) => {
+            assert_eq!(status.as_u16(), 503, "{body}");
+        }
+        Err(ClientError::Transport { .. }) => {}
+        Ok(r) => panic!(
+            "the origin is down, yet {} with {} bytes",
+            r.status,
+            r.body.len()
+        ),
+        Err(e) => panic!("expected 503 or a cut body with the origin down, got {e}"),
+    }
+    let waited = t.elapsed();
+    println!("the read failed after {waited:?} with the origin down");
+    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+
+    // The origin comes back while a read waits: the read is served whole.
+    let reader = {
+        let url = url.clone();
+        tokio::spawn(async move { Client::new(Duration::from_secs(30)).get(&url, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.restart_node(origin).await;
+    let got = reader
+        .await
+        .unwrap()
+        .expect("a read across the origin restart");
+    assert!(got.body[..] == object[..], "body differs");
     c.stop().await;
 }

@@ -555,6 +555,9 @@ async fn serve_request(
 /// Error codes in `Frame::Error` replies.
 pub(crate) const CODE_CHOKED: u16 = 429;
 pub(crate) const CODE_BANNED: u16 = 403;
+/// A relay cannot reach its upstream for a chunk now (restart, outage):
+/// ask again, unlike `NotFound`.
+pub(crate) const CODE_UNAVAILABLE: u16 = 503;
 /// The QUIC application close code a banned peer's connection carries.
 pub const CLOSE_BANNED: u32 = 403;
 
@@ -585,8 +588,19 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             // A relay answers what it lacks by fetching upstream once; an
             // edge asked by a peer only offers what it holds.
             if shared.settings.role == Role::Relay {
-                if let Ok(c) = shared.fetch(id).await {
-                    return Frame::Chunk(c);
+                match shared.fetch(id).await {
+                    Ok(c) => return Frame::Chunk(c),
+                    // Only the upstream's "not found" is one: an upstream
+                    // that cannot be reached says nothing about the chunk,
+                    // and a NotFound here becomes a client's 404 for an
+                    // object that exists.
+                    Err(e) if !e.contains("does not have") => {
+                        return Frame::Error {
+                            code: CODE_UNAVAILABLE,
+                            message: format!("cannot get {id} upstream now: {e}"),
+                        };
+                    }
+                    Err(_) => {}
                 }
             }
             Frame::NotFound { id }

@@ -972,25 +972,38 @@ impl Shared {
 
     async fn fetch_uncached(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
         let mut last = String::new();
-        // A relay answers what it lacks only once it has pulled it from its
-        // own upstream; over a lossy link that may outlast our stall limit
-        // while its pull progresses (and lands in its store). So a source
-        // that timed out is asked again, a bounded number of times.
-        for round in 0..FETCH_ROUNDS {
+        let started = Instant::now();
+        let mut round = 0;
+        loop {
             let sources = self.sources_for(id);
+            // Why no source brought it: a source that timed out may still
+            // be pulling it over a lossy link (its pull lands in its store),
+            // so it is asked again a bounded number of times; a source that
+            // could not reach its own upstream, or no source at all, is a
+            // restart in progress (a rollout restarts relays, then the
+            // origin), so it is waited out for a bounded time. Only "does
+            // not have" from every source is an answer.
+            let mut miss = Miss::default();
             if sources.is_empty() {
-                return Err(format!("no upstream connected to fetch {id} from"));
+                last = format!("no upstream connected to fetch {id} from");
+                miss.unavailable = true;
             }
-            let mut timed_out = false;
             for peer in sources {
-                if let Some(c) = self.fetch_from(&peer, id, &mut last, &mut timed_out).await {
+                if let Some(c) = self.fetch_from(&peer, id, &mut last, &mut miss).await {
                     return Ok(c);
                 }
             }
-            if !timed_out {
-                break;
+            if miss.timed_out && round + 1 < FETCH_ROUNDS {
+                round += 1;
+                tracing::debug!(%id, round, error = %last, "fetch: a source timed out; asking again");
+                continue;
             }
-            tracing::debug!(%id, round, error = %last, "fetch: a source timed out; asking again");
+            if miss.unavailable && started.elapsed() < SOURCE_GONE_WAIT {
+                tracing::debug!(%id, error = %last, "fetch: no source can get it now; waiting for one");
+                tokio::time::sleep(SOURCE_GONE_POLL).await;
+                continue;
+            }
+            break;
         }
         if count {
             self.metrics.repairs.with_label_values(&["failed"]).inc();
@@ -1005,7 +1018,7 @@ impl Shared {
         peer: &Arc<Peer>,
         id: ChunkId,
         last: &mut String,
-        timed_out: &mut bool,
+        miss: &mut Miss,
     ) -> Option<Chunk> {
         let reply = request(
             &peer.conn,
@@ -1030,10 +1043,21 @@ impl Shared {
                 format!("{} answered {id} with {}", peer.name, other.id())
             }
             Ok(Frame::NotFound { .. }) => format!("{} does not have {id}", peer.name),
-            Ok(Frame::Error { message, .. }) => format!("{}: {message}", peer.name),
+            Ok(Frame::Error { code, message }) => {
+                miss.unavailable |= code == crate::roles::mesh::CODE_UNAVAILABLE;
+                format!("{}: {message}", peer.name)
+            }
             Ok(other) => format!("{} answered with {}", peer.name, other.kind()),
             Err(e) => {
-                *timed_out |= matches!(e, FramingError::Timeout(_));
+                match e {
+                    FramingError::Timeout(_) => miss.timed_out = true,
+                    // The connection broke under the request: the peer is
+                    // going away or restarting.
+                    FramingError::Read(_) | FramingError::Write(_) | FramingError::Finished => {
+                        miss.unavailable = true
+                    }
+                    _ => {}
+                }
                 format!("{}: {e}", peer.name)
             }
         };
@@ -1556,6 +1580,21 @@ const MAX_CATCH_UP_TASKS: usize = 16;
 /// How many times a fetch goes round its sources while one of them times
 /// out (see `fetch_uncached`).
 const FETCH_ROUNDS: usize = 3;
+
+/// How long a fetch waits for a source that can get a chunk when none can
+/// now (no upstream connected, or the upstream cannot reach its own): about
+/// a node restart, so a rollout is a slower read, not a 404. Below the
+/// stall period (`request_timeout`), so a relay waiting this long for its
+/// origin still answers its edge before the edge gives up on it.
+const SOURCE_GONE_WAIT: Duration = Duration::from_secs(5);
+const SOURCE_GONE_POLL: Duration = Duration::from_millis(200);
+
+/// Why the sources of one fetch round did not bring the chunk.
+#[derive(Default)]
+struct Miss {
+    timed_out: bool,
+    unavailable: bool,
+}
 
 /// How many stall periods one request may take in all, however steadily
 /// its reply trickles in.
