@@ -319,6 +319,23 @@ fn attributes(s: &str) -> Vec<(&str, &str)> {
     out
 }
 
+/// The files a playlist lists as media a player may fetch now: segment
+/// URIs, `EXT-X-PART` and `EXT-X-MAP` URIs — not `EXT-X-PRELOAD-HINT`s,
+/// which name files that may still be on their way. As written.
+pub fn listed_uris(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match l.strip_prefix('#') {
+            None => Some(l),
+            Some(_) => ["#EXT-X-PART:", "#EXT-X-MAP:"]
+                .iter()
+                .find_map(|tag| l.strip_prefix(tag))
+                .and_then(|a| attr(&attributes(a), "URI")),
+        })
+        .collect()
+}
+
 fn attr<'a>(attrs: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
     attrs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
@@ -624,6 +641,24 @@ mod tests {
                 ("DURATION", "0.5"),
                 ("INDEPENDENT", "YES")
             ]
+        );
+    }
+
+    #[test]
+    fn listed_uris_are_segments_parts_and_the_map_not_hints() {
+        let text = ll(0, 3, 2);
+        let uris = listed_uris(&text);
+        assert_eq!(uris.first(), Some(&"init.mp4"));
+        assert!(uris.contains(&"s0.m4s"), "{uris:?}");
+        assert!(uris.contains(&"s3.1.m4s"), "{uris:?}");
+        let hints = Playlist::parse(&text).unwrap().hints;
+        assert!(!hints.is_empty());
+        for h in &hints {
+            assert!(!uris.contains(&h.as_str()), "hint {h} listed");
+        }
+        assert_eq!(
+            listed_uris("#EXTM3U\n#EXTINF:2,\na.ts\n#EXTINF:2,\nb.ts\n"),
+            ["a.ts", "b.ts"]
         );
     }
 }

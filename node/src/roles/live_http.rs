@@ -43,6 +43,70 @@ struct IngestState<P> {
     publisher: Arc<P>,
     config: IngestConfig,
     metrics: Metrics,
+    uploading: Arc<Uploading>,
+}
+
+/// How long a playlist waits for the uploads of files it lists before it is
+/// published anyway (an encoder that stalled mid-segment must not freeze
+/// the stream's playlist for good).
+const LISTED_UPLOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Live files being received at the origin, by object name. ffmpeg sends a
+/// segment's last byte and PUTs the playlist at once, without waiting for
+/// the segment's answer, so the playlist can be taken in while the segment
+/// is still being chunked and pushed: a playlist waits for the files it
+/// lists, so that no edge learns a name before its manifest. Bounded by the
+/// uploads in progress (the listener's connection limits).
+#[derive(Default)]
+struct Uploading {
+    names: Mutex<HashMap<String, usize>>,
+    done: tokio::sync::Notify,
+}
+
+impl Uploading {
+    fn start(self: &Arc<Self>, name: String) -> UploadGuard {
+        *self.names.lock().entry(name.clone()).or_default() += 1;
+        UploadGuard {
+            uploading: self.clone(),
+            name,
+        }
+    }
+
+    /// Waits (up to `limit`) until none of `names` is being uploaded;
+    /// whether that happened.
+    async fn wait_for(&self, names: &[String], limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !names.iter().any(|n| self.names.lock().contains_key(n)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+struct UploadGuard {
+    uploading: Arc<Uploading>,
+    name: String,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        let mut names = self.uploading.names.lock();
+        if let Some(n) = names.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                names.remove(&self.name);
+            }
+        }
+        drop(names);
+        self.uploading.done.notify_waiters();
+    }
 }
 
 fn refused(metrics: &Metrics, reason: &'static str, e: HttpError) -> HttpError {
@@ -73,6 +137,7 @@ pub fn ingest_router<P: Publish>(
         publisher,
         config,
         metrics,
+        uploading: Arc::default(),
     });
     Router::new()
         .route(
@@ -156,6 +221,8 @@ async fn receive_file<P: Publish>(
         )
     };
     let name = f.object_name();
+    // Dropped when this upload ends, published or failed.
+    let _uploading = (!f.kind.is_playlist()).then(|| state.uploading.start(name.clone()));
     let version = state.publisher.next_version();
     let id = StreamId::object(&name, version);
     let chunk_size = state.config.chunk_size;
@@ -188,7 +255,7 @@ async fn receive_file<P: Publish>(
             whole.extend_from_slice(&piece);
         }
         let text = std::str::from_utf8(&whole).map_err(|_| hls::PlaylistError::Header);
-        if let Err(e) = text.and_then(Playlist::parse) {
+        if let Err(e) = text.clone().and_then(Playlist::parse) {
             return Err(refused(
                 metrics,
                 "bad_playlist",
@@ -198,6 +265,19 @@ async fn receive_file<P: Publish>(
                     format!("{}: {e}", f.file),
                 ),
             ));
+        }
+        let listed: Vec<String> = text
+            .map(hls::listed_uris)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|uri| resolve(&f.stream, &f.file, uri))
+            .map(|file| object_name(&f.stream, &file))
+            .collect();
+        if !state.uploading.wait_for(&listed, LISTED_UPLOAD_WAIT).await {
+            tracing::warn!(
+                playlist = %name,
+                "published before a file it lists finished uploading"
+            );
         }
         body = futures_util::stream::iter([Ok(whole.freeze())]).boxed();
     }
@@ -820,6 +900,68 @@ mod tests {
             .await
             .unwrap()
             .status()
+    }
+
+    /// ffmpeg PUTs the playlist right after a segment's last byte, without
+    /// waiting for the segment's answer: the playlist is published only
+    /// once the segment it lists is, and a hinted file still uploading
+    /// does not hold it back.
+    #[tokio::test]
+    async fn a_playlist_waits_for_the_uploads_of_the_files_it_lists() {
+        let rec = Arc::new(Recorder::default());
+        let (router, _) = app(rec.clone());
+        let upload = |path: &'static str| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+            let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|piece| (piece, rx))
+            }));
+            let req = Request::put(path)
+                .header(header::AUTHORIZATION, "Bearer t")
+                .body(body)
+                .unwrap();
+            (tx, tokio::spawn(router.clone().oneshot(req)))
+        };
+        let (seg, seg_done) = upload("/live/cam/seg0.ts");
+        let (hinted, hinted_done) = upload("/live/cam/seg1.ts");
+        seg.send(Ok(Bytes::from(vec![7; 1500]))).await.unwrap();
+        hinted.send(Ok(Bytes::from(vec![8; 10]))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let playlist = router.clone().oneshot(
+            Request::put("/live/cam/index.m3u8")
+                .header(header::AUTHORIZATION, "Bearer t")
+                .body(Body::from(
+                    "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg0.ts\n\
+                     #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg1.ts\"\n",
+                ))
+                .unwrap(),
+        );
+        let playlist = tokio::spawn(playlist);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rec.manifests.lock().is_empty(),
+            "the playlist was published before the segment it lists"
+        );
+        drop(seg);
+        assert_eq!(
+            seg_done.await.unwrap().unwrap().status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            playlist.await.unwrap().unwrap().status(),
+            StatusCode::CREATED
+        );
+        let names: Vec<String> = rec
+            .manifests
+            .lock()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, ["live:cam/seg0.ts", "live:cam/index.m3u8"]);
+        drop(hinted);
+        assert_eq!(
+            hinted_done.await.unwrap().unwrap().status(),
+            StatusCode::CREATED
+        );
     }
 
     #[tokio::test]
