@@ -898,7 +898,7 @@ async fn pull(
                         .ok_or_else(|| format!("{name} version {version} was purged meanwhile"))
                 }
                 Err(e) => {
-                    publisher.abort_object(stream);
+                    publisher.abort_object(name, stream);
                     failed(UpstreamError::Ingest {
                         url,
                         message: e.message().to_owned(),
