@@ -1433,4 +1433,152 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 10), Ok(None));
         assert_eq!(parse_range("bytes=0-1,3-4", 10), Ok(None));
     }
+
+    /// An edge whose only version of "up" is an upload: `script` is what
+    /// each `upload_next` answers, in order.
+    struct Uploading {
+        script: parking_lot::Mutex<std::collections::VecDeque<crate::roles::uploads::Step>>,
+        ended: parking_lot::Mutex<Vec<&'static str>>,
+    }
+
+    fn upload_frame() -> crate::chunk::wire::UploadFrame {
+        crate::chunk::wire::UploadFrame {
+            name: "up".into(),
+            stream: StreamId::object("up", 9),
+            version: 9,
+            state: crate::chunk::wire::UploadState::Open,
+            cache_control: String::new(),
+            chunk_size: 4,
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        }
+    }
+
+    fn final_manifest(data: &[u8]) -> crate::chunk::wire::ManifestFrame {
+        crate::chunk::wire::ManifestFrame {
+            name: "up".into(),
+            stream: StreamId::object("up", 9),
+            version: 9,
+            cache_control: String::new(),
+            object_len: data.len() as u64,
+            chunk_size: 4,
+            chunk_count: (data.len() as u64).div_ceil(4),
+            digest: digest(data),
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        }
+    }
+
+    impl Content for Uploading {
+        async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
+            Err(ContentError::NotFound(name.into()))
+        }
+        async fn chunk(&self, id: ChunkId, _wait: Duration) -> Result<Chunk, ContentError> {
+            Err(ContentError::NotFound(id.to_string()))
+        }
+        fn stream_head(&self, _stream: StreamId) -> Option<u64> {
+            None
+        }
+        fn cached(&self, _id: ChunkId) -> Option<Chunk> {
+            None
+        }
+        fn upload(&self, _name: &str) -> Result<Option<UploadRead>, ContentError> {
+            let readers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            Ok(Some(UploadRead {
+                frame: upload_frame(),
+                slot: crate::roles::uploads::ReaderSlot::take(&readers).unwrap(),
+            }))
+        }
+        async fn upload_next(
+            &self,
+            _up: &crate::chunk::wire::UploadFrame,
+            _seq: u64,
+            _progress: std::time::Instant,
+        ) -> crate::roles::uploads::Step {
+            self.script
+                .lock()
+                .pop_front()
+                .unwrap_or(crate::roles::uploads::Step::Failed("script ended".into()))
+        }
+        fn upload_read_ended(&self, outcome: &'static str) {
+            self.ended.lock().push(outcome);
+        }
+    }
+
+    /// GETs "up" from an edge answering `steps`: the status, whether the
+    /// body ended cleanly, the bytes and how the read was counted.
+    async fn read_upload(
+        steps: Vec<crate::roles::uploads::Step>,
+    ) -> (
+        StatusCode,
+        HeaderMap,
+        Result<Vec<u8>, String>,
+        Vec<&'static str>,
+    ) {
+        let content = Arc::new(Uploading {
+            script: parking_lot::Mutex::new(steps.into()),
+            ended: parking_lot::Mutex::default(),
+        });
+        let resp = router(content.clone(), ServeConfig::default())
+            .oneshot(Request::get("/v1/objects/up").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .map_err(|e| e.to_string());
+        let ended = content.ended.lock().clone();
+        (status, headers, body, ended)
+    }
+
+    #[tokio::test]
+    async fn an_upload_body_ends_cleanly_only_when_its_final_manifest_matches() {
+        use crate::roles::uploads::Step;
+        let data = b"abcdefghij";
+        let stream = StreamId::object("up", 9);
+        let chunks = || {
+            vec![
+                Step::Chunk(chunk_of(stream, 0, b"abcd")),
+                Step::Chunk(chunk_of(stream, 1, b"efgh")),
+                Step::Chunk(chunk_of(stream, 2, b"ij")),
+            ]
+        };
+        let mut whole = chunks();
+        whole.push(Step::Done(final_manifest(data)));
+        let (status, headers, body, ended) = read_upload(whole).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get(header::CONTENT_LENGTH), None);
+        assert_eq!(headers.get(header::ETAG), None);
+        assert_eq!(body.unwrap(), data);
+        assert_eq!(ended, ["complete"]);
+
+        // A final manifest naming other bytes, an abort, a long chunk or a
+        // chunk after a short one: the body errors (is reset), never ends.
+        let mut other_digest = chunks();
+        other_digest.push(Step::Done(final_manifest(b"abcdefghiX")));
+        let mut aborted = chunks();
+        aborted.push(Step::Failed("aborted".into()));
+        let long = vec![Step::Chunk(chunk_of(stream, 0, b"abcdef"))];
+        let after_short = vec![
+            Step::Chunk(chunk_of(stream, 0, b"ab")),
+            Step::Chunk(chunk_of(stream, 1, b"cd")),
+        ];
+        let wrong_seq = vec![Step::Chunk(chunk_of(stream, 1, b"abcd"))];
+        for steps in [other_digest, aborted, long, after_short, wrong_seq] {
+            let (status, _, body, ended) = read_upload(steps).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.is_err(), "a body that should reset ended cleanly");
+            assert_eq!(ended, ["reset"]);
+        }
+
+        // Aborted before its first chunk: a 404, not an empty 200.
+        let (status, _, _, ended) = read_upload(vec![Step::Failed("aborted".into())]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(ended, ["reset"]);
+    }
 }
