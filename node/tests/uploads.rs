@@ -358,3 +358,59 @@ async fn put_to(
         .await;
     (got.map(|r| r.status.as_u16()).unwrap_or(0), Instant::now())
 }
+
+/// The figure in the issue note: first byte at an edge for an object
+/// uploaded slowly, against when the upload finishes, in the same run.
+/// `DCDN_FIGURE_MB` (64) at `DCDN_FIGURE_MBPS` (16 MiB/s). Run with
+/// `cargo nextest run -p dcdn-node --test uploads --run-ignored only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a figure, not a check: minutes of upload"]
+async fn figure_first_byte_at_an_edge_of_a_slow_upload() {
+    let mb: usize = std::env::var("DCDN_FIGURE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let rate: usize = std::env::var("DCDN_FIGURE_MBPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let c = TestCluster::start(
+        "upload-figure",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |c| c.storage.ring_buffer_size_mb = Bounded::new(512).unwrap(),
+        |_| {},
+    )
+    .await;
+    let e = edge(&c);
+    let name = "figure/slow.bin";
+    let data = payload(11, mb << 20);
+    // 256 KiB pieces at `rate` MiB/s.
+    let pieces = mb * 4;
+    let gap = Duration::from_secs_f64(0.25 / rate as f64);
+    let started = Instant::now();
+    let upload = {
+        let (origin, token) = (c.origin().http(), c.plan.ingest_token.clone());
+        let data = data.clone();
+        tokio::spawn(async move { put_to(&origin, &token, name, data, pieces, gap, None).await })
+    };
+    wait_until_uploading(&e, name).await;
+    let read = raw(&e, "GET", &format!("/v1/objects/{name}")).await;
+    let read_done = Instant::now();
+    let (status, finished) = upload.await.unwrap();
+    assert_eq!(status, 201);
+    assert!(read.clean && read.body == data, "the read differs");
+    let ms = |t: Instant| t.duration_since(started).as_secs_f64() * 1000.0;
+    let first = read.first_byte.unwrap();
+    println!(
+        "FIGURE {mb} MiB at {rate} MiB/s: first byte at the edge {:.0} ms after the upload started; \
+         upload finished at {:.0} ms (201); edge body complete at {:.0} ms; \
+         first byte / upload finish = {:.3}",
+        ms(first),
+        ms(finished),
+        ms(read_done),
+        ms(first) / ms(finished)
+    );
+}

@@ -386,6 +386,25 @@ impl Shared {
         Ok(())
     }
 
+    /// After chunk `seq` came, starts fetching the next few in the
+    /// background, as a whole-object read does: a reader behind the upload
+    /// (or reading after it ended) is not held to one round trip per chunk.
+    /// Single flight joins them with the reader's own fetch; a chunk not
+    /// stored yet is simply not found.
+    fn read_ahead(self: &Arc<Self>, stream: StreamId, seq: u64) {
+        let now = Instant::now();
+        for next in seq + 1..=seq + crate::roles::settings::READ_AHEAD as u64 {
+            let id = ChunkId::new(stream, next);
+            if self.store.contains(&id, now) {
+                continue;
+            }
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let _ = shared.fetch_if_published(id).await;
+            });
+        }
+    }
+
     /// The next step of reading upload `up` at chunk `seq` (edge): the
     /// chunk once it is stored upstream, the final manifest once every
     /// chunk was read, or why the upload will not complete. `progress` is
@@ -405,9 +424,11 @@ impl Shared {
                 }
             }
             if let Some(c) = self.store.get(&id, Instant::now()) {
+                self.read_ahead(up.stream, seq);
                 return Step::Chunk(c);
             }
             if let Ok(c) = self.fetch_if_published(id).await {
+                self.read_ahead(up.stream, seq);
                 return Step::Chunk(c);
             }
             // Not stored upstream yet: ask where the upload stands.
