@@ -663,6 +663,7 @@ async fn check_upstream_secret(
     };
     let missing: Vec<&str> = [&secret.access_key_id_key, &secret.secret_access_key_key]
         .into_iter()
+        .chain(secret.session_token_key.as_ref())
         .filter(|k| {
             !found.data.as_ref().is_some_and(|d| d.contains_key(*k))
                 && !found

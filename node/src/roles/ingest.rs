@@ -5,8 +5,10 @@
 //! larger than `chunk_size`) so latency does not wait for a full chunk — and
 //! each chunk is handed to the [`Publish`] sink, which signs, stores and
 //! pushes it. Distribution therefore starts before the whole body has been
-//! read; an object's manifest follows its last chunk. Every route needs the
-//! ingest bearer token.
+//! read; an object's manifest follows its last chunk, and before its first
+//! the origin signs the upload *open* so edges can stream it while it runs
+//! (`roles::uploads`), or *aborted* if it ends without a manifest. Every
+//! route needs the ingest bearer token.
 
 use crate::auth::{self, Refusal, Token};
 use crate::chunk::StreamId;
