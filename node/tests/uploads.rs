@@ -336,6 +336,30 @@ async fn put_to(
     gap: Duration,
     fail_after: Option<usize>,
 ) -> (u16, Instant) {
+    put_with(
+        &Client::new(Duration::from_secs(60)),
+        origin,
+        token,
+        name,
+        data,
+        pieces,
+        gap,
+        fail_after,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_with(
+    client: &Client,
+    origin: &str,
+    token: &str,
+    name: &str,
+    data: Vec<u8>,
+    pieces: usize,
+    gap: Duration,
+    fail_after: Option<usize>,
+) -> (u16, Instant) {
     let piece = data.len().div_ceil(pieces);
     let parts: Vec<Bytes> = data.chunks(piece).map(Bytes::copy_from_slice).collect();
     let body = futures_util::stream::unfold(0usize, move |i| {
@@ -353,7 +377,7 @@ async fn put_to(
             Some((Ok(parts[i].clone()), i + 1))
         }
     });
-    let got = Client::new(Duration::from_secs(60))
+    let got = client
         .put_stream(&format!("{origin}/v1/objects/{name}"), Some(token), body)
         .await;
     (got.map(|r| r.status.as_u16()).unwrap_or(0), Instant::now())
@@ -413,4 +437,93 @@ async fn figure_first_byte_at_an_edge_of_a_slow_upload() {
         ms(read_done),
         ms(first) / ms(finished)
     );
+}
+
+/// HTTP/2 and HTTP/3 have no "close without the last chunk": an aborted
+/// upload must reset the stream, which clients report as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_upload_resets_h2_and_h3_streams() {
+    let (plan, dir) = TestCluster::plan_tls(
+        "upload-abort-tls",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        small_chunks,
+    );
+    let ca = plan.https_ca.clone().unwrap();
+    let c = TestCluster::start_planned(plan, dir, |_| {}).await;
+    let client = Client::with_ca(Duration::from_secs(60), Some(&ca)).unwrap();
+    let name = "tls/cut.bin";
+    let data = payload(12, 400_000);
+    let upload = {
+        let (origin, token, client) = (
+            c.origin().https(),
+            c.plan.ingest_token.clone(),
+            client.clone(),
+        );
+        let data = data.clone();
+        tokio::spawn(async move {
+            put_with(
+                &client,
+                &origin,
+                &token,
+                name,
+                data,
+                20,
+                Duration::from_millis(100),
+                Some(12),
+            )
+            .await
+        })
+    };
+    let e = c.nodes[c.by_role(Role::Edge)[0]].https();
+    let url = format!("{e}/v1/objects/{name}");
+    // Wait until the edge streams the upload, then read it both ways.
+    let start = Instant::now();
+    loop {
+        let head = client
+            .send(
+                axum::http::Method::HEAD,
+                &url,
+                None,
+                &[],
+                axum::body::Body::empty(),
+            )
+            .await;
+        if head.is_ok_and(|h| h.status == 200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never streamed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h2 = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.get(&url, None).await })
+    };
+    let roots = dcdn_node::client::roots(Some(&ca)).unwrap();
+    let h3 = async {
+        let resp = dcdn_node::h3_client::get(&url, roots, &[], Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|b| b.to_bytes())
+    };
+    let h3 = h3.await;
+    let h2 = h2.await.unwrap();
+    assert_ne!(upload.await.unwrap().0, 201);
+    match h2 {
+        Ok(r) => panic!(
+            "HTTP/2 ended cleanly: {} with {} bytes",
+            r.status,
+            r.body.len()
+        ),
+        Err(e) => eprintln!("h2 reset as it must: {e}"),
+    }
+    match h3 {
+        Ok(b) => panic!("HTTP/3 ended cleanly with {} bytes", b.len()),
+        Err(e) => eprintln!("h3 reset as it must: {e}"),
+    }
 }
