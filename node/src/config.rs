@@ -568,6 +568,10 @@ pub struct S3Section {
     /// File holding the secret access key (or `AWS_SECRET_ACCESS_KEY`).
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
+    /// File holding a session token, for temporary credentials (or
+    /// `AWS_SESSION_TOKEN`); read again with the key before each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_file: Option<PathBuf>,
 }
 
 /// `origin.upstream.s3.region` when unset.

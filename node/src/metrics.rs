@@ -133,6 +133,12 @@ pub struct Metrics {
     pub swarm_chunks: IntGaugeVec,
     /// Preheat requests by outcome.
     pub preheats: IntCounterVec,
+    /// Object uploads at an origin by event: opened, completed, aborted,
+    /// refused_too_many.
+    pub uploads: IntCounterVec,
+    /// Clients reading an upload still in progress at an edge, by outcome:
+    /// complete, reset, refused_too_many.
+    pub upload_reads: IntCounterVec,
 }
 
 impl Metrics {
@@ -176,6 +182,18 @@ impl Metrics {
                 "dcdn_swarm_chunks",
                 "Chunks of the objects being swarmed now: held and total.",
                 &["state"],
+            )?,
+            uploads: counter(
+                r,
+                "dcdn_uploads_total",
+                "Object uploads at an origin by event: opened (an open manifest signed), completed, aborted (an abort signed), refused_too_many.",
+                &["event"],
+            )?,
+            upload_reads: counter(
+                r,
+                "dcdn_upload_reads_total",
+                "Reads of an upload still in progress at an edge, by outcome: complete (digest checked, body ended), reset (body reset: aborted, stalled or mismatched), refused_too_many.",
+                &["outcome"],
             )?,
             preheats: counter(
                 r,

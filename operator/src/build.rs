@@ -47,6 +47,8 @@ pub const HTTP_TLS_RELOAD_SECONDS: u64 = 10;
 pub const UPSTREAM_S3_DIR: &str = "/etc/dcdn/upstream-s3";
 /// The file names the Secret's two keys are projected as.
 pub const UPSTREAM_S3_FILES: [&str; 2] = ["access-key-id", "secret-access-key"];
+/// The session token's file there, when the Secret names one.
+pub const UPSTREAM_S3_TOKEN_FILE: &str = "session-token";
 /// The API group and version of cert-manager's `Certificate`.
 pub const CERT_MANAGER_API: &str = "cert-manager.io/v1";
 
@@ -517,6 +519,10 @@ fn upstream(
                 secret_access_key_file: Some(
                     PathBuf::from(UPSTREAM_S3_DIR).join(UPSTREAM_S3_FILES[1]),
                 ),
+                session_token_file: secret
+                    .session_token_key
+                    .as_ref()
+                    .map(|_| PathBuf::from(UPSTREAM_S3_DIR).join(UPSTREAM_S3_TOKEN_FILE)),
             })
         }
     };
@@ -659,6 +665,14 @@ fn workload(
                     { "key": secret.secret_access_key_key, "path": UPSTREAM_S3_FILES[1] },
                 ],
             } }));
+            if let (Some(key), Some(items)) = (
+                &secret.session_token_key,
+                volumes
+                    .last_mut()
+                    .and_then(|v| v["secret"]["items"].as_array_mut()),
+            ) {
+                items.push(json!({ "key": key, "path": UPSTREAM_S3_TOKEN_FILE }));
+            }
             mounts.push(
                 json!({ "name": "upstream-s3", "mountPath": UPSTREAM_S3_DIR, "readOnly": true }),
             );
@@ -1187,7 +1201,7 @@ mod tests {
         let c = cluster(&MINIMAL.replace(
             "spec: {",
             "spec: {origin: {upstream: {s3: {endpoint: 'http://minio:9000', bucket: media, \
-             credentialsSecret: {name: media-s3, accessKeyIdKey: id}}, notFoundTtlSecs: 5}}, ",
+             credentialsSecret: {name: media-s3, accessKeyIdKey: id, sessionTokenKey: tok}}, notFoundTtlSecs: 5}}, ",
         ));
         let objects = build(&c).unwrap();
         let cm = objects
@@ -1213,6 +1227,10 @@ mod tests {
         assert_eq!(
             s3.secret_access_key_file.unwrap(),
             PathBuf::from("/etc/dcdn/upstream-s3/secret-access-key")
+        );
+        assert_eq!(
+            s3.session_token_file.unwrap(),
+            PathBuf::from("/etc/dcdn/upstream-s3/session-token")
         );
         let pod = stateful_set(&objects, "demo-origin")
             .spec
@@ -1241,7 +1259,8 @@ mod tests {
                 (
                     "AWS_SECRET_ACCESS_KEY".to_owned(),
                     "secret-access-key".to_owned()
-                )
+                ),
+                ("tok".to_owned(), "session-token".to_owned())
             ]
         );
         let mount = pod.containers[0]

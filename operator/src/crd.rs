@@ -168,6 +168,12 @@ pub struct S3CredentialsSecret {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("secretAccessKeyKey must be a Secret key"))]
     pub secret_access_key_key: String,
+    /// The key holding a session token, for temporary credentials
+    /// (`AWS_SESSION_TOKEN`); none if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("sessionTokenKey must be a Secret key"))]
+    pub session_token_key: Option<String>,
 }
 
 fn access_key_id_key() -> String {

@@ -588,6 +588,7 @@ async fn read_keys(
             )));
         }
     };
+    check_upstream_secret(&api, c, names).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &names.namespace);
     let ring = match cms
         .get_opt(&names.trust_bundle())
@@ -629,6 +630,62 @@ async fn read_keys(
         ring,
         secrets,
     })
+}
+
+/// The S3 upstream's Secret is the user's: the origin pod mounts the two
+/// keys it names, so a missing Secret or key would leave the pod stuck in
+/// `ContainerCreating`. Said by name, as for `adminTokenSecret`, before
+/// anything is built.
+async fn check_upstream_secret(
+    api: &Api<Secret>,
+    c: &DcdnCluster,
+    names: &Names,
+) -> Result<(), Error> {
+    let Some(secret) = c
+        .spec
+        .origin
+        .upstream
+        .as_ref()
+        .and_then(|u| u.s3.as_ref())
+        .map(|s3| &s3.credentials_secret)
+    else {
+        return Ok(());
+    };
+    let found = api
+        .get_opt(&secret.name)
+        .await
+        .map_err(api_err(format!("reading Secret {}", secret.name)))?;
+    let Some(found) = found else {
+        return Err(Error::Precondition(format!(
+            "spec.origin.upstream.s3.credentialsSecret names Secret {} (keys `{}` and `{}`), which does not exist in namespace {}",
+            secret.name, secret.access_key_id_key, secret.secret_access_key_key, names.namespace
+        )));
+    };
+    let missing: Vec<&str> = [&secret.access_key_id_key, &secret.secret_access_key_key]
+        .into_iter()
+        .chain(secret.session_token_key.as_ref())
+        .filter(|k| {
+            !found.data.as_ref().is_some_and(|d| d.contains_key(*k))
+                && !found
+                    .string_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(*k))
+        })
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Precondition(format!(
+            "spec.origin.upstream.s3.credentialsSecret names Secret {} in namespace {}, which has no key {} (the origin pod mounts the S3 access key from it)",
+            secret.name,
+            names.namespace,
+            missing
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )));
+    }
+    Ok(())
 }
 
 fn role_of(pod: &Pod) -> Option<Role> {

@@ -887,6 +887,59 @@ async fn a_missing_user_admin_secret_is_reported_by_name_and_picked_up_when_it_a
     assert!(w.sts().get_opt("demo-origin").await.unwrap().is_some());
 }
 
+#[tokio::test]
+async fn a_missing_s3_credentials_secret_or_key_is_reported_by_name_until_it_is_complete() {
+    let w = World::new().await;
+    w.edit(serde_json::json!({"spec": {"origin": {"upstream": {"s3": {
+        "endpoint": "http://s3.local:9000", "bucket": "media",
+        "credentialsSecret": {"name": "media-s3", "accessKeyIdKey": "id"}}}}}}))
+        .await;
+    let action = reconcile(Arc::new(w.cluster().await), w.ctx.clone())
+        .await
+        .unwrap();
+    let (status, reason, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert_eq!(reason, "KeyMaterial");
+    assert!(
+        msg.contains("credentialsSecret") && msg.contains("media-s3"),
+        "{msg}"
+    );
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    assert!(w.sts().get_opt("demo-origin").await.unwrap().is_none());
+    // Created with only the id: the missing key is named.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), NS);
+    let mut s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "media-s3", "namespace": NS},
+    }))
+    .unwrap();
+    s.data = Some([("id".to_owned(), k8s_openapi::ByteString(b"AKIA".to_vec()))].into());
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "True");
+    assert!(
+        msg.contains("media-s3") && msg.contains("AWS_SECRET_ACCESS_KEY") && !msg.contains("`id`"),
+        "{msg}"
+    );
+    // Complete: the cluster is built.
+    s.data.as_mut().unwrap().insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        k8s_openapi::ByteString(b"s3cret".to_vec()),
+    );
+    secrets
+        .replace("media-s3", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    w.pass().await;
+    let (status, _, msg) = w.condition("Degraded").await;
+    assert_eq!(status, "False", "{msg}");
+    assert!(w.sts().get_opt("demo-origin").await.unwrap().is_some());
+}
+
 /// Drives a rotation through every phase; at each gate the nodes lag first.
 #[tokio::test]
 async fn a_full_key_rotation_gated_on_every_pod_and_resumable() {

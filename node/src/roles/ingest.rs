@@ -5,8 +5,10 @@
 //! larger than `chunk_size`) so latency does not wait for a full chunk — and
 //! each chunk is handed to the [`Publish`] sink, which signs, stores and
 //! pushes it. Distribution therefore starts before the whole body has been
-//! read; an object's manifest follows its last chunk. Every route needs the
-//! ingest bearer token.
+//! read; an object's manifest follows its last chunk, and before its first
+//! the origin signs the upload *open* so edges can stream it while it runs
+//! (`roles::uploads`), or *aborted* if it ends without a manifest. Every
+//! route needs the ingest bearer token.
 
 use crate::auth::{self, Refusal, Token};
 use crate::chunk::StreamId;
@@ -32,6 +34,9 @@ pub enum PublishError {
     /// Signing or storing failed (503).
     #[error("{0}")]
     Failed(String),
+    /// The origin has as many uploads open as it takes at once (503).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<String> for PublishError {
@@ -49,6 +54,12 @@ impl From<PublishError> for HttpError {
             PublishError::Failed(m) => {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "publish_failed", m)
             }
+            PublishError::Busy(m) => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_uploads", m).with_header(
+                    header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                )
+            }
         }
     }
 }
@@ -61,8 +72,14 @@ pub trait Publish: Send + Sync + 'static {
     fn begin_object(&self, _stream: StreamId, _len_hint: u64) -> Result<(), PublishError> {
         Ok(())
     }
-    /// Drops an object version that will not be acknowledged.
-    fn abort_object(&self, _stream: StreamId) {}
+    /// Makes a publisher's upload readable before it ends: signs its open
+    /// manifest (`roles::uploads`). Called after `begin_object`.
+    fn open_upload(&self, _upload: &ObjectUpload) -> Result<(), PublishError> {
+        Ok(())
+    }
+    /// Drops an object version that will not be acknowledged (and signs
+    /// its abort if its upload was open).
+    fn abort_object(&self, _name: &str, _stream: StreamId) {}
     /// Signs and distributes chunk `seq` of `stream`; `live` chunks are
     /// pushed downstream at once, object chunks wait to be pulled.
     fn publish_chunk(
@@ -238,29 +255,6 @@ async fn put_object<P: Publish>(
         return Err(too_large(state.config.max_object_bytes));
     }
     state.publisher.begin_object(stream, len_hint)?;
-    let result = receive_object(&state, name, version, cache_control, stream, body).await;
-    if result.is_err() {
-        state.publisher.abort_object(stream);
-    }
-    result
-}
-
-fn too_large(limit: u64) -> HttpError {
-    HttpError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-        format!("objects are limited to {limit} bytes"),
-    )
-}
-
-async fn receive_object<P: Publish>(
-    state: &IngestState<P>,
-    name: String,
-    version: u64,
-    cache_control: String,
-    stream: StreamId,
-    body: Body,
-) -> Result<Response, HttpError> {
     let upload = ObjectUpload {
         chunk_size: state.config.chunk_size,
         max_object_bytes: state.config.max_object_bytes,
@@ -272,8 +266,48 @@ async fn receive_object<P: Publish>(
         stream,
         upstream: None,
     };
-    let published = ingest_object(&*state.publisher, upload, body.into_data_stream()).await?;
-    Ok((StatusCode::CREATED, Json(published)).into_response())
+    if let Err(e) = state.publisher.open_upload(&upload) {
+        state.publisher.abort_object(&upload.name, stream);
+        return Err(e.into());
+    }
+    let name = upload.name.clone();
+    // A publisher that goes away mid-body drops this future: the guard
+    // still aborts the version, so edge readers reset rather than wait.
+    let mut guard = AbortOnDrop {
+        publisher: &*state.publisher,
+        name: &name,
+        stream,
+        armed: true,
+    };
+    let result = ingest_object(&*state.publisher, upload, body.into_data_stream()).await;
+    guard.armed = result.is_err();
+    drop(guard);
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
+/// Aborts an object version unless disarmed: on an error, and when the
+/// request's future is dropped (the client disconnected).
+struct AbortOnDrop<'a, P: Publish> {
+    publisher: &'a P,
+    name: &'a str,
+    stream: StreamId,
+    armed: bool,
+}
+
+impl<P: Publish> Drop for AbortOnDrop<'_, P> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.publisher.abort_object(self.name, self.stream);
+        }
+    }
+}
+
+fn too_large(limit: u64) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("objects are limited to {limit} bytes"),
+    )
 }
 
 /// One object version being taken in, from a publisher's PUT or an

@@ -609,6 +609,16 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             // An origin answers what it published (or pulls it from its
             // upstream); a relay revalidates a stale entry upstream first;
             // an edge answers what it holds.
+            // A name with no complete version may have an upload open
+            // (`roles::uploads`): an origin answers it without asking its
+            // upstream; a relay passes on what its own upstream answered.
+            if shared.settings.role == Role::Origin
+                && shared.manifests.lock().newest(object).is_none()
+            {
+                if let Some(upload) = shared.upload_answer(object) {
+                    return upload;
+                }
+            }
             let answer = if shared.settings.role == Role::Edge {
                 shared
                     .manifests
@@ -625,9 +635,9 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
                     code: crate::roles::upstream::CODE_UPSTREAM_FAILED,
                     message: e,
                 },
-                Err(_) => Frame::NotFound {
+                Err(_) => shared.upload_answer(object).unwrap_or(Frame::NotFound {
                     id: ChunkId::new(object, u64::MAX),
-                },
+                }),
             }
         }
         other => {

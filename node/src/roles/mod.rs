@@ -22,4 +22,5 @@ pub mod run;
 pub mod serve;
 pub mod settings;
 pub mod swarm;
+pub mod uploads;
 pub mod upstream;

@@ -192,6 +192,11 @@ pub struct Shared {
     /// Bumped each time a live file version enters the window: what held
     /// LL-HLS requests wait on.
     pub live_changed: watch::Sender<u64>,
+    /// Object uploads open or aborted (`roles::uploads`): signed here
+    /// (origin) or verified from upstream.
+    pub uploads: Mutex<crate::roles::uploads::Uploads>,
+    /// Clients reading an upload in progress here (edge), bounded.
+    pub upload_readers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Verified manifests: every version kept by its stream id (a client
@@ -820,6 +825,8 @@ impl Shared {
                 format!("purge of {}: {e}", p.name)
             })?;
         let new = self.manifests.lock().purge(&p.name, p.up_to_version);
+        // An upload running when the purge was signed is purged too.
+        self.uploads.lock().forget(StreamId::object_key(&p.name));
         if new {
             tracing::info!(name = %p.name, up_to = p.up_to_version, "purged");
             for peer in self.peer_list() {
@@ -1173,7 +1180,26 @@ impl Shared {
                                 .newest(object)
                                 .map_or(m, |(n, _)| n));
                         }
+                        Ok(Frame::Upload(u)) => {
+                            // No complete version, but an upload is open
+                            // (or was aborted): recorded for readers, and
+                            // said "no manifest" to everyone else.
+                            let state = u.state;
+                            shared.accept_upload(u, object)?;
+                            if state == crate::chunk::wire::UploadState::Open {
+                                return Err(format!(
+                                    "{} {}",
+                                    peer.name,
+                                    crate::roles::uploads::UPLOAD_OPEN
+                                ));
+                            }
+                            last = format!(
+                                "{} has no manifest for {object} (upload aborted)",
+                                peer.name
+                            )
+                        }
                         Ok(Frame::NotFound { .. }) => {
+                            shared.uploads.lock().forget(object);
                             last = format!("{} has no manifest for {object}", peer.name)
                         }
                         Ok(Frame::Error { code, message })
@@ -1729,6 +1755,45 @@ impl Content for EdgeContent {
 
     fn cached(&self, id: ChunkId) -> Option<Chunk> {
         self.0.store.get(&id, Instant::now())
+    }
+
+    fn upload(&self, name: &str) -> Result<Option<crate::roles::serve::UploadRead>, ContentError> {
+        let frame = self
+            .0
+            .uploads
+            .lock()
+            .get(StreamId::object_key(name), Instant::now())
+            .filter(|u| u.state == crate::chunk::wire::UploadState::Open);
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        match crate::roles::uploads::ReaderSlot::take(&self.0.upload_readers) {
+            Some(slot) => Ok(Some(crate::roles::serve::UploadRead { frame, slot })),
+            None => {
+                self.upload_read_ended("refused_too_many");
+                Err(ContentError::TooManyUploadReaders(format!(
+                    "{} clients are reading uploads in progress at this edge, the most it serves at once",
+                    crate::roles::uploads::MAX_UPLOAD_READERS
+                )))
+            }
+        }
+    }
+
+    async fn upload_next(
+        &self,
+        up: &crate::chunk::wire::UploadFrame,
+        seq: u64,
+        progress: Instant,
+    ) -> crate::roles::uploads::Step {
+        self.0.upload_step(up, seq, progress).await
+    }
+
+    fn upload_read_ended(&self, outcome: &'static str) {
+        self.0
+            .metrics
+            .upload_reads
+            .with_label_values(&[outcome])
+            .inc();
     }
 }
 

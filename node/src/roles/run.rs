@@ -150,6 +150,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             crate::roles::live::WindowConfig::of(&settings.config.live),
         )),
         live_changed: tokio::sync::watch::channel(0).0,
+        uploads: Mutex::default(),
+        upload_readers: Arc::default(),
         settings,
     });
     match load_origin_store(&shared) {
@@ -477,10 +479,21 @@ impl Publish for OriginPublisher {
         }
     }
 
-    fn abort_object(&self, stream: crate::chunk::StreamId) {
+    fn open_upload(&self, upload: &ingest::ObjectUpload) -> Result<(), PublishError> {
+        self.0.open_upload(
+            &upload.name,
+            upload.stream,
+            upload.version,
+            &upload.cache_control,
+            upload.chunk_size as u32,
+        )
+    }
+
+    fn abort_object(&self, name: &str, stream: crate::chunk::StreamId) {
         if let Some(store) = &self.0.origin_store {
             store.abort(stream);
         }
+        self.0.abort_upload(name, stream);
     }
 
     fn publish_chunk(
@@ -502,7 +515,11 @@ impl Publish for OriginPublisher {
                 })
                 .await?;
             }
-            Ok(shared.publish(stream, seq, payload, live)?)
+            shared.publish(stream, seq, payload, live)?;
+            if !live {
+                shared.upload_progress(stream);
+            }
+            Ok(())
         }
     }
 
@@ -543,7 +560,9 @@ impl Publish for OriginPublisher {
                 })
                 .await?;
             }
-            Ok(shared.publish_manifest_at(&object, at)?)
+            shared.publish_manifest_at(&object, at)?;
+            shared.finish_upload(&object.name, object.stream_id);
+            Ok(())
         }
     }
 

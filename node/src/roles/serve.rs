@@ -58,6 +58,18 @@ pub enum ContentError {
     /// The origin's own upstream (pull-through) failed: 502.
     #[error("the origin's upstream failed: {0}")]
     UpstreamFailed(String),
+    /// As many clients as this edge takes are reading uploads in
+    /// progress: 503.
+    #[error("{0}")]
+    TooManyUploadReaders(String),
+}
+
+/// A client's read of an upload still in progress (`roles::uploads`): the
+/// verified open frame and the reader's slot, given back on drop.
+#[derive(Debug)]
+pub struct UploadRead {
+    pub frame: crate::chunk::wire::UploadFrame,
+    pub slot: crate::roles::uploads::ReaderSlot,
 }
 
 /// Where served bytes come from. Implementations return only verified chunks.
@@ -74,6 +86,25 @@ pub trait Content: Send + Sync + 'static {
     fn stream_head(&self, stream: StreamId) -> Option<u64>;
     /// The chunk if it is held here already; never waits or fetches.
     fn cached(&self, id: ChunkId) -> Option<Chunk>;
+    /// An upload of `name` in progress, asked when [`Content::object`]
+    /// found no complete version: None if there is none.
+    fn upload(&self, _name: &str) -> Result<Option<UploadRead>, ContentError> {
+        Ok(None)
+    }
+    /// The next chunk of upload `up` from `seq`, its final manifest, or why
+    /// it will not complete; `progress` is when the reader last got a chunk.
+    fn upload_next(
+        &self,
+        _up: &crate::chunk::wire::UploadFrame,
+        _seq: u64,
+        _progress: std::time::Instant,
+    ) -> impl Future<Output = crate::roles::uploads::Step> + Send {
+        std::future::ready(crate::roles::uploads::Step::Failed(
+            "uploads are not read here".into(),
+        ))
+    }
+    /// Counts how a read of an upload in progress ended.
+    fn upload_read_ended(&self, _outcome: &'static str) {}
 }
 
 /// Tunables of the client HTTP server.
@@ -266,6 +297,12 @@ impl From<ContentError> for HttpError {
             ContentError::UpstreamFailed(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "upstream_failed", e.to_string())
             }
+            ContentError::TooManyUploadReaders(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_upload_readers",
+                e.to_string(),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
         }
     }
 }
@@ -371,7 +408,14 @@ async fn get_object<C: Content>(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let info = state.content.object(&name).await?;
+    let info = match state.content.object(&name).await {
+        Ok(info) => info,
+        Err(ContentError::NotFound(what)) => match state.content.upload(&name)? {
+            Some(read) => return upload_response(state, read, method, headers).await,
+            None => return Err(ContentError::NotFound(what).into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let etag = info.etag();
     let validators = Validators::of(&info, &etag);
     // RFC 9110 13.2.2: If-Match first, then If-None-Match, and
@@ -498,6 +542,129 @@ async fn get_object<C: Content>(
     builder
         .body(body)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// Answers a GET or HEAD for an object whose only version is still being
+/// uploaded: 200 without `Content-Length`, `ETag` or `Last-Modified` (the
+/// length and digest are not known yet), `Cache-Control: no-store` (the
+/// body may yet be reset) and `X-Dcdn-Upload: in-progress`; Range is
+/// ignored (the whole body is sent). Like a whole object, the status waits
+/// for the first chunk, so an upload aborted before it is a 404, and HEAD
+/// pays for exactly that. The body streams each chunk as it is stored at
+/// the origin and ends cleanly only once the final manifest of the same
+/// version verified and the length and digest of what was sent match it;
+/// otherwise it is reset (HTTP/1.1: the connection closes without the last
+/// chunk; HTTP/2 and HTTP/3: the stream is reset).
+async fn upload_response<C: Content>(
+    state: Arc<ServeState<C>>,
+    read: UploadRead,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    use crate::roles::uploads::Step;
+    let up = read.frame.clone();
+    // No strong validator exists yet: only `If-Match: *` holds, and only
+    // `If-None-Match: *` answers 304.
+    if let Some(im) = header_str(&headers, header::IF_MATCH) {
+        if !etag_list_matches(im, "", Comparison::Strong) {
+            return Err(HttpError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!(
+                    "If-Match {im:?}: version {} of {} is still being uploaded and has no ETag yet",
+                    up.version, up.name
+                ),
+            ));
+        }
+    }
+    if header_str(&headers, header::IF_NONE_MATCH)
+        .is_some_and(|inm| etag_list_matches(inm, "", Comparison::Weak))
+    {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let started = std::time::Instant::now();
+    let first = state.content.upload_next(&up, 0, started).await;
+    if let Step::Failed(why) = &first {
+        state.content.upload_read_ended("reset");
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "upload_aborted",
+            format!("{}: {why}", up.name),
+        ));
+    }
+    let internal = |e: axum::http::Error| {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header("x-dcdn-version", up.version.to_string())
+        .header("x-dcdn-upload", "in-progress");
+    if method == Method::HEAD {
+        // A body of unknown length, as GET's, so no `Content-Length: 0` is
+        // added for the empty one: HEAD says what GET would.
+        let none = futures_util::stream::empty::<Result<Bytes, std::io::Error>>();
+        return builder.body(Body::from_stream(none)).map_err(internal);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let _slot = read.slot;
+        let chunk_size = u64::from(up.chunk_size);
+        let mut hasher = blake3::Hasher::new();
+        let (mut seq, mut len, mut short) = (0u64, 0u64, false);
+        let mut progress;
+        let mut step = first;
+        let failure = loop {
+            match step {
+                Step::Chunk(c) => {
+                    let n = c.payload.len() as u64;
+                    // Every chunk but the last is whole: a chunk after a
+                    // short one, or a long one, is not this upload's.
+                    if c.id() != ChunkId::new(up.stream, seq) || n == 0 || n > chunk_size || short {
+                        break format!(
+                            "chunk {seq} of {} ({n} bytes) does not fit its upload",
+                            up.name
+                        );
+                    }
+                    short = n < chunk_size;
+                    hasher.update(&c.payload);
+                    len += n;
+                    seq += 1;
+                    progress = std::time::Instant::now();
+                    if tx.send(Ok(c.payload)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                Step::Done(m) => {
+                    if m.stream == up.stream
+                        && m.chunk_count == seq
+                        && m.object_len == len
+                        && m.chunk_size == up.chunk_size
+                        && m.digest == *hasher.finalize().as_bytes()
+                    {
+                        state.content.upload_read_ended("complete");
+                        return; // dropping the sender ends the body cleanly
+                    }
+                    break format!(
+                        "what was sent of {} ({len} bytes, {seq} chunks) does not match its final manifest",
+                        up.name
+                    );
+                }
+                Step::Failed(why) => break why,
+            }
+            step = state.content.upload_next(&up, seq, progress).await;
+        };
+        tracing::info!(name = %up.name, version = up.version, error = %failure, "resetting an upload read");
+        state.content.upload_read_ended("reset");
+        let _ = tx.send(Err(std::io::Error::other(failure))).await;
+    });
+    builder
+        .body(Body::from_stream(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
+        .map_err(internal)
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -1265,5 +1432,153 @@ mod tests {
         assert_eq!(parse_range("bytes=1-x", 10), Ok(None));
         assert_eq!(parse_range("items=0-1", 10), Ok(None));
         assert_eq!(parse_range("bytes=0-1,3-4", 10), Ok(None));
+    }
+
+    /// An edge whose only version of "up" is an upload: `script` is what
+    /// each `upload_next` answers, in order.
+    struct Uploading {
+        script: parking_lot::Mutex<std::collections::VecDeque<crate::roles::uploads::Step>>,
+        ended: parking_lot::Mutex<Vec<&'static str>>,
+    }
+
+    fn upload_frame() -> crate::chunk::wire::UploadFrame {
+        crate::chunk::wire::UploadFrame {
+            name: "up".into(),
+            stream: StreamId::object("up", 9),
+            version: 9,
+            state: crate::chunk::wire::UploadState::Open,
+            cache_control: String::new(),
+            chunk_size: 4,
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        }
+    }
+
+    fn final_manifest(data: &[u8]) -> crate::chunk::wire::ManifestFrame {
+        crate::chunk::wire::ManifestFrame {
+            name: "up".into(),
+            stream: StreamId::object("up", 9),
+            version: 9,
+            cache_control: String::new(),
+            object_len: data.len() as u64,
+            chunk_size: 4,
+            chunk_count: (data.len() as u64).div_ceil(4),
+            digest: digest(data),
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        }
+    }
+
+    impl Content for Uploading {
+        async fn object(&self, name: &str) -> Result<ObjectInfo, ContentError> {
+            Err(ContentError::NotFound(name.into()))
+        }
+        async fn chunk(&self, id: ChunkId, _wait: Duration) -> Result<Chunk, ContentError> {
+            Err(ContentError::NotFound(id.to_string()))
+        }
+        fn stream_head(&self, _stream: StreamId) -> Option<u64> {
+            None
+        }
+        fn cached(&self, _id: ChunkId) -> Option<Chunk> {
+            None
+        }
+        fn upload(&self, _name: &str) -> Result<Option<UploadRead>, ContentError> {
+            let readers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            Ok(Some(UploadRead {
+                frame: upload_frame(),
+                slot: crate::roles::uploads::ReaderSlot::take(&readers).unwrap(),
+            }))
+        }
+        async fn upload_next(
+            &self,
+            _up: &crate::chunk::wire::UploadFrame,
+            _seq: u64,
+            _progress: std::time::Instant,
+        ) -> crate::roles::uploads::Step {
+            self.script
+                .lock()
+                .pop_front()
+                .unwrap_or(crate::roles::uploads::Step::Failed("script ended".into()))
+        }
+        fn upload_read_ended(&self, outcome: &'static str) {
+            self.ended.lock().push(outcome);
+        }
+    }
+
+    /// GETs "up" from an edge answering `steps`: the status, whether the
+    /// body ended cleanly, the bytes and how the read was counted.
+    async fn read_upload(
+        steps: Vec<crate::roles::uploads::Step>,
+    ) -> (
+        StatusCode,
+        HeaderMap,
+        Result<Vec<u8>, String>,
+        Vec<&'static str>,
+    ) {
+        let content = Arc::new(Uploading {
+            script: parking_lot::Mutex::new(steps.into()),
+            ended: parking_lot::Mutex::default(),
+        });
+        let resp = router(content.clone(), ServeConfig::default())
+            .oneshot(Request::get("/v1/objects/up").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .map_err(|e| e.to_string());
+        let ended = content.ended.lock().clone();
+        (status, headers, body, ended)
+    }
+
+    #[tokio::test]
+    async fn an_upload_body_ends_cleanly_only_when_its_final_manifest_matches() {
+        use crate::roles::uploads::Step;
+        let data = b"abcdefghij";
+        let stream = StreamId::object("up", 9);
+        let chunks = || {
+            vec![
+                Step::Chunk(chunk_of(stream, 0, b"abcd")),
+                Step::Chunk(chunk_of(stream, 1, b"efgh")),
+                Step::Chunk(chunk_of(stream, 2, b"ij")),
+            ]
+        };
+        let mut whole = chunks();
+        whole.push(Step::Done(final_manifest(data)));
+        let (status, headers, body, ended) = read_upload(whole).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get(header::CONTENT_LENGTH), None);
+        assert_eq!(headers.get(header::ETAG), None);
+        assert_eq!(body.unwrap(), data);
+        assert_eq!(ended, ["complete"]);
+
+        // A final manifest naming other bytes, an abort, a long chunk or a
+        // chunk after a short one: the body errors (is reset), never ends.
+        let mut other_digest = chunks();
+        other_digest.push(Step::Done(final_manifest(b"abcdefghiX")));
+        let mut aborted = chunks();
+        aborted.push(Step::Failed("aborted".into()));
+        let long = vec![Step::Chunk(chunk_of(stream, 0, b"abcdef"))];
+        let after_short = vec![
+            Step::Chunk(chunk_of(stream, 0, b"ab")),
+            Step::Chunk(chunk_of(stream, 1, b"cd")),
+        ];
+        let wrong_seq = vec![Step::Chunk(chunk_of(stream, 1, b"abcd"))];
+        for steps in [other_digest, aborted, long, after_short, wrong_seq] {
+            let (status, _, body, ended) = read_upload(steps).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.is_err(), "a body that should reset ended cleanly");
+            assert_eq!(ended, ["reset"]);
+        }
+
+        // Aborted before its first chunk: a 404, not an empty 200.
+        let (status, _, _, ended) = read_upload(vec![Step::Failed("aborted".into())]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(ended, ["reset"]);
     }
 }

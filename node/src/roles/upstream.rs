@@ -84,6 +84,8 @@ impl UpstreamError {
     }
 }
 
+// One per origin: the size of the S3 variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Http {
         /// Without a trailing slash.
@@ -102,7 +104,9 @@ enum Source {
         /// files: a rotated Secret (kubelet swaps the mounted files
         /// atomically) reaches a running origin.
         key_files: Option<(PathBuf, PathBuf)>,
-        session_token: Option<String>,
+        /// The session token's file, read with the key (temporary
+        /// credentials rotate as one).
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -110,14 +114,23 @@ enum Source {
 struct S3Key {
     id: String,
     secret: String,
+    /// `x-amz-security-token`, for temporary credentials.
+    token: Option<String>,
 }
 
 impl S3Key {
-    fn read(files: &(PathBuf, PathBuf)) -> Result<Self, UpstreamError> {
+    fn read(files: &(PathBuf, PathBuf), token_file: Option<&Path>) -> Result<Self, UpstreamError> {
         let key = Self {
             id: read_secret(Some(&files.0), "AWS_ACCESS_KEY_ID")?,
             secret: read_secret(Some(&files.1), "AWS_SECRET_ACCESS_KEY")?,
+            token: session_token(token_file)?,
         };
+        if key.token.as_deref() == Some("") {
+            return Err(UpstreamError::Credentials(format!(
+                "{} is empty",
+                token_file.map_or_else(String::new, |p| p.display().to_string())
+            )));
+        }
         if key.id.is_empty() || key.secret.is_empty() {
             return Err(UpstreamError::Credentials(format!(
                 "{} or {} is empty",
@@ -192,6 +205,15 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// The session token: from its file when configured, else
+/// `AWS_SESSION_TOKEN` if set, else none.
+fn session_token(file: Option<&Path>) -> Result<Option<String>, UpstreamError> {
+    match file {
+        Some(_) => read_secret(file, "AWS_SESSION_TOKEN").map(Some),
+        None => Ok(std::env::var("AWS_SESSION_TOKEN").ok()),
+    }
+}
+
 fn read_secret(file: Option<&Path>, env: &str) -> Result<String, UpstreamError> {
     match file {
         Some(p) => std::fs::read_to_string(p)
@@ -221,14 +243,16 @@ impl Upstream {
                     .access_key_id_file
                     .clone()
                     .zip(s3.secret_access_key_file.clone());
+                let token_file = s3.session_token_file.clone();
                 let key = match &key_files {
-                    Some(files) => S3Key::read(files)?,
+                    Some(files) => S3Key::read(files, token_file.as_deref())?,
                     None => S3Key {
                         id: read_secret(s3.access_key_id_file.as_deref(), "AWS_ACCESS_KEY_ID")?,
                         secret: read_secret(
                             s3.secret_access_key_file.as_deref(),
                             "AWS_SECRET_ACCESS_KEY",
                         )?,
+                        token: session_token(token_file.as_deref())?,
                     },
                 };
                 Source::S3 {
@@ -238,7 +262,7 @@ impl Upstream {
                     region: s3.region.clone(),
                     key: Mutex::new(key),
                     key_files,
-                    session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+                    token_file,
                 }
             }
             (None, None) => {
@@ -350,9 +374,9 @@ impl Upstream {
                 region,
                 key,
                 key_files,
-                session_token,
+                token_file,
             } => {
-                let key = s3_key(key, key_files.as_ref());
+                let key = s3_key(key, key_files.as_ref(), token_file.as_deref());
                 let uri_path = format!("/{}/{path}", encode_segment(bucket));
                 let amz_date = amz_date(crate::roles::node::unix_ms() / 1000);
                 let mut signed: Vec<(&str, &str)> = vec![
@@ -360,7 +384,7 @@ impl Upstream {
                     ("x-amz-content-sha256", EMPTY_SHA256),
                     ("x-amz-date", &amz_date),
                 ];
-                if let Some(t) = session_token {
+                if let Some(t) = &key.token {
                     signed.push(("x-amz-security-token", t));
                 }
                 let auth = sigv4_authorization(&SigV4 {
@@ -456,9 +480,13 @@ impl Upstream {
 /// The S3 key to sign with: read again from its files when it has them
 /// (a rotation is picked up by the next request); a read that fails or
 /// finds an empty file keeps the last good key, with a warning.
-fn s3_key(held: &Mutex<S3Key>, files: Option<&(PathBuf, PathBuf)>) -> S3Key {
+fn s3_key(
+    held: &Mutex<S3Key>,
+    files: Option<&(PathBuf, PathBuf)>,
+    token_file: Option<&Path>,
+) -> S3Key {
     if let Some(files) = files {
-        match S3Key::read(files) {
+        match S3Key::read(files, token_file) {
             Ok(fresh) => {
                 let mut k = held.lock();
                 if *k != fresh {
@@ -898,7 +926,7 @@ async fn pull(
                         .ok_or_else(|| format!("{name} version {version} was purged meanwhile"))
                 }
                 Err(e) => {
-                    publisher.abort_object(stream);
+                    publisher.abort_object(name, stream);
                     failed(UpstreamError::Ingest {
                         url,
                         message: e.message().to_owned(),
@@ -1007,20 +1035,34 @@ mod tests {
         let files = (dir.join("id"), dir.join("secret"));
         std::fs::write(&files.0, "AKIA1\n").unwrap();
         std::fs::write(&files.1, "s1").unwrap();
-        let held = Mutex::new(S3Key::read(&files).unwrap());
+        let token = dir.join("token");
+        std::fs::write(&token, "t1\n").unwrap();
+        let held = Mutex::new(S3Key::read(&files, Some(&token)).unwrap());
+        assert_eq!(held.lock().token.as_deref(), Some("t1"));
         std::fs::write(&files.0, "AKIA2").unwrap();
         std::fs::write(&files.1, "s2\n").unwrap();
-        let k = s3_key(&held, Some(&files));
-        assert_eq!((k.id.as_str(), k.secret.as_str()), ("AKIA2", "s2"));
+        std::fs::write(&token, "t2").unwrap();
+        let k = s3_key(&held, Some(&files), Some(&token));
+        assert_eq!(
+            (k.id.as_str(), k.secret.as_str(), k.token.as_deref()),
+            ("AKIA2", "s2", Some("t2"))
+        );
+        std::fs::write(&token, "").unwrap();
+        assert_eq!(
+            s3_key(&held, Some(&files), Some(&token)).token.as_deref(),
+            Some("t2"),
+            "an empty token file is not a token: the key and token stay as one"
+        );
+        std::fs::write(&token, "t2").unwrap();
         std::fs::write(&files.1, "").unwrap();
         assert_eq!(
-            s3_key(&held, Some(&files)).secret,
+            s3_key(&held, Some(&files), Some(&token)).secret,
             "s2",
             "an empty file is not a key"
         );
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
-            s3_key(&held, Some(&files)).id,
+            s3_key(&held, Some(&files), Some(&token)).id,
             "AKIA2",
             "nor is a missing one"
         );

@@ -31,6 +31,9 @@ pub const MANIFEST_SIGNING_CONTEXT: &[u8] = b"dcdn/manifest/v1\0";
 pub const PURGE_SIGNING_CONTEXT: &[u8] = b"dcdn/purge/v1\0";
 /// Domain separator for preheat signatures.
 pub const PREHEAT_SIGNING_CONTEXT: &[u8] = b"dcdn/preheat/v1\0";
+/// Domain separator for upload (open / aborted) signatures: an upload
+/// frame's bytes can never verify as a manifest, a purge or a preheat.
+pub const UPLOAD_SIGNING_CONTEXT: &[u8] = b"dcdn/upload/v1\0";
 
 /// A node's role as announced on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +176,58 @@ fn put_preheat_fields(out: &mut BytesMut, p: &PreheatFrame) {
     out.put_u64(p.timestamp_ms);
 }
 
+/// Where an object upload stands, as its origin signed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Chunks are being published; the final manifest will follow.
+    Open,
+    /// The upload ended without a manifest: this version never exists.
+    Aborted,
+}
+
+/// The origin's signed word on an object version whose upload has not
+/// ended in a manifest: *open* (its chunks, all of `chunk_size` but the
+/// last, are fetchable as they are stored; length and digest come with the
+/// final manifest of the same version) or *aborted*. Answered to a
+/// `ManifestRequest` for a name that has no complete version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadFrame {
+    pub name: String,
+    /// `StreamId::object(name, version)`.
+    pub stream: StreamId,
+    pub version: u64,
+    pub state: UploadState,
+    pub cache_control: String,
+    pub chunk_size: u32,
+    pub key_id: KeyId,
+    pub timestamp_ms: u64,
+    pub signature: [u8; 64],
+}
+
+impl UploadFrame {
+    /// The bytes the upload signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(UPLOAD_SIGNING_CONTEXT.len() + 600);
+        out.put_slice(UPLOAD_SIGNING_CONTEXT);
+        put_upload_fields(&mut out, self);
+        out.to_vec()
+    }
+}
+
+fn put_upload_fields(out: &mut BytesMut, u: &UploadFrame) {
+    put_short_str(out, &u.name);
+    out.put_u64(u.stream.0);
+    out.put_u64(u.version);
+    out.put_u8(match u.state {
+        UploadState::Open => 0,
+        UploadState::Aborted => 1,
+    });
+    put_short_str(out, &u.cache_control);
+    out.put_u32(u.chunk_size);
+    out.put_u64(u.key_id.0);
+    out.put_u64(u.timestamp_ms);
+}
+
 /// Every frame of the mesh protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -246,6 +301,9 @@ pub enum Frame {
     /// object (the receiver checks it against a verified manifest) before
     /// any client asks for it.
     Preheat(PreheatFrame),
+    /// An answer to a `ManifestRequest`: the name has no complete version,
+    /// but an upload of one is open (or was aborted).
+    Upload(UploadFrame),
 }
 
 /// Why bytes are not a frame.
@@ -313,6 +371,7 @@ mod tag {
     pub(super) const SUBSCRIBE: u8 = 18;
     pub(super) const PURGE: u8 = 19;
     pub(super) const PREHEAT: u8 = 20;
+    pub(super) const UPLOAD: u8 = 21;
 }
 
 fn put_id(out: &mut BytesMut, id: ChunkId) {
@@ -365,6 +424,7 @@ impl Frame {
             Self::Subscribe => "subscribe",
             Self::Purge(_) => "purge",
             Self::Preheat(_) => "preheat",
+            Self::Upload(_) => "upload",
         }
     }
 
@@ -443,6 +503,11 @@ impl Frame {
                 out.put_u8(tag::PREHEAT);
                 put_preheat_fields(out, p);
                 out.put_slice(&p.signature);
+            }
+            Self::Upload(u) => {
+                out.put_u8(tag::UPLOAD);
+                put_upload_fields(out, u);
+                out.put_slice(&u.signature);
             }
             Self::Purge(p) => {
                 out.put_u8(tag::PURGE);
@@ -648,6 +713,44 @@ impl Frame {
                 Frame::Preheat(PreheatFrame {
                     object,
                     version,
+                    key_id,
+                    timestamp_ms,
+                    signature,
+                })
+            }
+            tag::UPLOAD => {
+                let name = r.short_str("name")?;
+                let stream = StreamId(r.u64("stream")?);
+                let version = r.u64("version")?;
+                let state = match r.u8("state")? {
+                    0 => UploadState::Open,
+                    1 => UploadState::Aborted,
+                    other => {
+                        return Err(WireError::BadValue {
+                            field: "state",
+                            value: u64::from(other),
+                        });
+                    }
+                };
+                let cache_control = r.short_str("cache_control")?;
+                let chunk_size = r.u32("chunk_size")?;
+                if chunk_size == 0 || chunk_size > MAX_CHUNK_LEN {
+                    return Err(WireError::BadValue {
+                        field: "chunk_size",
+                        value: u64::from(chunk_size),
+                    });
+                }
+                let key_id = KeyId(r.u64("key_id")?);
+                let timestamp_ms = r.u64("timestamp_ms")?;
+                let mut signature = [0u8; 64];
+                signature.copy_from_slice(r.take(64, "signature")?);
+                Frame::Upload(UploadFrame {
+                    name,
+                    stream,
+                    version,
+                    state,
+                    cache_control,
+                    chunk_size,
                     key_id,
                     timestamp_ms,
                     signature,
@@ -1001,6 +1104,31 @@ mod tests {
                     signature: [7u8; 64],
                 })
             }),
+            (
+                any_name(),
+                any::<u64>(),
+                any::<bool>(),
+                1u32..=MAX_CHUNK_LEN,
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(name, v, open, chunk_size, k, ts)| {
+                    Frame::Upload(UploadFrame {
+                        stream: StreamId(v ^ ts),
+                        name,
+                        version: v,
+                        state: if open {
+                            UploadState::Open
+                        } else {
+                            UploadState::Aborted
+                        },
+                        cache_control: "no-cache".into(),
+                        chunk_size,
+                        key_id: KeyId(k),
+                        timestamp_ms: ts,
+                        signature: [5u8; 64],
+                    })
+                }),
             any::<u64>().prop_map(|s| Frame::Interested {
                 stream: StreamId(s)
             }),
@@ -1210,6 +1338,41 @@ mod tests {
         };
         assert!(Frame::decode(&Frame::Manifest(ok.clone()).to_bytes()).is_ok());
         assert!(ok.signing_bytes().starts_with(MANIFEST_SIGNING_CONTEXT));
+    }
+
+    #[test]
+    fn upload_signatures_have_their_own_domain() {
+        let u = UploadFrame {
+            name: "a".into(),
+            stream: StreamId(1),
+            version: 3,
+            state: UploadState::Open,
+            cache_control: String::new(),
+            chunk_size: 4,
+            key_id: KeyId(1),
+            timestamp_ms: 0,
+            signature: [0; 64],
+        };
+        let bytes = u.signing_bytes();
+        assert!(bytes.starts_with(UPLOAD_SIGNING_CONTEXT));
+        for other in [
+            MANIFEST_SIGNING_CONTEXT,
+            PURGE_SIGNING_CONTEXT,
+            PREHEAT_SIGNING_CONTEXT,
+        ] {
+            assert!(!bytes.starts_with(other));
+        }
+        let aborted = UploadFrame {
+            state: UploadState::Aborted,
+            ..u.clone()
+        };
+        assert_ne!(aborted.signing_bytes(), bytes, "the state is signed");
+        let mut bad = Frame::Upload(UploadFrame { chunk_size: 0, ..u })
+            .to_bytes()
+            .to_vec();
+        assert!(Frame::decode(&bad).is_err(), "a zero chunk size is refused");
+        bad.truncate(3);
+        assert!(Frame::decode(&bad).is_err());
     }
 
     #[test]
