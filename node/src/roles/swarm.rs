@@ -504,8 +504,7 @@ fn on_reply(
         Ok(Frame::Error { code, .. }) if code == super::mesh::CODE_CHOKED => {
             // Choked between our poll and its answer: it still has the
             // piece; ask again once it unchokes us.
-            picker.handle_failed(peer, piece);
-            picker.handle_have(peer, piece);
+            picker.handle_choked(peer, piece);
             if let Some(p) = sender {
                 p.unchoked_us.store(false, Ordering::Relaxed);
             }

@@ -25,7 +25,7 @@ mod world;
 
 use report::{
     Bytes, End, Fec, FecCounts, FreeRiderCost, Percentiles, Perf, Report, TierCompletion,
-    TierLatency,
+    TierLatency, UtilRow,
 };
 use scenario::Scenario;
 use std::time::Instant;
@@ -127,6 +127,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
         })
         .collect();
     let end = end_of(scenario, &outcome);
+    let utilisation = utilisation_rows(scenario, &outcome.util, outcome.virtual_end_s);
     let nodes = 1 + u64::from(scenario.tiers.relays) + u64::from(scenario.tiers.edges);
     let peak = report::peak_rss_bytes();
     let c = &scenario.content;
@@ -174,6 +175,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
         leaves: outcome.leaves,
         rejoins: outcome.rejoins,
         end,
+        utilisation,
         perf: Perf {
             events,
             wall_s,
@@ -183,6 +185,50 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
             rss_bytes_per_node: peak.map(|p| p / nodes),
         },
     })
+}
+
+/// Most rows the utilisation table has: longer runs merge seconds.
+const UTIL_ROWS: usize = 30;
+
+/// The utilisation buckets as shares of each tier's capacity, merged into
+/// at most [`UTIL_ROWS`] rows, up to the run's end (transfers booked past
+/// it, such as a relay's queue when the last edge finished, are left out).
+fn utilisation_rows(s: &Scenario, u: &world::Util, end_s: f64) -> Vec<UtilRow> {
+    use world::{
+        U_EDGE_REPLIES, U_EDGE_WAIT, U_EDGES_DOWN, U_EDGES_UP, U_ORIGIN_UP, U_RELAY_REPLIES,
+        U_RELAY_WAIT, U_RELAYS_UP,
+    };
+    let n = u.buckets.len().min(end_s.ceil() as usize);
+    if n == 0 {
+        return Vec::new();
+    }
+    let bps = |mbps: f64| mbps * 125_000.0;
+    let edges = f64::from(s.tiers.edges);
+    let cap_origin = bps(s.nodes.origin.up_mbps);
+    let cap_relays = bps(s.nodes.relay.up_mbps) * f64::from(s.tiers.relays);
+    let cap_edges_up = bps(s.nodes.edge.up_mbps) * edges;
+    let cap_edges_down = bps(s.nodes.edge.down_mbps) * edges;
+    let per = n.div_ceil(UTIL_ROWS);
+    u.buckets[..n]
+        .chunks(per)
+        .enumerate()
+        .map(|(i, rows)| {
+            let secs = rows.len() as f64;
+            let sum = |k: usize| rows.iter().map(|r| r[k]).sum::<f64>();
+            let share = |k: usize, cap: f64| sum(k) / (cap * secs).max(1.0);
+            let wait = |w: usize, c: usize| sum(w) / 1e6 / sum(c).max(1.0);
+            UtilRow {
+                from_s: (i * per) as f64,
+                to_s: (i * per) as f64 + secs,
+                origin_up: share(U_ORIGIN_UP, cap_origin),
+                relays_up: share(U_RELAYS_UP, cap_relays),
+                edges_up: share(U_EDGES_UP, cap_edges_up),
+                edges_down: share(U_EDGES_DOWN, cap_edges_down),
+                relay_reply_wait_ms: wait(U_RELAY_WAIT, U_RELAY_REPLIES),
+                edge_reply_wait_ms: wait(U_EDGE_WAIT, U_EDGE_REPLIES),
+            }
+        })
+        .collect()
 }
 
 /// Says why a run stopped. A run cut by `max_time_s` is not a stall: it

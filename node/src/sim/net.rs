@@ -2,11 +2,14 @@
 //! bursty), and per-node upload/download capacity as two FIFO pipes.
 //!
 //! A transfer of `n` bytes from A to B occupies A's upload pipe for
-//! `n / A.up` and B's download pipe for `n / B.down`, each pipe serving
-//! transfers in the order they were started; the transfer ends when both
-//! are through and the last byte has crossed the link. Parallel flows share
-//! a pipe by taking turns rather than by fair queueing — the same total
-//! throughput, a coarser order. Loss on a reliable stream costs its
+//! `n / A.up`, in the order transfers were started, and B's download pipe
+//! for `n / B.down` in the first free stretch after its first byte arrives;
+//! the transfer ends when both are through and the last byte has crossed
+//! the link. A download is placed in a gap rather than after the last one
+//! booked: a reply queued for seconds at a busy sender books the receiver's
+//! link seconds ahead, and must not hold up what other senders deliver
+//! before then. Parallel flows share a pipe by taking turns rather than by
+//! fair queueing — the same total throughput, a coarser order. Loss on a reliable stream costs its
 //! retransmissions (`n / (1 - loss)` bytes on the wire) but not congestion
 //! control's reaction to it.
 
@@ -14,14 +17,19 @@ use super::queue::{MS, Nanos};
 use super::scenario::Link;
 use rand::Rng;
 
+/// Most future bookings a download pipe keeps apart; past it, a new one
+/// goes after the last (bounded memory, the old FIFO behaviour).
+const MAX_DOWN_BOOKINGS: usize = 256;
+
 /// One node's pipes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Pipes {
     /// Nanoseconds per byte up and down.
     up_ns_per_byte: f64,
     down_ns_per_byte: f64,
     up_free: Nanos,
-    down_free: Nanos,
+    /// Booked stretches of the download pipe, sorted and disjoint.
+    down: Vec<(Nanos, Nanos)>,
 }
 
 impl Pipes {
@@ -30,32 +38,88 @@ impl Pipes {
             up_ns_per_byte: 8_000.0 / up_mbps,
             down_ns_per_byte: 8_000.0 / down_mbps,
             up_free: 0,
-            down_free: 0,
+            down: Vec::new(),
         }
     }
 
     pub(crate) fn reset(&mut self, now: Nanos) {
         self.up_free = now;
-        self.down_free = now;
+        self.down.clear();
+    }
+
+    /// Books `len` of the download pipe at or after `from` (forgetting
+    /// bookings over before `now`); returns the stretch's start.
+    fn book_down(&mut self, now: Nanos, from: Nanos, len: Nanos) -> Nanos {
+        let over = self.down.partition_point(|&(_, end)| end <= now);
+        self.down.drain(..over);
+        if self.down.len() >= MAX_DOWN_BOOKINGS {
+            let start = self.down.last().map_or(from, |&(_, end)| end.max(from));
+            if let Some(last) = self.down.last_mut() {
+                if last.1 == start {
+                    last.1 = start + len;
+                    return start;
+                }
+            }
+            self.down.push((start, start + len));
+            return start;
+        }
+        let mut start = from;
+        let mut at = self.down.len();
+        for (i, &(b, e)) in self.down.iter().enumerate() {
+            if e <= start {
+                continue;
+            }
+            if b >= start + len {
+                at = i;
+                break;
+            }
+            start = start.max(e);
+        }
+        // Merge with touching neighbours so the list stays short.
+        let end = start + len;
+        let joins_prev = at > 0 && self.down[at - 1].1 == start;
+        let joins_next = at < self.down.len() && self.down[at].0 == end;
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.down[at - 1].1 = self.down[at].1;
+                self.down.remove(at);
+            }
+            (true, false) => self.down[at - 1].1 = end,
+            (false, true) => self.down[at].0 = start,
+            (false, false) => self.down.insert(at, (start, end)),
+        }
+        start
     }
 }
 
+/// Where a transfer sat on the two pipes, and when its last byte was in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    pub(crate) up: (Nanos, Nanos),
+    pub(crate) down: (Nanos, Nanos),
+    pub(crate) done: Nanos,
+}
+
 /// Schedules `bytes` from `from` to `to` starting at `now` over a link of
-/// one-way `latency`; returns when the last byte is in.
+/// one-way `latency`.
 pub(crate) fn transfer(
     from: &mut Pipes,
     to: &mut Pipes,
     now: Nanos,
     latency: Nanos,
     bytes: u64,
-) -> Nanos {
+) -> Transfer {
     let b = bytes as f64;
     let start = now.max(from.up_free);
     from.up_free = start + (b * from.up_ns_per_byte) as Nanos;
     let first_in = start + latency;
-    let down_start = first_in.max(to.down_free);
-    to.down_free = down_start + (b * to.down_ns_per_byte) as Nanos;
-    (from.up_free + latency).max(to.down_free)
+    let len = (b * to.down_ns_per_byte) as Nanos;
+    let down_start = to.book_down(now, first_in, len);
+    Transfer {
+        up: (start, from.up_free),
+        down: (down_start, down_start + len),
+        done: (from.up_free + latency).max(down_start + len),
+    }
 }
 
 /// Latency of a link class between two nodes: a base fixed per pair (so a
@@ -150,10 +214,30 @@ mod tests {
         let mut a = Pipes::new(8.0, 1000.0);
         let mut b = Pipes::new(1000.0, 1000.0);
         let mut c = Pipes::new(1000.0, 1000.0);
-        let t1 = transfer(&mut a, &mut b, 0, 1_000, 1_000);
-        let t2 = transfer(&mut a, &mut c, 0, 1_000, 1_000);
+        let t1 = transfer(&mut a, &mut b, 0, 1_000, 1_000).done;
+        let t2 = transfer(&mut a, &mut c, 0, 1_000, 1_000).done;
         assert_eq!(t1, 1_000_000 + 1_000);
         assert_eq!(t2, 2_000_000 + 1_000);
+    }
+
+    #[test]
+    fn a_download_booked_far_ahead_does_not_hold_up_an_earlier_one() {
+        // 8 Mbit/s = 1 byte per microsecond everywhere.
+        let mut busy = Pipes::new(8.0, 8.0);
+        let mut idle = Pipes::new(8.0, 8.0);
+        let mut me = Pipes::new(8.0, 8.0);
+        // The busy sender's queue is 10 s long: its reply is booked then.
+        busy.up_free = 10_000_000_000;
+        let late = transfer(&mut busy, &mut me, 0, 1_000, 1_000);
+        assert_eq!(late.down.0, 10_000_001_000);
+        // An idle sender's reply arrives now, not after the booked one.
+        let now = transfer(&mut idle, &mut me, 0, 1_000, 1_000);
+        assert_eq!(now.down, (1_000, 1_001_000));
+        assert_eq!(now.done, 1_001_000);
+        // Two arriving together still take turns on the download pipe.
+        let mut other = Pipes::new(8.0, 8.0);
+        let next = transfer(&mut other, &mut me, 0, 1_000, 1_000);
+        assert_eq!(next.down, (1_001_000, 2_001_000));
     }
 
     #[test]

@@ -144,6 +144,21 @@ pub struct End {
     pub chunks_nowhere: u64,
 }
 
+/// What each tier's links did over one stretch of virtual time: the share
+/// of the tier's capacity used (0..1), and how long a reply waited for its
+/// sender's upload pipe on average.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UtilRow {
+    pub from_s: f64,
+    pub to_s: f64,
+    pub origin_up: f64,
+    pub relays_up: f64,
+    pub edges_up: f64,
+    pub edges_down: f64,
+    pub relay_reply_wait_ms: f64,
+    pub edge_reply_wait_ms: f64,
+}
+
 /// A run's report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -168,6 +183,8 @@ pub struct Report {
     pub leaves: u64,
     pub rejoins: u64,
     pub end: End,
+    /// Per-tier link utilisation over time (at most a few dozen rows).
+    pub utilisation: Vec<UtilRow>,
     pub perf: Perf,
 }
 
@@ -281,6 +298,26 @@ impl Report {
                 c.baseline_p90_s,
                 c.slowdown_p90
             );
+        }
+        if !self.utilisation.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nlink use (share of capacity)  origin↑ relays↑  edges↑  edges↓  reply wait ms: relay   edge"
+            );
+            for r in &self.utilisation {
+                let _ = writeln!(
+                    s,
+                    "  {:>7.1}–{:<7.1} s        {:>6.0}% {:>6.0}% {:>6.0}% {:>6.0}%          {:>8.1} {:>6.1}",
+                    r.from_s,
+                    r.to_s,
+                    r.origin_up * 100.0,
+                    r.relays_up * 100.0,
+                    r.edges_up * 100.0,
+                    r.edges_down * 100.0,
+                    r.relay_reply_wait_ms,
+                    r.edge_reply_wait_ms
+                );
+            }
         }
         let _ = writeln!(s, "ended: {} — {}", self.end.reason, self.end.detail);
         let p = &self.perf;

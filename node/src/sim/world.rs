@@ -121,6 +121,8 @@ struct EdgeState {
     picker: Option<Box<Picker>>,
     started: bool,
     swarm: Vec<(u32, u32, u32)>,
+    /// A `Wake` is scheduled for then (0: none).
+    wake_at: Nanos,
 }
 
 struct RelayState {
@@ -178,6 +180,9 @@ enum ReplyKind {
     Good,
     Bad,
     Refused,
+    /// Refused because the server chokes the requester (the node's
+    /// `CODE_CHOKED`): it still holds the chunk.
+    Choked,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +221,8 @@ enum Ev {
     },
     Churn,
     Rejoin(u32),
+    /// A swarming edge's paced seed may be asked again.
+    Wake(u32),
 }
 
 /// Most latency samples kept per tier; past it a uniform reservoir is kept,
@@ -263,9 +270,68 @@ impl Default for Samples {
     }
 }
 
+/// What the links did per second of virtual time: bytes through each tier's
+/// pipes and how long replies waited for the sender's upload pipe. It shows
+/// which resource sat idle while edges waited.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Util {
+    /// Per one-second bucket, indexed by the `U_*` slots.
+    pub(crate) buckets: Vec<[f64; U_SLOTS]>,
+}
+
+pub(crate) const U_ORIGIN_UP: usize = 0;
+pub(crate) const U_RELAYS_UP: usize = 1;
+pub(crate) const U_EDGES_UP: usize = 2;
+pub(crate) const U_EDGES_DOWN: usize = 3;
+/// Nanoseconds relay (edge) replies waited for the upload pipe, summed, and
+/// how many replies that is.
+pub(crate) const U_RELAY_WAIT: usize = 4;
+pub(crate) const U_RELAY_REPLIES: usize = 5;
+pub(crate) const U_EDGE_WAIT: usize = 6;
+pub(crate) const U_EDGE_REPLIES: usize = 7;
+const U_SLOTS: usize = 8;
+
+impl Util {
+    fn bucket(&mut self, i: usize, limit: usize) -> Option<&mut [f64; U_SLOTS]> {
+        if i >= limit {
+            return None;
+        }
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, [0.0; U_SLOTS]);
+        }
+        self.buckets.get_mut(i)
+    }
+
+    /// Adds `v` at time `at`.
+    fn add(&mut self, slot: usize, at: Nanos, v: f64, limit: usize) {
+        if let Some(b) = self.bucket((at / SEC) as usize, limit) {
+            b[slot] += v;
+        }
+    }
+
+    /// Spreads `bytes` evenly over `[start, end)`.
+    fn spread(&mut self, slot: usize, start: Nanos, end: Nanos, bytes: f64, limit: usize) {
+        if end <= start {
+            return self.add(slot, start, bytes, limit);
+        }
+        let per_ns = bytes / (end - start) as f64;
+        let mut t = start;
+        while t < end {
+            let next = ((t / SEC + 1) * SEC).min(end);
+            if let Some(b) = self.bucket((t / SEC) as usize, limit) {
+                b[slot] += per_ns * (next - t) as f64;
+            } else {
+                return;
+            }
+            t = next;
+        }
+    }
+}
+
 /// Counters a run ends with.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outcome {
+    pub(crate) util: Util,
     pub(crate) virtual_end_s: f64,
     pub(crate) events: u64,
     /// (tier label, node index, completion seconds or None).
@@ -323,6 +389,8 @@ pub(crate) struct World {
     exec_shards: bool,
     publish_interval: Nanos,
     out: Outcome,
+    /// Buckets kept for [`Util`]: one per second up to `max_time_s`.
+    util_limit: usize,
     latency: [Samples; 3],
     channels: [Channel; 4],
     churn_rate: f64,
@@ -487,6 +555,7 @@ impl World {
                 picker: None,
                 started: false,
                 swarm: Vec::new(),
+                wake_at: 0,
             }));
             nodes.push(n);
         }
@@ -559,6 +628,7 @@ impl World {
             exec_shards,
             publish_interval: 0,
             out: Outcome::default(),
+            util_limit: s.run.max_time_s.ceil() as usize + 1,
             latency: std::array::from_fn(|i| Samples::new(s.seed ^ (0x1a7e_u64 + i as u64))),
             channels,
             readers: 0,
@@ -653,6 +723,7 @@ impl World {
                 x.picker = Some(Box::new(picker));
                 x.swarm.clear();
                 x.started = false;
+                x.wake_at = 0;
             }
         }
         if let Some(x) = self.nodes[e as usize].edge.as_mut() {
@@ -884,6 +955,18 @@ impl World {
             }
             Ev::Churn => self.churn(now),
             Ev::Rejoin(e) => self.rejoin(e, now),
+            Ev::Wake(e) => {
+                let n = &mut self.nodes[e as usize];
+                let started = n.edge.as_mut().is_some_and(|x| {
+                    if x.wake_at == now {
+                        x.wake_at = 0;
+                    }
+                    x.started
+                });
+                if n.online && started {
+                    self.pump(e, now);
+                }
+            }
         }
     }
 
@@ -995,6 +1078,10 @@ impl World {
     }
 
     fn refuse(&mut self, fetch: u32, server: u32, req: u32, now: Nanos) {
+        self.refuse_as(fetch, server, req, now, ReplyKind::Refused);
+    }
+
+    fn refuse_as(&mut self, fetch: u32, server: u32, req: u32, now: Nanos, kind: ReplyKind) {
         let server_node = &self.nodes[server as usize];
         let at = if server_node.online {
             now + self.latency(server, req)
@@ -1010,7 +1097,7 @@ impl World {
             Ev::Reply {
                 fetch,
                 from: server,
-                kind: ReplyKind::Refused,
+                kind,
             },
         );
     }
@@ -1041,8 +1128,10 @@ impl World {
                         let unchoked =
                             x.is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(req))));
                         let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
-                        if banned || (requester_is_edge && !unchoked) || !holds {
+                        if banned || !holds {
                             self.refuse(fetch, to, req, now);
+                        } else if requester_is_edge && !unchoked {
+                            self.refuse_as(fetch, to, req, now, ReplyKind::Choked);
                         } else {
                             self.send_chunk(fetch, to, req, seq, now, true);
                         }
@@ -1078,14 +1167,44 @@ impl World {
         }
     }
 
+    /// Schedules `bytes` from `from` to `to` on their pipes (see
+    /// [`net::transfer`]) and accounts it in the utilisation buckets.
+    fn transfer(&mut self, from: u32, to: u32, now: Nanos, lat: Nanos, bytes: u64) -> Nanos {
+        let limit = self.util_limit;
+        let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
+        let tr = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, bytes);
+        let ((up_start, up_end), (down_start, down_end)) = (tr.up, tr.down);
+        let done = tr.done;
+        let (ta, tb) = (a.tier, b.tier);
+        let u = &mut self.out.util;
+        let wait = up_start.saturating_sub(now) as f64;
+        match ta {
+            Tier::Origin => u.spread(U_ORIGIN_UP, up_start, up_end, bytes as f64, limit),
+            Tier::Relay => {
+                u.spread(U_RELAYS_UP, up_start, up_end, bytes as f64, limit);
+                u.add(U_RELAY_WAIT, now, wait, limit);
+                u.add(U_RELAY_REPLIES, now, 1.0, limit);
+            }
+            Tier::Edge => {
+                u.spread(U_EDGES_UP, up_start, up_end, bytes as f64, limit);
+                u.add(U_EDGE_WAIT, now, wait, limit);
+                u.add(U_EDGE_REPLIES, now, 1.0, limit);
+            }
+        }
+        if tb == Tier::Edge {
+            u.spread(U_EDGES_DOWN, down_start, down_end, bytes as f64, limit);
+        }
+        done
+    }
+
     /// A pulled chunk from `from` to `to` over a reliable stream.
     fn send_chunk(&mut self, fetch: u32, from: u32, to: u32, seq: u32, now: Nanos, good: bool) {
         let payload = self.s.chunk_len(u64::from(seq));
         let (_, channel) = self.link_of(from, to);
         let wire = net::reliable_bytes(payload + self.chunk_frame_overhead, channel.loss());
         let lat = self.latency(from, to);
+        let done = self.transfer(from, to, now, lat, wire);
         let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
-        let done = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, wire);
         // As the node's `mesh_bytes_out` counts a pull: payload bytes.
         a.bytes_sent += payload;
         if good && a.tier == Tier::Edge && b.tier == Tier::Edge {
@@ -1144,7 +1263,7 @@ impl World {
                 self.out.peers_banned += u64::from(newly_banned);
                 self.send_next(fetch, now);
             }
-            ReplyKind::Refused => self.send_next(fetch, now),
+            ReplyKind::Refused | ReplyKind::Choked => self.send_next(fetch, now),
         }
     }
 
@@ -1179,18 +1298,34 @@ impl World {
             }
             if n.behaviour == Behaviour::Honest {
                 // "Have" to every neighbour, read at once (as the model says).
-                let nbs: Vec<u32> = n
+                // Whether we unchoked each neighbour: the choker's state
+                // (the neighbour learns it one link latency later).
+                let nbs: Vec<(u32, bool)> = n
                     .edge
                     .as_ref()
-                    .map(|x| x.neighbours.iter().map(|nb| nb.id).collect())
+                    .map(|x| {
+                        x.neighbours
+                            .iter()
+                            .map(|nb| (nb.id, x.choker.is_unchoked(PeerId(u64::from(nb.id)))))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                for nb in nbs {
-                    if let Some(p) = self.nodes[nb as usize]
-                        .edge
-                        .as_mut()
-                        .and_then(|x| x.picker.as_mut())
-                    {
-                        p.handle_have(PeerId(u64::from(node)), seq);
+                let mut wake = Vec::new();
+                for (nb, unchoked) in nbs {
+                    if let Some(x) = self.nodes[nb as usize].edge.as_mut() {
+                        if let Some(p) = x.picker.as_mut() {
+                            p.handle_have(PeerId(u64::from(node)), seq);
+                            // The node's swarm loop wakes on every `Have` and
+                            // asks whoever may now have something for it.
+                            if x.started && unchoked {
+                                wake.push(nb);
+                            }
+                        }
+                    }
+                }
+                for nb in wake {
+                    if self.nodes[nb as usize].online {
+                        self.ask_peer(nb, node, now);
                     }
                 }
             }
@@ -1389,6 +1524,47 @@ impl World {
                 asks.push((r.piece, peer));
             }
         }
+        // The node's loop looks again every 100 ms; here, a paced seed's
+        // back-off end is an event of its own.
+        let ready = picker
+            .seed_ready_at()
+            .map(|at| at.saturating_duration_since(self.base).as_nanos() as Nanos)
+            .filter(|&at| at > now);
+        if let Some(at) = ready {
+            if x.wake_at == 0 || x.wake_at > at {
+                x.wake_at = at;
+                self.q.push(at, Ev::Wake(e));
+            }
+        }
+        self.send_swarm_requests(e, asks, now);
+    }
+
+    /// Edge `e` learned that neighbour `peer` (which unchoked it) holds a
+    /// new piece: fill that one peer's pipeline, as the node's loop does.
+    fn ask_peer(&mut self, e: u32, peer: u32, now: Nanos) {
+        let t = self.instant(now);
+        let banned;
+        let mut asks = Vec::new();
+        {
+            let Some(x) = self.nodes[e as usize].edge.as_mut() else {
+                return;
+            };
+            banned = x.reputation.is_banned(PeerId(u64::from(peer)), t);
+            let Some(picker) = x.picker.as_mut() else {
+                return;
+            };
+            if banned || picker.is_complete() {
+                return;
+            }
+            while let Some(r) = picker.poll_request(PeerId(u64::from(peer)), t, &mut x.rng) {
+                asks.push((r.piece, peer));
+            }
+        }
+        self.send_swarm_requests(e, asks, now);
+    }
+
+    /// Sends the picker's requests `(piece, peer)` of edge `e`.
+    fn send_swarm_requests(&mut self, e: u32, asks: Vec<(u32, u32)>, now: Nanos) {
         for (seq, to) in asks {
             let f = Fetch {
                 requester: e,
@@ -1471,6 +1647,18 @@ impl World {
                 }
                 self.out.peers_banned += u64::from(newly_banned);
             }
+            ReplyKind::Choked => {
+                // As the node: it still has the piece; ask again once it
+                // unchokes us.
+                if let Some(x) = self.nodes[req as usize].edge.as_mut() {
+                    if let Some(p) = x.picker.as_mut() {
+                        p.handle_choked(PeerId(u64::from(from)), seq);
+                    }
+                    if let Some(nb) = x.neighbours.iter_mut().find(|n| n.id == from) {
+                        nb.unchoked_us = false;
+                    }
+                }
+            }
             ReplyKind::Refused => {
                 if let Some(p) = self.nodes[req as usize]
                     .edge
@@ -1544,10 +1732,9 @@ impl World {
             .map_or(0, |p| p.parity.current());
         let bytes = self.push_bytes(seq, m);
         let lat = self.latency(from, to);
-        let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
-        let done = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, bytes);
+        let done = self.transfer(from, to, now, lat, bytes);
         // As the node's `mesh_bytes_out` counts a push: every shard frame.
-        a.bytes_sent += bytes;
+        self.nodes[from as usize].bytes_sent += bytes;
         self.q.push(done, Ev::Push { from, to, seq, m });
     }
 

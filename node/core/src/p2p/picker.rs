@@ -16,6 +16,11 @@
 //!    from the neighbour, so the tier above hands each piece to a few edges
 //!    and edges trade the rest — unless no neighbour is being asked for
 //!    anything (then the seed is the only way forward and gets any piece).
+//!    While neighbours are asked, a seed whose last reply queued (took longer
+//!    than an unloaded one) is paced: one request at a time, and none for
+//!    `seed_backoff` times the queueing it showed. A thousand edges share
+//!    four relays: unpaced, each keeps its pipeline full at every relay, the
+//!    relays' queues grow to seconds, and what they send is stale by then.
 //! 4. **Endgame**: once every missing piece is requested, a missing piece may
 //!    be asked of another peer too (at most `endgame_requests` at once); the
 //!    first copy in wins and [`Picker::handle_received`] names the losers to
@@ -148,6 +153,15 @@ pub struct PickerConfig {
     pub request_timeout: Duration,
     /// Most peers tracked.
     pub max_peers: usize,
+    /// Seed pacing while neighbours are being asked: a seed's reply that
+    /// queued `q` longer than an unloaded one keeps this node from asking
+    /// that seed again for `seed_backoff × q` (at most `max_seed_backoff`),
+    /// and one request at a time. Every edge asks the same few seeds, so
+    /// without it their queues grow to (edges × pipeline) pieces and what
+    /// a seed sends is seconds stale; with it the seeds' queues stay short
+    /// and what they send is what no neighbour has yet.
+    pub seed_backoff: u32,
+    pub max_seed_backoff: Duration,
 }
 
 impl PickerConfig {
@@ -164,6 +178,8 @@ impl PickerConfig {
             initial_rate_bytes_per_sec: 125_000_000,
             request_timeout: Duration::from_secs(30),
             max_peers: 1024,
+            seed_backoff: 32,
+            max_seed_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +236,68 @@ struct Peer {
     rate: f64,
     rtt: Duration,
     last_delivery: Option<Instant>,
+    /// A paced seed is not asked for fresh pieces before this.
+    not_before: Option<Instant>,
+}
+
+/// The picker's peers, sorted by id: a few dozen at most in practice, so a
+/// binary search beats hashing on the hot path (every `Have` and every poll
+/// looks a peer up) and iteration order is deterministic.
+#[derive(Debug, Default)]
+struct PeerTable {
+    entries: Vec<(PeerId, Peer)>,
+}
+
+impl PeerTable {
+    fn find(&self, id: &PeerId) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(id))
+    }
+
+    fn contains_key(&self, id: &PeerId) -> bool {
+        self.find(id).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get(&self, id: &PeerId) -> Option<&Peer> {
+        self.find(id).ok().map(|i| &self.entries[i].1)
+    }
+
+    fn get_mut(&mut self, id: &PeerId) -> Option<&mut Peer> {
+        self.find(id).ok().map(|i| &mut self.entries[i].1)
+    }
+
+    fn insert(&mut self, id: PeerId, peer: Peer) {
+        match self.find(&id) {
+            Ok(i) => self.entries[i].1 = peer,
+            Err(i) => self.entries.insert(i, (id, peer)),
+        }
+    }
+
+    fn remove(&mut self, id: &PeerId) -> Option<Peer> {
+        self.find(id).ok().map(|i| self.entries.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Peer> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&PeerId> for PeerTable {
+    type Output = Peer;
+    fn index(&self, id: &PeerId) -> &Peer {
+        match self.get(id) {
+            Some(p) => p,
+            None => panic!("no peer {id:?}"),
+        }
+    }
 }
 
 /// The piece picker for one object.
@@ -242,7 +320,7 @@ pub struct Picker {
     seen: Bitfield,
     deadlines: BTreeSet<(Instant, u32)>,
     deadline_of: HashMap<u32, Instant>,
-    peers: HashMap<PeerId, Peer>,
+    peers: PeerTable,
 }
 
 impl Picker {
@@ -259,7 +337,7 @@ impl Picker {
             seen: Bitfield::new(n),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
         }
     }
 
@@ -386,6 +464,7 @@ impl Picker {
                 rate: self.config.initial_rate_bytes_per_sec as f64,
                 rtt,
                 last_delivery: None,
+                not_before: None,
             },
         );
         Ok(())
@@ -505,6 +584,15 @@ impl Picker {
                 pick = Some((piece, PickReason::Endgame));
                 break;
             }
+        }
+        // A paced seed: one request at a time, and none before its back-off
+        // ends (the reader's deadline pieces above are exempt).
+        let paced = p.seed
+            && self.asking_neighbours()
+            && (p.not_before.is_some_and(|t| now < t)
+                || (p.not_before.is_some() && !p.requests.is_empty()));
+        if pick.is_none() && paced {
+            return None;
         }
         // 2. and 3. Random first, then rarest first, among pieces nobody asked for.
         if pick.is_none() {
@@ -682,6 +770,20 @@ impl Picker {
                 let sample = bytes as f64 / secs;
                 p.rate = 0.75 * p.rate + 0.25 * sample;
                 p.last_delivery = Some(now);
+                if p.seed {
+                    // How much longer than an unloaded reply (one round
+                    // trip and the piece at the link's speed, twice for
+                    // slack) this one took: the seed's queue.
+                    let unloaded = p.rtt.as_secs_f64()
+                        + bytes as f64 / self.config.initial_rate_bytes_per_sec.max(1) as f64;
+                    let took = now.saturating_duration_since(r.sent).as_secs_f64();
+                    let queued = took - 2.0 * unloaded;
+                    p.not_before = (queued > 0.0).then(|| {
+                        let back_off =
+                            Duration::from_secs_f64(queued * f64::from(self.config.seed_backoff));
+                        now + back_off.min(self.config.max_seed_backoff)
+                    });
+                }
             }
         }
         let new = self.set_have(piece);
@@ -715,12 +817,19 @@ impl Picker {
         }
     }
 
+    /// `peer` choked us between our request and its answer: the piece may
+    /// be picked again, and the peer still has it (it is asked again once it
+    /// unchokes us) — unlike [`Picker::handle_failed`], which forgets it.
+    pub fn handle_choked(&mut self, peer: PeerId, piece: u32) {
+        self.take_request(peer, piece);
+    }
+
     /// Gives up requests older than the timeout; returns them (peer, piece)
     /// so the caller cancels them. The pieces may be picked again.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(PeerId, u32)> {
         let timeout = self.config.request_timeout;
         let mut expired = Vec::new();
-        for (id, p) in &self.peers {
+        for (id, p) in self.peers.iter() {
             for r in &p.requests {
                 if now.saturating_duration_since(r.sent) >= timeout {
                     expired.push((*id, r.piece));
@@ -737,6 +846,16 @@ impl Picker {
             }
         }
         expired
+    }
+
+    /// When the earliest paced seed may be asked again (the caller polls
+    /// then, if nothing else woke it).
+    pub fn seed_ready_at(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter(|p| p.seed)
+            .filter_map(|p| p.not_before)
+            .min()
     }
 
     /// Earliest time [`Picker::handle_timeout`] has something to do.
@@ -862,6 +981,65 @@ mod tests {
         // A deadline overrides it: the reader never waits for a trade.
         p.set_piece_deadline(2, t0 + MS);
         assert_eq!(p.poll_request(PeerId(0), t0, &mut rng).unwrap().piece, 2);
+    }
+
+    #[test]
+    fn a_choked_request_keeps_what_the_peer_has_and_a_refused_one_forgets_it() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(2));
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        p.add_peer(PeerId(1), bits(2, &[0]), MS).unwrap();
+        assert_eq!(p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece, 0);
+        // Choked between request and answer: still a holder, asked again.
+        p.handle_choked(PeerId(1), 0);
+        assert!(p.is_interesting(PeerId(1)));
+        assert_eq!(p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece, 0);
+        // Refused outright: forgotten until it announces the piece anew.
+        p.handle_failed(PeerId(1), 0);
+        assert!(!p.is_interesting(PeerId(1)));
+    }
+
+    #[test]
+    fn a_queued_seed_is_paced_while_neighbours_are_asked_and_an_idle_one_is_not() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(64));
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        p.add_seed(PeerId(0), 2 * MS).unwrap();
+        p.add_peer(PeerId(1), bits(64, &(0..32).collect::<Vec<_>>()), 2 * MS)
+            .unwrap();
+        // An unloaded seed (a reply in one piece time) keeps its pipeline.
+        p.poll_request(PeerId(1), t0, &mut rng).unwrap();
+        let a = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        p.handle_received(PeerId(0), a.piece, 1 << 20, t0 + 10 * MS);
+        assert!(p.seed_ready_at().is_none());
+        let t1 = t0 + 10 * MS;
+        let b = p.poll_request(PeerId(0), t1, &mut rng).unwrap();
+        assert!(p.poll_request(PeerId(0), t1, &mut rng).is_some(), "depth 2");
+        // A reply that queued 1 s: no fresh piece from that seed for ~32 s.
+        let t2 = t1 + Duration::from_secs(1);
+        p.handle_received(PeerId(0), b.piece, 1 << 20, t2);
+        let ready = p.seed_ready_at().unwrap();
+        assert!(
+            ready > t2 + Duration::from_secs(30) - MS,
+            "{:?}",
+            ready - t2
+        );
+        assert!(p.poll_request(PeerId(0), t2, &mut rng).is_none());
+        // A reader's deadline still goes to it.
+        let free = (0..64)
+            .find(|&i| !p.have().get(i) && p.requested[i as usize] == 0)
+            .unwrap();
+        p.set_piece_deadline(free, t2);
+        assert_eq!(p.poll_request(PeerId(0), t2, &mut rng).unwrap().piece, free);
+        // Past the back-off, one request at a time while the seed stays slow.
+        let late = ready + Duration::from_secs(1);
+        p.handle_received(PeerId(0), free, 1 << 20, t2 + 10 * MS);
+        assert!(
+            p.seed_ready_at().is_none(),
+            "a prompt reply lifts the pacing"
+        );
+        while p.poll_request(PeerId(0), late, &mut rng).is_some() {}
+        assert_eq!(p.outstanding(PeerId(0)), 2, "its pipeline again");
     }
 
     #[test]
