@@ -832,3 +832,64 @@ async fn an_object_read_while_relay_and_origin_restart_is_served_never_404() {
     assert!(got.body[..] == object[..], "body differs");
     c.stop().await;
 }
+
+/// An origin told to stop (SIGTERM in a pod, which is `Running::shutdown`)
+/// while a live upload is in flight finishes the upload, and every chunk it
+/// acknowledged is then read through the edge with the origin gone: what a
+/// publisher was told is held was handed downstream before the origin left.
+/// Before the ordered drain the peer sessions closed at once, the upload
+/// was still acknowledged, and the chunks after the signal were nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_upload_acknowledged_while_the_origin_drains_is_read_after_it_is_gone() {
+    let mut c = TestCluster::start(
+        "drain-live",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let name = "drain-cam";
+    let upload = {
+        let (origin, token) = (c.origin().http(), c.plan.ingest_token.clone());
+        tokio::spawn(async move {
+            publish_live_from(&origin, &token, name, 16, 4096, Duration::from_millis(40)).await
+        })
+    };
+    // Mid-upload: a few pieces are in, most are still to come.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let origin = c.by_role(Role::Origin)[0];
+    let running = c.nodes[origin].running.take().unwrap();
+    let t = Instant::now();
+    running.shutdown(Duration::from_secs(10)).await;
+    let drained = t.elapsed();
+    let live = upload
+        .await
+        .expect("the upload in flight when the drain began is acknowledged");
+    println!(
+        "drain took {drained:?}; {} chunks acknowledged",
+        live.chunks
+    );
+    assert!(drained < Duration::from_secs(10), "drain took {drained:?}");
+    assert!(live.chunks >= 2, "{} chunks", live.chunks);
+
+    let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
+    let client = Client::new(Duration::from_secs(20));
+    let mut joined = Vec::with_capacity(live.bytes.len());
+    for i in 0..live.chunks as u64 {
+        let seq = live.first + i;
+        let url = format!("{edge}/v1/streams/{name}/{seq}");
+        match client.get(&url, None).await {
+            Ok(r) => joined.extend_from_slice(&r.body),
+            Err(e) => panic!(
+                "chunk {seq} ({} of {}) acknowledged before the origin left is not served: {e}",
+                i + 1,
+                live.chunks
+            ),
+        }
+    }
+    assert!(joined == live.bytes, "the stream read back differs");
+    c.stop().await;
+}

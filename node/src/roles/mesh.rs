@@ -249,7 +249,7 @@ async fn session(
             }
         });
     }
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     tokio::select! {
         _ = conn.closed() => {}
         _ = shutdown.changed() => {
@@ -491,6 +491,7 @@ async fn push_chunk(
     peer.bytes_out
         .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
     shared.mesh_bytes_out.fetch_add(sent, Ordering::Relaxed);
+    shared.note_mesh_activity();
     shared
         .metrics
         .chunks
@@ -523,6 +524,7 @@ async fn serve_request(
         }
     };
     let reply = answer(shared, peer, request).await;
+    shared.note_mesh_activity();
     let len = match &reply {
         Frame::Chunk(c) => c.payload.len() as u64,
         _ => 0,
@@ -668,7 +670,7 @@ pub(crate) async fn dial_loop(
     // the second connection would replace the first mid-handshake.
     let busy: Arc<Mutex<std::collections::HashSet<std::net::SocketAddr>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -750,7 +752,7 @@ pub(crate) fn own_address_towards(
 
 /// Accepts authenticated peers until shutdown.
 pub(crate) async fn accept_loop(shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     loop {
         let accepted = tokio::select! {
             a = shared.endpoint.accept() => a,
@@ -778,7 +780,7 @@ pub(crate) async fn choke_loop(shared: Arc<Shared>) {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::from_entropy();
     let mut tick = tokio::time::interval(shared.settings.unchoke_interval);
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -171,7 +171,16 @@ pub struct Shared {
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
     pub mesh_bytes_out: AtomicU64,
+    /// Draining: readiness fails and the HTTP listeners stop taking
+    /// requests (`Running::shutdown`).
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Set after the drain: peer sessions close. Later than `shutdown`, so
+    /// what the HTTP side acknowledged while draining still reaches the
+    /// mesh, and downstream can repair it from here.
+    pub(crate) mesh_stop: watch::Sender<bool>,
+    /// When this node last sent a push or answered a pull, in ms since
+    /// `started`: the drain lingers until the mesh is quiet.
+    pub(crate) mesh_active_ms: AtomicU64,
     /// The one upstream this node takes pushes from; others serve pulls.
     pub(crate) push_upstream: Mutex<Option<PeerId>>,
     /// The last object version this origin handed out (`next_version`).
@@ -592,6 +601,59 @@ impl Shared {
                     break;
                 }
                 let id = ChunkId::new(stream, seq);
+                if shared.store.contains(&id, Instant::now()) {
+                    continue;
+                }
+                let outcome = match shared.fetch(id).await {
+                    Ok(_) => "pulled",
+                    Err(_) => "failed",
+                };
+                shared.metrics.catch_up.with_label_values(&[outcome]).inc();
+            }
+            shared.catching_up.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Pushed chunks whose FEC group expired unrebuilt (`failed`): pulls
+    /// them in the background, as `catch_up` pulls a gap. A gap is seen
+    /// only when a later push arrives; the last chunks of a stream have
+    /// none, and if their upstream then goes (an origin restarting) they
+    /// would be nowhere. Bounded like `catch_up`.
+    pub(crate) fn repair_failed(self: &Arc<Self>, failed: Vec<ChunkId>) {
+        if failed.is_empty() || self.settings.role == Role::Origin || self.is_shutting_down() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
+            self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .catch_up
+                .with_label_values(&["skipped"])
+                .inc_by(failed.len() as u64);
+            return;
+        }
+        // Only streams a verified chunk already came for: shards anyone can
+        // send must not make this node pull arbitrary ids upstream.
+        let failed: Vec<ChunkId> = {
+            let heads = self.heads.lock();
+            failed
+                .into_iter()
+                .filter(|id| heads.contains_key(&id.stream))
+                .take(MAX_CATCH_UP_CHUNKS as usize)
+                .collect()
+        };
+        if failed.is_empty() {
+            self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let shared = self.clone();
+        rt.spawn(async move {
+            for id in failed {
+                if shared.is_shutting_down() {
+                    break;
+                }
                 if shared.store.contains(&id, Instant::now()) {
                     continue;
                 }
@@ -1336,9 +1398,43 @@ impl Shared {
         self.peers.read().values().cloned().collect()
     }
 
-    /// Asks every task to stop.
+    /// Starts draining: readiness fails, the HTTP listeners stop accepting
+    /// and finish the requests they are in. The mesh keeps running until
+    /// [`Shared::stop_mesh`].
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Closes every peer session and stops the mesh's loops.
+    pub fn stop_mesh(&self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.mesh_stop.send(true);
+    }
+
+    /// Resolves when the mesh is to stop.
+    pub(crate) fn mesh_stop_signal(&self) -> watch::Receiver<bool> {
+        self.mesh_stop.subscribe()
+    }
+
+    /// Records that the mesh moved data (a push sent, a pull answered).
+    pub(crate) fn note_mesh_activity(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.mesh_active_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the mesh last moved data.
+    pub(crate) fn mesh_quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.mesh_active_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Chunks waiting in the push queues of every peer.
+    pub(crate) fn pushes_queued(&self) -> usize {
+        self.peers
+            .read()
+            .values()
+            .map(|p| p.push.max_capacity() - p.push.capacity())
+            .sum()
     }
 
     /// Re-reads the trust bundle; true if the key ring changed. An older

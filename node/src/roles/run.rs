@@ -46,15 +46,58 @@ pub struct Running {
     pub mesh_addr: std::net::SocketAddr,
     pub http_addr: Option<std::net::SocketAddr>,
     pub admin_addr: std::net::SocketAddr,
+    /// The client, ingest and admin listeners: drained first.
+    http_tasks: tokio::task::JoinSet<()>,
+    /// The mesh and upkeep: stopped after the drain.
     tasks: tokio::task::JoinSet<()>,
 }
 
+/// The longest a drain waits for the mesh to go quiet before it closes
+/// the peer sessions anyway.
+const MAX_LINGER: Duration = Duration::from_secs(5);
+
 impl Running {
-    /// Stops accepting, lets in-flight work finish for up to `grace`, then
-    /// stops every task.
+    /// Drains, in the order that loses nothing, all within `grace`:
+    ///
+    /// 1. readiness fails and the HTTP listeners stop accepting; requests
+    ///    in flight finish with the mesh still up (an edge's read fetches
+    ///    through it, an origin's upload pushes through it);
+    /// 2. an origin or relay sends what its push queues hold, then stays
+    ///    in the mesh until it has been quiet (no push sent, no pull
+    ///    answered) for the time downstream takes to notice a chunk FEC
+    ///    could not rebuild and pull it: what was acknowledged to a
+    ///    publisher is held downstream before this node goes;
+    /// 3. the peer sessions close and every task stops.
     pub async fn shutdown(mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         self.shared.shutdown();
-        let _ = tokio::time::timeout(grace, async {
+        let _ = tokio::time::timeout_at(deadline, async {
+            while self.http_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.http_tasks.abort_all();
+        if self.shared.settings.role != Role::Edge {
+            let linger_deadline = deadline.min(tokio::time::Instant::now() + MAX_LINGER);
+            let quiet = self.shared.settings.drain_quiet();
+            loop {
+                let queued = self.shared.pushes_queued();
+                let quiet_for = self.shared.mesh_quiet_for();
+                if queued == 0 && quiet_for >= quiet {
+                    break;
+                }
+                if tokio::time::Instant::now() >= linger_deadline {
+                    tracing::warn!(
+                        queued,
+                        quiet_for_ms = quiet_for.as_millis() as u64,
+                        "drain: the mesh was still busy when the drain's time ran out"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.shared.stop_mesh();
+        let _ = tokio::time::timeout_at(deadline, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -139,6 +182,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         ingested_bytes: AtomicU64::new(0),
         mesh_bytes_out: AtomicU64::new(0),
         shutdown,
+        mesh_stop: watch::channel(false).0,
+        mesh_active_ms: AtomicU64::new(0),
         push_upstream: Mutex::new(None),
         last_version: std::sync::atomic::AtomicU64::new(0),
         origin_store,
@@ -167,6 +212,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
     }
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut http_tasks = tokio::task::JoinSet::new();
     tasks.spawn(mesh::accept_loop(shared.clone()));
     if let Some(up) = shared.settings.upstreams.clone() {
         tasks.spawn(mesh::dial_loop(shared.clone(), discovery::spawn(up), false));
@@ -197,7 +243,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
                 message: e.to_string(),
             })?;
             let resolver = Arc::new(super::certs::Resolver::new(set));
-            tasks.spawn(super::certs::watch(
+            http_tasks.spawn(super::certs::watch(
                 resolver.clone(),
                 t.cert_dirs.clone(),
                 Duration::from_secs(t.reload_interval_seconds.get()),
@@ -226,7 +272,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             );
             Some(
                 serve_http(
-                    &mut tasks,
+                    &mut http_tasks,
                     &shared,
                     "http",
                     shared.settings.http_listen,
@@ -250,7 +296,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
             ));
             Some(
                 serve_http(
-                    &mut tasks,
+                    &mut http_tasks,
                     &shared,
                     "http",
                     shared.settings.http_listen,
@@ -268,7 +314,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         shared.settings.config_path.clone(),
     );
     let admin_addr = serve_http(
-        &mut tasks,
+        &mut http_tasks,
         &shared,
         "admin",
         shared.settings.admin_listen,
@@ -289,6 +335,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         mesh_addr,
         http_addr,
         admin_addr,
+        http_tasks,
         tasks,
     })
 }
@@ -388,7 +435,7 @@ async fn watch_trust_bundle(shared: Arc<Shared>, path: std::path::PathBuf) {
     let digest = |p: &std::path::Path| std::fs::read(p).ok().map(|b| blake3::hash(&b));
     let mut last = digest(&path);
     let mut tick = tokio::time::interval(TRUST_BUNDLE_POLL);
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -414,7 +461,7 @@ async fn watch_trust_bundle(shared: Arc<Shared>, path: std::path::PathBuf) {
 /// Periodic upkeep: expire the store and stale FEC groups, refresh gauges.
 async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut shutdown = shared.shutdown_signal();
+    let mut shutdown = shared.mesh_stop_signal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -426,16 +473,17 @@ async fn housekeeping(shared: Arc<Shared>) {
         shared.forget_live(left);
         let expired = shared.assembler.lock().expire(now);
         // A group whose chunk arrived some other way (a repair) did not fail.
-        let failed = expired
-            .iter()
+        let failed: Vec<_> = expired
+            .into_iter()
             .filter(|id| !shared.store.contains(id, now))
-            .count();
-        if failed > 0 {
+            .collect();
+        if !failed.is_empty() {
             shared
                 .metrics
                 .fec_groups
                 .with_label_values(&["failed"])
-                .inc_by(failed as u64);
+                .inc_by(failed.len() as u64);
+            shared.repair_failed(failed);
         }
         shared.refresh_gauges();
     }

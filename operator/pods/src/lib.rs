@@ -63,6 +63,9 @@ struct PodRun {
     /// Restarts in a row, for the back-off.
     crash_loop: u32,
     started_at: Instant,
+    /// `terminationGracePeriodSeconds` (Kubernetes' default 30): how long
+    /// a stop waits after SIGTERM before it kills.
+    grace_seconds: i64,
 }
 
 /// The kubelet's restart back-off: the first restart at once, then 10 s,
@@ -540,8 +543,9 @@ impl Runner {
         let Some(p) = self.pods.lock().remove(pod) else {
             return Ok(());
         };
-        // SIGTERM, then the grace period (the node drains in up to 10 s).
-        let _ = docker(&args(["stop", "-t", "10", &p.container])).await;
+        // SIGTERM, then the pod's grace period, as the kubelet does.
+        let grace = p.grace_seconds.max(0).to_string();
+        let _ = docker(&args(["stop", "-t", &grace, &p.container])).await;
         let _ = docker(&args(["rm", "-f", &p.container])).await;
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         match pod_api.delete(pod, &DeleteParams::default()).await {
@@ -990,6 +994,7 @@ impl Runner {
                 last_termination: None,
                 crash_loop: 0,
                 started_at: Instant::now(),
+                grace_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
             },
         );
         Ok(())
