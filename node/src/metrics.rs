@@ -246,7 +246,7 @@ impl Metrics {
             catch_up: counter(
                 r,
                 "dcdn_catch_up_chunks_total",
-                "Chunks a push skipped over (a gap after an outage), pulled in the background: pulled, failed, skipped.",
+                "Pushed chunks that did not arrive whole (a gap after an outage, a FEC group that could not be rebuilt), pulled in the background: pulled, failed, skipped.",
                 &["outcome"],
             )?,
             upstream_fetches: counter(

@@ -121,6 +121,10 @@ pub trait Publish: Send + Sync + 'static {
     }
     /// The sequence number the next chunk of live `stream` gets.
     fn next_live_seq(&self, stream: StreamId) -> u64;
+    /// A live upload ended with chunk `last`, acknowledged next: tell
+    /// downstream where the stream stands, so a tail whose push did not
+    /// arrive is pulled (a push gap shows only when a later chunk comes).
+    fn live_upload_ended(&self, _last: crate::chunk::ChunkId) {}
     /// The version the next publish of an object gets: higher than every
     /// version handed out before.
     fn next_version(&self) -> u64;
@@ -502,6 +506,11 @@ async fn put_live<P: Publish>(
             publish(&*state.publisher, stream, seq, payload, true).await?;
             seq += 1;
         }
+    }
+    if seq > first_seq {
+        state
+            .publisher
+            .live_upload_ended(crate::chunk::ChunkId::new(stream, seq - 1));
     }
     let digest = *hasher.finalize().as_bytes();
     Ok((

@@ -197,7 +197,14 @@ async fn session(
         tasks.spawn(async move {
             while let Ok((send, recv)) = peer.conn.accept_bi().await {
                 let (shared, peer) = (shared.clone(), peer.clone());
-                tokio::spawn(async move { serve_request(&shared, &peer, send, recv).await });
+                tokio::spawn(async move {
+                    // A drain waits for requests being answered.
+                    shared.note_mesh_activity();
+                    shared.pulls_serving.fetch_add(1, Ordering::Relaxed);
+                    serve_request(&shared, &peer, send, recv).await;
+                    shared.pulls_serving.fetch_sub(1, Ordering::Relaxed);
+                    shared.note_mesh_activity();
+                });
             }
         });
     }
@@ -301,6 +308,9 @@ fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
         Frame::Have { id } => {
             peer.have.lock().insert(id);
             shared.swarms.on_have(peer.id, id);
+            if peer.role.is_upstream_of(shared.settings.role) {
+                shared.head_announced(id, peer.id);
+            }
         }
         Frame::Bitfield {
             stream,
@@ -524,7 +534,6 @@ async fn serve_request(
         }
     };
     let reply = answer(shared, peer, request).await;
-    shared.note_mesh_activity();
     let len = match &reply {
         Frame::Chunk(c) => c.payload.len() as u64,
         _ => 0,

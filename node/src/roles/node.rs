@@ -181,6 +181,8 @@ pub struct Shared {
     /// When this node last sent a push or answered a pull, in ms since
     /// `started`: the drain lingers until the mesh is quiet.
     pub(crate) mesh_active_ms: AtomicU64,
+    /// Pull requests from peers being answered now.
+    pub(crate) pulls_serving: std::sync::atomic::AtomicUsize,
     /// The one upstream this node takes pushes from; others serve pulls.
     pub(crate) push_upstream: Mutex<Option<PeerId>>,
     /// The last object version this origin handed out (`next_version`).
@@ -665,6 +667,37 @@ impl Shared {
             }
             shared.catching_up.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Tells subscribed downstream peers (all but `from`) that `last` is
+    /// the newest chunk of its stream, on the control stream, which is
+    /// reliable where pushes are not.
+    pub(crate) fn announce_head(&self, last: ChunkId, from: Option<PeerId>) {
+        for peer in self.peers.read().values() {
+            if Some(peer.id) != from && peer.subscribed.load(Ordering::Relaxed) {
+                let _ = peer.control.try_send(Frame::Have { id: last });
+            }
+        }
+    }
+
+    /// An upstream announced `last` as its stream's newest chunk
+    /// (`announce_head`). Newer than anything pushed here: the tail's
+    /// datagrams were lost and no later chunk will show the gap, so it is
+    /// pulled as a gap is (after the reassembly timeout, skipping what
+    /// arrived meanwhile). Only for streams pushes came for: an
+    /// announcement cannot make this node pull a whole stream. A relay
+    /// passes it on.
+    pub(crate) fn head_announced(self: &Arc<Self>, last: ChunkId, from: PeerId) {
+        if self.settings.role == Role::Origin {
+            return;
+        }
+        let before = self.heads.lock().get(&last.stream).copied();
+        if let Some(before) = before.filter(|&h| last.seq > h) {
+            self.catch_up(last.stream, before + 1, last.seq + 1);
+        }
+        if before.is_some() && self.settings.role == Role::Relay {
+            self.announce_head(last, Some(from));
+        }
     }
 
     /// The newest sequence number held for `stream`.

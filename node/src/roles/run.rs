@@ -22,7 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -70,8 +70,15 @@ impl Running {
     /// 3. the peer sessions close and every task stops.
     pub async fn shutdown(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
+        // Requests that do not end (a live upload that goes on) must not
+        // take the time the mesh needs to hand over what was acknowledged.
+        let linger_budget = if self.shared.settings.role == Role::Edge {
+            Duration::ZERO
+        } else {
+            MAX_LINGER.min(grace / 2)
+        };
         self.shared.shutdown();
-        let _ = tokio::time::timeout_at(deadline, async {
+        let _ = tokio::time::timeout_at(deadline - linger_budget, async {
             while self.http_tasks.join_next().await.is_some() {}
         })
         .await;
@@ -81,13 +88,15 @@ impl Running {
             let quiet = self.shared.settings.drain_quiet();
             loop {
                 let queued = self.shared.pushes_queued();
+                let serving = self.shared.pulls_serving.load(Ordering::Relaxed);
                 let quiet_for = self.shared.mesh_quiet_for();
-                if queued == 0 && quiet_for >= quiet {
+                if queued == 0 && serving == 0 && quiet_for >= quiet {
                     break;
                 }
                 if tokio::time::Instant::now() >= linger_deadline {
                     tracing::warn!(
                         queued,
+                        serving,
                         quiet_for_ms = quiet_for.as_millis() as u64,
                         "drain: the mesh was still busy when the drain's time ran out"
                     );
@@ -184,6 +193,7 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         shutdown,
         mesh_stop: watch::channel(false).0,
         mesh_active_ms: AtomicU64::new(0),
+        pulls_serving: Default::default(),
         push_upstream: Mutex::new(None),
         last_version: std::sync::atomic::AtomicU64::new(0),
         origin_store,
@@ -458,9 +468,12 @@ async fn watch_trust_bundle(shared: Arc<Shared>, path: std::path::PathBuf) {
     }
 }
 
+/// How often `housekeeping` runs.
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_millis(500);
+
 /// Periodic upkeep: expire the store and stale FEC groups, refresh gauges.
 async fn housekeeping(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(HOUSEKEEPING_TICK);
     let mut shutdown = shared.mesh_stop_signal();
     loop {
         tokio::select! {
@@ -638,6 +651,10 @@ impl Publish for OriginPublisher {
 
     fn next_live_seq(&self, stream: crate::chunk::StreamId) -> u64 {
         self.0.head(stream).map_or(0, |h| h + 1)
+    }
+
+    fn live_upload_ended(&self, last: crate::chunk::ChunkId) {
+        self.0.announce_head(last, None);
     }
 
     fn next_version(&self) -> u64 {

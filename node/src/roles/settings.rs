@@ -162,10 +162,12 @@ impl NodeSettings {
 
     /// How long a draining origin or relay waits with nothing to send or
     /// answer before it leaves the mesh: downstream gives up rebuilding a
-    /// pushed chunk after the reassembly timeout and then pulls it, which
-    /// must still find this node.
+    /// pushed chunk after the reassembly timeout (seen on its next upkeep
+    /// tick) and then pulls it, which must still find this node.
     pub fn drain_quiet(&self) -> Duration {
-        Duration::from_millis(self.config.fec.reassembly_timeout_ms.get()) + self.repair_delay * 2
+        Duration::from_millis(self.config.fec.reassembly_timeout_ms.get())
+            + crate::roles::run::HOUSEKEEPING_TICK
+            + self.repair_delay * 2
     }
 
     pub fn reputation_config(&self) -> ReputationConfig {
