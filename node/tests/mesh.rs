@@ -984,3 +984,61 @@ async fn live_uploads_over_a_lossy_relay_link_are_whole_downstream_after_the_ori
     }
     c.stop().await;
 }
+
+/// The manifest's side of the same restart: an edge and a relay that both
+/// restarted empty, the origin down. A relay that cannot reach its origin
+/// says so (503), never "not found": before, it answered NotFound for any
+/// failure of its own fetch and the edge answered 404 for an object that
+/// exists (seen on pods during a rollout: `object-118.bin not found`). Then
+/// a read started with the origin down is served whole once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_asked_for_while_relay_and_origin_restart_is_never_404() {
+    let mut c = TestCluster::start(
+        "restart-manifest",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        small,
+        |_| {},
+    )
+    .await;
+    let object = payload(11, 3 * 65536 + 17);
+    publish_object(&c, "roll/manifest.bin", &object).await;
+    let (origin, relay, edge) = (
+        c.by_role(Role::Origin)[0],
+        c.by_role(Role::Relay)[0],
+        c.by_role(Role::Edge)[0],
+    );
+    c.nodes[origin].stop().await;
+    c.nodes[relay].stop().await;
+    c.nodes[edge].stop().await;
+    c.restart_node(relay).await;
+    c.restart_node(edge).await;
+    let url = format!("{}/v1/objects/roll/manifest.bin", c.nodes[edge].http());
+    let client = Client::new(Duration::from_secs(30));
+    let t = Instant::now();
+    match client.get(&url, None).await {
+        Err(ClientError::Status { status, body, .. }) => {
+            assert_eq!(status.as_u16(), 503, "{body}");
+        }
+        Ok(r) => panic!("the origin is down, yet {}", r.status),
+        Err(e) => panic!("expected 503 with the origin down, got {e}"),
+    }
+    let waited = t.elapsed();
+    println!("the read failed with 503 after {waited:?} with the origin down");
+    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+
+    let reader = {
+        let url = url.clone();
+        tokio::spawn(async move { Client::new(Duration::from_secs(30)).get(&url, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.restart_node(origin).await;
+    let got = reader
+        .await
+        .unwrap()
+        .expect("a read across the origin restart");
+    assert!(got.body[..] == object[..], "body differs");
+    c.stop().await;
+}

@@ -27,14 +27,13 @@ DCDN_PODS_BUILD=1 testbed/pods/run.sh deploy/examples/minimal.yaml --scenarios=r
 # chunks rejected on any pod, every pod left with only the new key). Its
 # Draining phase waits one chunk TTL, so it runs on a copy of the kind
 # example with a 40 s TTL instead of 300 s (5 minutes less).
-# Scenario 2 (a config change rolls edges, relays, the origin while a client
-# reads) runs when asked (DCDN_PODS_ALL=1): in 1 of its last 3 runs one
-# live-stream read got `not_yet` while the origin pod itself restarted
-# (issue #13's note); it joins CI once that is understood.
+# Before it, scenario 2: a config change rolls edges, relays, then the
+# origin while a client publishes and reads through the edge Service: no
+# read fails (a live read once got `not_yet` while the origin pod itself
+# restarted: its drain closed the mesh before what it had acknowledged was
+# pushed; the drain is ordered now, issue #13).
 ci_file=$(mktemp --suffix=.yaml)
 trap 'rm -f "$ci_file"' EXIT
 sed 's/chunk_ttl_seconds: 300/chunk_ttl_seconds: 40/' deploy/examples/kind.yaml > "$ci_file"
 grep -q 'chunk_ttl_seconds: 40' "$ci_file"
-scenarios=kill,scale,broken-origin
-[ "${DCDN_PODS_ALL:-}" = 1 ] && scenarios=$scenarios,rollout
-testbed/pods/run.sh "$ci_file" --scenarios=$scenarios,rotation
+testbed/pods/run.sh "$ci_file" --scenarios=kill,scale,broken-origin,rollout,rotation

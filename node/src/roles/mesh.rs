@@ -646,6 +646,20 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
                     code: crate::roles::upstream::CODE_UPSTREAM_FAILED,
                     message: e,
                 },
+                // A relay says "not found" only when its upstream said so;
+                // an upstream it cannot reach now (the origin restarting)
+                // says nothing about the name, and a NotFound here became a
+                // client's 404 for an object that exists.
+                Err(e)
+                    if shared.settings.role == Role::Relay
+                        && !e.contains("has no manifest")
+                        && !e.contains(crate::roles::uploads::UPLOAD_OPEN) =>
+                {
+                    shared.upload_answer(object).unwrap_or(Frame::Error {
+                        code: CODE_UNAVAILABLE,
+                        message: format!("cannot get the manifest of {object} upstream now: {e}"),
+                    })
+                }
                 Err(_) => shared.upload_answer(object).unwrap_or(Frame::NotFound {
                     id: ChunkId::new(object, u64::MAX),
                 }),

@@ -1209,7 +1209,7 @@ impl Shared {
                     let shared = self.clone();
                     let name = name.to_owned();
                     tokio::spawn(async move {
-                        if let Err(e) = shared.revalidate_manifest(object, &name).await {
+                        if let Err(e) = shared.revalidate_manifest(object, &name, false).await {
                             tracing::debug!(error = %e, object = %object, "refreshing a manifest ahead failed");
                         }
                     });
@@ -1217,7 +1217,7 @@ impl Shared {
                 return Ok(m.clone());
             }
         }
-        let got = self.revalidate_manifest(object, name).await;
+        let got = self.revalidate_manifest(object, name, held.is_none()).await;
         match (got, held) {
             (Ok(m), _) => Ok(m),
             (Err(FlightError::Failed(e)), Some(_))
@@ -1237,84 +1237,128 @@ impl Shared {
     /// Asks the upstreams, once however many callers ask at once, for the
     /// newest manifest of `object`; a verified answer is recorded (and so
     /// confirms the version held).
+    ///
+    /// `wait`: with no version held, a round where no upstream could answer
+    /// is tried again for a bounded time; with one held, the held version
+    /// is served at once instead.
     async fn revalidate_manifest(
         self: &Arc<Self>,
         object: StreamId,
         name: &str,
+        wait: bool,
     ) -> Result<ManifestFrame, FlightError<String>> {
         let shared = self.clone();
         let name = name.to_owned();
         self.manifest_flight
             .run(object, || async move {
-                let upstream: Vec<Arc<Peer>> = shared
-                    .peers
-                    .read()
-                    .values()
-                    .filter(|p| p.role.is_upstream_of(shared.settings.role))
-                    .cloned()
-                    .collect();
-                let mut last = format!("no upstream connected to ask for manifest {object}");
-                for peer in upstream {
-                    match request(
-                        &peer.conn,
-                        &Frame::ManifestRequest {
-                            object,
-                            name: name.clone(),
-                        },
-                        shared.settings.request_timeout,
-                    )
-                    .await
-                    {
-                        Ok(Frame::Manifest(m)) if StreamId::object_key(&m.name) == object => {
-                            shared.accept_manifest(m.clone(), Some(peer.id))?;
-                            // What we hold now may be newer than the answer
-                            // (a push overtook it): serve the newest.
-                            return Ok(shared
-                                .manifests
-                                .lock()
-                                .newest(object)
-                                .map_or(m, |(n, _)| n));
-                        }
-                        Ok(Frame::Upload(u)) => {
-                            // No complete version, but an upload is open
-                            // (or was aborted): recorded for readers, and
-                            // said "no manifest" to everyone else.
-                            let state = u.state;
-                            shared.accept_upload(u, object)?;
-                            if state == crate::chunk::wire::UploadState::Open {
-                                return Err(format!(
-                                    "{} {}",
-                                    peer.name,
-                                    crate::roles::uploads::UPLOAD_OPEN
-                                ));
+                // As `fetch_uncached`: only an upstream's "not found" is an
+                // answer; none connected, one that cannot be reached or one
+                // that cannot reach its own (a rollout restarting relays,
+                // then the origin) is waited out for a bounded time, never
+                // turned into a client's 404 for an object that exists.
+                let started = Instant::now();
+                loop {
+                    match shared.ask_manifest_once(object, &name).await {
+                        ManifestAsk::Answer(result) => return result,
+                        ManifestAsk::Unavailable(why) => {
+                            if !wait || started.elapsed() >= SOURCE_GONE_WAIT {
+                                return Err(why);
                             }
-                            last = format!(
-                                "{} has no manifest for {object} (upload aborted)",
-                                peer.name
-                            )
+                            tracing::debug!(%object, error = %why, "manifest: no upstream can answer now; waiting for one");
+                            tokio::time::sleep(SOURCE_GONE_POLL).await;
                         }
-                        Ok(Frame::NotFound { .. }) => {
-                            shared.uploads.lock().forget(object);
-                            last = format!("{} has no manifest for {object}", peer.name)
-                        }
-                        Ok(Frame::Error { code, message })
-                            if code == crate::roles::upstream::CODE_UPSTREAM_FAILED =>
-                        {
-                            // The origin's upstream failed: an answer, not a
-                            // missing peer, so no version held stands in.
-                            last = if message.contains(crate::roles::upstream::UPSTREAM_FAILED) {
-                                message
-                            } else {
-                                format!("{}: {message}", crate::roles::upstream::UPSTREAM_FAILED)
-                            };
-                        }
-                        Ok(other) => last = format!("{} answered with {}", peer.name, other.kind()),
-                        Err(e) => last = format!("{}: {e}", peer.name),
                     }
                 }
-                Err(last)
             })
             .await
+    }
+
+    /// One round of asking every upstream for `object`'s newest manifest.
+    async fn ask_manifest_once(self: &Arc<Self>, object: StreamId, name: &str) -> ManifestAsk {
+        let shared = self;
+        let upstream: Vec<Arc<Peer>> = shared
+            .peers
+            .read()
+            .values()
+            .filter(|p| p.role.is_upstream_of(shared.settings.role))
+            .cloned()
+            .collect();
+        let mut unavailable = format!("no upstream connected to ask for manifest {object}");
+        // An upstream's "no such name" stands however the others fail.
+        let mut answer: Option<String> = None;
+        for peer in upstream {
+            match request(
+                &peer.conn,
+                &Frame::ManifestRequest {
+                    object,
+                    name: name.to_owned(),
+                },
+                shared.settings.request_timeout,
+            )
+            .await
+            {
+                Ok(Frame::Manifest(m)) if StreamId::object_key(&m.name) == object => {
+                    if let Err(e) = shared.accept_manifest(m.clone(), Some(peer.id)) {
+                        return ManifestAsk::Answer(Err(e));
+                    }
+                    // What we hold now may be newer than the answer (a push
+                    // overtook it): serve the newest.
+                    return ManifestAsk::Answer(Ok(shared
+                        .manifests
+                        .lock()
+                        .newest(object)
+                        .map_or(m, |(n, _)| n)));
+                }
+                Ok(Frame::Upload(u)) => {
+                    // No complete version, but an upload is open (or was
+                    // aborted): recorded for readers, and said "no manifest"
+                    // to everyone else.
+                    let state = u.state;
+                    if let Err(e) = shared.accept_upload(u, object) {
+                        return ManifestAsk::Answer(Err(e));
+                    }
+                    if state == crate::chunk::wire::UploadState::Open {
+                        return ManifestAsk::Answer(Err(format!(
+                            "{} {}",
+                            peer.name,
+                            crate::roles::uploads::UPLOAD_OPEN
+                        )));
+                    }
+                    answer.get_or_insert(format!(
+                        "{} has no manifest for {object} (upload aborted)",
+                        peer.name
+                    ));
+                }
+                Ok(Frame::NotFound { .. }) => {
+                    shared.uploads.lock().forget(object);
+                    answer.get_or_insert(format!("{} has no manifest for {object}", peer.name));
+                }
+                Ok(Frame::Error { code, message })
+                    if code == crate::roles::upstream::CODE_UPSTREAM_FAILED =>
+                {
+                    // The origin's upstream failed: an answer, not a
+                    // missing peer, so no version held stands in.
+                    answer.get_or_insert(
+                        if message.contains(crate::roles::upstream::UPSTREAM_FAILED) {
+                            message
+                        } else {
+                            format!("{}: {message}", crate::roles::upstream::UPSTREAM_FAILED)
+                        },
+                    );
+                }
+                Ok(Frame::Error { message, .. }) => {
+                    unavailable = format!("{}: {message}", peer.name);
+                }
+                Ok(other) => {
+                    unavailable = format!("{} answered with {}", peer.name, other.kind());
+                }
+                Err(e) => unavailable = format!("{}: {e}", peer.name),
+            }
+        }
+        match answer {
+            Some(e) => ManifestAsk::Answer(Err(e)),
+            None => ManifestAsk::Unavailable(unavailable),
+        }
     }
 
     /// Chunk `id` from the origin of record, signed afresh (its bytes and id
@@ -1743,6 +1787,14 @@ const FETCH_ROUNDS: usize = 3;
 /// origin still answers its edge before the edge gives up on it.
 const SOURCE_GONE_WAIT: Duration = Duration::from_secs(5);
 const SOURCE_GONE_POLL: Duration = Duration::from_millis(200);
+
+/// What one round of asking the upstreams for a manifest came to.
+enum ManifestAsk {
+    /// A manifest, or an upstream's answer that there is none.
+    Answer(Result<ManifestFrame, String>),
+    /// No upstream could answer now.
+    Unavailable(String),
+}
 
 /// Why the sources of one fetch round did not bring the chunk.
 #[derive(Default)]
