@@ -468,8 +468,10 @@ mod tests {
             assert_eq!(e.completed, e.nodes, "{:?}", r.end);
             e.seconds.unwrap().p99
         };
+        // In-order readers trade too once the thin relay says "busy" (its
+        // admission sends them to neighbours: ~65 %), swarming edges more.
         assert!(
-            swarm.bytes.edge_to_edge_share > readers.bytes.edge_to_edge_share + 0.2,
+            swarm.bytes.edge_to_edge_share > readers.bytes.edge_to_edge_share + 0.15,
             "{:?} vs {:?}",
             swarm.bytes,
             readers.bytes

@@ -165,7 +165,9 @@ pub struct PickerConfig {
     /// A peer that answered "busy" ([`super::admission`]) is not asked
     /// anything for `busy_backoff × 2^(busy answers in a row − 1)` (at most
     /// `max_busy_backoff`), jittered ±50 % so a thousand edges refused
-    /// together do not come back together.
+    /// together do not come back together. The cap is short: a piece only
+    /// the relays have yet must not wait seconds on one edge (a 2 s cap
+    /// made the slowest edge of a small burst slower than no admission).
     pub busy_backoff: Duration,
     pub max_busy_backoff: Duration,
 }
@@ -187,7 +189,7 @@ impl PickerConfig {
             seed_backoff: 32,
             max_seed_backoff: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
-            max_busy_backoff: Duration::from_secs(2),
+            max_busy_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -1115,8 +1117,8 @@ mod tests {
             now = next;
         }
         assert!(
-            last >= Duration::from_secs(1) && last < Duration::from_secs(3),
-            "capped at 2 s ± 50 %: {last:?}"
+            last >= 250 * MS && last < 750 * MS,
+            "capped at 500 ms ± 50 %: {last:?}"
         );
         // A piece delivered resets it: the next busy is short again.
         let r = p.poll_request(PeerId(0), now, &mut rng).unwrap();
