@@ -129,6 +129,9 @@ pub struct Metrics {
     pub swarm_bytes: IntCounterVec,
     /// Swarms by how they ended or why they were refused.
     pub swarms: IntCounterVec,
+    /// Pull requests from edges a relay answered "busy" (its uplink's
+    /// queue was past the admission bound, `p2p::admission`).
+    pub pulls_busy: IntCounter,
     /// Chunks held and wanted by the swarms running now (preheat progress).
     pub swarm_chunks: IntGaugeVec,
     /// Preheat requests by outcome.
@@ -170,6 +173,11 @@ impl Metrics {
                 "dcdn_swarm_bytes_total",
                 "Payload bytes an edge pulled while swarming an object, by the sender's role (edge, relay, origin).",
                 &["from"],
+            )?,
+            pulls_busy: counter1(
+                r,
+                "dcdn_pulls_busy_total",
+                "Pull requests from edges this relay answered busy: the pull replies queued on its uplink took longer than the admission bound to send.",
             )?,
             swarms: counter(
                 r,

@@ -340,6 +340,56 @@ async fn only_a_preheat_the_origin_signed_makes_an_edge_pull() {
     c.stop().await;
 }
 
+/// A relay whose uplink budget is tiny (1 Mbit/s: 100 ms is 12.5 KB, less
+/// than one 16 KiB piece) admits about one edge pull at a time and answers
+/// the rest "busy" (`p2p::admission`); the edges back off it, take the
+/// pieces from each other, and every one still gets the object whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_says_busy_still_gets_every_edge_the_object_through_the_swarm() {
+    let c = TestCluster::start(
+        "swarm-busy",
+        Counts {
+            relays: 1,
+            edges: EDGES,
+        },
+        swarm_config,
+        |cfg| {
+            if cfg.node.role == Role::Relay {
+                cfg.p2p.max_upload_mbps = Bounded::new(1).unwrap();
+            }
+        },
+    )
+    .await;
+    let data = payload(OBJECT_LEN);
+    publish(&c, "busy.bin", &data).await;
+    let gets = edges(&c).into_iter().map(|e| {
+        let url = format!("{}/v1/objects/busy.bin", e.http());
+        async move {
+            Client::new(Duration::from_secs(60))
+                .get(&url, None)
+                .await
+                .unwrap()
+                .body
+        }
+    });
+    for (i, body) in futures_util::future::join_all(gets)
+        .await
+        .iter()
+        .enumerate()
+    {
+        assert!(body[..] == data[..], "edge {i} served other bytes");
+    }
+    wait_swarms_complete(&c, 1.0).await;
+    let relay = &c.nodes[c.by_role(Role::Relay)[0]];
+    let busy = relay.metric("dcdn_pulls_busy_total", &[]);
+    let (from_edges, from_relay) = (swarm_bytes(&c, "edge"), swarm_bytes(&c, "relay"));
+    println!(
+        "relay answered busy {busy} times; swarm bytes from edges {from_edges}, from the relay {from_relay}"
+    );
+    assert!(busy > 0.0, "the relay never said busy");
+    c.stop().await;
+}
+
 /// With `[p2p] swarm = false` an edge fetches only what its client reads and
 /// refuses preheats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,6 +14,7 @@
 //! Sans-I/O: time and randomness are arguments, and the caller turns the
 //! returned [`ChokeChange`]s into `Choke`/`Unchoke` frames.
 
+pub mod admission;
 pub mod picker;
 
 use crate::chunk::PeerId;

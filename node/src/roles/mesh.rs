@@ -538,8 +538,20 @@ async fn serve_request(
         Frame::Chunk(c) => c.payload.len() as u64,
         _ => 0,
     };
+    // A relay's admission judges its uplink by the pull replies it has
+    // written and the receivers have not acknowledged yet: quinn takes a
+    // write into its buffers long before the bytes leave, so "written" alone
+    // would read an uplink hours behind as idle.
+    let relay = shared.settings.role == Role::Relay;
+    let _queued = (relay && len > 0).then(|| Backlog::add(&shared.pull_backlog, len));
     if framing::write_frame(&mut send, &reply).await.is_ok() {
         let _ = send.finish();
+        if relay && len > 0 {
+            // Bounded: a receiver that never acknowledges (gone, or
+            // stalled) stops counting against the queue after the request
+            // timeout.
+            let _ = tokio::time::timeout(shared.settings.request_timeout, send.stopped()).await;
+        }
         if len > 0 {
             shared
                 .metrics
@@ -563,7 +575,27 @@ async fn serve_request(
     }
 }
 
-/// Error codes in `Frame::Error` replies.
+/// Bytes added to a backlog counter while this lives.
+struct Backlog<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl<'a> Backlog<'a> {
+    fn add(counter: &'a AtomicU64, bytes: u64) -> Self {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+        Self { counter, bytes }
+    }
+}
+
+impl Drop for Backlog<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Error codes in `Frame::Error` replies (and
+/// `p2p::admission::CODE_BUSY`, a relay's uplink queue is full).
 pub(crate) const CODE_CHOKED: u16 = 429;
 pub(crate) const CODE_BANNED: u16 = 403;
 /// A relay cannot reach its upstream for a chunk now (restart, outage):
@@ -590,6 +622,24 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
                     message: "choked".into(),
                 };
             }
+            // A relay admits an edge's pull only while the replies queued
+            // on its uplink go out within the admission bound; past it the
+            // edge hears "busy" at once and takes the piece from a
+            // neighbour or asks later (`p2p::admission`). Relays and the
+            // origin pulling from it are never refused: they fan out.
+            if shared.settings.role == Role::Relay
+                && peer.role == Role::Edge
+                && shared
+                    .admission
+                    .decide(shared.pull_backlog.load(Ordering::Relaxed))
+                    == crate::p2p::admission::Verdict::Busy
+            {
+                shared.metrics.pulls_busy.inc();
+                return Frame::Error {
+                    code: crate::p2p::admission::CODE_BUSY,
+                    message: "busy".into(),
+                };
+            }
             if let Some(c) = shared.store.get(&id, Instant::now()) {
                 return Frame::Chunk(c);
             }
@@ -599,6 +649,21 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
             // A relay answers what it lacks by fetching upstream once; an
             // edge asked by a peer only offers what it holds.
             if shared.settings.role == Role::Relay {
+                // Admitted, the reply is promised while the chunk comes
+                // from upstream: it counts against the queue at the
+                // object's chunk size, or a burst of requests for chunks
+                // not here yet would all be admitted and all queue later.
+                let promised = if peer.role == Role::Edge {
+                    shared
+                        .manifests
+                        .lock()
+                        .get(id.stream)
+                        .map_or(0, |m| u64::from(m.chunk_size))
+                } else {
+                    0
+                };
+                let _promised =
+                    (promised > 0).then(|| Backlog::add(&shared.pull_backlog, promised));
                 match shared.fetch(id).await {
                     Ok(c) => return Frame::Chunk(c),
                     // Only the upstream's "not found" is one: an upstream

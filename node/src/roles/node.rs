@@ -171,6 +171,11 @@ pub struct Shared {
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
     pub mesh_bytes_out: AtomicU64,
+    /// Bytes of pull replies written and not yet acknowledged by their
+    /// receivers, all connections together: the queue a relay's admission
+    /// (`mesh::answer`) judges its uplink by.
+    pub(crate) pull_backlog: AtomicU64,
+    pub(crate) admission: crate::p2p::admission::Admission,
     /// Draining: readiness fails and the HTTP listeners stop taking
     /// requests (`Running::shutdown`).
     pub(crate) shutdown: watch::Sender<bool>,
@@ -1146,7 +1151,10 @@ impl Shared {
             }
             Ok(Frame::NotFound { .. }) => format!("{} does not have {id}", peer.name),
             Ok(Frame::Error { code, message }) => {
-                miss.unavailable |= code == crate::roles::mesh::CODE_UNAVAILABLE;
+                // "Busy" clears as the relay's queue drains: wait and ask
+                // again, as for a relay restarting.
+                miss.unavailable |= code == crate::roles::mesh::CODE_UNAVAILABLE
+                    || code == crate::p2p::admission::CODE_BUSY;
                 format!("{}: {message}", peer.name)
             }
             Ok(other) => format!("{} answered with {}", peer.name, other.kind()),

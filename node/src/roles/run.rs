@@ -190,6 +190,8 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         started: Instant::now(),
         ingested_bytes: AtomicU64::new(0),
         mesh_bytes_out: AtomicU64::new(0),
+        pull_backlog: AtomicU64::new(0),
+        admission: crate::p2p::admission::Admission::new(settings.admission_config()),
         shutdown,
         mesh_stop: watch::channel(false).0,
         mesh_active_ms: AtomicU64::new(0),

@@ -7,6 +7,7 @@ use crate::crypto::{ReplayConfig, ReputationConfig, VerifyConfig};
 use crate::fec::AssemblerConfig;
 use crate::fec::ParityPolicy;
 use crate::p2p::ChokerConfig;
+use crate::p2p::admission::AdmissionConfig;
 use crate::p2p::picker::PickerConfig;
 use crate::roles::discovery::DiscoveryConfig;
 use crate::store::StoreConfig;
@@ -187,6 +188,12 @@ impl NodeSettings {
             // the protocol's largest.
             max_chunk_bytes: crate::fec::MAX_CHUNK_FRAME_LEN,
         }
+    }
+
+    /// A relay's admission of edges' pulls: its uplink is the upload
+    /// budget of `[p2p] max_upload_mbps`.
+    pub fn admission_config(&self) -> AdmissionConfig {
+        AdmissionConfig::new(self.config.p2p.max_upload_mbps.get() * 125_000)
     }
 
     pub fn choker_config(&self) -> ChokerConfig {

@@ -322,7 +322,7 @@ async fn run(
                 if inflight.remove(&(peer, piece)).is_none() {
                     continue;
                 }
-                on_reply(shared, stream, &mut picker, &mut inflight, &mut backoff, peer, piece, reply);
+                on_reply(shared, stream, &mut picker, &mut inflight, &mut backoff, &mut rng, peer, piece, reply);
             }
             Some(piece) = deadlines.recv() => {
                 // The reader is at this piece now: it and the next few go
@@ -468,6 +468,7 @@ fn on_reply(
     picker: &mut Picker,
     inflight: &mut HashMap<(PeerId, u32), InFlight>,
     backoff: &mut HashMap<PeerId, Instant>,
+    rng: &mut rand_chacha::ChaCha8Rng,
     peer: PeerId,
     piece: u32,
     reply: Result<Frame, String>,
@@ -500,6 +501,12 @@ fn on_reply(
                 // accept_chunk counted it and struck the sender.
                 Accepted::Rejected(_) => failed(picker, backoff),
             }
+        }
+        Ok(Frame::Error { code, .. }) if code == crate::p2p::admission::CODE_BUSY => {
+            // The relay's uplink is full: not a failure. The picker leaves
+            // it alone for a jittered back-off and the piece goes to a
+            // neighbour that has it meanwhile.
+            picker.handle_busy(peer, piece, Instant::now(), rng);
         }
         Ok(Frame::Error { code, .. }) if code == super::mesh::CODE_CHOKED => {
             // Choked between our poll and its answer: it still has the

@@ -42,6 +42,12 @@ impl Pipes {
         }
     }
 
+    /// Bytes booked on the upload pipe and not yet sent at `now`: what a
+    /// new transfer waits behind.
+    pub(crate) fn up_queue_bytes(&self, now: Nanos) -> u64 {
+        (self.up_free.saturating_sub(now) as f64 / self.up_ns_per_byte) as u64
+    }
+
     pub(crate) fn reset(&mut self, now: Nanos) {
         self.up_free = now;
         self.down.clear();

@@ -178,6 +178,10 @@ pub struct Report {
     pub store_evictions: u64,
     pub chunks_rejected: u64,
     pub peers_banned: u64,
+    /// Edges' pulls a relay answered "busy" (`p2p::admission`).
+    pub busy_replies: u64,
+    /// Swarm requests given up after `request_timeout` and cancelled.
+    pub swarm_timeouts: u64,
     pub free_rider_cost: Option<FreeRiderCost>,
     pub crashes: u64,
     pub leaves: u64,
@@ -279,10 +283,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "store evictions {}; chunks rejected {}, peers banned {}; churn: {} crashes, {} leaves, {} rejoins",
+            "store evictions {}; chunks rejected {}, peers banned {}; relay busy answers {}, swarm requests timed out {}; churn: {} crashes, {} leaves, {} rejoins",
             self.store_evictions,
             self.chunks_rejected,
             self.peers_banned,
+            self.busy_replies,
+            self.swarm_timeouts,
             self.crashes,
             self.leaves,
             self.rejoins

@@ -17,6 +17,7 @@ use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
 use crate::config::NodeConfig;
 use crate::crypto::{KeyRing, Rejection, Reputation, Signer, Verifier, VerifyConfig};
 use crate::fec::{Assembler, ParityPolicy, block_count, block_layout};
+use crate::p2p::admission::{Admission, AdmissionConfig, Verdict};
 use crate::p2p::picker::{Bitfield, Picker, upstream_stripe};
 use crate::p2p::{Choker, SourceKind, request_order};
 use crate::roles::framing;
@@ -128,6 +129,9 @@ struct EdgeState {
 struct RelayState {
     /// Fetches waiting for a chunk this relay is pulling upstream (single flight).
     waiting: HashMap<u32, Vec<u32>>,
+    /// Bytes of the replies those fetches will get: promised, so they
+    /// count against the admission bound as the node's do.
+    promised: u64,
     subscribers: Vec<u32>,
 }
 
@@ -183,6 +187,9 @@ enum ReplyKind {
     /// Refused because the server chokes the requester (the node's
     /// `CODE_CHOKED`): it still holds the chunk.
     Choked,
+    /// A relay's admission refused it (`p2p::admission::CODE_BUSY`): its
+    /// uplink's queue is full; ask later or elsewhere.
+    Busy,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -354,6 +361,10 @@ pub(crate) struct Outcome {
     pub(crate) repairs: u64,
     pub(crate) chunks_rejected: u64,
     pub(crate) peers_banned: u64,
+    /// Edges' pulls a relay answered "busy" (its admission), and swarm
+    /// requests the picker gave up on (`Picker::handle_timeout`).
+    pub(crate) busy_replies: u64,
+    pub(crate) swarm_timeouts: u64,
     pub(crate) crashes: u64,
     pub(crate) leaves: u64,
     pub(crate) rejoins: u64,
@@ -383,6 +394,8 @@ pub(crate) struct World {
     relays: u32,
     /// Verdict of the real verifier on a forged chunk.
     forged: Rejection,
+    /// The node's admission rule for a relay's uplink (relays are alike).
+    relay_admission: Admission,
     /// Bytes a pulled chunk frame adds to its payload, and a shard frame to its data.
     chunk_frame_overhead: u64,
     shard_frame_overhead: u64,
@@ -520,6 +533,7 @@ impl World {
             });
             n.relay = Some(Box::new(RelayState {
                 waiting: HashMap::new(),
+                promised: 0,
                 subscribers: Vec::new(),
             }));
             nodes.push(n);
@@ -623,6 +637,9 @@ impl World {
             chunks,
             relays,
             forged,
+            relay_admission: Admission::new(AdmissionConfig::new(
+                (s.nodes.relay.up_mbps * 125_000.0) as u64,
+            )),
             chunk_frame_overhead: 0,
             shard_frame_overhead: 0,
             exec_shards,
@@ -1139,14 +1156,30 @@ impl World {
                 }
             }
             Tier::Relay => {
-                if holds {
+                // The node's relay decides on what its uplink has queued
+                // (`mesh::answer`); here that is the upload pipe's backlog.
+                let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
+                let promised = server.relay.as_ref().map_or(0, |r| r.promised);
+                if requester_is_edge
+                    && self
+                        .relay_admission
+                        .decide(server.pipes.up_queue_bytes(now) + promised)
+                        == Verdict::Busy
+                {
+                    self.out.busy_replies += 1;
+                    self.refuse_as(fetch, to, req, now, ReplyKind::Busy);
+                } else if holds {
                     self.send_chunk(fetch, to, req, seq, now, true);
                 } else {
                     // Single flight: one upstream pull however many ask.
+                    let len = self.s.chunk_len(u64::from(seq));
                     let first = self.nodes[to as usize]
                         .relay
                         .as_mut()
                         .map(|r| {
+                            if requester_is_edge {
+                                r.promised += len;
+                            }
                             let w = r.waiting.entry(seq).or_default();
                             w.push(fetch);
                             w.len() == 1
@@ -1263,7 +1296,7 @@ impl World {
                 self.out.peers_banned += u64::from(newly_banned);
                 self.send_next(fetch, now);
             }
-            ReplyKind::Refused | ReplyKind::Choked => self.send_next(fetch, now),
+            ReplyKind::Refused | ReplyKind::Choked | ReplyKind::Busy => self.send_next(fetch, now),
         }
     }
 
@@ -1368,6 +1401,11 @@ impl World {
                 let Some(Some(f)) = self.fetches.get(fetch as usize) else {
                     continue;
                 };
+                if self.nodes[f.requester as usize].tier == Tier::Edge {
+                    if let Some(r) = self.nodes[node as usize].relay.as_mut() {
+                        r.promised = r.promised.saturating_sub(payload);
+                    }
+                }
                 if f.cancelled {
                     self.finish_fetch(fetch, now);
                     continue;
@@ -1518,6 +1556,20 @@ impl World {
                 picker.set_piece_deadline(seq, t + Duration::from_nanos(chunk_ns * (i as u64 + 1)));
             }
         }
+        // As the node's loop: requests unanswered for `request_timeout` are
+        // given up and cancelled, their pieces open again.
+        let mut timed_out = Vec::new();
+        if picker.poll_timeout().is_some_and(|at| at <= t) {
+            for (peer, piece) in picker.handle_timeout(t) {
+                if let Some(i) = x
+                    .swarm
+                    .iter()
+                    .position(|&(s, to, _)| s == piece && u64::from(to) == peer.0)
+                {
+                    timed_out.push(x.swarm.swap_remove(i).2);
+                }
+            }
+        }
         let mut asks = Vec::new();
         for peer in peers {
             while let Some(r) = picker.poll_request(PeerId(u64::from(peer)), t, &mut x.rng) {
@@ -1527,13 +1579,19 @@ impl World {
         // The node's loop looks again every 100 ms; here, a paced seed's
         // back-off end is an event of its own.
         let ready = picker
-            .seed_ready_at()
+            .seed_ready_at(t)
             .map(|at| at.saturating_duration_since(self.base).as_nanos() as Nanos)
             .filter(|&at| at > now);
         if let Some(at) = ready {
             if x.wake_at == 0 || x.wake_at > at {
                 x.wake_at = at;
                 self.q.push(at, Ev::Wake(e));
+            }
+        }
+        self.out.swarm_timeouts += timed_out.len() as u64;
+        for id in timed_out {
+            if let Some(Some(f)) = self.fetches.get_mut(id as usize) {
+                f.cancelled = true;
             }
         }
         self.send_swarm_requests(e, asks, now);
@@ -1666,6 +1724,13 @@ impl World {
                     .and_then(|x| x.picker.as_mut())
                 {
                     p.handle_failed(PeerId(u64::from(from)), seq);
+                }
+            }
+            ReplyKind::Busy => {
+                if let Some(x) = self.nodes[req as usize].edge.as_mut() {
+                    if let Some(p) = x.picker.as_mut() {
+                        p.handle_busy(PeerId(u64::from(from)), seq, t, &mut x.rng);
+                    }
                 }
             }
         }

@@ -162,6 +162,14 @@ pub struct PickerConfig {
     /// and what they send is what no neighbour has yet.
     pub seed_backoff: u32,
     pub max_seed_backoff: Duration,
+    /// A peer that answered "busy" ([`super::admission`]) is not asked
+    /// anything for `busy_backoff × 2^(busy answers in a row − 1)` (at most
+    /// `max_busy_backoff`), jittered ±50 % so a thousand edges refused
+    /// together do not come back together. The cap is short: a piece only
+    /// the relays have yet must not wait seconds on one edge (a 2 s cap
+    /// made the slowest edge of a small burst slower than no admission).
+    pub busy_backoff: Duration,
+    pub max_busy_backoff: Duration,
 }
 
 impl PickerConfig {
@@ -180,6 +188,8 @@ impl PickerConfig {
             max_peers: 1024,
             seed_backoff: 32,
             max_seed_backoff: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(100),
+            max_busy_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -238,6 +248,10 @@ struct Peer {
     last_delivery: Option<Instant>,
     /// A paced seed is not asked for fresh pieces before this.
     not_before: Option<Instant>,
+    /// It answered "busy": not asked anything before this.
+    busy_until: Option<Instant>,
+    /// "Busy" answers since its last piece.
+    busy_streak: u32,
 }
 
 /// The picker's peers, sorted by id: a few dozen at most in practice, so a
@@ -465,6 +479,8 @@ impl Picker {
                 rtt,
                 last_delivery: None,
                 not_before: None,
+                busy_until: None,
+                busy_streak: 0,
             },
         );
         Ok(())
@@ -564,7 +580,7 @@ impl Picker {
     ) -> Option<Request> {
         let depth = self.pipeline(peer) as usize;
         let p = self.peers.get(&peer)?;
-        if p.requests.len() >= depth {
+        if p.requests.len() >= depth || p.busy_until.is_some_and(|t| now < t) {
             return None;
         }
         let asked = |piece: u32| p.requests.iter().any(|r| r.piece == piece);
@@ -770,6 +786,7 @@ impl Picker {
                 let sample = bytes as f64 / secs;
                 p.rate = 0.75 * p.rate + 0.25 * sample;
                 p.last_delivery = Some(now);
+                p.busy_streak = 0;
                 if p.seed {
                     // How much longer than an unloaded reply (one round
                     // trip and the piece at the link's speed, twice for
@@ -817,6 +834,26 @@ impl Picker {
         }
     }
 
+    /// `peer` answered "busy" ([`super::admission::CODE_BUSY`]): it still
+    /// has the piece and did nothing wrong, but is asked nothing for a
+    /// jittered back-off that doubles with each busy answer in a row. The
+    /// piece may be picked again at once, from a neighbour that has it.
+    pub fn handle_busy<R: Rng>(&mut self, peer: PeerId, piece: u32, now: Instant, rng: &mut R) {
+        self.take_request(peer, piece);
+        let base = self.config.busy_backoff;
+        let cap = self.config.max_busy_backoff;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.busy_streak = p.busy_streak.saturating_add(1);
+            let doublings = (p.busy_streak - 1).min(16);
+            let back_off = base.saturating_mul(1 << doublings).min(cap);
+            let jittered = back_off.mul_f64(rng.gen_range(0.5..1.5));
+            // Several busy answers to requests sent together: the latest
+            // back-off wins, never a shorter one.
+            let until = now + jittered;
+            p.busy_until = Some(p.busy_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
     /// `peer` choked us between our request and its answer: the piece may
     /// be picked again, and the peer still has it (it is asked again once it
     /// unchokes us) — unlike [`Picker::handle_failed`], which forgets it.
@@ -848,13 +885,15 @@ impl Picker {
         expired
     }
 
-    /// When the earliest paced seed may be asked again (the caller polls
-    /// then, if nothing else woke it).
-    pub fn seed_ready_at(&self) -> Option<Instant> {
+    /// When, after `now`, the earliest paced seed or peer that answered
+    /// "busy" may be asked again (the caller polls then, if nothing else
+    /// woke it).
+    pub fn seed_ready_at(&self, now: Instant) -> Option<Instant> {
         self.peers
             .values()
-            .filter(|p| p.seed)
-            .filter_map(|p| p.not_before)
+            .flat_map(|p| [p.not_before.filter(|_| p.seed), p.busy_until])
+            .flatten()
+            .filter(|&t| t > now)
             .min()
     }
 
@@ -1011,14 +1050,14 @@ mod tests {
         p.poll_request(PeerId(1), t0, &mut rng).unwrap();
         let a = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
         p.handle_received(PeerId(0), a.piece, 1 << 20, t0 + 10 * MS);
-        assert!(p.seed_ready_at().is_none());
+        assert!(p.seed_ready_at(t0).is_none());
         let t1 = t0 + 10 * MS;
         let b = p.poll_request(PeerId(0), t1, &mut rng).unwrap();
         assert!(p.poll_request(PeerId(0), t1, &mut rng).is_some(), "depth 2");
         // A reply that queued 1 s: no fresh piece from that seed for ~32 s.
         let t2 = t1 + Duration::from_secs(1);
         p.handle_received(PeerId(0), b.piece, 1 << 20, t2);
-        let ready = p.seed_ready_at().unwrap();
+        let ready = p.seed_ready_at(t2).unwrap();
         assert!(
             ready > t2 + Duration::from_secs(30) - MS,
             "{:?}",
@@ -1035,11 +1074,58 @@ mod tests {
         let late = ready + Duration::from_secs(1);
         p.handle_received(PeerId(0), free, 1 << 20, t2 + 10 * MS);
         assert!(
-            p.seed_ready_at().is_none(),
+            p.seed_ready_at(t0).is_none(),
             "a prompt reply lifts the pacing"
         );
         while p.poll_request(PeerId(0), late, &mut rng).is_some() {}
         assert_eq!(p.outstanding(PeerId(0)), 2, "its pipeline again");
+    }
+
+    #[test]
+    fn a_busy_seed_is_left_alone_for_a_growing_jittered_back_off_and_a_neighbour_asked() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(4));
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        p.add_seed(PeerId(0), MS).unwrap();
+        p.add_peer(PeerId(1), Bitfield::new(4), MS).unwrap();
+        let a = p.poll_request(PeerId(0), t0, &mut rng).unwrap();
+        p.handle_busy(PeerId(0), a.piece, t0, &mut rng);
+        // Not a failure: the piece is open again, the seed keeps it.
+        assert_eq!(p.outstanding(PeerId(0)), 0);
+        assert!(p.is_interesting(PeerId(0)));
+        let ready = p.seed_ready_at(t0).unwrap();
+        let first = ready - t0;
+        assert!(
+            first >= 50 * MS && first < 150 * MS,
+            "100 ms ± 50 %: {first:?}"
+        );
+        assert!(p.poll_request(PeerId(0), ready - MS, &mut rng).is_none());
+        // Meanwhile a neighbour that got the piece is asked for it.
+        p.handle_have(PeerId(1), a.piece);
+        assert_eq!(
+            p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece,
+            a.piece
+        );
+        // Busy again and again: the back-off doubles up to its cap.
+        let mut now = ready;
+        let mut last = first;
+        for _ in 0..8 {
+            let r = p.poll_request(PeerId(0), now, &mut rng).unwrap();
+            p.handle_busy(PeerId(0), r.piece, now, &mut rng);
+            let next = p.seed_ready_at(now).unwrap();
+            last = next - now;
+            now = next;
+        }
+        assert!(
+            last >= 250 * MS && last < 750 * MS,
+            "capped at 500 ms ± 50 %: {last:?}"
+        );
+        // A piece delivered resets it: the next busy is short again.
+        let r = p.poll_request(PeerId(0), now, &mut rng).unwrap();
+        p.handle_received(PeerId(0), r.piece, 1 << 20, now + MS);
+        let r = p.poll_request(PeerId(0), now + MS, &mut rng).unwrap();
+        p.handle_busy(PeerId(0), r.piece, now + MS, &mut rng);
+        assert!(p.seed_ready_at(now + MS).unwrap() - (now + MS) < 150 * MS);
     }
 
     #[test]
