@@ -586,6 +586,11 @@ impl Shared {
     /// gaps at a time (past that a gap is healed when a client asks, as
     /// before).
     fn catch_up(self: &Arc<Self>, stream: StreamId, from: u64, to: u64) {
+        let settle = Duration::from_millis(self.settings.config.fec.reassembly_timeout_ms.get());
+        self.catch_up_after(stream, from, to, settle);
+    }
+
+    fn catch_up_after(self: &Arc<Self>, stream: StreamId, from: u64, to: u64, settle: Duration) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -600,8 +605,6 @@ impl Shared {
         }
         let shared = self.clone();
         rt.spawn(async move {
-            let settle =
-                Duration::from_millis(shared.settings.config.fec.reassembly_timeout_ms.get());
             tokio::time::sleep(settle).await;
             for seq in from..to {
                 if shared.is_shutting_down() {
@@ -697,12 +700,53 @@ impl Shared {
             return;
         }
         let before = self.heads.lock().get(&last.stream).copied();
-        if let Some(before) = before.filter(|&h| last.seq > h) {
-            self.catch_up(last.stream, before + 1, last.seq + 1);
-        }
         if before.is_some() && self.settings.role == Role::Relay {
             self.announce_head(last, Some(from));
         }
+        let Some(before) = before.filter(|&h| last.seq > h) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // The announcement travels on the control stream and overtakes
+        // pushes still queued behind a small congestion window: pull only
+        // once pushes of the stream have stopped coming for a reassembly
+        // timeout, not while they are still arriving.
+        // Bounded with the catch-up tasks.
+        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
+            self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let shared = self.clone();
+        rt.spawn(async move {
+            let settle =
+                Duration::from_millis(shared.settings.config.fec.reassembly_timeout_ms.get());
+            let mut seen = before;
+            let pull = loop {
+                tokio::time::sleep(settle).await;
+                if shared.is_shutting_down() {
+                    break None;
+                }
+                let Some(head) = shared.head(last.stream) else {
+                    break None;
+                };
+                if head >= last.seq {
+                    // The tail came by push; gaps before it are caught up
+                    // as any gap is.
+                    break None;
+                }
+                if head == seen {
+                    break Some(head);
+                }
+                seen = head;
+            };
+            shared.catching_up.fetch_sub(1, Ordering::Relaxed);
+            if let Some(head) = pull {
+                // Settled already: pushes stopped a reassembly timeout ago.
+                shared.catch_up_after(last.stream, head + 1, last.seq + 1, Duration::ZERO);
+            }
+        });
     }
 
     /// The newest sequence number held for `stream`.
