@@ -675,3 +675,53 @@ async fn a_sigkilled_origin_process_serves_every_acknowledged_version_after_rest
     assert_eq!(half_written(&store), Vec::<String>::new());
     c.stop().await;
 }
+
+/// A relay that pulls a chunk of an object for a reader pulls the next
+/// window of it too (`Shared::pull_ahead`), and no more: a one-chunk Range
+/// leaves the relay having pulled that chunk and the four after it, not
+/// the object; the Range and a whole read then return the published bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_reads_one_window_ahead_of_a_reader() {
+    // No swarm: it would pull the whole object at the edge on the first read.
+    let c = TestCluster::start(
+        "readahead",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |c| {
+            tiny(c);
+            c.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let data = payload(7, 320_000); // 20 chunks of 16 KiB
+    publish(&c, "ra.bin", &data).await;
+    let edge = &edges(&c)[0];
+    let relay = &c.nodes[c.by_role(Role::Relay)[0]];
+    let pulled = || {
+        relay.metric(
+            "dcdn_chunks_total",
+            &[("direction", "in"), ("path", "pull")],
+        )
+    };
+    let (status, _, body) = ask(
+        &format!("{edge}/v1/objects/ra.bin"),
+        hyper::Method::GET,
+        &[(hyper::header::RANGE, "bytes=0-99".into())],
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert_eq!(&body[..], &data[..100]);
+    let start = Instant::now();
+    while pulled() < 5.0 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pulled(), 5.0, "chunk 0 and the four after it");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pulled(), 5.0, "one window ahead, not the object");
+    let whole = get(&format!("{edge}/v1/objects/ra.bin")).await.unwrap();
+    assert_eq!(&whole.body[..], &data[..]);
+    c.stop().await;
+}
