@@ -581,9 +581,6 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
                     message: "choked".into(),
                 };
             }
-            // Held or not: a reader moving through an object keeps the
-            // relay one window ahead of it.
-            shared.pull_ahead(id);
             if let Some(c) = shared.store.get(&id, Instant::now()) {
                 return Frame::Chunk(c);
             }

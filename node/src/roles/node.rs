@@ -167,8 +167,6 @@ pub struct Shared {
     pub(crate) heads: Mutex<HashMap<StreamId, u64>>,
     /// Background catch-up tasks running (see [`Shared::catch_up`]).
     pub(crate) catching_up: std::sync::atomic::AtomicUsize,
-    /// Relay read-ahead pulls running (see [`Shared::pull_ahead`]).
-    pub(crate) reading_ahead: std::sync::atomic::AtomicUsize,
     pub started: Instant,
     /// Bytes this origin ingested and sent to the mesh, for the offload ratio.
     pub ingested_bytes: AtomicU64,
@@ -667,52 +665,6 @@ impl Shared {
             }
             shared.catching_up.fetch_sub(1, Ordering::Relaxed);
         });
-    }
-
-    /// A relay asked for chunk `id` of an object pulls the next
-    /// [`RELAY_READ_AHEAD`] chunks it lacks too, in the background. An edge
-    /// reading an object asks for a few chunks ahead of the one it sends;
-    /// without this each of them waited at the relay for the whole chunk to
-    /// come from the origin and be verified before the relay could answer,
-    /// so every chunk paid both hops in turn (`dcdn bench e2e_throughput`).
-    /// With it the relay stays a window ahead of the edge and answers from
-    /// memory. Concurrent pulls of one chunk are one (`flight`), so the
-    /// edge's own request for a chunk being pulled ahead joins that pull.
-    /// Objects only (live chunks come by push), never past the object's
-    /// end, and at most [`MAX_READ_AHEAD_PULLS`] pulls at once: past that a
-    /// chunk is pulled when asked for, as before.
-    pub(crate) fn pull_ahead(self: &Arc<Self>, id: ChunkId) {
-        if self.settings.role != Role::Relay || self.is_shutting_down() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Some(m) = self.manifests.lock().get(id.stream) else {
-            return;
-        };
-        if crate::roles::live::split_name(&m.name).is_some() {
-            return;
-        }
-        let end = m
-            .chunk_count
-            .min(id.seq.saturating_add(1 + RELAY_READ_AHEAD));
-        let now = Instant::now();
-        for seq in id.seq.saturating_add(1)..end {
-            let next = ChunkId::new(id.stream, seq);
-            if self.store.contains(&next, now) {
-                continue;
-            }
-            if self.reading_ahead.fetch_add(1, Ordering::Relaxed) >= MAX_READ_AHEAD_PULLS {
-                self.reading_ahead.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-            let shared = self.clone();
-            rt.spawn(async move {
-                let _ = shared.fetch_if_published(next).await;
-                shared.reading_ahead.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
     }
 
     /// The newest sequence number held for `stream`.
@@ -1746,12 +1698,6 @@ pub(crate) async fn request(
 const MAX_CATCH_UP_CHUNKS: u64 = 4096;
 /// The most gaps caught up at once.
 const MAX_CATCH_UP_TASKS: usize = 16;
-
-/// Chunks a relay pulls ahead of one it is asked for: the edge's own
-/// read-ahead, so the relay keeps one window ahead of it.
-const RELAY_READ_AHEAD: u64 = crate::roles::settings::READ_AHEAD as u64;
-/// The most read-ahead pulls a relay runs at once.
-const MAX_READ_AHEAD_PULLS: usize = 64;
 
 /// How many times a fetch goes round its sources while one of them times
 /// out (see `fetch_uncached`).

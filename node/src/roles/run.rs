@@ -178,7 +178,6 @@ pub async fn start(settings: NodeSettings, creds: Credentials) -> Result<Running
         choker: Mutex::new(Choker::new(settings.choker_config())),
         heads: Mutex::new(HashMap::new()),
         catching_up: std::sync::atomic::AtomicUsize::new(0),
-        reading_ahead: std::sync::atomic::AtomicUsize::new(0),
         started: Instant::now(),
         ingested_bytes: AtomicU64::new(0),
         mesh_bytes_out: AtomicU64::new(0),
