@@ -15,8 +15,9 @@ VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/$TRIPLE/dist"
 # The limit catches a jump (debug info, a second TLS or HTTP stack), not
 # the steady growth of features: it was 20 MB until the node, with HTTP/3,
-# LL-HLS, S3 pull-through and `dcdn sim` inside, reached 20.05 MB. Ways to
-# win it back are in issue #17's note (sim behind a feature, fat LTO).
+# LL-HLS, S3 pull-through and `dcdn sim` inside, reached 20.05 MB; fat LTO
+# in one codegen unit and leaving `dcdn sim` out (the `sim` feature, off
+# under --no-default-features) brought it to 15.7 MB (issue #17's note).
 MAX_NODE_BYTES=$((24 * 1000 * 1000))
 # OCI labels that vary per build (the fixed ones are in the Dockerfiles).
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"

@@ -17,6 +17,7 @@ pub mod h3_client;
 pub mod logging;
 pub mod metrics;
 pub mod roles;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod transport;
 pub mod up;

@@ -253,6 +253,7 @@ enum Command {
     },
     /// Simulate a cluster of thousands of nodes in virtual time with the
     /// node's own protocol code: completion times, origin offload, FEC, bans.
+    #[cfg(feature = "sim")]
     Sim {
         /// Scenario file (TOML or YAML); flags override it. Without one, the
         /// defaults (1 relay, 6 edges, a 64 MiB object) are run.
@@ -343,6 +344,7 @@ enum ConfigCommand {
     },
 }
 
+#[cfg(feature = "sim")]
 fn sim(
     scenario: Option<&std::path::Path>,
     overrides: &dcdn_node::sim::scenario::Overrides,
@@ -585,6 +587,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { file, json },
         } => config_check(&file, json),
+        #[cfg(feature = "sim")]
         Command::Sim {
             scenario,
             overrides,

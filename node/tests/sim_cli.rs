@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(feature = "sim")]
 //! `dcdn sim` from the command line: a scenario file plus flags, JSON out,
 //! an SVG drawn, and the same seed giving the same numbers.
 

@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(feature = "sim")]
 //! Fidelity of `dcdn sim`: the same small scenario — 1 origin, 1 relay,
 //! 6 edges on loopback, an object (64 MiB in the issue; see `object_bytes`)
 //! and a short live stream, at 0 % and 5 % loss between relay and edges —

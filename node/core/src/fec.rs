@@ -110,12 +110,16 @@ impl Codec {
         })
     }
 
-    /// Writes the `m` parity shards of `data` (`k` equal slices) into
-    /// `parity` (`m` slices of the same length).
-    fn encode(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) {
-        for (j, out) in parity.iter_mut().enumerate() {
-            let row = &self.parity[j * self.k..(j + 1) * self.k];
-            for (i, (input, &c)) in data.iter().zip(row).enumerate() {
+    /// Writes the `m` parity shards of `data` (`k` shards of `shard_len`
+    /// bytes, back to back) into `parity` (`m` of the same, back to back).
+    /// Contiguous buffers rather than slices of slices: the two `Vec`s of
+    /// slices were allocated per block. Input-major, as the crate does: each
+    /// data shard is read once while the parity it feeds stays in cache.
+    fn encode(&self, data: &[u8], parity: &mut [u8], shard_len: usize) {
+        let k = self.k;
+        for (i, input) in data.chunks_exact(shard_len).take(k).enumerate() {
+            for (j, out) in parity.chunks_exact_mut(shard_len).enumerate() {
+                let c = self.parity[j * k + i];
                 if i == 0 {
                     galois_8::mul_slice(c, input, out);
                 } else {
@@ -206,15 +210,14 @@ const MAX_CODECS: usize = 64;
 
 impl Codecs {
     fn get(&mut self, k: usize, m: usize) -> Result<&mut Codec, FecError> {
-        if !self.by_params.contains_key(&(k, m)) {
-            if self.by_params.len() >= MAX_CODECS {
-                self.by_params.clear();
-            }
-            self.by_params.insert((k, m), Codec::new(k, m)?);
+        // One hash per block in the common case (the codec is held).
+        if self.by_params.len() >= MAX_CODECS && !self.by_params.contains_key(&(k, m)) {
+            self.by_params.clear();
         }
-        self.by_params
-            .get_mut(&(k, m))
-            .ok_or_else(|| FecError::Codec("codec cache".into()))
+        match self.by_params.entry((k, m)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(Codec::new(k, m)?)),
+        }
     }
 }
 
@@ -357,11 +360,7 @@ impl Encoder {
             if mb > 0 {
                 let codec = self.codecs.get(kb, usize::from(mb))?;
                 let mut parity = BytesMut::zeroed(usize::from(mb) * shard_len);
-                {
-                    let originals: Vec<&[u8]> = data.chunks(shard_len).collect();
-                    let mut outputs: Vec<&mut [u8]> = parity.chunks_mut(shard_len).collect();
-                    codec.encode(&originals, &mut outputs);
-                }
+                codec.encode(&data, &mut parity, shard_len);
                 let parity = parity.freeze();
                 for j in 0..usize::from(mb) {
                     out.push(template(
@@ -1092,11 +1091,10 @@ mod tests {
             rs.encode(&mut full).unwrap();
             // Our encoder's parity is the crate's, byte for byte.
             let codec = Codec::new(k, m).unwrap();
-            let originals: Vec<&[u8]> = full[..k].iter().map(Vec::as_slice).collect();
-            let mut parity = vec![vec![0u8; len]; m];
-            let mut outs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-            codec.encode(&originals, &mut outs);
-            assert_eq!(&parity[..], &full[k..]);
+            let originals: Vec<u8> = full[..k].concat();
+            let mut parity = vec![0u8; m * len];
+            codec.encode(&originals, &mut parity, len);
+            assert_eq!(parity, full[k..].concat());
             let mut decoder = Decoder::new();
             // Twice over every pattern: the second pass is served by the cache.
             for _ in 0..2 {

@@ -44,17 +44,20 @@ pub fn encode(frame: &Frame) -> bytes::Bytes {
     buf.freeze()
 }
 
-/// Writes one length-prefixed frame.
+/// Writes one length-prefixed frame. A chunk's payload is handed to quinn
+/// as the buffer it is (`encode_framed_split`), not copied.
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), FramingError> {
-    let body = encode(frame);
-    let len = u32::try_from(body.len()).map_err(|_| FramingError::TooLarge {
-        len: body.len(),
-        max: u32::MAX as usize,
-    })?;
-    send.write_all(&len.to_be_bytes())
-        .await
-        .map_err(|e| FramingError::Write(e.to_string()))?;
-    send.write_all(&body)
+    let mut head = BytesMut::new();
+    let payload = crate::chunk::wire::encode_framed_split(frame, &mut head);
+    let len = head.len() - 4 + payload.as_ref().map_or(0, bytes::Bytes::len);
+    if len > u32::MAX as usize {
+        return Err(FramingError::TooLarge {
+            len,
+            max: u32::MAX as usize,
+        });
+    }
+    let mut parts = [head.freeze(), payload.unwrap_or_default()];
+    send.write_all_chunks(&mut parts)
         .await
         .map_err(|e| FramingError::Write(e.to_string()))
 }
@@ -116,7 +119,8 @@ where
             "stream ended after {read} of {len} frame bytes"
         )));
     }
-    Ok(Frame::decode(&body)?)
+    // The body becomes the payload's buffer as it is, not a copy of it.
+    Ok(Frame::decode_bytes(&bytes::Bytes::from(body))?)
 }
 
 /// What a frame body buffer starts at before bytes arrive.
