@@ -237,6 +237,28 @@ async fn fec_rebuilds_pushed_chunks_under_datagram_loss() {
     }
 }
 
+/// Reads every acknowledged chunk of `live` through `edge`; panics naming
+/// the first one not served, and if the stream read back differs.
+async fn read_every_chunk(edge: &str, name: &str, live: &Live) {
+    let client = Client::new(Duration::from_secs(20));
+    let mut joined = Vec::with_capacity(live.bytes.len());
+    for i in 0..live.chunks as u64 {
+        let seq = live.first + i;
+        match client
+            .get(&format!("{edge}/v1/streams/{name}/{seq}"), None)
+            .await
+        {
+            Ok(r) => joined.extend_from_slice(&r.body),
+            Err(e) => panic!(
+                "{name} chunk {seq} ({} of {}), acknowledged, is not served: {e}",
+                i + 1,
+                live.chunks
+            ),
+        }
+    }
+    assert!(joined == live.bytes, "{name} read back differs");
+}
+
 /// An edge's relays as its admin API sees them: (name, whether the edge
 /// takes pushes from it, new chunks it pushed to the edge).
 async fn relays_seen_by(c: &TestCluster, edge: usize) -> Vec<(String, bool, u64)> {
@@ -876,21 +898,7 @@ async fn a_live_upload_acknowledged_while_the_origin_drains_is_read_after_it_is_
     assert!(live.chunks >= 2, "{} chunks", live.chunks);
 
     let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
-    let client = Client::new(Duration::from_secs(20));
-    let mut joined = Vec::with_capacity(live.bytes.len());
-    for i in 0..live.chunks as u64 {
-        let seq = live.first + i;
-        let url = format!("{edge}/v1/streams/{name}/{seq}");
-        match client.get(&url, None).await {
-            Ok(r) => joined.extend_from_slice(&r.body),
-            Err(e) => panic!(
-                "chunk {seq} ({} of {}) acknowledged before the origin left is not served: {e}",
-                i + 1,
-                live.chunks
-            ),
-        }
-    }
-    assert!(joined == live.bytes, "the stream read back differs");
+    read_every_chunk(&edge, name, &live).await;
     c.stop().await;
 }
 
@@ -968,19 +976,8 @@ async fn live_uploads_over_a_lossy_relay_link_are_whole_downstream_after_the_ori
         relay.metric("dcdn_catch_up_chunks_total", &[("outcome", "skipped")]),
     );
     let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
-    let client = Client::new(Duration::from_secs(20));
     for (name, live) in &uploads {
-        let mut joined = Vec::with_capacity(live.bytes.len());
-        for seq in live.first..live.first + live.chunks as u64 {
-            match client
-                .get(&format!("{edge}/v1/streams/{name}/{seq}"), None)
-                .await
-            {
-                Ok(r) => joined.extend_from_slice(&r.body),
-                Err(e) => panic!("{name} chunk {seq} of {} is lost: {e}", live.chunks),
-            }
-        }
-        assert!(joined == live.bytes, "{name} read back differs");
+        read_every_chunk(&edge, name, live).await;
     }
     c.stop().await;
 }

@@ -591,37 +591,9 @@ impl Shared {
     }
 
     fn catch_up_after(self: &Arc<Self>, stream: StreamId, from: u64, to: u64, settle: Duration) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let from = from.max(to.saturating_sub(MAX_CATCH_UP_CHUNKS));
-        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
-            self.catching_up.fetch_sub(1, Ordering::Relaxed);
-            self.metrics
-                .catch_up
-                .with_label_values(&["skipped"])
-                .inc_by(to - from);
-            return;
-        }
-        let shared = self.clone();
-        rt.spawn(async move {
-            tokio::time::sleep(settle).await;
-            for seq in from..to {
-                if shared.is_shutting_down() {
-                    break;
-                }
-                let id = ChunkId::new(stream, seq);
-                if shared.store.contains(&id, Instant::now()) {
-                    continue;
-                }
-                let outcome = match shared.fetch(id).await {
-                    Ok(_) => "pulled",
-                    Err(_) => "failed",
-                };
-                shared.metrics.catch_up.with_label_values(&[outcome]).inc();
-            }
-            shared.catching_up.fetch_sub(1, Ordering::Relaxed);
-        });
+        let ids = (from..to).map(|seq| ChunkId::new(stream, seq)).collect();
+        self.pull_in_background(ids, settle);
     }
 
     /// Pushed chunks whose FEC group expired unrebuilt (`failed`): pulls
@@ -630,18 +602,7 @@ impl Shared {
     /// none, and if their upstream then goes (an origin restarting) they
     /// would be nowhere. Bounded like `catch_up`.
     pub(crate) fn repair_failed(self: &Arc<Self>, failed: Vec<ChunkId>) {
-        if failed.is_empty() || self.settings.role == Role::Origin || self.is_shutting_down() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
-            self.catching_up.fetch_sub(1, Ordering::Relaxed);
-            self.metrics
-                .catch_up
-                .with_label_values(&["skipped"])
-                .inc_by(failed.len() as u64);
+        if self.settings.role == Role::Origin || self.is_shutting_down() {
             return;
         }
         // Only streams a verified chunk already came for: shards anyone can
@@ -654,13 +615,32 @@ impl Shared {
                 .take(MAX_CATCH_UP_CHUNKS as usize)
                 .collect()
         };
-        if failed.is_empty() {
+        self.pull_in_background(failed, Duration::ZERO);
+    }
+
+    /// Pulls the chunks of `ids` not held, after `settle`, in one
+    /// background task; at most [`MAX_CATCH_UP_TASKS`] such tasks at once
+    /// (past that the ids are counted as skipped and healed when a client
+    /// asks).
+    fn pull_in_background(self: &Arc<Self>, ids: Vec<ChunkId>, settle: Duration) {
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
             self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .catch_up
+                .with_label_values(&["skipped"])
+                .inc_by(ids.len() as u64);
             return;
         }
         let shared = self.clone();
         rt.spawn(async move {
-            for id in failed {
+            tokio::time::sleep(settle).await;
+            for id in ids {
                 if shared.is_shutting_down() {
                     break;
                 }
