@@ -615,7 +615,10 @@ impl Shared {
                 .take(MAX_CATCH_UP_CHUNKS as usize)
                 .collect()
         };
-        self.pull_in_background(failed, Duration::ZERO);
+        // Shards still on their way form the group again and may rebuild
+        // it: give them one more reassembly timeout before pulling.
+        let settle = Duration::from_millis(self.settings.config.fec.reassembly_timeout_ms.get());
+        self.pull_in_background(failed, settle);
     }
 
     /// Pulls the chunks of `ids` not held, after `settle`, in one
