@@ -12,11 +12,16 @@ bytes that came from other edges are compared with `dcdn sim` on the same
 scenario (same tiers, object, chunk size, caps and `[p2p]`); exit 0 only if
 median and slowest completion and the share agree within the tolerance.
 
-Needs root (namespaces, qdiscs) and a `dcdn` binary; run by
+Needs root (namespaces, qdiscs) and a `dcdn` binary built with optimisations
+(debug nodes are CPU-bound, not link-bound); run by
 `scripts/checks/swarm-netns.sh`, or by hand:
 
   sudo testbed/swarm-netns/fidelity.py --dcdn target/release/dcdn \\
-      --edges 8 --object-mb 256 --mbps 100
+      --edges 8 --object-mb 256 --mbps 100 --timeline
+
+--timeline prints, once a second, each edge's share of the object and what
+the origin and the relay have sent: where a slow run loses its time (it
+showed the relay feeding edges at 37 % of its link while seeds were paced).
 """
 
 import argparse
@@ -167,7 +172,7 @@ def run_sim(a, work):
     path = os.path.join(work, "scenario.toml")
     with open(path, "w") as f:
         f.write(sim_scenario(a))
-    r = sh(a.dcdn, "sim", path, "--json")
+    r = sh(a.sim_dcdn or a.dcdn, "sim", path, "--json")
     rep = json.loads(r.stdout)
     edge = next(t for t in rep["completion"] if t["tier"] == "edge")
     if edge["completed"] != a.edges:
@@ -231,6 +236,11 @@ def run_real(a, work):
     network(n)
     env = dict(os.environ)
     env.update({f"DCDN_P2P_{k.upper()}": str(v) for k, v in P2P.items()})
+    # The nodes' idea of their links is the caps, as the sim's is: a relay
+    # admits pulls and a picker sizes its pipelines from these (left at the
+    # 1 Gbit/s default, a relay on a 100 Mbit/s link admits 10x its queue).
+    env["DCDN_P2P_MAX_UPLOAD_MBPS"] = str(a.mbps)
+    env["DCDN_P2P_MAX_DOWNLOAD_MBPS"] = str(a.mbps)
     env["DCDN_LOG"] = "warn"
     # Room for the object at every tier (an edge swarms an object only up to
     # half its store).
@@ -272,23 +282,50 @@ def run_real(a, work):
         assert status == 202, (status, answer)
         edges = names[2:]
         done = {}
+        timeline = []
+        next_sample = t0
         limit = t0 + max(300, 20 * a.object_mb * 8 / a.mbps)
         while len(done) < len(edges):
             if time.time() > limit:
                 raise SystemExit(
                     f"swarm-netns: edges {sorted(set(edges) - set(done))} did not finish; "
                     f"logs in {work}")
+            sample = time.time() >= next_sample
+            row = {}
             for e in edges:
-                if e in done:
+                if e in done and not sample:
                     continue
                 try:
                     text = get(adm(e, "/metrics"), admin_token)
                 except Exception:
                     continue
-                if metric(text, "dcdn_swarms_total", outcome="complete") >= 1:
+                row[e] = metric(text, "dcdn_swarm_bytes_total") / (a.object_mb * 2**20)
+                if e not in done and metric(text, "dcdn_swarms_total", outcome="complete") >= 1:
                     done[e] = time.time() - t0
+            if sample:
+                # Where the time goes: each edge's share of the object held,
+                # and what the origin and the relay have sent (in objects),
+                # once a second (printed with --timeline).
+                sent = []
+                for up in ("origin-0", "relay-0"):
+                    try:
+                        text = get(adm(up, "/metrics"), admin_token)
+                        sent.append(metric(text, "dcdn_bytes_total", direction="out")
+                                    / (a.object_mb * 2**20))
+                    except Exception:
+                        sent.append(float("nan"))
+                timeline.append((round(time.time() - t0, 1),
+                                 [round(row.get(e, 0), 2) for e in edges] + sent))
+                next_sample += 1.0
             time.sleep(0.1)
         texts = {e: get(adm(e, "/metrics"), admin_token) for e in edges}
+        # Every node's metrics at the end, beside its log, for the why.
+        for name in names:
+            try:
+                with open(os.path.join(work, f"{name}.metrics"), "w") as f:
+                    f.write(get(adm(name, "/metrics"), admin_token))
+            except Exception:
+                pass
         from_edges = sum(metric(t, "dcdn_swarm_bytes_total", **{"from": "edge"}) for t in texts.values())
         from_relay = sum(metric(t, "dcdn_swarm_bytes_total", **{"from": "relay"}) for t in texts.values())
         origin_out = metric(get(adm("origin-0", "/metrics"), admin_token), "dcdn_bytes_total",
@@ -302,6 +339,7 @@ def run_real(a, work):
             "share": from_edges / max(1.0, from_edges + from_relay),
             "origin_x": origin_out / (a.object_mb * 2**20),
             "per_edge_s": {e: round(t, 2) for e, t in sorted(done.items())},
+            "timeline": timeline,
         }
     finally:
         for p in procs:
@@ -317,12 +355,17 @@ def run_real(a, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dcdn", default="target/release/dcdn")
+    ap.add_argument("--sim-dcdn", default=None,
+                    help="the binary that runs `dcdn sim` (default: --dcdn; the image's "
+                         "binary is built without the simulator)")
     ap.add_argument("--edges", type=int, default=8)
     ap.add_argument("--object-mb", type=int, default=256)
     ap.add_argument("--chunk-kb", type=int, default=256)
     ap.add_argument("--mbps", type=int, default=100)
     ap.add_argument("--tolerance", type=float, default=0.20)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print each edge's share of the object held, once a second")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("swarm-netns: needs root (network namespaces, tc)")
@@ -330,6 +373,11 @@ def main():
     floor = a.object_mb * 2**20 * 8 / (a.mbps * 1e6)
     real = run_real(a, work)
     sim = run_sim(a, work)
+    timeline = real.pop("timeline")
+    if a.timeline:
+        for t, held in timeline:
+            print(f"t={t:6.1f}s  edges " + " ".join(f"{h:4.2f}" for h in held[:-2])
+                  + f"  origin out {held[-2]:5.2f}  relay out {held[-1]:5.2f}")
     print(json.dumps({"floor_s": round(floor, 2), "real": real, "sim": sim}, indent=1))
     bad = []
     for key in ("p50_s", "max_s", "share"):

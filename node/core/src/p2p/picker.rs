@@ -16,11 +16,13 @@
 //!    from the neighbour, so the tier above hands each piece to a few edges
 //!    and edges trade the rest — unless no neighbour is being asked for
 //!    anything (then the seed is the only way forward and gets any piece).
-//!    While neighbours are asked, a seed whose last reply queued (took longer
-//!    than an unloaded one) is paced: one request at a time, and none for
-//!    `seed_backoff` times the queueing it showed. A thousand edges share
-//!    four relays: unpaced, each keeps its pipeline full at every relay, the
-//!    relays' queues grow to seconds, and what they send is stale by then.
+//!    A thousand edges share four relays: a relay that cannot send a reply
+//!    within its admission bound says "busy" ([`super::admission`]) and the
+//!    edge leaves it alone for a jittered back-off. (Pacing a seed by how
+//!    long its replies took, `seed_backoff`, came before admission and is
+//!    off: a relay's reply includes its own pull upstream and the network's
+//!    queue, so the real cluster in `testbed/swarm-netns` was paced to half
+//!    its links' speed.)
 //! 4. **Endgame**: once every missing piece is requested, a missing piece may
 //!    be asked of another peer too (at most `endgame_requests` at once); the
 //!    first copy in wins and [`Picker::handle_received`] names the losers to
@@ -156,10 +158,13 @@ pub struct PickerConfig {
     /// Seed pacing while neighbours are being asked: a seed's reply that
     /// queued `q` longer than an unloaded one keeps this node from asking
     /// that seed again for `seed_backoff × q` (at most `max_seed_backoff`),
-    /// and one request at a time. Every edge asks the same few seeds, so
-    /// without it their queues grow to (edges × pipeline) pieces and what
-    /// a seed sends is seconds stale; with it the seeds' queues stay short
-    /// and what they send is what no neighbour has yet.
+    /// and one request at a time; 0 (the default) turns it off. It kept
+    /// the seeds' queues short before relays had admission; with
+    /// admission it only slowed pull-through: a reply that a relay first
+    /// pulls upstream, through a link with a real queue, "queued" by this
+    /// measure on every piece, and 8 edges behind a 100 Mbit/s relay took
+    /// 55 s for 256 MiB instead of 28 s (the simulator, whose links have no
+    /// queue, never saw it).
     pub seed_backoff: u32,
     pub max_seed_backoff: Duration,
     /// A peer that answered "busy" ([`super::admission`]) is not asked
@@ -186,7 +191,7 @@ impl PickerConfig {
             initial_rate_bytes_per_sec: 125_000_000,
             request_timeout: Duration::from_secs(30),
             max_peers: 1024,
-            seed_backoff: 32,
+            seed_backoff: 0,
             max_seed_backoff: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
             max_busy_backoff: Duration::from_millis(500),
@@ -604,6 +609,7 @@ impl Picker {
         // A paced seed: one request at a time, and none before its back-off
         // ends (the reader's deadline pieces above are exempt).
         let paced = p.seed
+            && self.config.seed_backoff > 0
             && self.asking_neighbours()
             && (p.not_before.is_some_and(|t| now < t)
                 || (p.not_before.is_some() && !p.requests.is_empty()));
@@ -1041,7 +1047,10 @@ mod tests {
     #[test]
     fn a_queued_seed_is_paced_while_neighbours_are_asked_and_an_idle_one_is_not() {
         let t0 = Instant::now();
-        let mut p = Picker::new(cfg(64));
+        let mut p = Picker::new(PickerConfig {
+            seed_backoff: 32,
+            ..cfg(64)
+        });
         let mut rng = ChaCha8Rng::seed_from_u64(12);
         p.add_seed(PeerId(0), 2 * MS).unwrap();
         p.add_peer(PeerId(1), bits(64, &(0..32).collect::<Vec<_>>()), 2 * MS)
