@@ -24,7 +24,9 @@
 //! a group to 256 shards, which the wire format and the config enforce.
 
 use crate::chunk::ChunkId;
-use crate::chunk::wire::{MAX_SHARD_LEN, MAX_SHARDS_PER_GROUP, ShardFrame};
+use crate::chunk::wire::{
+    MAX_SHARD_LEN, MAX_SHARDS_PER_GROUP, SHARD_FRAME_HEAD_LEN, ShardFrame, ShardHead, encode_shard,
+};
 use bytes::{Bytes, BytesMut};
 use reed_solomon_erasure::galois_8::{self, ReedSolomon};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -302,6 +304,27 @@ impl Encoder {
         k: u16,
         m: u16,
     ) -> Result<Vec<Shard>, FecError> {
+        let blocks = self.encode_blocks(chunk, bytes, max_shard_len, k, m)?;
+        Ok(blocks
+            .iter()
+            .flat_map(|b| (0..b.shards()).map(move |i| b.shard(i)))
+            .collect())
+    }
+
+    /// [`Encoder::encode_chunk`] a block at a time: each [`Block`] holds its
+    /// data shards as one slice of `bytes` (a zero-padded copy for a short
+    /// last block) and its parity in one fresh buffer. The push path frames
+    /// every shard straight from these ([`Block::encode_frame`]): a
+    /// `Shard` with its own buffer handle per shard cost two atomic
+    /// reference-count updates each, 15 % of encoding a 16 + 4 block.
+    pub fn encode_blocks(
+        &mut self,
+        chunk: ChunkId,
+        bytes: &Bytes,
+        max_shard_len: usize,
+        k: u16,
+        m: u16,
+    ) -> Result<Vec<Block>, FecError> {
         let bad = |why| FecError::Params {
             k,
             m,
@@ -321,7 +344,7 @@ impl Encoder {
         let blocks = block_count(bytes.len(), max_shard_len, k);
         let blocks16 =
             u16::try_from(blocks).map_err(|_| bad("chunk needs more than 65535 blocks"))?;
-        let mut out = Vec::with_capacity(blocks * (usize::from(k) + usize::from(m)));
+        let mut out = Vec::with_capacity(blocks);
         for b in 0..blocks {
             let BlockLayout {
                 start,
@@ -331,7 +354,7 @@ impl Encoder {
                 shard_len,
             } = block_layout(bytes.len(), max_shard_len, k, m, b);
             let end = start + block_len;
-            let (kb, mb) = (usize::from(kb), mb);
+            let kb = usize::from(kb);
             // A full block is cut straight from the buffer; a short one is
             // copied once and zero-padded to kb equal shards.
             let data = if block_len == kb * shard_len {
@@ -341,36 +364,118 @@ impl Encoder {
                 padded[..block_len].copy_from_slice(&bytes[start..end]);
                 padded.freeze()
             };
-            let template = |index: u16, data: Bytes| Shard {
+            let parity = if mb > 0 {
+                let codec = self.codecs.get(kb, usize::from(mb))?;
+                let mut parity = BytesMut::zeroed(usize::from(mb) * shard_len);
+                codec.encode(&data, &mut parity, shard_len);
+                parity.freeze()
+            } else {
+                Bytes::new()
+            };
+            out.push(Block {
                 chunk,
                 block: b as u16,
                 blocks: blocks16,
                 k: kb as u16,
                 m: mb,
-                index,
                 block_len: block_len as u32,
+                shard_len,
                 data,
-            };
-            for i in 0..kb {
-                out.push(template(
-                    i as u16,
-                    data.slice(i * shard_len..(i + 1) * shard_len),
-                ));
-            }
-            if mb > 0 {
-                let codec = self.codecs.get(kb, usize::from(mb))?;
-                let mut parity = BytesMut::zeroed(usize::from(mb) * shard_len);
-                codec.encode(&data, &mut parity, shard_len);
-                let parity = parity.freeze();
-                for j in 0..usize::from(mb) {
-                    out.push(template(
-                        (kb + j) as u16,
-                        parity.slice(j * shard_len..(j + 1) * shard_len),
-                    ));
-                }
-            }
+                parity,
+            });
         }
         Ok(out)
+    }
+}
+
+/// One block of a chunk as [`Encoder::encode_blocks`] makes it: `k` data
+/// shards back to back, then `m` parity shards back to back.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub chunk: ChunkId,
+    pub block: u16,
+    pub blocks: u16,
+    pub k: u16,
+    pub m: u16,
+    /// Bytes of this block before padding.
+    pub block_len: u32,
+    shard_len: usize,
+    data: Bytes,
+    parity: Bytes,
+}
+
+impl Block {
+    /// Shards in the block: `k + m`.
+    pub fn shards(&self) -> usize {
+        usize::from(self.k) + usize::from(self.m)
+    }
+
+    /// The bytes of shard `index` (`0..k` data, `k..k + m` parity).
+    ///
+    /// # Panics
+    /// If `index >= self.shards()`.
+    pub fn shard_data(&self, index: usize) -> &[u8] {
+        let (buf, i) = self.locate(index);
+        &buf[i * self.shard_len..(i + 1) * self.shard_len]
+    }
+
+    fn locate(&self, index: usize) -> (&Bytes, usize) {
+        let k = usize::from(self.k);
+        assert!(
+            index < self.shards(),
+            "shard {index} of a {k} + {} block",
+            self.m
+        );
+        if index < k {
+            (&self.data, index)
+        } else {
+            (&self.parity, index - k)
+        }
+    }
+
+    fn head(&self, index: usize) -> ShardHead {
+        ShardHead {
+            chunk: self.chunk,
+            block: self.block,
+            blocks: self.blocks,
+            k: self.k,
+            m: self.m,
+            index: index as u16,
+            block_len: self.block_len,
+        }
+    }
+
+    /// Shard `index` as a frame value, sharing the block's buffers.
+    pub fn shard(&self, index: usize) -> Shard {
+        let (buf, i) = self.locate(index);
+        let ShardHead {
+            chunk,
+            block,
+            blocks,
+            k,
+            m,
+            index,
+            block_len,
+        } = self.head(index);
+        Shard {
+            chunk,
+            block,
+            blocks,
+            k,
+            m,
+            index,
+            block_len,
+            data: buf.slice(i * self.shard_len..(i + 1) * self.shard_len),
+        }
+    }
+
+    /// The datagram for shard `index`: its whole `Shard` frame in one
+    /// buffer of exactly its size, the shard's bytes copied once.
+    pub fn encode_frame(&self, index: usize) -> Bytes {
+        let data = self.shard_data(index);
+        let mut out = BytesMut::with_capacity(SHARD_FRAME_HEAD_LEN + data.len());
+        encode_shard(&mut out, &self.head(index), data);
+        out.freeze()
     }
 }
 
@@ -998,6 +1103,27 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    #[test]
+    fn a_blocks_frames_are_the_shard_frames_byte_for_byte() {
+        use crate::chunk::wire::Frame;
+        let mut e = Encoder::new();
+        // Full blocks, a short padded last block, no parity.
+        for (len, k, m) in [(16 * 1200, 16, 4), (5000, 10, 2), (3001, 6, 0)] {
+            let bytes = Bytes::from(data(len, 3));
+            let shards = e.encode_chunk(id(7), &bytes, 1200, k, m).unwrap();
+            let blocks = e.encode_blocks(id(7), &bytes, 1200, k, m).unwrap();
+            let framed: Vec<Bytes> = blocks
+                .iter()
+                .flat_map(|b| (0..b.shards()).map(move |i| b.encode_frame(i)))
+                .collect();
+            assert_eq!(framed.len(), shards.len(), "len {len}");
+            for (f, s) in framed.iter().zip(&shards) {
+                assert_eq!(f, &Frame::Shard(s.clone()).to_bytes(), "len {len} {s:?}");
+            }
+            assert_eq!(assemble(shards).unwrap().bytes, bytes, "len {len}");
+        }
     }
 
     fn assemble(shards: Vec<Shard>) -> Option<Assembled> {

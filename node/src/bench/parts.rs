@@ -40,8 +40,10 @@ pub(super) fn fec_encode(options: BenchOptions) -> anyhow::Result<Vec<BenchResul
     let id = ChunkId::new(StreamId(1), 1);
     let bytes = (K * SHARD) as f64 / MB;
     let mut encoder = Encoder::new();
+    // What the push path calls (`mesh::push_chunk`): the blocks it then
+    // frames shard by shard.
     let mut ours = || {
-        let out = encoder.encode_chunk(id, &data, SHARD, K as u16, M as u16);
+        let out = encoder.encode_blocks(id, &data, SHARD, K as u16, M as u16);
         black_box(out.map(|v| v.len()).unwrap_or(0));
         1
     };

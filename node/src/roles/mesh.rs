@@ -484,19 +484,21 @@ async fn push_chunk(
     }
     let bytes = framing::encode(&Frame::Chunk(chunk.clone()));
     let m = peer.current_parity.load(Ordering::Relaxed);
-    let shards = shared
+    let blocks = shared
         .encoder
         .lock()
-        .encode_chunk(chunk.id(), &bytes, shard_len, shared.settings.fec_k, m)
+        .encode_blocks(chunk.id(), &bytes, shard_len, shared.settings.fec_k, m)
         .map_err(|e| e.to_string())?;
     let mut sent = 0u64;
-    for shard in shards {
-        let frame = framing::encode(&Frame::Shard(shard));
-        sent += frame.len() as u64;
-        peer.conn
-            .send_datagram_wait(frame)
-            .await
-            .map_err(|e| e.to_string())?;
+    for block in &blocks {
+        for i in 0..block.shards() {
+            let frame = block.encode_frame(i);
+            sent += frame.len() as u64;
+            peer.conn
+                .send_datagram_wait(frame)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
     peer.bytes_out
         .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);

@@ -379,6 +379,59 @@ fn put_id(out: &mut BytesMut, id: ChunkId) {
     out.put_u64(id.seq);
 }
 
+/// A shard frame's fields without its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHead {
+    pub chunk: ChunkId,
+    pub block: u16,
+    pub blocks: u16,
+    pub k: u16,
+    pub m: u16,
+    pub index: u16,
+    pub block_len: u32,
+}
+
+impl ShardFrame {
+    pub fn head(&self) -> ShardHead {
+        ShardHead {
+            chunk: self.chunk,
+            block: self.block,
+            blocks: self.blocks,
+            k: self.k,
+            m: self.m,
+            index: self.index,
+            block_len: self.block_len,
+        }
+    }
+}
+
+/// Bytes a shard frame adds to its data (version, tag, fields, length).
+pub const SHARD_FRAME_HEAD_LEN: usize = 1 + 1 + 16 + 2 * 5 + 4 + 2;
+
+/// One whole `Shard` frame from its fields and bytes, the bytes copied
+/// once: what the push path sends as a datagram for each shard of a
+/// `fec::Block`, with no `ShardFrame` (and no buffer handle) made per
+/// shard. The same bytes as `Frame::Shard(..).encode`.
+pub fn encode_shard(out: &mut BytesMut, head: &ShardHead, data: &[u8]) {
+    out.put_u8(WIRE_VERSION);
+    put_shard(out, head, data);
+}
+
+fn put_shard(out: &mut BytesMut, head: &ShardHead, data: &[u8]) {
+    let data = &data[..data.len().min(MAX_SHARD_LEN)];
+    out.reserve(SHARD_FRAME_HEAD_LEN + data.len());
+    out.put_u8(tag::SHARD);
+    put_id(out, head.chunk);
+    out.put_u16(head.block);
+    out.put_u16(head.blocks);
+    out.put_u16(head.k);
+    out.put_u16(head.m);
+    out.put_u16(head.index);
+    out.put_u32(head.block_len);
+    out.put_u16(data.len() as u16);
+    out.put_slice(data);
+}
+
 fn put_short_str(out: &mut BytesMut, s: &str) {
     // Callers bound names at construction; a longer one is cut rather than
     // producing a frame the peer must refuse.
@@ -449,19 +502,7 @@ impl Frame {
                 out.put_slice(&c.signature);
                 out.put_slice(&c.payload);
             }
-            Self::Shard(s) => {
-                out.reserve(32 + s.data.len());
-                out.put_u8(tag::SHARD);
-                put_id(out, s.chunk);
-                out.put_u16(s.block);
-                out.put_u16(s.blocks);
-                out.put_u16(s.k);
-                out.put_u16(s.m);
-                out.put_u16(s.index);
-                out.put_u32(s.block_len);
-                out.put_u16(s.data.len().min(MAX_SHARD_LEN) as u16);
-                out.put_slice(&s.data[..s.data.len().min(MAX_SHARD_LEN)]);
-            }
+            Self::Shard(s) => put_shard(out, &s.head(), &s.data),
             Self::Request { id } => {
                 out.put_u8(tag::REQUEST);
                 put_id(out, *id);
