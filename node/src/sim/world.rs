@@ -1425,13 +1425,14 @@ impl World {
                 p.mark_held(seq);
             }
             if n.behaviour == Behaviour::Honest {
-                // "Have" to every neighbour, read at once (as the model says).
-                // A neighbour that holds the piece is skipped: a `Have` of a
-                // held piece changes none of its picker's picks (the core's
-                // `haves_of_held_pieces_change_no_pick`; the sim never calls
-                // `mark_lost`) and gives it nothing new to ask us for. Half
-                // the neighbours hold a piece on average when it arrives,
-                // and each call is another edge's picker out of the cache.
+                // "Have" to every neighbour, read at once (as the model says),
+                // except into the picker of a neighbour that holds the
+                // piece: a `Have` of a held piece changes none of its picks
+                // (the core's `haves_of_held_pieces_change_no_pick`; the sim
+                // never calls `mark_lost`). Half the neighbours hold a piece
+                // on average when it arrives, and each call is another
+                // edge's picker out of the cache. The others' `Have`s wait
+                // in `pending_haves` until their picker is next called.
                 let nbs: Vec<u32> = n
                     .edge
                     .as_ref()
@@ -1439,28 +1440,29 @@ impl World {
                     .unwrap_or_default();
                 let mut wake = Vec::new();
                 for nb in nbs {
-                    // An edge's picker holds exactly what `have` says: both
-                    // are set together here, and cleared together on rejoin.
-                    if self.have.get(nb, seq) {
-                        debug_assert!(
-                            self.nodes[nb as usize]
-                                .edge
-                                .as_ref()
-                                .and_then(|x| x.picker.as_ref())
-                                .is_none_or(|p| p.have().get(seq))
-                        );
-                        continue;
-                    }
                     if !self.swarming.get(nb) {
                         continue;
                     }
-                    let queue = &mut self.pending_haves[nb as usize];
-                    queue.push((node, seq));
-                    // The node's swarm loop wakes on every `Have` and asks
-                    // whoever may now have something for it.
+                    // An edge's picker holds exactly what `have` says: both
+                    // are set together here, and cleared together on rejoin.
+                    let holds = self.have.get(nb, seq);
+                    debug_assert_eq!(
+                        holds,
+                        self.nodes[nb as usize]
+                            .edge
+                            .as_ref()
+                            .and_then(|x| x.picker.as_ref())
+                            .is_some_and(|p| p.have().get(seq))
+                    );
+                    if !holds {
+                        self.pending_haves[nb as usize].push((node, seq));
+                    }
+                    // The node's swarm loop wakes on every `Have`, a held
+                    // piece's too, and asks whoever may now have something
+                    // for it.
                     if self.started.get(nb) && !self.offline.get(nb) {
                         wake.push(nb);
-                    } else if queue.len() >= self.have_batch {
+                    } else if self.pending_haves[nb as usize].len() >= self.have_batch {
                         self.flush_haves(nb);
                     }
                 }
