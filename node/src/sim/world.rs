@@ -1744,8 +1744,19 @@ impl World {
     /// Edge `e` learned that neighbour `peer` (which unchoked it) holds a
     /// new piece: fill that one peer's pipeline, as the node's loop does.
     fn ask_peer(&mut self, e: u32, peer: u32, now: Nanos) {
-        self.flush_haves(e);
         let t = self.instant(now);
+        // A full pipeline (or a busy back-off) answers `None` before the
+        // picker looks at anything a `Have` changed: no need to hand it the
+        // queued ones, nor to poll.
+        let room = self.nodes[e as usize]
+            .edge
+            .as_ref()
+            .and_then(|x| x.picker.as_ref())
+            .is_some_and(|p| p.has_room(PeerId(u64::from(peer)), t));
+        if !room {
+            return;
+        }
+        self.flush_haves(e);
         let banned;
         let mut asks = Vec::new();
         {

@@ -592,6 +592,19 @@ impl Picker {
         depth.clamp(self.config.min_pipeline, self.config.max_pipeline.max(1))
     }
 
+    /// Whether `peer`'s pipeline has room and it is not left alone after a
+    /// "busy". When not, [`Picker::poll_request`] answers `None` for it
+    /// before looking at anything else, so a caller may skip the work of
+    /// getting ready to poll (the simulator: handing the picker its queued
+    /// `Have`s).
+    pub fn has_room(&self, peer: PeerId, now: Instant) -> bool {
+        self.peers.get(&peer).is_some_and(|p| self.room(p, now))
+    }
+
+    fn room(&self, p: &Peer, now: Instant) -> bool {
+        p.requests.len() < self.depth(p) as usize && !p.busy_until.is_some_and(|t| now < t)
+    }
+
     /// Requests outstanding at `peer`.
     pub fn outstanding(&self, peer: PeerId) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.requests.len())
@@ -616,8 +629,7 @@ impl Picker {
     ) -> Option<Request> {
         let i = self.peers.find(&peer).ok()?;
         let p = &self.peers.peers[i];
-        let depth = self.depth(p) as usize;
-        if p.requests.len() >= depth || p.busy_until.is_some_and(|t| now < t) {
+        if !self.room(p, now) {
             return None;
         }
         let asked = |piece: u32| p.requests.iter().any(|r| r.piece == piece);
@@ -1360,7 +1372,10 @@ mod tests {
                 match o {
                     Op::Poll(id) => {
                         let peer = PeerId(id);
-                        if let Some(r) = p.poll_request(peer, now, &mut rng) {
+                        let room = p.has_room(peer, now);
+                        let got = p.poll_request(peer, now, &mut rng);
+                        prop_assert!(room || got.is_none(), "a poll without room asked");
+                        if let Some(r) = got {
                             prop_assert!(!p.have().get(r.piece));
                             prop_assert!(p.peers[&peer].has.get(r.piece));
                             prop_assert!(!live.contains(&(peer, r.piece)));
