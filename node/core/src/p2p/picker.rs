@@ -602,7 +602,7 @@ impl Picker {
     }
 
     fn room(&self, p: &Peer, now: Instant) -> bool {
-        p.requests.len() < self.depth(p) as usize && !p.busy_until.is_some_and(|t| now < t)
+        p.requests.len() < self.depth(p) as usize && p.busy_until.is_none_or(|t| now >= t)
     }
 
     /// Requests outstanding at `peer`.
