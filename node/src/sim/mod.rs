@@ -564,6 +564,42 @@ mod tests {
         assert!(end.chunks_nowhere > 1, "{end:?}");
     }
 
+    /// `Have`s wait in a queue until the edge's picker is next called; the
+    /// picker must answer exactly as if each had been applied at once. A
+    /// burst (every edge asking at once, relays saying busy) and churn
+    /// (pickers rebuilt on rejoin) run with and without the queue and must
+    /// give the same numbers, event for event.
+    #[test]
+    fn queued_haves_give_the_run_that_haves_applied_at_once_give() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/sim/burst-1000-edges.toml");
+        let mut burst = Scenario::from_file(&path).unwrap();
+        burst.tiers.edges = 60;
+        burst.content.object_mb = 48.0;
+        let mut churn = small_object();
+        churn.churn.crash_per_hour = 120.0;
+        churn.churn.leave_per_hour = 120.0;
+        churn.churn.rejoin_after_s = 1.0;
+        for s in [burst, churn] {
+            let at_once = world::World::new(&s, false).unwrap().have_batch(0).run();
+            let queued = world::World::new(&s, false).unwrap().run();
+            assert_eq!(queued.events, at_once.events, "{}", s.name);
+            assert_eq!(queued.completions, at_once.completions, "{}", s.name);
+            assert_eq!(
+                (queued.bytes_relays, queued.bytes_edges, queued.busy_replies),
+                (
+                    at_once.bytes_relays,
+                    at_once.bytes_edges,
+                    at_once.busy_replies
+                ),
+                "{}",
+                s.name
+            );
+            let done = queued.completions.iter().filter(|c| c.2.is_some()).count();
+            assert!(done > 0, "{}", s.name);
+        }
+    }
+
     #[test]
     fn the_svg_draws_one_curve_per_tier() {
         let r = run(&small_object()).unwrap();

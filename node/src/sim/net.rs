@@ -71,7 +71,10 @@ impl Pipes {
         }
         let mut start = from;
         let mut at = self.down.len();
-        for (i, &(b, e)) in self.down.iter().enumerate() {
+        // Bookings over by `from` cannot hold this one up: start past them
+        // (ends are sorted, as the stretches are disjoint and sorted).
+        let skip = self.down.partition_point(|&(_, end)| end <= from);
+        for (i, &(b, e)) in self.down.iter().enumerate().skip(skip) {
             if e <= start {
                 continue;
             }

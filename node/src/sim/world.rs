@@ -84,8 +84,61 @@ impl Bits {
             *w |= 1 << (i % 64);
         }
     }
+    fn unset(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+    #[cfg(test)]
     fn clear(&mut self) {
         self.0.iter_mut().for_each(|w| *w = 0);
+    }
+}
+
+/// Which chunks every node holds: one bit matrix, a row per node. A
+/// delivery at an edge asks for each of its neighbours whether it holds the
+/// chunk; a row here is one cache line away, where a bit set per node
+/// record was two (the record, then its words) among gigabytes of records.
+#[derive(Debug, Clone)]
+struct HaveMatrix {
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl HaveMatrix {
+    fn new(nodes: usize, chunks: usize) -> Self {
+        let words = chunks.div_ceil(64);
+        Self {
+            words,
+            bits: vec![0; nodes * words],
+        }
+    }
+    fn get(&self, node: u32, i: u32) -> bool {
+        (i as usize) < self.words * 64
+            && self
+                .bits
+                .get(node as usize * self.words + i as usize / 64)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+    fn set(&mut self, node: u32, i: u32) {
+        if (i as usize) < self.words * 64 {
+            if let Some(w) = self
+                .bits
+                .get_mut(node as usize * self.words + i as usize / 64)
+            {
+                *w |= 1 << (i % 64);
+            }
+        }
+    }
+    fn clear(&mut self, node: u32) {
+        let at = node as usize * self.words;
+        if let Some(row) = self.bits.get_mut(at..at + self.words) {
+            row.iter_mut().for_each(|w| *w = 0);
+        }
+    }
+    fn row(&self, node: u32) -> &[u64] {
+        let at = node as usize * self.words;
+        self.bits.get(at..at + self.words).unwrap_or(&[])
     }
 }
 
@@ -144,7 +197,6 @@ struct Node {
     incarnation: u32,
     lossy: bool,
     pipes: Pipes,
-    have: Bits,
     held: u32,
     bytes_sent: u64,
     start: Nanos,
@@ -231,6 +283,10 @@ enum Ev {
     /// A swarming edge's paced seed may be asked again.
     Wake(u32),
 }
+
+/// Most `Have`s waiting for one edge's picker (see `World::pending_haves`):
+/// bounded memory however long an edge is not asked anything.
+const HAVE_BATCH: usize = 512;
 
 /// Most latency samples kept per tier; past it a uniform reservoir is kept,
 /// so memory stays bounded however long the stream or large the cluster.
@@ -414,6 +470,24 @@ pub(crate) struct World {
     last_progress: Nanos,
     /// Chunks the origin does not have (tests make a stall with it).
     withheld: Vec<u32>,
+    /// Nodes whose `online` is false, as one small bit set: a swarming
+    /// edge checks every neighbour on every pump, and the bit set stays in
+    /// the cache where ten thousand node records do not.
+    offline: Bits,
+    /// What each node holds (see [`HaveMatrix`]).
+    have: HaveMatrix,
+    /// `Have`s on their way into each edge's picker, (from, chunk), and
+    /// which edges have a picker and a started reader (mirrors of
+    /// `EdgeState`, kept here so a `Have` need not visit the edge's record).
+    /// A picker answers only when called, so its `Have`s are applied just
+    /// before any call (`flush_haves`): the answers are the ones applying
+    /// each at once gives, and ~16 `Have`s per delivery cost an append each
+    /// instead of a walk through another edge's picker. At most
+    /// `have_batch` are kept per edge (0: each is applied at once).
+    pending_haves: Vec<Vec<(u32, u32)>>,
+    swarming: Bits,
+    started: Bits,
+    have_batch: usize,
     /// One zeroed buffer of a chunk's size: every stored chunk's payload is
     /// a slice of it, so a store accounts real sizes without the bytes.
     payload: Bytes,
@@ -510,7 +584,6 @@ impl World {
             incarnation: 0,
             lossy: false,
             pipes,
-            have: Bits::new(chunks as usize),
             held: 0,
             bytes_sent: 0,
             start: 0,
@@ -626,6 +699,7 @@ impl World {
                 }
             }
         }
+        let nodes_len = nodes.len();
         let mut w = Self {
             settings,
             nodes,
@@ -652,6 +726,12 @@ impl World {
             readers_done: 0,
             last_progress: 0,
             withheld: Vec::new(),
+            offline: Bits::new(nodes_len),
+            have: HaveMatrix::new(nodes_len, chunks as usize),
+            pending_haves: vec![Vec::new(); nodes_len],
+            swarming: Bits::new(nodes_len),
+            started: Bits::new(nodes_len),
+            have_batch: HAVE_BATCH,
             payload: Bytes::from(vec![0u8; s.chunk_bytes() as usize]),
             churn_rate: (s.churn.leave_per_hour + s.churn.crash_per_hour) * f64::from(n_edges)
                 / 3600.0,
@@ -672,6 +752,14 @@ impl World {
     }
 
     /// Frame overheads from the real wire encoder.
+    /// At most `n` `Have`s wait for an edge's picker (0: each is applied at
+    /// once, as before batching): tests compare the two.
+    #[cfg(test)]
+    pub(crate) fn have_batch(mut self, n: usize) -> Self {
+        self.have_batch = n;
+        self
+    }
+
     fn measure_frames(&mut self) {
         let signer = Signer::from_secret([7; 32]);
         let chunk = signer.sign_chunk(ChunkId::new(STREAM, 0), Bytes::new(), 0);
@@ -725,7 +813,7 @@ impl World {
                         let mut b = Bitfield::new(self.chunks);
                         if other.held > 0 {
                             for i in 0..self.chunks {
-                                if other.have.get(i) {
+                                if self.have.get(nb, i) {
                                     b.set(i);
                                 }
                             }
@@ -741,6 +829,10 @@ impl World {
                 x.swarm.clear();
                 x.started = false;
                 x.wake_at = 0;
+                // The fresh picker read what every neighbour holds now.
+                self.pending_haves[e as usize].clear();
+                self.swarming.set(e);
+                self.started.unset(e);
             }
         }
         if let Some(x) = self.nodes[e as usize].edge.as_mut() {
@@ -766,7 +858,7 @@ impl World {
     /// store, the store has not evicted or expired it.
     fn holds(&self, node: u32, seq: u32, now: Nanos) -> bool {
         let n = &self.nodes[node as usize];
-        n.have.get(seq)
+        self.have.get(node, seq)
             && n.store.as_ref().is_none_or(|st| {
                 st.contains(&ChunkId::new(STREAM, u64::from(seq)), self.instant(now))
             })
@@ -822,7 +914,7 @@ impl World {
             let o = &mut self.nodes[0];
             for i in 0..self.chunks {
                 if !self.withheld.contains(&i) {
-                    o.have.set(i);
+                    self.have.set(0, i);
                     o.held += 1;
                 }
             }
@@ -921,6 +1013,7 @@ impl World {
                     n.start = now;
                     if let Some(x) = n.edge.as_mut() {
                         x.started = true;
+                        self.started.set(e);
                     }
                     self.pump(e, now);
                 }
@@ -949,7 +1042,7 @@ impl World {
                 incarnation,
             } => {
                 let n = &self.nodes[node as usize];
-                if n.online && n.incarnation == incarnation && !n.have.get(seq) {
+                if n.online && n.incarnation == incarnation && !self.have.get(node, seq) {
                     self.start_fetch(node, seq, Purpose::Repair, now);
                 }
             }
@@ -1191,7 +1284,7 @@ impl World {
                 }
             }
             Tier::Origin => {
-                if server.have.get(seq) {
+                if self.have.get(to, seq) {
                     self.send_chunk(fetch, to, req, seq, now, true);
                 } else {
                     self.refuse(fetch, to, req, now);
@@ -1307,7 +1400,7 @@ impl World {
         let payload = self.s.chunk_len(u64::from(seq));
         let t = self.instant(now);
         let from_tier = self.nodes[from as usize].tier;
-        let again = self.nodes[node as usize].have.get(seq);
+        let again = self.have.get(node, seq);
         if again && self.holds(node, seq, now) {
             return;
         }
@@ -1322,43 +1415,68 @@ impl World {
             let _ = st.insert(stored, t);
         }
         if !again {
-            n.have.set(seq);
+            self.have.set(node, seq);
             n.held += 1;
         }
         if n.tier == Tier::Edge && !again {
+            self.flush_haves(node);
+            let n = &mut self.nodes[node as usize];
             if let Some(p) = n.edge.as_mut().and_then(|x| x.picker.as_mut()) {
                 p.mark_held(seq);
             }
             if n.behaviour == Behaviour::Honest {
-                // "Have" to every neighbour, read at once (as the model says).
-                // Whether we unchoked each neighbour: the choker's state
-                // (the neighbour learns it one link latency later).
-                let nbs: Vec<(u32, bool)> = n
+                // "Have" to every neighbour, read at once (as the model says),
+                // except into the picker of a neighbour that holds the
+                // piece: a `Have` of a held piece changes none of its picks
+                // (the core's `haves_of_held_pieces_change_no_pick`; the sim
+                // never calls `mark_lost`). Half the neighbours hold a piece
+                // on average when it arrives, and each call is another
+                // edge's picker out of the cache. The others' `Have`s wait
+                // in `pending_haves` until their picker is next called.
+                let nbs: Vec<u32> = n
                     .edge
                     .as_ref()
-                    .map(|x| {
-                        x.neighbours
-                            .iter()
-                            .map(|nb| (nb.id, x.choker.is_unchoked(PeerId(u64::from(nb.id)))))
-                            .collect()
-                    })
+                    .map(|x| x.neighbours.iter().map(|nb| nb.id).collect())
                     .unwrap_or_default();
                 let mut wake = Vec::new();
-                for (nb, unchoked) in nbs {
-                    if let Some(x) = self.nodes[nb as usize].edge.as_mut() {
-                        if let Some(p) = x.picker.as_mut() {
-                            p.handle_have(PeerId(u64::from(node)), seq);
-                            // The node's swarm loop wakes on every `Have` and
-                            // asks whoever may now have something for it.
-                            if x.started && unchoked {
-                                wake.push(nb);
-                            }
-                        }
+                for nb in nbs {
+                    if !self.swarming.get(nb) {
+                        continue;
+                    }
+                    // An edge's picker holds exactly what `have` says: both
+                    // are set together here, and cleared together on rejoin.
+                    let holds = self.have.get(nb, seq);
+                    debug_assert_eq!(
+                        holds,
+                        self.nodes[nb as usize]
+                            .edge
+                            .as_ref()
+                            .and_then(|x| x.picker.as_ref())
+                            .is_some_and(|p| p.have().get(seq))
+                    );
+                    if !holds {
+                        self.pending_haves[nb as usize].push((node, seq));
+                    }
+                    // The node's swarm loop wakes on every `Have`, a held
+                    // piece's too, and asks whoever may now have something
+                    // for it.
+                    if self.started.get(nb) && !self.offline.get(nb) {
+                        wake.push(nb);
+                    } else if self.pending_haves[nb as usize].len() >= self.have_batch {
+                        self.flush_haves(nb);
                     }
                 }
                 for nb in wake {
-                    if self.nodes[nb as usize].online {
+                    // Only a neighbour we unchoked may ask us: the choker's
+                    // state (the neighbour learns it one link latency later).
+                    let unchoked = self.nodes[node as usize]
+                        .edge
+                        .as_ref()
+                        .is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(nb))));
+                    if unchoked {
                         self.ask_peer(nb, node, now);
+                    } else if self.pending_haves[nb as usize].len() >= self.have_batch {
+                        self.flush_haves(nb);
                     }
                 }
             }
@@ -1459,7 +1577,7 @@ impl World {
         let Some(x) = n.edge.as_mut() else {
             return true;
         };
-        while x.cursor < chunks && n.have.get(x.cursor) {
+        while x.cursor < chunks && self.have.get(e, x.cursor) {
             x.cursor += 1;
         }
         if x.cursor < chunks {
@@ -1497,7 +1615,7 @@ impl World {
         // it is about to write included (`serve::stream_object`).
         let end = (x.cursor + read_ahead).min(chunks);
         let wanted: Vec<u32> = (x.cursor..end)
-            .filter(|&s| !n.have.get(s) && !x.inflight.contains(&s))
+            .filter(|&s| !self.have.get(e, s) && !x.inflight.contains(&s))
             .collect();
         x.inflight.extend_from_slice(&wanted);
         for seq in wanted {
@@ -1510,14 +1628,19 @@ impl World {
     /// the relays) is given requests until the picker says its pipeline is
     /// full or it has nothing this node lacks.
     fn swarm_pump(&mut self, e: u32, now: Nanos) {
+        self.flush_haves(e);
         let t = self.instant(now);
         let chunks = self.chunks;
         let read_ahead = self.s.peers.read_ahead;
         let detect = secs(self.s.churn.detect_crash_s);
         // A chunk's time on this edge's download link: the reader's pace.
         let chunk_ns = (self.s.chunk_bytes() as f64 * 8_000.0 / self.s.nodes.edge.down_mbps) as u64;
-        let reachable =
-            |n: &Node| n.online || (n.crashed && now.saturating_sub(n.offline_since) < detect);
+        let reachable = |id: u32| {
+            !self.offline.get(id) || {
+                let n = &self.nodes[id as usize];
+                n.online || (n.crashed && now.saturating_sub(n.offline_since) < detect)
+            }
+        };
         let mut peers: Vec<u32> = Vec::new();
         {
             let n = &self.nodes[e as usize];
@@ -1526,13 +1649,13 @@ impl World {
             };
             for nb in &x.neighbours {
                 if nb.unchoked_us
-                    && reachable(&self.nodes[nb.id as usize])
+                    && reachable(nb.id)
                     && !x.reputation.is_banned(PeerId(u64::from(nb.id)), t)
                 {
                     peers.push(nb.id);
                 }
             }
-            peers.extend((1..=self.relays).filter(|&r| reachable(&self.nodes[r as usize])));
+            peers.extend((1..=self.relays).filter(|&r| reachable(r)));
         }
         if self.advance_reader(e, now) {
             return;
@@ -1552,7 +1675,7 @@ impl World {
             x.cursor
         };
         for (i, seq) in (x.cursor..end).enumerate() {
-            if !n.have.get(seq) {
+            if !self.have.get(e, seq) {
                 picker.set_piece_deadline(seq, t + Duration::from_nanos(chunk_ns * (i as u64 + 1)));
             }
         }
@@ -1597,10 +1720,43 @@ impl World {
         self.send_swarm_requests(e, asks, now);
     }
 
+    /// Hands edge `e`'s picker the `Have`s waiting for it, in the order
+    /// they came: every picker call goes after this (see `pending_haves`).
+    fn flush_haves(&mut self, e: u32) {
+        let Some(queue) = self.pending_haves.get_mut(e as usize) else {
+            return;
+        };
+        if queue.is_empty() {
+            return;
+        }
+        if let Some(p) = self.nodes[e as usize]
+            .edge
+            .as_mut()
+            .and_then(|x| x.picker.as_mut())
+        {
+            for &(from, seq) in queue.iter() {
+                p.handle_have(PeerId(u64::from(from)), seq);
+            }
+        }
+        queue.clear();
+    }
+
     /// Edge `e` learned that neighbour `peer` (which unchoked it) holds a
     /// new piece: fill that one peer's pipeline, as the node's loop does.
     fn ask_peer(&mut self, e: u32, peer: u32, now: Nanos) {
         let t = self.instant(now);
+        // A full pipeline (or a busy back-off) answers `None` before the
+        // picker looks at anything a `Have` changed: no need to hand it the
+        // queued ones, nor to poll.
+        let room = self.nodes[e as usize]
+            .edge
+            .as_ref()
+            .and_then(|x| x.picker.as_ref())
+            .is_some_and(|p| p.has_room(PeerId(u64::from(peer)), t));
+        if !room {
+            return;
+        }
+        self.flush_haves(e);
         let banned;
         let mut asks = Vec::new();
         {
@@ -1661,6 +1817,7 @@ impl World {
         kind: ReplyKind,
         now: Nanos,
     ) {
+        self.flush_haves(req);
         let t = self.instant(now);
         let payload = self.s.chunk_len(u64::from(seq));
         self.finish_fetch(fetch, now);
@@ -1766,7 +1923,7 @@ impl World {
 
     fn publish(&mut self, seq: u32, now: Nanos) {
         let o = &mut self.nodes[0];
-        o.have.set(seq);
+        self.have.set(0, seq);
         o.held += 1;
         for r in 1..=self.relays {
             self.push_chunk(0, r, seq, now);
@@ -1812,7 +1969,7 @@ impl World {
         let k = self.settings.fec_k;
         let exec_shards = self.exec_shards;
         let n = &mut self.nodes[to as usize];
-        if !n.online || n.have.get(seq) {
+        if !n.online || self.have.get(to, seq) {
             return;
         }
         let Some(link) = n.push.as_mut() else {
@@ -1925,6 +2082,7 @@ impl World {
         let n = &mut self.nodes[e as usize];
         if n.online {
             n.online = false;
+            self.offline.set(e);
             n.crashed = crash;
             n.offline_since = now;
             if crash {
@@ -1944,10 +2102,11 @@ impl World {
         let live = self.s.content.is_live();
         let n = &mut self.nodes[e as usize];
         n.online = true;
+        self.offline.unset(e);
         n.crashed = false;
         n.incarnation += 1;
         // A rejoining node starts over: its in-memory store died with it.
-        n.have.clear();
+        self.have.clear(e);
         n.held = 0;
         n.pipes.reset(now);
         let counted = n.done.is_some() && n.behaviour != Behaviour::Malicious && !live;
@@ -2003,8 +2162,13 @@ impl World {
         out.unfinished = self.readers.saturating_sub(self.readers_done);
         out.last_progress_s = self.last_progress as f64 / SEC as f64;
         let mut anywhere = Bits::new(self.chunks as usize);
-        for n in self.nodes.iter().filter(|n| n.tier != Tier::Origin) {
-            for (a, b) in anywhere.0.iter_mut().zip(&n.have.0) {
+        for (i, _) in self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.tier != Tier::Origin)
+        {
+            for (a, b) in anywhere.0.iter_mut().zip(self.have.row(i as u32)) {
                 *a |= b;
             }
         }
@@ -2042,6 +2206,9 @@ mod tests {
         // Out of range is never held and never panics.
         b.set(500);
         assert!(!b.get(500));
+        b.unset(129);
+        b.unset(500);
+        assert!(b.get(0) && !b.get(129));
         b.clear();
         assert!(!b.get(0));
     }

@@ -39,7 +39,7 @@
 
 use crate::chunk::PeerId;
 use rand::Rng;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// A fixed-size bit set over an object's pieces.
@@ -261,15 +261,20 @@ struct Peer {
 
 /// The picker's peers, sorted by id: a few dozen at most in practice, so a
 /// binary search beats hashing on the hot path (every `Have` and every poll
-/// looks a peer up) and iteration order is deterministic.
+/// looks a peer up) and iteration order is deterministic. The ids are a
+/// vector of their own: a search reads a few hundred bytes of ids, not
+/// every peer's record (a swarming edge of a 10,000-edge simulation takes
+/// ~32 `Have`s per piece it gets, each such a search in another edge's
+/// picker).
 #[derive(Debug, Default)]
 struct PeerTable {
-    entries: Vec<(PeerId, Peer)>,
+    ids: Vec<PeerId>,
+    peers: Vec<Peer>,
 }
 
 impl PeerTable {
     fn find(&self, id: &PeerId) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(id))
+        self.ids.binary_search(id)
     }
 
     fn contains_key(&self, id: &PeerId) -> bool {
@@ -277,34 +282,40 @@ impl PeerTable {
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.ids.len()
     }
 
     fn get(&self, id: &PeerId) -> Option<&Peer> {
-        self.find(id).ok().map(|i| &self.entries[i].1)
+        self.find(id).ok().map(|i| &self.peers[i])
     }
 
     fn get_mut(&mut self, id: &PeerId) -> Option<&mut Peer> {
-        self.find(id).ok().map(|i| &mut self.entries[i].1)
+        self.find(id).ok().map(|i| &mut self.peers[i])
     }
 
     fn insert(&mut self, id: PeerId, peer: Peer) {
         match self.find(&id) {
-            Ok(i) => self.entries[i].1 = peer,
-            Err(i) => self.entries.insert(i, (id, peer)),
+            Ok(i) => self.peers[i] = peer,
+            Err(i) => {
+                self.ids.insert(i, id);
+                self.peers.insert(i, peer);
+            }
         }
     }
 
     fn remove(&mut self, id: &PeerId) -> Option<Peer> {
-        self.find(id).ok().map(|i| self.entries.remove(i).1)
+        let i = self.find(id).ok()?;
+        self.ids.remove(i);
+        Some(self.peers.remove(i))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.ids.iter().zip(self.peers.iter())
     }
 
+    #[cfg(test)]
     fn values(&self) -> impl Iterator<Item = &Peer> {
-        self.entries.iter().map(|(_, v)| v)
+        self.peers.iter()
     }
 }
 
@@ -324,6 +335,8 @@ impl std::ops::Index<&PeerId> for PeerTable {
 pub struct Picker {
     config: PickerConfig,
     have: Bitfield,
+    /// Pieces held (`have`'s count, kept so a poll need not count it).
+    held: u32,
     /// Non-seed peers that have each piece.
     availability: Vec<u16>,
     /// Requests outstanding per piece, across peers.
@@ -340,6 +353,14 @@ pub struct Picker {
     deadlines: BTreeSet<(Instant, u32)>,
     deadline_of: HashMap<u32, Instant>,
     peers: PeerTable,
+    /// When each outstanding request was sent, as a multiset (time →
+    /// requests sent then): the earliest is the next timeout, found
+    /// without visiting every peer (the caller asks after every event).
+    sent: BTreeMap<Instant, u32>,
+    /// Peers that ever had a seed back-off or a busy back-off, sorted: the
+    /// only ones [`Picker::seed_ready_at`] has to look at (a few relays
+    /// among dozens of neighbours).
+    timed: Vec<PeerId>,
 }
 
 impl Picker {
@@ -348,6 +369,7 @@ impl Picker {
         Self {
             config,
             have: Bitfield::new(n),
+            held: 0,
             availability: vec![0; n as usize],
             requested: vec![0; n as usize],
             open: n,
@@ -357,6 +379,8 @@ impl Picker {
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
             peers: PeerTable::default(),
+            sent: BTreeMap::new(),
+            timed: Vec::new(),
         }
     }
 
@@ -371,7 +395,7 @@ impl Picker {
 
     /// Every piece is held.
     pub fn is_complete(&self) -> bool {
-        self.have.count() == self.config.pieces
+        self.held == self.config.pieces
     }
 
     /// Marks a piece held without a request (pushed, or already in the store).
@@ -383,8 +407,11 @@ impl Picker {
 
     /// Forgets a piece (the store evicted it): it may be picked again.
     pub fn mark_lost(&mut self, piece: u32) {
-        if self.have.clear(piece) && self.requested[piece as usize] == 0 {
-            self.open += 1;
+        if self.have.clear(piece) {
+            self.held -= 1;
+            if self.requested[piece as usize] == 0 {
+                self.open += 1;
+            }
         }
     }
 
@@ -392,6 +419,7 @@ impl Picker {
         if piece >= self.config.pieces || !self.have.set(piece) {
             return false;
         }
+        self.held += 1;
         if self.requested[piece as usize] == 0 {
             self.open -= 1;
         }
@@ -507,12 +535,19 @@ impl Picker {
         if !p.seed {
             self.neighbour_requests -= p.requests.len() as u32;
         }
+        if let Ok(i) = self.timed.binary_search(&peer) {
+            self.timed.remove(i);
+        }
         for r in p.requests {
+            self.unsent(r.sent);
             self.unrequest(r.piece);
         }
     }
 
-    /// A peer announced a piece.
+    /// A peer announced a piece. One of a piece held here changes no pick,
+    /// cancel or timer (only what is missing is ever picked), so a caller
+    /// may leave it out — as long as [`Picker::mark_lost`] is never used,
+    /// since a lost piece would then not know who has it.
     pub fn handle_have(&mut self, peer: PeerId, piece: u32) {
         if let Some(p) = self.peers.get_mut(&peer) {
             if p.has.set(piece) && !p.seed {
@@ -553,12 +588,26 @@ impl Picker {
     /// How many requests `peer` should have outstanding: its bandwidth-delay
     /// product in pieces, plus one so the pipe never drains.
     pub fn pipeline(&self, peer: PeerId) -> u32 {
-        let Some(p) = self.peers.get(&peer) else {
-            return 0;
-        };
+        self.peers.get(&peer).map_or(0, |p| self.depth(p))
+    }
+
+    fn depth(&self, p: &Peer) -> u32 {
         let bdp = p.rate * p.rtt.as_secs_f64() / self.config.piece_bytes as f64;
         let depth = (bdp.ceil() as u32).saturating_add(1);
         depth.clamp(self.config.min_pipeline, self.config.max_pipeline.max(1))
+    }
+
+    /// Whether `peer`'s pipeline has room and it is not left alone after a
+    /// "busy". When not, [`Picker::poll_request`] answers `None` for it
+    /// before looking at anything else, so a caller may skip the work of
+    /// getting ready to poll (the simulator: handing the picker its queued
+    /// `Have`s).
+    pub fn has_room(&self, peer: PeerId, now: Instant) -> bool {
+        self.peers.get(&peer).is_some_and(|p| self.room(p, now))
+    }
+
+    fn room(&self, p: &Peer, now: Instant) -> bool {
+        p.requests.len() < self.depth(p) as usize && p.busy_until.is_none_or(|t| now >= t)
     }
 
     /// Requests outstanding at `peer`.
@@ -583,9 +632,9 @@ impl Picker {
         now: Instant,
         rng: &mut R,
     ) -> Option<Request> {
-        let depth = self.pipeline(peer) as usize;
-        let p = self.peers.get(&peer)?;
-        if p.requests.len() >= depth || p.busy_until.is_some_and(|t| now < t) {
+        let i = self.peers.find(&peer).ok()?;
+        let p = &self.peers.peers[i];
+        if !self.room(p, now) {
             return None;
         }
         let asked = |piece: u32| p.requests.iter().any(|r| r.piece == piece);
@@ -618,7 +667,7 @@ impl Picker {
         }
         // 2. and 3. Random first, then rarest first, among pieces nobody asked for.
         if pick.is_none() {
-            let random = self.have.count() < self.config.random_first;
+            let random = self.held < self.config.random_first;
             let cap = if p.seed && self.asking_neighbours() {
                 self.config.seed_max_availability
             } else {
@@ -643,12 +692,12 @@ impl Picker {
         }
         let (piece, reason) = pick?;
         self.add_request(piece);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.requests.push(Outstanding { piece, sent: now });
-            if !p.seed {
-                self.neighbour_requests += 1;
-            }
+        let p = &mut self.peers.peers[i];
+        p.requests.push(Outstanding { piece, sent: now });
+        if !p.seed {
+            self.neighbour_requests += 1;
         }
+        *self.sent.entry(now).or_insert(0) += 1;
         Some(Request { piece, reason })
     }
 
@@ -762,6 +811,23 @@ impl Picker {
         }
     }
 
+    /// One request sent at `at` is no longer outstanding.
+    fn unsent(&mut self, at: Instant) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.sent.entry(at) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// `peer` has (or may have) a back-off timer: see `timed`.
+    fn note_timed(&mut self, peer: PeerId) {
+        if let Err(i) = self.timed.binary_search(&peer) {
+            self.timed.insert(i, peer);
+        }
+    }
+
     fn take_request(&mut self, peer: PeerId, piece: u32) -> Option<Outstanding> {
         let p = self.peers.get_mut(&peer)?;
         let i = p.requests.iter().position(|r| r.piece == piece)?;
@@ -769,6 +835,7 @@ impl Picker {
         if !p.seed {
             self.neighbour_requests -= 1;
         }
+        self.unsent(r.sent);
         self.unrequest(piece);
         Some(r)
     }
@@ -806,6 +873,9 @@ impl Picker {
                             Duration::from_secs_f64(queued * f64::from(self.config.seed_backoff));
                         now + back_off.min(self.config.max_seed_backoff)
                     });
+                    if p.not_before.is_some() {
+                        self.note_timed(peer);
+                    }
                 }
             }
         }
@@ -857,6 +927,7 @@ impl Picker {
             // back-off wins, never a shorter one.
             let until = now + jittered;
             p.busy_until = Some(p.busy_until.map_or(until, |t| t.max(until)));
+            self.note_timed(peer);
         }
     }
 
@@ -870,6 +941,9 @@ impl Picker {
     /// Gives up requests older than the timeout; returns them (peer, piece)
     /// so the caller cancels them. The pieces may be picked again.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<(PeerId, u32)> {
+        if self.poll_timeout().is_none_or(|at| at > now) {
+            return Vec::new();
+        }
         let timeout = self.config.request_timeout;
         let mut expired = Vec::new();
         for (id, p) in self.peers.iter() {
@@ -895,8 +969,9 @@ impl Picker {
     /// "busy" may be asked again (the caller polls then, if nothing else
     /// woke it).
     pub fn seed_ready_at(&self, now: Instant) -> Option<Instant> {
-        self.peers
-            .values()
+        self.timed
+            .iter()
+            .filter_map(|id| self.peers.get(id))
             .flat_map(|p| [p.not_before.filter(|_| p.seed), p.busy_until])
             .flatten()
             .filter(|&t| t > now)
@@ -905,11 +980,9 @@ impl Picker {
 
     /// Earliest time [`Picker::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .flat_map(|p| p.requests.iter().map(|r| r.sent))
-            .min()
-            .map(|t| t + self.config.request_timeout)
+        self.sent
+            .first_key_value()
+            .map(|(&t, _)| t + self.config.request_timeout)
     }
 }
 
@@ -1296,6 +1369,7 @@ mod tests {
                     .filter(|&i| !p.have.get(i) && p.requested[i as usize] == 0)
                     .count();
                 assert_eq!(open, p.open as usize, "the open count drifted");
+                assert_eq!(p.held, p.have.count(), "the held count drifted");
                 for i in 0..n {
                     assert_eq!(p.asked.get(i), p.requested[i as usize] > 0);
                     assert_eq!(p.seen.get(i), p.availability[i as usize] > 0);
@@ -1307,7 +1381,10 @@ mod tests {
                 match o {
                     Op::Poll(id) => {
                         let peer = PeerId(id);
-                        if let Some(r) = p.poll_request(peer, now, &mut rng) {
+                        let room = p.has_room(peer, now);
+                        let got = p.poll_request(peer, now, &mut rng);
+                        prop_assert!(room || got.is_none(), "a poll without room asked");
+                        if let Some(r) = got {
                             prop_assert!(!p.have().get(r.piece));
                             prop_assert!(p.peers[&peer].has.get(r.piece));
                             prop_assert!(!live.contains(&(peer, r.piece)));
@@ -1351,6 +1428,128 @@ mod tests {
                 p.handle_received(PeerId(0), r.piece, 1 << 20, now);
             }
             prop_assert!(p.is_complete(), "held {} of {n}", p.have().count());
+        }
+    }
+
+    proptest! {
+        /// A `Have` of a piece this node already holds changes no pick,
+        /// cancel, timeout or wake-up time: the simulator skips those
+        /// (half the `Have`s of a burst, each another edge's picker) and
+        /// counts on this. Two pickers see the same run, one without the
+        /// `Have`s of held pieces, and must answer every call the same.
+        #[test]
+        fn haves_of_held_pieces_change_no_pick(
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 0..400),
+        ) {
+            let n = 40;
+            let t0 = Instant::now();
+            let mut rng_a = ChaCha8Rng::seed_from_u64(seed);
+            let mut rng_b = ChaCha8Rng::seed_from_u64(seed);
+            let mut c = PickerConfig::for_object(n, 1 << 20);
+            c.request_timeout = Duration::from_secs(5);
+            c.random_first = 2;
+            let mut a = Picker::new(c);
+            let mut b = Picker::new(c);
+            for p in [&mut a, &mut b] {
+                p.add_seed_of(PeerId(0), upstream_stripe(n, 0, 1), 20 * MS).unwrap();
+                for id in 1..6 {
+                    p.add_peer(PeerId(id), Bitfield::new(n), 5 * MS).unwrap();
+                }
+            }
+            let mut live: Vec<(PeerId, u32)> = Vec::new();
+            let mut now = t0;
+            let mut skipped = 0;
+            for o in ops {
+                match o {
+                    Op::Poll(id) => {
+                        let ra = a.poll_request(PeerId(id), now, &mut rng_a);
+                        let rb = b.poll_request(PeerId(id), now, &mut rng_b);
+                        prop_assert_eq!(ra, rb);
+                        if let Some(r) = ra {
+                            live.push((PeerId(id), r.piece));
+                        }
+                    }
+                    Op::Have(id, i) => {
+                        a.handle_have(PeerId(id), i);
+                        if b.have().get(i) {
+                            skipped += 1;
+                        } else {
+                            b.handle_have(PeerId(id), i);
+                        }
+                    }
+                    Op::Deliver(k) if !live.is_empty() => {
+                        let (peer, piece) = live.swap_remove(k % live.len());
+                        now += MS;
+                        let ga = a.handle_received(peer, piece, 1 << 20, now);
+                        let gb = b.handle_received(peer, piece, 1 << 20, now);
+                        prop_assert_eq!(&ga, &gb);
+                        live.retain(|(q, x)| !(*x == piece && ga.cancel.contains(q)));
+                    }
+                    Op::Fail(k) if !live.is_empty() => {
+                        // Refused, busy or choked, by turns.
+                        let (peer, piece) = live.swap_remove(k % live.len());
+                        match k % 3 {
+                            0 => {
+                                a.handle_failed(peer, piece);
+                                b.handle_failed(peer, piece);
+                            }
+                            1 => {
+                                a.handle_busy(peer, piece, now, &mut rng_a);
+                                b.handle_busy(peer, piece, now, &mut rng_b);
+                            }
+                            _ => {
+                                a.handle_choked(peer, piece);
+                                b.handle_choked(peer, piece);
+                            }
+                        }
+                    }
+                    Op::Deadline(i, d) => {
+                        let at = now + Duration::from_millis(d);
+                        a.set_piece_deadline(i, at);
+                        b.set_piece_deadline(i, at);
+                    }
+                    Op::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        let ea = a.handle_timeout(now);
+                        prop_assert_eq!(&ea, &b.handle_timeout(now));
+                        for x in ea {
+                            live.retain(|y| *y != x);
+                        }
+                    }
+                    Op::Leave(id) => {
+                        a.remove_peer(PeerId(id));
+                        b.remove_peer(PeerId(id));
+                        live.retain(|(q, _)| q.0 != id);
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(a.seed_ready_at(now), b.seed_ready_at(now));
+                prop_assert_eq!(a.poll_timeout(), b.poll_timeout());
+                // The kept timers are what a walk over every peer finds.
+                let walked_timeout = a
+                    .peers
+                    .values()
+                    .flat_map(|q| q.requests.iter().map(|r| r.sent))
+                    .min()
+                    .map(|t| t + a.config.request_timeout);
+                prop_assert_eq!(a.poll_timeout(), walked_timeout);
+                let walked_ready = a
+                    .peers
+                    .values()
+                    .flat_map(|q| [q.not_before.filter(|_| q.seed), q.busy_until])
+                    .flatten()
+                    .filter(|&t| t > now)
+                    .min();
+                prop_assert_eq!(a.seed_ready_at(now), walked_ready);
+                prop_assert_eq!(a.held, a.have.count());
+                prop_assert_eq!(a.is_complete(), b.is_complete());
+                for id in 0..6 {
+                    prop_assert_eq!(a.outstanding(PeerId(id)), b.outstanding(PeerId(id)));
+                    prop_assert_eq!(a.pipeline(PeerId(id)), b.pipeline(PeerId(id)));
+                }
+            }
+            let _ = skipped;
         }
     }
 }
