@@ -9,7 +9,7 @@
 //! response never becomes a version. The upstream's `ETag` and
 //! `Last-Modified` are kept with the version; once its freshness
 //! (`s-maxage`/`max-age`, else `default_ttl_secs`) runs out, the next
-//! request revalidates with `If-None-Match`/`If-Modified-Since`: a 304
+//! request revalidates with `If-None-Match` (or `If-Modified-Since` without an ETag): a 304
 //! keeps the version, a 200 becomes a new version (a new ETag at the
 //! edges; the old one is never served under the new name and version), a
 //! 404 purges the name everywhere. When the upstream cannot be reached
@@ -344,7 +344,7 @@ impl Upstream {
         }
     }
 
-    /// `GET`s `name`, conditionally when `validators` are given. Holds one
+    /// `GET`s `name`, conditionally when `validators` are given (see [`condition`]). Holds one
     /// of `max_concurrent` permits until the answer's headers are in; the
     /// body is the caller's to read.
     pub async fn get(
@@ -408,13 +408,8 @@ impl Upstream {
                 format!("{endpoint}{uri_path}")
             }
         };
-        if let Some(v) = validators {
-            if let Some(etag) = &v.etag {
-                req = req.header(header::IF_NONE_MATCH, etag);
-            }
-            if let Some(lm) = &v.last_modified {
-                req = req.header(header::IF_MODIFIED_SINCE, lm);
-            }
+        if let Some((name, value)) = validators.and_then(condition) {
+            req = req.header(name, value);
         }
         let req = req
             .uri(&url)
@@ -937,9 +932,43 @@ async fn pull(
     }
 }
 
+/// The one precondition a revalidation sends: `If-None-Match` when the
+/// upstream gave an ETag, else `If-Modified-Since`. Never both: a server
+/// that checks the date first (moto's S3 does) answers 304 for an object
+/// replaced within the same second as the version held, whose
+/// `Last-Modified` (one-second resolution) is then unchanged, and the edge
+/// would serve the old bytes for as long as the name lives. RFC 9110
+/// §13.1.3 has a server ignore `If-Modified-Since` beside `If-None-Match`;
+/// not every one does.
+fn condition(v: &Validators) -> Option<(header::HeaderName, &str)> {
+    match (&v.etag, &v.last_modified) {
+        (Some(etag), _) => Some((header::IF_NONE_MATCH, etag.as_str())),
+        (None, Some(lm)) => Some((header::IF_MODIFIED_SINCE, lm.as_str())),
+        (None, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revalidation_sends_the_etag_alone_when_there_is_one() {
+        let v = |etag: Option<&str>, lm: Option<&str>| Validators {
+            etag: etag.map(str::to_owned),
+            last_modified: lm.map(str::to_owned),
+        };
+        let date = "Sun, 06 Dec 2026 19:00:00 GMT";
+        assert_eq!(
+            condition(&v(Some("\"abc\""), Some(date))),
+            Some((header::IF_NONE_MATCH, "\"abc\""))
+        );
+        assert_eq!(
+            condition(&v(None, Some(date))),
+            Some((header::IF_MODIFIED_SINCE, date))
+        );
+        assert_eq!(condition(&v(None, None)), None);
+    }
 
     /// The "GET Object" example of the AWS SigV4 documentation.
     #[test]
