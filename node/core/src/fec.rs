@@ -448,25 +448,10 @@ impl Block {
     /// Shard `index` as a frame value, sharing the block's buffers.
     pub fn shard(&self, index: usize) -> Shard {
         let (buf, i) = self.locate(index);
-        let ShardHead {
-            chunk,
-            block,
-            blocks,
-            k,
-            m,
-            index,
-            block_len,
-        } = self.head(index);
-        Shard {
-            chunk,
-            block,
-            blocks,
-            k,
-            m,
-            index,
-            block_len,
-            data: buf.slice(i * self.shard_len..(i + 1) * self.shard_len),
-        }
+        Shard::with_head(
+            self.head(index),
+            buf.slice(i * self.shard_len..(i + 1) * self.shard_len),
+        )
     }
 
     /// The datagram for shard `index`: its whole `Shard` frame in one

@@ -392,6 +392,28 @@ pub struct ShardHead {
 }
 
 impl ShardFrame {
+    pub fn with_head(head: ShardHead, data: Bytes) -> Self {
+        let ShardHead {
+            chunk,
+            block,
+            blocks,
+            k,
+            m,
+            index,
+            block_len,
+        } = head;
+        Self {
+            chunk,
+            block,
+            blocks,
+            k,
+            m,
+            index,
+            block_len,
+            data,
+        }
+    }
+
     pub fn head(&self) -> ShardHead {
         ShardHead {
             chunk: self.chunk,
