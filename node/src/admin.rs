@@ -360,6 +360,11 @@ struct PeerInfo {
     /// Parity shards per group we currently send this peer.
     parity: u16,
     rtt_ms: f64,
+    /// The path's current UDP payload size in bytes (QUIC's MTU).
+    mtu: u16,
+    /// Times QUIC judged the path an MTU black hole and fell back to the
+    /// minimum MTU.
+    black_holes: u64,
     reputation: f64,
     banned: bool,
 }
@@ -384,6 +389,7 @@ async fn peers(State(state): State<AdminState>) -> Json<PeerList> {
         .iter()
         .map(|p| {
             let c = choker_stats.iter().find(|s| s.peer == p.id);
+            let path = p.conn.stats().path;
             PeerInfo {
                 id: p.id.to_string(),
                 name: p.name.clone(),
@@ -400,6 +406,8 @@ async fn peers(State(state): State<AdminState>) -> Json<PeerList> {
                 subscribed: p.subscribed.load(Relaxed),
                 parity: p.current_parity.load(Relaxed),
                 rtt_ms: p.conn.rtt().as_secs_f64() * 1000.0,
+                mtu: path.current_mtu,
+                black_holes: path.black_holes_detected,
                 reputation: reputation.score(p.id, now),
                 banned: reputation.is_banned(p.id, now),
             }

@@ -72,6 +72,9 @@ pub struct Metrics {
     /// QUIC packets lost by `peer_class`, counted at scrape time from each
     /// connection's own count.
     pub quic_lost_packets: IntCounterVec,
+    /// MTU black holes QUIC judged by `peer_class`, counted at scrape time:
+    /// each one cut the path's MTU to the minimum (see `mesh::push_chunk`).
+    pub quic_black_holes: IntCounterVec,
     /// Mesh handshakes refused, by `reason`.
     pub handshakes_refused: IntCounterVec,
     /// Input from banned peers refused, by `path` (handshake, hello,
@@ -315,6 +318,12 @@ impl Metrics {
                 r,
                 "dcdn_quic_lost_packets_total",
                 "QUIC packets lost, by peer class.",
+                &["peer_class"],
+            )?,
+            quic_black_holes: counter(
+                r,
+                "dcdn_quic_black_holes_total",
+                "MTU black holes detected by QUIC (each resets the path MTU to its minimum), by peer class.",
                 &["peer_class"],
             )?,
             handshakes_refused: counter(

@@ -350,8 +350,13 @@ pub struct MeshEndpoint {
     stats: Arc<TransportStats>,
 }
 
+/// The UDP payload every path is assumed to carry (quinn's default, set
+/// explicitly because `mesh::push_chunk` sizes FEC shards to fit it).
+pub(crate) const MIN_MTU: u16 = 1200;
+
 fn transport_config(limits: &MeshLimits) -> Result<quinn::TransportConfig, TransportError> {
     let mut tc = quinn::TransportConfig::default();
+    tc.min_mtu(MIN_MTU);
     tc.max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams_per_peer));
     tc.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     tc.max_idle_timeout(Some(

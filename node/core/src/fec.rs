@@ -267,17 +267,40 @@ pub fn block_count(len: usize, max_shard_len: usize, k: u16) -> usize {
     len.div_ceil(block_cap).max(1)
 }
 
+/// The shortest shard that cannot share a QUIC packet with another
+/// datagram on a path whose datagrams may be `max_datagram` bytes long.
+/// quinn packs datagrams that fit together into one packet, and shards
+/// that share a packet share its loss: a chunk of 1.2 KB cut into two
+/// 629-byte shards and one parity shard lost two of its three shards to one
+/// dropped packet, where FEC counts on each shard being lost on its own.
+pub fn min_shard_len(max_datagram: usize) -> usize {
+    max_datagram / 2 + 1
+}
+
 /// The layout of block `b` of a `len`-byte chunk: the encoder cuts shards
 /// by it, and the simulator counts datagrams and parity by it without
-/// materialising bytes.
-pub fn block_layout(len: usize, max_shard_len: usize, k: u16, m: u16, b: usize) -> BlockLayout {
+/// materialising bytes. Shards are at least `min_shard_len` long (a short
+/// block's last data shard is zero-padded; see [`min_shard_len`]).
+pub fn block_layout(
+    len: usize,
+    max_shard_len: usize,
+    min_shard_len: usize,
+    k: u16,
+    m: u16,
+    b: usize,
+) -> BlockLayout {
     let max_shard_len = max_shard_len.max(1);
     let block_cap = usize::from(k.max(1)) * max_shard_len;
     let start = (b * block_cap).min(len);
     let end = (start + block_cap).min(len);
     let block_len = end - start;
     let kb = block_len.div_ceil(max_shard_len).max(1);
-    let shard_len = block_len.div_ceil(kb).max(1);
+    let shard_len = block_len
+        .div_ceil(kb)
+        .max(min_shard_len.min(max_shard_len))
+        .max(1);
+    // Longer shards may need fewer of them.
+    let kb = block_len.div_ceil(shard_len).max(1);
     BlockLayout {
         start,
         len: block_len,
@@ -304,7 +327,7 @@ impl Encoder {
         k: u16,
         m: u16,
     ) -> Result<Vec<Shard>, FecError> {
-        let blocks = self.encode_blocks(chunk, bytes, max_shard_len, k, m)?;
+        let blocks = self.encode_blocks(chunk, bytes, max_shard_len, 0, k, m)?;
         Ok(blocks
             .iter()
             .flat_map(|b| (0..b.shards()).map(move |i| b.shard(i)))
@@ -322,6 +345,7 @@ impl Encoder {
         chunk: ChunkId,
         bytes: &Bytes,
         max_shard_len: usize,
+        min_shard_len: usize,
         k: u16,
         m: u16,
     ) -> Result<Vec<Block>, FecError> {
@@ -352,7 +376,7 @@ impl Encoder {
                 k: kb,
                 m: mb,
                 shard_len,
-            } = block_layout(bytes.len(), max_shard_len, k, m, b);
+            } = block_layout(bytes.len(), max_shard_len, min_shard_len, k, m, b);
             let end = start + block_len;
             let kb = usize::from(kb);
             // A full block is cut straight from the buffer; a short one is
@@ -999,15 +1023,26 @@ pub struct ParityPolicy {
     min_m: u16,
     max_m: u16,
     adaptive: bool,
-    /// Smoothed loss rate.
-    loss: f64,
+    /// Shards reported expected and lost, each report's counts added to
+    /// the earlier ones decayed by `1 - LOSS_ALPHA`: the loss rate is their
+    /// ratio, so a report weighs by how many shards it saw, and an idle link
+    /// forgets what it knew.
+    expected: f64,
+    lost: f64,
     current: u16,
 }
 
 /// Probability a block may fail to rebuild; m is raised until below this.
 const TARGET_RESIDUAL: f64 = 1e-4;
-/// Weight of the newest report in the smoothed loss.
+/// How much of the past each report keeps: `1 - LOSS_ALPHA`.
 const LOSS_ALPHA: f64 = 0.3;
+/// Shards of (decayed) evidence needed before parity goes below the
+/// configured default. Without it, the first report of an idle link (no
+/// shards, so no loss seen) or a report of a few shards that happened to
+/// arrive cut parity to the minimum just before a stream started, and the
+/// stream's first half second went out with one parity shard per block
+/// into whatever loss the link had (1 in 6 blocks lost at 5 %).
+const MIN_EVIDENCE_SHARDS: f64 = 200.0;
 
 impl ParityPolicy {
     pub fn new(k: u16, default_m: u16, min_m: u16, max_m: u16, adaptive: bool) -> Self {
@@ -1018,7 +1053,8 @@ impl ParityPolicy {
             min_m,
             max_m: max_m.max(min_m),
             adaptive,
-            loss: 0.0,
+            expected: 0.0,
+            lost: 0.0,
             current,
         }
     }
@@ -1027,21 +1063,35 @@ impl ParityPolicy {
         self.current
     }
 
+    /// The loss rate the parity is chosen for (0 before any shard was
+    /// reported).
     pub fn loss(&self) -> f64 {
-        self.loss
+        if self.expected > 0.0 {
+            self.lost / self.expected
+        } else {
+            0.0
+        }
     }
 
-    /// Folds in a report and returns the parity to use from now on.
+    /// Folds in a report (shards expected and received since the last one;
+    /// an idle link reports 0 and 0) and returns the parity to use from now
+    /// on. Parity rises on any evidence of loss, but falls below the
+    /// configured default only on [`MIN_EVIDENCE_SHARDS`] of evidence.
     pub fn handle_report(&mut self, expected: u64, received: u64) -> u16 {
+        let default = self.default_m.clamp(self.min_m, self.max_m);
         if !self.adaptive {
-            self.current = self.default_m.clamp(self.min_m, self.max_m);
+            self.current = default;
             return self.current;
         }
-        if expected > 0 {
-            let sample = 1.0 - (received.min(expected) as f64 / expected as f64);
-            self.loss = LOSS_ALPHA * sample + (1.0 - LOSS_ALPHA) * self.loss;
-        }
-        self.current = Self::parity_for(self.k, self.loss, self.min_m, self.max_m);
+        let lost = expected.saturating_sub(received);
+        self.expected = self.expected * (1.0 - LOSS_ALPHA) + expected as f64;
+        self.lost = self.lost * (1.0 - LOSS_ALPHA) + lost as f64;
+        let m = Self::parity_for(self.k, self.loss(), self.min_m, self.max_m);
+        self.current = if self.expected < MIN_EVIDENCE_SHARDS {
+            m.max(default)
+        } else {
+            m
+        };
         self.current
     }
 
@@ -1098,7 +1148,7 @@ mod tests {
         for (len, k, m) in [(16 * 1200, 16, 4), (5000, 10, 2), (3001, 6, 0)] {
             let bytes = Bytes::from(data(len, 3));
             let shards = e.encode_chunk(id(7), &bytes, 1200, k, m).unwrap();
-            let blocks = e.encode_blocks(id(7), &bytes, 1200, k, m).unwrap();
+            let blocks = e.encode_blocks(id(7), &bytes, 1200, 0, k, m).unwrap();
             let framed: Vec<Bytes> = blocks
                 .iter()
                 .flat_map(|b| (0..b.shards()).map(move |i| b.encode_frame(i)))
@@ -1108,6 +1158,34 @@ mod tests {
                 assert_eq!(f, &Frame::Shard(s.clone()).to_bytes(), "len {len} {s:?}");
             }
             assert_eq!(assemble(shards).unwrap().bytes, bytes, "len {len}");
+        }
+    }
+
+    #[test]
+    fn no_two_shards_fit_one_packet_and_padded_shards_still_rebuild() {
+        // A path whose datagrams may be 1404 bytes, shards cut for 1088.
+        let (max, dgram) = (1088, 1404);
+        let min = min_shard_len(dgram);
+        let mut e = Encoder::new();
+        for len in [1, 300, 1258, 2 * 1088 + 5, 16 * 1088 + 700, 40_000] {
+            let bytes = Bytes::from(data(len, 4));
+            let blocks = e.encode_blocks(id(3), &bytes, max, min, 16, 2).unwrap();
+            let mut shards = Vec::new();
+            for b in &blocks {
+                for i in 0..b.shards() {
+                    let n = b.shard_data(i).len();
+                    assert!(
+                        2 * n > dgram && n <= max,
+                        "len {len}: a {n}-byte shard could share a {dgram}-byte datagram's packet"
+                    );
+                    shards.push(b.shard(i));
+                }
+            }
+            // Losing one data shard per block still rebuilds the padded bytes.
+            let mut seen = std::collections::HashSet::new();
+            shards.retain(|s| s.index != 0 || !seen.insert(s.block));
+            let got = assemble(shards).unwrap();
+            assert_eq!(got.bytes, bytes, "len {len}");
         }
     }
 
@@ -1639,6 +1717,42 @@ mod tests {
         assert!(p.current() <= 2);
         let mut fixed = ParityPolicy::new(16, 4, 1, 12, false);
         assert_eq!(fixed.handle_report(1000, 500), 4);
+    }
+
+    #[test]
+    fn parity_falls_below_the_default_only_on_evidence() {
+        let mut p = ParityPolicy::new(16, 4, 1, 12, true);
+        // An idle link reports nothing seen: it must not look loss-free.
+        for _ in 0..10 {
+            assert_eq!(p.handle_report(0, 0), 4, "idle reports keep the default");
+        }
+        // A handful of shards that all arrived prove little.
+        assert_eq!(p.handle_report(20, 20), 4);
+        // But any loss in them raises parity at once.
+        assert!(p.handle_report(20, 18) > 4);
+        // A steady loss-free stream earns the minimum...
+        for _ in 0..30 {
+            p.handle_report(1000, 1000);
+        }
+        assert_eq!(p.current(), 1);
+        // ...and a long idle spell forgets it: the next stream starts at
+        // the default again.
+        for _ in 0..30 {
+            p.handle_report(0, 0);
+        }
+        assert_eq!(p.current(), 4);
+    }
+
+    #[test]
+    fn a_report_weighs_by_the_shards_it_saw() {
+        // 10 % of 10,000 shards lost, then a report of 10 shards with none
+        // lost: the small report must not wipe out the large one.
+        let mut p = ParityPolicy::new(16, 4, 1, 12, true);
+        p.handle_report(10_000, 9_000);
+        let high = p.current();
+        p.handle_report(10, 10);
+        assert_eq!(p.current(), high);
+        assert!((p.loss() - 0.1).abs() < 0.01, "loss {}", p.loss());
     }
 
     #[test]

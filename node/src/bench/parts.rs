@@ -43,7 +43,7 @@ pub(super) fn fec_encode(options: BenchOptions) -> anyhow::Result<Vec<BenchResul
     // What the push path calls (`mesh::push_chunk`): the blocks it then
     // frames shard by shard.
     let mut ours = || {
-        let out = encoder.encode_blocks(id, &data, SHARD, K as u16, M as u16);
+        let out = encoder.encode_blocks(id, &data, SHARD, 0, K as u16, M as u16);
         black_box(out.map(|v| v.len()).unwrap_or(0));
         1
     };

@@ -103,6 +103,8 @@ pub(crate) struct Peer {
     /// Lost packets of this connection already added to
     /// `dcdn_quic_lost_packets_total`.
     pub lost_packets_counted: AtomicU64,
+    /// The same for `dcdn_quic_black_holes_total`.
+    pub black_holes_counted: AtomicU64,
     /// The peer unchoked us (edge trade): we may request from it.
     pub unchoked_us: AtomicBool,
     pub have: Mutex<HaveSet>,
@@ -1747,11 +1749,19 @@ impl Shared {
             let p_max = parity.entry(class).or_default();
             *p_max = (*p_max).max(p.current_parity.load(Ordering::Relaxed));
             // quinn counts per connection; the counter takes what is new.
-            let lost = p.conn.stats().path.lost_packets;
-            let counted = p.lost_packets_counted.swap(lost, Ordering::Relaxed);
+            let path = p.conn.stats().path;
+            let counted = p
+                .lost_packets_counted
+                .swap(path.lost_packets, Ordering::Relaxed);
             m.quic_lost_packets
                 .with_label_values(&[class])
-                .inc_by(lost.saturating_sub(counted));
+                .inc_by(path.lost_packets.saturating_sub(counted));
+            let counted = p
+                .black_holes_counted
+                .swap(path.black_holes_detected, Ordering::Relaxed);
+            m.quic_black_holes
+                .with_label_values(&[class])
+                .inc_by(path.black_holes_detected.saturating_sub(counted));
         }
         m.peers.with_label_values(&["choked"]).set(choked);
         m.peers.with_label_values(&["unchoked"]).set(unchoked);

@@ -16,7 +16,7 @@ use crate::chunk::wire::{Frame, ShardFrame};
 use crate::chunk::{Chunk, ChunkHeader, ChunkId, KeyId, PeerId, StreamId};
 use crate::config::NodeConfig;
 use crate::crypto::{KeyRing, Rejection, Reputation, Signer, Verifier, VerifyConfig};
-use crate::fec::{Assembler, ParityPolicy, block_count, block_layout};
+use crate::fec::{Assembler, ParityPolicy, block_count, block_layout, min_shard_len};
 use crate::p2p::admission::{Admission, AdmissionConfig, Verdict};
 use crate::p2p::picker::{Bitfield, Picker, upstream_stripe};
 use crate::p2p::{Choker, SourceKind, request_order};
@@ -1938,10 +1938,11 @@ impl World {
     fn push_bytes(&self, seq: u32, m: u16) -> u64 {
         let len = (self.s.chunk_len(u64::from(seq)) + self.chunk_frame_overhead) as usize;
         let shard = self.s.network.shard_bytes as usize;
+        let min_shard = min_shard_len(shard + self.shard_frame_overhead as usize);
         let k = self.settings.fec_k;
         (0..block_count(len, shard, k))
             .map(|b| {
-                let l = block_layout(len, shard, k, m, b);
+                let l = block_layout(len, shard, min_shard, k, m, b);
                 (u64::from(l.k) + u64::from(l.m)) * (l.shard_len as u64 + self.shard_frame_overhead)
             })
             .sum()
@@ -1966,6 +1967,7 @@ impl World {
         let t = self.instant(now);
         let len = (self.s.chunk_len(u64::from(seq)) + self.chunk_frame_overhead) as usize;
         let shard = self.s.network.shard_bytes as usize;
+        let min_shard = min_shard_len(shard + self.shard_frame_overhead as usize);
         let k = self.settings.fec_k;
         let exec_shards = self.exec_shards;
         let n = &mut self.nodes[to as usize];
@@ -1981,7 +1983,7 @@ impl World {
         let mut rebuilt = false;
         let mut assembled = None;
         for b in 0..blocks {
-            let l = block_layout(len, shard, k, m, b);
+            let l = block_layout(len, shard, min_shard, k, m, b);
             let total = u32::from(l.k) + u32::from(l.m);
             link.expected += u64::from(total);
             let mut got = 0u32;

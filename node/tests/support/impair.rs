@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
@@ -56,6 +56,9 @@ pub struct Proxy {
     /// While set, every packet both ways is dropped: the path is cut without
     /// either end being told (a blackhole, not a close).
     pub blackhole: Arc<std::sync::atomic::AtomicBool>,
+    /// While non-zero, packets larger than this many bytes are dropped both
+    /// ways: the path's MTU fell (a route into a tunnel), unannounced.
+    pub max_packet: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,10 +81,19 @@ impl Proxy {
         let addr = front.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
         let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let max_packet = Arc::new(AtomicUsize::new(0));
+        let too_big = {
+            let max_packet = max_packet.clone();
+            move |n: usize| {
+                let max = max_packet.load(Ordering::Relaxed);
+                max > 0 && n > max
+            }
+        };
         let rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
         let task = {
             let stats = stats.clone();
             let blackhole = blackhole.clone();
+            let too_big = too_big.clone();
             tokio::spawn(async move {
                 // One upstream socket per client, so replies find their way back.
                 let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -101,17 +113,18 @@ impl Proxy {
                             }
                             let sock = Arc::new(sock);
                             clients.insert(from, sock.clone());
-                            let (front, sock2, stats, rng, blackhole) = (
+                            let (front, sock2, stats, rng, blackhole, too_big) = (
                                 front.clone(),
                                 sock.clone(),
                                 stats.clone(),
                                 rng.clone(),
                                 blackhole.clone(),
+                                too_big.clone(),
                             );
                             tokio::spawn(async move {
                                 let mut buf = vec![0u8; 65536];
                                 while let Ok(n) = sock2.recv(&mut buf).await {
-                                    if blackhole.load(Ordering::Relaxed) {
+                                    if blackhole.load(Ordering::Relaxed) || too_big(n) {
                                         stats.dropped.fetch_add(1, Ordering::Relaxed);
                                         continue;
                                     }
@@ -122,7 +135,7 @@ impl Proxy {
                             sock
                         }
                     };
-                    if blackhole.load(Ordering::Relaxed) {
+                    if blackhole.load(Ordering::Relaxed) || too_big(n) {
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -135,6 +148,7 @@ impl Proxy {
             addr,
             stats,
             blackhole,
+            max_packet,
             task,
         })
     }
