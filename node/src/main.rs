@@ -148,6 +148,12 @@ enum Command {
         /// (`POST /v1/objects/NAME/preheat`); progress in `dcdn status`.
         #[arg(long, conflicts_with = "live")]
         preheat: bool,
+        /// Send a file again this many times when the origin cannot be
+        /// reached or answers 502, 503 or 504 (an origin restarting), waiting
+        /// 0.5 s, then twice as long each time (at most 8 s). Standard input
+        /// and --live are sent once.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        retries: u32,
         /// Print what was published as JSON.
         #[arg(long)]
         json: bool,
@@ -453,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             live,
             cacert,
             preheat,
+            retries,
             json,
         } => {
             use dcdn_node::cli::transfer;
@@ -464,6 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 live,
                 ca_file: cacert,
                 preheat,
+                retries,
             };
             emit(&runtime()?.block_on(transfer::publish(p))?, json)
         }

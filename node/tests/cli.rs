@@ -27,6 +27,8 @@ struct Stub {
     ranges: Mutex<Vec<String>>,
     /// Bodies of `POST /ok/v1/keys`.
     key_posts: Mutex<Vec<serde_json::Value>>,
+    /// Uploads received per name.
+    puts: Mutex<HashMap<String, usize>>,
 }
 
 type S = State<Arc<Stub>>;
@@ -38,10 +40,20 @@ fn digest(b: &[u8]) -> String {
 /// The origin's ingest API: bearer auth, stores the object, answers like
 /// the real one (`len`, `chunks`, `digest`, ...).
 async fn put_object(State(s): S, Path(name): Path<String>, h: HeaderMap, body: Bytes) -> Response {
+    let n = {
+        let mut puts = s.puts.lock();
+        let n = puts.entry(name.clone()).or_default();
+        *n += 1;
+        *n
+    };
     if h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
         != Some(&format!("Bearer {TOKEN}"))
     {
         return (StatusCode::UNAUTHORIZED, r#"{"code":"unauthorized"}"#).into_response();
+    }
+    // Names starting `flaky` find the origin restarting for two uploads.
+    if name.starts_with("flaky") && n <= 2 {
+        return (StatusCode::SERVICE_UNAVAILABLE, r#"{"code":"draining"}"#).into_response();
     }
     let reply = serde_json::json!({
         "name": name, "stream": name, "len": body.len(), "chunk_size": 262144,
@@ -220,6 +232,60 @@ fn publish(base: &str, name: &str, data: &[u8], extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     dcdn(&args, &[], Some(data))
+}
+
+/// An origin that answers 503 (restarting in a rollout) gets a file again
+/// until it takes it; standard input cannot be read twice and is sent once;
+/// `--retries` bounds the tries.
+#[test]
+fn publish_sends_a_file_again_while_the_origin_is_unavailable() {
+    let (base, stub) = start_stub();
+    let dir = temp_dir("retry");
+    let data = sample(300_000);
+    let file = dir.join("f.bin");
+    std::fs::write(&file, &data).unwrap();
+    let f = file.to_str().unwrap();
+    let args = |name: &'static str| -> Vec<&str> {
+        vec![
+            "publish", f, "--name", name, "--origin", &base, "--token", TOKEN,
+        ]
+    };
+    let out = dcdn(&args("flaky-a.bin"), &[], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert_eq!(stub.puts.lock()["flaky-a.bin"], 3);
+    assert!(stub.objects.lock()["flaky-a.bin"] == data);
+    assert!(
+        stderr.contains("503") && stderr.contains("sending again"),
+        "{stderr}"
+    );
+
+    let out = publish(&base, "flaky-b.bin", &data, &[]);
+    assert_ne!(code(&out), 0);
+    assert_eq!(
+        stub.puts.lock()["flaky-b.bin"],
+        1,
+        "standard input is sent once"
+    );
+
+    let mut once = args("flaky-c.bin");
+    once.extend(["--retries", "1"]);
+    let out = dcdn(&once, &[], None);
+    assert_ne!(code(&out), 0);
+    assert_eq!(stub.puts.lock()["flaky-c.bin"], 2);
+    assert!(!stub.objects.lock().contains_key("flaky-c.bin"));
+
+    // A refusal is final: no second try.
+    let out = dcdn(
+        &[
+            "publish", f, "--name", "x.bin", "--origin", &base, "--token", "wrong",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code(&out), 5);
+    assert_eq!(stub.puts.lock()["x.bin"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

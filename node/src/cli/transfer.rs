@@ -35,6 +35,31 @@ pub struct Publish {
     pub ca_file: Option<PathBuf>,
     /// After the publish, ask the origin to have every edge pull it now.
     pub preheat: bool,
+    /// Times an object read from a file is sent again after the origin
+    /// could not be reached or answered 502, 503 or 504 (an origin
+    /// restarting in a rollout). Standard input and live streams are sent
+    /// once: their bytes cannot be read again.
+    pub retries: u32,
+}
+
+/// The first wait before a retry; each next one doubles, up to
+/// [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
+
+/// Whether an upload that failed this way may succeed if sent again: the
+/// origin was unreachable, timed out, or said it is not able to take it now.
+/// Anything else (a refused token, a bad name, a full store) would fail the
+/// same way again.
+fn transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+        ClientError::Status { status, .. } => matches!(
+            *status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        _ => false,
+    }
 }
 
 /// What `dcdn publish --json` prints.
@@ -78,7 +103,7 @@ impl std::fmt::Display for Published {
 /// Streams the file to the origin's ingest API.
 pub async fn publish(p: Publish) -> anyhow::Result<Published> {
     let stdin = p.file.as_os_str() == "-";
-    let name = match p.name {
+    let name = match p.name.clone() {
         Some(n) => n,
         None if stdin => {
             return Err(Failure::Usage("publishing standard input needs --name".into()).into());
@@ -90,6 +115,67 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
             .map(str::to_owned)
             .ok_or_else(|| Failure::Usage("the file has no usable name; pass --name".into()))?,
     };
+    let kind = if p.live { "stream" } else { "object" };
+    let url = super::join(&p.origin, &format!("/v1/{kind}s/{name}"));
+    let client = Client::with_ca(TRANSFER_TIMEOUT, p.ca_file.as_deref())?;
+    let retries = if stdin || p.live { 0 } else { p.retries };
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut attempt = 0;
+    let (resp, sent) = loop {
+        match put_once(&p, &name, &url, &client).await {
+            Err(e)
+                if attempt < retries && e.downcast_ref::<ClientError>().is_some_and(transient) =>
+            {
+                attempt += 1;
+                eprintln!(
+                    "dcdn publish: {e}; sending again in {:.1} s ({attempt} of {retries})",
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_RETRY_WAIT);
+            }
+            other => break other?,
+        }
+    };
+    let origin = serde_json::from_slice(&resp.body)
+        .with_context(|| format!("the origin's answer to PUT {url} is not JSON"))?;
+    let preheat =
+        if p.preheat && !p.live {
+            let preheat_url = format!("{url}/preheat");
+            let resp = client
+                .send(
+                    hyper::Method::POST,
+                    &preheat_url,
+                    Some(&p.token),
+                    &[],
+                    axum::body::Body::empty(),
+                )
+                .await?;
+            Some(serde_json::from_slice(&resp.body).with_context(|| {
+                format!("the origin's answer to POST {preheat_url} is not JSON")
+            })?)
+        } else {
+            None
+        };
+    Ok(Published {
+        name,
+        kind,
+        url,
+        bytes_sent: sent,
+        origin,
+        preheat,
+    })
+}
+
+/// One upload of the file (or standard input) to `url`; the answer and the
+/// bytes sent.
+async fn put_once(
+    p: &Publish,
+    name: &str,
+    url: &str,
+    client: &Client,
+) -> anyhow::Result<(crate::client::Response, u64)> {
+    let stdin = p.file.as_os_str() == "-";
     let total = if stdin {
         None
     } else {
@@ -126,40 +212,9 @@ pub async fn publish(p: Publish) -> anyhow::Result<Published> {
             }
         })
     };
-    let kind = if p.live { "stream" } else { "object" };
-    let url = super::join(&p.origin, &format!("/v1/{kind}s/{name}"));
-    let client = Client::with_ca(TRANSFER_TIMEOUT, p.ca_file.as_deref())?;
-    let result = client.put_stream(&url, Some(&p.token), body).await;
+    let result = client.put_stream(url, Some(&p.token), body).await;
     bar.finish_and_clear();
-    let resp = result?;
-    let origin = serde_json::from_slice(&resp.body)
-        .with_context(|| format!("the origin's answer to PUT {url} is not JSON"))?;
-    let preheat =
-        if p.preheat && !p.live {
-            let preheat_url = format!("{url}/preheat");
-            let resp = client
-                .send(
-                    hyper::Method::POST,
-                    &preheat_url,
-                    Some(&p.token),
-                    &[],
-                    axum::body::Body::empty(),
-                )
-                .await?;
-            Some(serde_json::from_slice(&resp.body).with_context(|| {
-                format!("the origin's answer to POST {preheat_url} is not JSON")
-            })?)
-        } else {
-            None
-        };
-    Ok(Published {
-        name,
-        kind,
-        url,
-        bytes_sent: sent.load(Ordering::Relaxed),
-        origin,
-        preheat,
-    })
+    Ok((result?, sent.load(Ordering::Relaxed)))
 }
 
 /// Where `dcdn fetch` writes.
