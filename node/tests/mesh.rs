@@ -982,6 +982,76 @@ async fn a_live_upload_acknowledged_while_the_origin_drains_is_read_after_it_is_
     c.stop().await;
 }
 
+/// An origin draining stays until its relay has confirmed every chunk it
+/// pushed, however long the relay takes. The origin–relay path goes dark
+/// (a blackhole, nobody told) for 2 s, longer than the drain's quiet spell
+/// (1.4 s here), while a live upload is acknowledged and the origin begins
+/// to drain; when the path comes back the relay learns the stream's head,
+/// pulls what it missed and confirms it. A drain that left after the quiet
+/// spell lost every chunk of the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_origin_stays_until_its_relay_confirms_every_push() {
+    use support::impair::{Impairment, Proxy};
+    let tweak = |cfg: &mut dcdn_node::config::NodeConfig| {
+        small(cfg);
+        cfg.fec.reassembly_timeout_ms = dcdn_node::config::Bounded::new(300).unwrap();
+    };
+    let (plan, dir) = TestCluster::plan(
+        "drain-dark",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        tweak,
+    );
+    let origin_mesh = plan
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Origin)
+        .unwrap()
+        .mesh;
+    let proxy = Proxy::start(origin_mesh, Impairment::default(), Impairment::default(), 3)
+        .await
+        .unwrap();
+    let via = proxy.addr.to_string();
+    let mut c = TestCluster::start_planned(plan, dir, move |cfg| {
+        if cfg.node.role == Role::Relay {
+            cfg.discovery.upstream = vec![via.clone()];
+        }
+    })
+    .await;
+    let (origin, relay) = (c.by_role(Role::Origin)[0], c.by_role(Role::Relay)[0]);
+    wait_subscribed(&c, origin, relay).await;
+    wait_subscribed(&c, relay, c.by_role(Role::Edge)[0]).await;
+    // The relay knows the stream before the path goes dark.
+    publish_live(&c, "dark", 1, 4096, Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.nodes[relay].metric(
+        "dcdn_chunks_total",
+        &[("direction", "in"), ("path", "push")],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first chunk never reached the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dark = std::sync::atomic::Ordering::Relaxed;
+    proxy.blackhole.store(true, dark);
+    let live = publish_live(&c, "dark", 5, 4096, Duration::from_millis(20)).await;
+    let running = c.nodes[origin].running.take().unwrap();
+    let t = Instant::now();
+    let drain = tokio::spawn(running.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.blackhole.store(false, dark);
+    drain.await.unwrap();
+    println!("drain took {:?}", t.elapsed());
+    let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
+    read_every_chunk(&edge, "dark", &live).await;
+    c.stop().await;
+}
+
 /// The same drain over a lossy origin–relay link, without parity: most
 /// pushed chunks' FEC groups fail at the relay. One in the middle of a
 /// stream is pulled once a later chunk shows the gap; the last ones have no

@@ -110,6 +110,7 @@ async fn session(
         shards_received: AtomicU64::new(0),
         shards_expected: AtomicU64::new(0),
         groups_seen: Mutex::new(HaveSet::default()),
+        unconfirmed: Mutex::new(std::collections::HashSet::new()),
     });
     if let Some(old) = shared.peers.write().insert(peer.id, peer.clone()) {
         old.conn.close(
@@ -306,6 +307,11 @@ fn fail_over_push(shared: &Arc<Shared>, gone: PeerId) {
 fn on_control(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) {
     match frame {
         Frame::Subscribe => peer.subscribed.store(true, Ordering::Relaxed),
+        Frame::Have { id } if shared.settings.role.is_upstream_of(peer.role) => {
+            // A downstream peer confirms a chunk it holds (a drain waits
+            // for these); its holdings are not traded with.
+            peer.unconfirmed.lock().remove(&id);
+        }
         Frame::Have { id } => {
             peer.have.lock().insert(id);
             shared.swarms.on_have(peer.id, id);

@@ -118,7 +118,17 @@ pub(crate) struct Peer {
     pub shards_received: AtomicU64,
     pub shards_expected: AtomicU64,
     pub groups_seen: Mutex<HaveSet>,
+    /// Chunks pushed (or queued to push) to this downstream peer that it has
+    /// not yet confirmed holding (a `Have` back). A draining node stays
+    /// until this is empty: the peer repairs what the push did not bring
+    /// from here, and a quiet spell is no proof it has finished. At most
+    /// [`MAX_UNCONFIRMED`].
+    pub unconfirmed: Mutex<HashSet<ChunkId>>,
 }
+
+/// The most unconfirmed pushes remembered per peer: beyond it a push is not
+/// waited for on a drain (the quiet spell still is).
+pub(crate) const MAX_UNCONFIRMED: usize = 4096;
 
 /// A bounded memory of which chunks a peer announced.
 #[derive(Default)]
@@ -530,6 +540,11 @@ impl Shared {
                 self.choker.lock().record_downloaded(peer.id, len, now);
             }
         }
+        // Pushes are confirmed (objects pulled are not: nothing waits on
+        // them, and a swarm would send a confirmation per piece per edge).
+        if from.is_some() && path == Path::Push {
+            self.confirm_upstream(id);
+        }
         let before = self.note_head(id);
         if path == Path::Push && self.settings.role != Role::Origin {
             if let Some(before) = before.filter(|&h| id.seq > h + 1) {
@@ -653,7 +668,10 @@ impl Shared {
                     continue;
                 }
                 let outcome = match shared.fetch(id).await {
-                    Ok(_) => "pulled",
+                    Ok(_) => {
+                        shared.confirm_upstream(id);
+                        "pulled"
+                    }
                     Err(_) => "failed",
                 };
                 shared.metrics.catch_up.with_label_values(&[outcome]).inc();
@@ -747,14 +765,20 @@ impl Shared {
             if Some(peer.id) == from {
                 continue;
             }
-            if push
-                && peer.subscribed.load(Ordering::Relaxed)
-                && peer.push.try_send(chunk.clone()).is_err()
-            {
-                self.metrics
-                    .chunks
-                    .with_label_values(&["dropped", "push"])
-                    .inc();
+            if push && peer.subscribed.load(Ordering::Relaxed) {
+                // Counted even if the queue drops it: the peer then repairs
+                // it from here, and confirms that.
+                let mut unconfirmed = peer.unconfirmed.lock();
+                if unconfirmed.len() < MAX_UNCONFIRMED {
+                    unconfirmed.insert(chunk.id());
+                }
+                drop(unconfirmed);
+                if peer.push.try_send(chunk.clone()).is_err() {
+                    self.metrics
+                        .chunks
+                        .with_label_values(&["dropped", "push"])
+                        .inc();
+                }
             }
             if self.settings.role == Role::Edge && peer.role == Role::Edge {
                 let _ = peer.control.try_send(Frame::Have { id: chunk.id() });
@@ -819,8 +843,9 @@ impl Shared {
                 if shared.manifests.lock().get(stream).is_none() {
                     return;
                 }
-                if let Err(e) = shared.fetch(id).await {
-                    tracing::debug!(chunk = %id, error = %e, "live chunk repair failed");
+                match shared.fetch(id).await {
+                    Ok(_) => shared.confirm_upstream(id),
+                    Err(e) => tracing::debug!(chunk = %id, error = %e, "live chunk repair failed"),
                 }
             }
         });
@@ -1540,6 +1565,27 @@ impl Shared {
     pub(crate) fn mesh_quiet_for(&self) -> Duration {
         let last = Duration::from_millis(self.mesh_active_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Pushed chunks no downstream peer has confirmed yet.
+    pub(crate) fn pushes_unconfirmed(&self) -> usize {
+        self.peers
+            .read()
+            .values()
+            .map(|p| p.unconfirmed.lock().len())
+            .sum()
+    }
+
+    /// Tells our upstream peers we hold `id` (see `Peer::unconfirmed`).
+    fn confirm_upstream(&self, id: ChunkId) {
+        if self.settings.role == Role::Origin {
+            return;
+        }
+        for peer in self.peers.read().values() {
+            if peer.role.is_upstream_of(self.settings.role) {
+                let _ = peer.control.try_send(Frame::Have { id });
+            }
+        }
     }
 
     /// Chunks waiting in the push queues of every peer.

@@ -89,14 +89,19 @@ impl Running {
             loop {
                 let queued = self.shared.pushes_queued();
                 let serving = self.shared.pulls_serving.load(Ordering::Relaxed);
+                let unconfirmed = self.shared.pushes_unconfirmed();
                 let quiet_for = self.shared.mesh_quiet_for();
-                if queued == 0 && serving == 0 && quiet_for >= quiet {
+                // Every push confirmed is proof nothing is left to repair
+                // from here; quiet alone is not (a downstream peer under
+                // load, or cut off for a while, repairs late).
+                if queued == 0 && serving == 0 && unconfirmed == 0 && quiet_for >= quiet {
                     break;
                 }
                 if tokio::time::Instant::now() >= linger_deadline {
                     tracing::warn!(
                         queued,
                         serving,
+                        unconfirmed,
                         quiet_for_ms = quiet_for.as_millis() as u64,
                         "drain: the mesh was still busy when the drain's time ran out"
                     );
