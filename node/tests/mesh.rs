@@ -984,11 +984,13 @@ async fn a_live_upload_acknowledged_while_the_origin_drains_is_read_after_it_is_
 
 /// An origin draining stays until its relay has confirmed every chunk it
 /// pushed, however long the relay takes. The origin–relay path goes dark
-/// (a blackhole, nobody told) for 2 s, longer than the drain's quiet spell
-/// (1.4 s here), while a live upload is acknowledged and the origin begins
-/// to drain; when the path comes back the relay learns the stream's head,
+/// (a blackhole, nobody told) for 1 s, longer than the drain's quiet spell
+/// (0.5 s), while a live upload is acknowledged and the origin begins to
+/// drain; when the path comes back the relay learns the stream's head,
 /// pulls what it missed and confirms it. A drain that left after the quiet
-/// spell lost every chunk of the upload.
+/// spell lost every chunk of the upload; one that waited but did not
+/// announce again what was unconfirmed lost the stream the relay had never
+/// seen a shard of (nothing showed the relay it was missing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_draining_origin_stays_until_its_relay_confirms_every_push() {
     use support::impair::{Impairment, Proxy};
@@ -1038,17 +1040,25 @@ async fn a_draining_origin_stays_until_its_relay_confirms_every_push() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dark = std::sync::atomic::Ordering::Relaxed;
+    // A stream the relay gets no shard of: the path drops every packet but
+    // small ones (the control stream's), so only the upload's end is
+    // announced.
+    proxy.max_packet.store(300, dark);
+    let unseen = publish_live(&c, "dark-new", 3, 4096, Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.max_packet.store(0, dark);
     proxy.blackhole.store(true, dark);
     let live = publish_live(&c, "dark", 5, 4096, Duration::from_millis(20)).await;
     let running = c.nodes[origin].running.take().unwrap();
     let t = Instant::now();
     let drain = tokio::spawn(running.shutdown(Duration::from_secs(10)));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.blackhole.store(false, dark);
     drain.await.unwrap();
     println!("drain took {:?}", t.elapsed());
     let edge = c.nodes[c.by_role(Role::Edge)[0]].http();
     read_every_chunk(&edge, "dark", &live).await;
+    read_every_chunk(&edge, "dark-new", &unseen).await;
     c.stop().await;
 }
 

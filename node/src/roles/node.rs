@@ -695,9 +695,11 @@ impl Shared {
     /// (`announce_head`). Newer than anything pushed here: the tail's
     /// datagrams were lost and no later chunk will show the gap, so it is
     /// pulled as a gap is (after the reassembly timeout, skipping what
-    /// arrived meanwhile). Only for streams pushes came for: an
-    /// announcement cannot make this node pull a whole stream. A relay
-    /// passes it on.
+    /// arrived meanwhile). An announcement never makes this node pull a
+    /// whole stream: for a stream no push came for, or a chunk at or behind
+    /// the head, only `last` itself is pulled if it is not held (a draining
+    /// upstream re-announces each push not confirmed, so a stream whose
+    /// every push was lost is still pulled whole). A relay passes it on.
     pub(crate) fn head_announced(self: &Arc<Self>, last: ChunkId, from: PeerId) {
         if self.settings.role == Role::Origin {
             return;
@@ -707,6 +709,9 @@ impl Shared {
             self.announce_head(last, Some(from));
         }
         let Some(before) = before.filter(|&h| last.seq > h) else {
+            if !self.store.contains(&last, Instant::now()) {
+                self.catch_up(last.stream, last.seq, last.seq + 1);
+            }
             return;
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -719,6 +724,10 @@ impl Shared {
         // Bounded with the catch-up tasks.
         if self.catching_up.fetch_add(1, Ordering::Relaxed) >= MAX_CATCH_UP_TASKS {
             self.catching_up.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .catch_up
+                .with_label_values(&["skipped"])
+                .inc_by(last.seq - before);
             return;
         }
         let shared = self.clone();
@@ -1567,6 +1576,22 @@ impl Shared {
         self.started.elapsed().saturating_sub(last)
     }
 
+    /// Announces again to each peer every push it has not confirmed: a peer
+    /// that got none of a stream's shards (a blackholed path, an unlucky
+    /// burst of loss) has no gap or failed group to show it, and pulls what
+    /// it is told of (`head_announced`). A draining node does this until
+    /// all is confirmed.
+    pub(crate) fn announce_unconfirmed(&self) {
+        for peer in self.peer_list() {
+            let ids: Vec<ChunkId> = peer.unconfirmed.lock().iter().copied().collect();
+            for id in ids {
+                if peer.control.try_send(Frame::Have { id }).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Pushed chunks no downstream peer has confirmed yet.
     pub(crate) fn pushes_unconfirmed(&self) -> usize {
         self.peers
@@ -1864,8 +1889,12 @@ pub(crate) async fn request(
 
 /// The most chunks one gap's catch-up pulls (the newest of the gap).
 const MAX_CATCH_UP_CHUNKS: u64 = 4096;
-/// The most gaps caught up at once.
-const MAX_CATCH_UP_TASKS: usize = 16;
+/// The most gaps caught up at once. A task is a sleeping future and a list
+/// of ids: cheap. 16 was too few for four live uploads through 20 % loss
+/// without parity (gaps, failed groups and four tails at once): a tail's
+/// announcement found no room, its last chunk was never pulled, and once the
+/// origin had gone it was lost.
+const MAX_CATCH_UP_TASKS: usize = 64;
 
 /// How many times a fetch goes round its sources while one of them times
 /// out (see `fetch_uncached`).

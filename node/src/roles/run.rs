@@ -85,15 +85,24 @@ impl Running {
         self.http_tasks.abort_all();
         if self.shared.settings.role != Role::Edge {
             let linger_deadline = deadline.min(tokio::time::Instant::now() + MAX_LINGER);
-            let quiet = self.shared.settings.drain_quiet();
+            // With every push confirmed nothing is left to repair from
+            // here; one upkeep tick of quiet lets a pull racing the drain
+            // arrive.
+            let quiet = HOUSEKEEPING_TICK;
+            // Once the pushes have had a reassembly timeout to land, and
+            // then every upkeep tick, what is still unconfirmed is announced
+            // again.
+            let mut next_announce = tokio::time::Instant::now()
+                + Duration::from_millis(
+                    self.shared.settings.config.fec.reassembly_timeout_ms.get(),
+                );
             loop {
                 let queued = self.shared.pushes_queued();
                 let serving = self.shared.pulls_serving.load(Ordering::Relaxed);
                 let unconfirmed = self.shared.pushes_unconfirmed();
                 let quiet_for = self.shared.mesh_quiet_for();
-                // Every push confirmed is proof nothing is left to repair
-                // from here; quiet alone is not (a downstream peer under
-                // load, or cut off for a while, repairs late).
+                // Quiet alone is no proof: a downstream peer under load, or
+                // cut off for a while, repairs late.
                 if queued == 0 && serving == 0 && unconfirmed == 0 && quiet_for >= quiet {
                     break;
                 }
@@ -106,6 +115,11 @@ impl Running {
                         "drain: the mesh was still busy when the drain's time ran out"
                     );
                     break;
+                }
+                let now = tokio::time::Instant::now();
+                if unconfirmed > 0 && queued == 0 && now >= next_announce {
+                    self.shared.announce_unconfirmed();
+                    next_announce = now + HOUSEKEEPING_TICK;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

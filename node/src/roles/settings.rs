@@ -161,17 +161,6 @@ impl NodeSettings {
         }
     }
 
-    /// How long a draining origin or relay waits with nothing to send or
-    /// answer before it leaves the mesh: downstream gives up rebuilding a
-    /// pushed chunk after the reassembly timeout (seen on its next upkeep
-    /// tick), waits one more for late shards, and then pulls it, which must
-    /// still find this node.
-    pub fn drain_quiet(&self) -> Duration {
-        Duration::from_millis(self.config.fec.reassembly_timeout_ms.get()) * 2
-            + crate::roles::run::HOUSEKEEPING_TICK
-            + self.repair_delay * 2
-    }
-
     pub fn reputation_config(&self) -> ReputationConfig {
         ReputationConfig::default()
     }
