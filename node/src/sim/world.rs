@@ -1284,8 +1284,18 @@ impl World {
                     Behaviour::Malicious => self.send_chunk(fetch, to, req, seq, now, false),
                     Behaviour::FreeRider => self.refuse(fetch, to, req, now),
                     Behaviour::Honest => {
-                        let unchoked =
-                            x.is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(req))));
+                        // The mirror of the choker (`Neighbour::we_unchoke`):
+                        // only neighbours are ever unchoked.
+                        let unchoked = x.is_some_and(|x| {
+                            x.neighbours
+                                .iter()
+                                .find(|nb| nb.id == req)
+                                .is_some_and(|nb| nb.we_unchoke)
+                        });
+                        debug_assert_eq!(
+                            unchoked,
+                            x.is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(req))))
+                        );
                         let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
                         if banned || !holds {
                             self.refuse(fetch, to, req, now);
@@ -1714,7 +1724,8 @@ impl World {
                 n.online || (n.crashed && now.saturating_sub(n.offline_since) < detect)
             }
         };
-        let mut peers: Vec<u32> = Vec::new();
+        // Peers to poll, and for a neighbour its bit of `pipe_full`.
+        let mut peers: Vec<(u32, Option<u32>)> = Vec::new();
         {
             let n = &self.nodes[e as usize];
             let Some(x) = n.edge.as_ref() else {
@@ -1725,10 +1736,14 @@ impl World {
                     && reachable(nb.id)
                     && !x.reputation.is_banned(PeerId(u64::from(nb.id)), t)
                 {
-                    peers.push(nb.id);
+                    peers.push((nb.id, Some(pipe_bit(self.slots, nb.id, nb.back))));
                 }
             }
-            peers.extend((1..=self.relays).filter(|&r| reachable(r)));
+            peers.extend(
+                (1..=self.relays)
+                    .filter(|&r| reachable(r))
+                    .map(|r| (r, None)),
+            );
         }
         if self.advance_reader(e, now) {
             return;
@@ -1769,12 +1784,19 @@ impl World {
             }
         }
         let mut asks = Vec::new();
-        for &peer in &peers {
+        let timed = touched.len();
+        for &(peer, bit) in &peers {
+            // A full pipeline: the poll would answer `None` before looking
+            // at anything (unless a timeout just emptied some of it).
+            if bit.is_some_and(|b| self.pipe_full.get(b)) && !touched[..timed].contains(&peer) {
+                debug_assert!(picker.pipeline_full(PeerId(u64::from(peer))));
+                continue;
+            }
             while let Some(r) = picker.poll_request(PeerId(u64::from(peer)), t, &mut x.rng) {
                 asks.push((r.piece, peer));
             }
+            touched.push(peer);
         }
-        touched.extend_from_slice(&peers);
         // The node's loop looks again every 100 ms; here, a paced seed's
         // back-off end is an event of its own.
         let ready = picker
