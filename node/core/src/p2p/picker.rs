@@ -1295,6 +1295,33 @@ mod tests {
         assert_eq!(p.pipeline(PeerId(1)), 32);
     }
 
+    /// `pipeline_full` is what a caller may keep between calls: true exactly
+    /// when a poll would answer `None` for want of room, whatever the time.
+    #[test]
+    fn a_full_pipeline_is_known_without_the_clock_and_ends_with_a_request() {
+        let t0 = Instant::now();
+        let mut p = Picker::new(cfg(100));
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        p.add_peer(PeerId(1), Bitfield::full(100), MS).unwrap();
+        assert!(!p.pipeline_full(PeerId(1)));
+        let depth = p.pipeline(PeerId(1));
+        let sent: Vec<u32> = (0..depth)
+            .map(|_| p.poll_request(PeerId(1), t0, &mut rng).unwrap().piece)
+            .collect();
+        assert!(p.pipeline_full(PeerId(1)));
+        assert!(!p.has_room(PeerId(1), t0 + Duration::from_secs(5)));
+        assert!(p.poll_request(PeerId(1), t0, &mut rng).is_none());
+        // Any request that ends makes room again.
+        p.handle_received(PeerId(1), sent[0], 1 << 20, t0 + MS);
+        assert!(!p.pipeline_full(PeerId(1)));
+        assert!(p.poll_request(PeerId(1), t0 + MS, &mut rng).is_some());
+        assert!(p.pipeline_full(PeerId(1)));
+        p.handle_failed(PeerId(1), sent[1]);
+        assert!(!p.pipeline_full(PeerId(1)));
+        // An unknown peer has no pipeline to be full.
+        assert!(!p.pipeline_full(PeerId(9)));
+    }
+
     #[test]
     fn timeouts_free_pieces_and_a_leaving_peer_frees_its_requests() {
         let t0 = Instant::now();
