@@ -19,7 +19,7 @@ pub mod picker;
 
 use crate::chunk::PeerId;
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Choker settings (from the `p2p` config section).
@@ -125,7 +125,11 @@ pub struct PeerStats {
 #[derive(Debug)]
 pub struct Choker {
     config: ChokerConfig,
-    peers: HashMap<PeerId, PeerState>,
+    /// By id: a few dozen peers, looked up on every piece sent or received
+    /// (rates) and asked `is_unchoked`; ordered search costs less than
+    /// SipHash here, and iteration is deterministic (every result was
+    /// already sorted, so no outcome depends on it).
+    peers: BTreeMap<PeerId, PeerState>,
     seeding: bool,
     ticks: u64,
 }
@@ -134,7 +138,7 @@ impl Choker {
     pub fn new(config: ChokerConfig) -> Self {
         Self {
             config,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             seeding: false,
             ticks: 0,
         }
