@@ -993,35 +993,16 @@ async fn a_live_upload_acknowledged_while_the_origin_drains_is_read_after_it_is_
 /// seen a shard of (nothing showed the relay it was missing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_draining_origin_stays_until_its_relay_confirms_every_push() {
-    use support::impair::{Impairment, Proxy};
     let tweak = |cfg: &mut dcdn_node::config::NodeConfig| {
         small(cfg);
         cfg.fec.reassembly_timeout_ms = dcdn_node::config::Bounded::new(300).unwrap();
     };
-    let (plan, dir) = TestCluster::plan(
-        "drain-dark",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        tweak,
-    );
-    let origin_mesh = plan
-        .nodes
-        .iter()
-        .find(|n| n.role == Role::Origin)
-        .unwrap()
-        .mesh;
-    let proxy = Proxy::start(origin_mesh, Impairment::default(), Impairment::default(), 3)
-        .await
-        .unwrap();
-    let via = proxy.addr.to_string();
-    let mut c = TestCluster::start_planned(plan, dir, move |cfg| {
-        if cfg.node.role == Role::Relay {
-            cfg.discovery.upstream = vec![via.clone()];
-        }
-    })
-    .await;
+    let counts = Counts {
+        relays: 1,
+        edges: 1,
+    };
+    let (mut c, proxy) =
+        TestCluster::start_with_lossy_origin_link("drain-dark", counts, tweak, 0.0, 3).await;
     let (origin, relay) = (c.by_role(Role::Origin)[0], c.by_role(Role::Relay)[0]);
     wait_subscribed(&c, origin, relay).await;
     wait_subscribed(&c, relay, c.by_role(Role::Edge)[0]).await;
@@ -1071,7 +1052,6 @@ async fn a_draining_origin_stays_until_its_relay_confirms_every_push() {
 /// stream's tail is lost (seen: `not_yet` on the last chunk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_uploads_over_a_lossy_relay_link_are_whole_downstream_after_the_origin_drains() {
-    use support::impair::{Impairment, Proxy};
     let tweak = |cfg: &mut dcdn_node::config::NodeConfig| {
         small(cfg);
         cfg.fec.adaptive = false;
@@ -1079,32 +1059,12 @@ async fn live_uploads_over_a_lossy_relay_link_are_whole_downstream_after_the_ori
         cfg.fec.min_parity = dcdn_node::config::Bounded::new(0).unwrap();
         cfg.fec.reassembly_timeout_ms = dcdn_node::config::Bounded::new(300).unwrap();
     };
-    let (plan, dir) = TestCluster::plan(
-        "drain-lossy",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        tweak,
-    );
-    let origin_mesh = plan
-        .nodes
-        .iter()
-        .find(|n| n.role == Role::Origin)
-        .unwrap()
-        .mesh;
-    let imp = Impairment {
-        loss: 0.2,
-        ..Impairment::default()
+    let counts = Counts {
+        relays: 1,
+        edges: 1,
     };
-    let proxy = Proxy::start(origin_mesh, imp, imp, 7).await.unwrap();
-    let via = proxy.addr.to_string();
-    let mut c = TestCluster::start_planned(plan, dir, move |cfg| {
-        if cfg.node.role == Role::Relay {
-            cfg.discovery.upstream = vec![via.clone()];
-        }
-    })
-    .await;
+    let (mut c, proxy) =
+        TestCluster::start_with_lossy_origin_link("drain-lossy", counts, tweak, 0.2, 7).await;
     // Chunks published before a subscription lands are never pushed: not
     // what this test is about.
     wait_subscribed(&c, c.by_role(Role::Origin)[0], c.by_role(Role::Relay)[0]).await;

@@ -1019,6 +1019,7 @@ impl Assembler {
 #[derive(Debug, Clone)]
 pub struct ParityPolicy {
     k: u16,
+    /// The configured parity, already within `[min_m, max_m]`.
     default_m: u16,
     min_m: u16,
     max_m: u16,
@@ -1046,16 +1047,16 @@ const MIN_EVIDENCE_SHARDS: f64 = 200.0;
 
 impl ParityPolicy {
     pub fn new(k: u16, default_m: u16, min_m: u16, max_m: u16, adaptive: bool) -> Self {
-        let current = default_m.clamp(min_m, max_m.max(min_m));
+        let default_m = default_m.clamp(min_m, max_m.max(min_m));
         Self {
             k: k.max(1),
             default_m,
+            current: default_m,
             min_m,
             max_m: max_m.max(min_m),
             adaptive,
             expected: 0.0,
             lost: 0.0,
-            current,
         }
     }
 
@@ -1074,11 +1075,11 @@ impl ParityPolicy {
     }
 
     /// Folds in a report (shards expected and received since the last one;
-    /// an idle link reports 0 and 0) and returns the parity to use from now
-    /// on. Parity rises on any evidence of loss, but falls below the
+    /// an idle link may report 0 and 0) and returns the parity to use from
+    /// now on. Parity rises on any evidence of loss, but falls below the
     /// configured default only on [`MIN_EVIDENCE_SHARDS`] of evidence.
     pub fn handle_report(&mut self, expected: u64, received: u64) -> u16 {
-        let default = self.default_m.clamp(self.min_m, self.max_m);
+        let default = self.default_m;
         if !self.adaptive {
             self.current = default;
             return self.current;

@@ -129,22 +129,47 @@ impl TestCluster {
         tweak: impl Fn(&mut NodeConfig),
         loss: f64,
     ) -> (Self, crate::support::impair::Proxy) {
+        Self::start_behind_proxy(tag, counts, tweak, Role::Relay, loss, 42).await
+    }
+
+    /// A cluster whose relays reach the origin only through a UDP proxy
+    /// seeded with `seed`, dropping `loss` of datagrams both ways.
+    pub async fn start_with_lossy_origin_link(
+        tag: &str,
+        counts: Counts,
+        tweak: impl Fn(&mut NodeConfig),
+        loss: f64,
+        seed: u64,
+    ) -> (Self, crate::support::impair::Proxy) {
+        Self::start_behind_proxy(tag, counts, tweak, Role::Origin, loss, seed).await
+    }
+
+    /// The proxy sits in front of the first node of role `upstream`; the
+    /// nodes of the tier below it are told to reach it there.
+    async fn start_behind_proxy(
+        tag: &str,
+        counts: Counts,
+        tweak: impl Fn(&mut NodeConfig),
+        upstream: Role,
+        loss: f64,
+        seed: u64,
+    ) -> (Self, crate::support::impair::Proxy) {
         use crate::support::impair::{Impairment, Proxy};
+        let downstream = if upstream == Role::Origin {
+            Role::Relay
+        } else {
+            Role::Edge
+        };
         let (plan, dir) = Self::plan(tag, counts, tweak);
-        let relay_mesh = plan
-            .nodes
-            .iter()
-            .find(|n| n.role == Role::Relay)
-            .unwrap()
-            .mesh;
+        let mesh = plan.nodes.iter().find(|n| n.role == upstream).unwrap().mesh;
         let imp = Impairment {
             loss,
             ..Impairment::default()
         };
-        let proxy = Proxy::start(relay_mesh, imp, imp, 42).await.unwrap();
+        let proxy = Proxy::start(mesh, imp, imp, seed).await.unwrap();
         let proxy_addr = proxy.addr.to_string();
         let cluster = Self::start_planned(plan, dir, move |cfg| {
-            if cfg.node.role == Role::Edge {
+            if cfg.node.role == downstream {
                 cfg.discovery.upstream = vec![proxy_addr.clone()];
             }
         })
