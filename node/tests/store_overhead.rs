@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// The tests here measure the one global allocator: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn per_chunk_overhead_is_at_most_150_bytes() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Measured at every 2,500 chunks up to N, not only at N: the index's
     // hash tables and queues double as they fill, so the overhead is worst
     // just past a resize (at 200,000 alone the tables sit ~76 % full).
@@ -73,4 +79,52 @@ fn per_chunk_overhead_is_at_most_150_bytes() {
         "overhead {worst:.1} B per chunk at {worst_at} chunks"
     );
     assert_eq!(store.stats().chunks, N as usize);
+}
+
+/// A chunk read off a stream keeps a buffer of its frame's size, not more:
+/// the store budgets payload bytes, so slack in the buffer a payload points
+/// into is memory no budget sees (the frame reader's doubling left a
+/// 256 KiB chunk in a 512 KiB buffer).
+#[test]
+fn a_chunk_read_off_a_stream_holds_no_more_than_its_frame() {
+    use dcdn_node::chunk::wire::Frame;
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for len in [1_000usize, 100_000, 256 * 1024, 1 << 20] {
+        let payload = Bytes::from(vec![9u8; len]);
+        let frame = Frame::Chunk(Chunk {
+            header: ChunkHeader {
+                id: ChunkId::new(StreamId(1), 0),
+                len: len as u32,
+                digest: [0; 32],
+                key_id: KeyId(1),
+                timestamp_ms: 0,
+            },
+            signature: [0; 64],
+            payload,
+        });
+        let body = dcdn_node::roles::framing::encode(&frame);
+        let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&body);
+        let region = Region::new(GLOBAL);
+        let read = rt
+            .block_on(dcdn_node::roles::framing::read_frame_from(
+                &mut &wire[..],
+                2 << 20,
+            ))
+            .expect("frame");
+        let stats = region.change();
+        let live = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64;
+        assert!(matches!(&read, Frame::Chunk(c) if c.payload.len() == len));
+        assert!(
+            live <= body.len() as i64 + 1024,
+            "a {len}-byte chunk holds {live} bytes after it was read ({} framed)",
+            body.len()
+        );
+        drop(read);
+    }
 }
