@@ -253,7 +253,7 @@ async fn run(
     let mut seeds: Vec<Arc<Peer>> = Vec::new();
     let mut backoff: HashMap<PeerId, Instant> = HashMap::new();
     let mut inflight: HashMap<(PeerId, u32), InFlight> = HashMap::new();
-    let mut tasks: tokio::task::JoinSet<(PeerId, u32, Result<Frame, String>)> =
+    let mut tasks: tokio::task::JoinSet<(PeerId, u32, Result<Reply, String>)> =
         tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,10 +307,23 @@ async fn run(
                 let id = ChunkId::new(stream, u64::from(r.piece));
                 let timeout = shared.settings.request_timeout;
                 let p = peer.clone();
+                let node = shared.clone();
                 let abort = tasks.spawn(async move {
-                    let reply = request(&p.conn, &Frame::Request { id }, timeout)
-                        .await
-                        .map_err(|e| e.to_string());
+                    let reply = match request(&p.conn, &Frame::Request { id }, timeout).await {
+                        // Verified and stored here, off the swarm's loop: a
+                        // chunk's hash and signature cost about what its
+                        // transfer does on a fast link, and the loop keeps
+                        // asking meanwhile.
+                        Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
+                            let len = chunk.payload.len() as u64;
+                            Ok(Reply::Chunk(
+                                len,
+                                node.accept_chunk(chunk, Some(p.id), Path::Pull),
+                            ))
+                        }
+                        Ok(other) => Ok(Reply::Other(other)),
+                        Err(e) => Err(e.to_string()),
+                    };
                     (p.id, r.piece, reply)
                 });
                 inflight.insert((peer.id, r.piece), InFlight { abort });
@@ -322,7 +335,7 @@ async fn run(
                 if inflight.remove(&(peer, piece)).is_none() {
                     continue;
                 }
-                on_reply(shared, stream, &mut picker, &mut inflight, &mut backoff, &mut rng, peer, piece, reply);
+                on_reply(shared, &mut picker, &mut inflight, &mut backoff, &mut rng, peer, piece, reply);
             }
             Some(piece) = deadlines.recv() => {
                 // The reader is at this piece now: it and the next few go
@@ -460,20 +473,27 @@ fn sync_peers(
     }
 }
 
+/// How a request of the swarm's ended.
+enum Reply {
+    /// The piece came (this many payload bytes), and what the store made
+    /// of it.
+    Chunk(u64, Accepted),
+    /// Anything else the peer answered.
+    Other(Frame),
+}
+
 /// What came back for one request.
 #[allow(clippy::too_many_arguments)]
 fn on_reply(
     shared: &Arc<Shared>,
-    stream: StreamId,
     picker: &mut Picker,
     inflight: &mut HashMap<(PeerId, u32), InFlight>,
     backoff: &mut HashMap<PeerId, Instant>,
     rng: &mut rand_chacha::ChaCha8Rng,
     peer: PeerId,
     piece: u32,
-    reply: Result<Frame, String>,
+    reply: Result<Reply, String>,
 ) {
-    let id = ChunkId::new(stream, u64::from(piece));
     let sender = shared.peers.read().get(&peer).cloned();
     let failed = |picker: &mut Picker, backoff: &mut HashMap<PeerId, Instant>| {
         picker.handle_failed(peer, piece);
@@ -481,9 +501,8 @@ fn on_reply(
         backoff.insert(peer, Instant::now() + shared.settings.fetch_retry);
     };
     match reply {
-        Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
-            let len = chunk.payload.len() as u64;
-            match shared.accept_chunk(chunk, Some(peer), Path::Pull) {
+        Ok(Reply::Chunk(len, accepted)) => {
+            match accepted {
                 Accepted::Stored | Accepted::Duplicate => {
                     let from = sender.as_ref().map_or("gone", |p| p.role.as_str());
                     shared
@@ -502,13 +521,13 @@ fn on_reply(
                 Accepted::Rejected(_) => failed(picker, backoff),
             }
         }
-        Ok(Frame::Error { code, .. }) if code == crate::p2p::admission::CODE_BUSY => {
+        Ok(Reply::Other(Frame::Error { code, .. })) if code == crate::p2p::admission::CODE_BUSY => {
             // The relay's uplink is full: not a failure. The picker leaves
             // it alone for a jittered back-off and the piece goes to a
             // neighbour that has it meanwhile.
             picker.handle_busy(peer, piece, Instant::now(), rng);
         }
-        Ok(Frame::Error { code, .. }) if code == super::mesh::CODE_CHOKED => {
+        Ok(Reply::Other(Frame::Error { code, .. })) if code == super::mesh::CODE_CHOKED => {
             // Choked between our poll and its answer: it still has the
             // piece; ask again once it unchokes us.
             picker.handle_choked(peer, piece);
