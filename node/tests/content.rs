@@ -675,3 +675,29 @@ async fn a_sigkilled_origin_process_serves_every_acknowledged_version_after_rest
     assert_eq!(half_written(&store), Vec::<String>::new());
     c.stop().await;
 }
+
+/// A chunk every source says it does not have is `NotFound` (a client's
+/// 404), one no source can be reached for is `Unavailable` (a 503 the
+/// client retries): an object that exists must never read as missing
+/// because its relay is restarting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_nobody_has_is_not_found_and_one_nobody_can_reach_is_unavailable() {
+    use dcdn_node::chunk::{ChunkId, StreamId};
+    use dcdn_node::roles::node::FetchError;
+    let mut c = small_cluster("fetch-errors", 1).await;
+    let edge_at = c.by_role(Role::Edge)[0];
+    let edge = c.nodes[edge_at].running().shared.clone();
+    let never = ChunkId::new(StreamId::object("never-published.bin", 1), 0);
+    match edge.fetch(never).await {
+        Err(FetchError::NotFound(why)) => assert!(why.contains("does not have"), "{why}"),
+        other => panic!("a chunk nobody has: {other:?}"),
+    }
+    let relay_at = c.by_role(Role::Relay)[0];
+    c.nodes[relay_at].stop().await;
+    let other = ChunkId::new(StreamId::object("never-published.bin", 1), 1);
+    match edge.fetch(other).await {
+        Err(FetchError::Unavailable(_)) => {}
+        other => panic!("with no relay: {other:?}"),
+    }
+    c.stop().await;
+}

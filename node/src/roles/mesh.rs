@@ -697,7 +697,7 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
                     // that cannot be reached says nothing about the chunk,
                     // and a NotFound here becomes a client's 404 for an
                     // object that exists.
-                    Err(e) if !e.contains("does not have") => {
+                    Err(crate::roles::node::FetchError::Unavailable(e)) => {
                         return Frame::Error {
                             code: CODE_UNAVAILABLE,
                             message: format!("cannot get {id} upstream now: {e}"),

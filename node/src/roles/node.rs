@@ -168,7 +168,7 @@ pub struct Shared {
     pub signers: RwLock<HashMap<KeyId, Signer>>,
     pub manifests: Mutex<Manifests>,
     pub arrivals: broadcast::Sender<ChunkId>,
-    pub flight: SingleFlight<ChunkId, Chunk, String>,
+    pub flight: SingleFlight<ChunkId, Chunk, FetchError>,
     pub manifest_flight: SingleFlight<StreamId, ManifestFrame, String>,
     pub(crate) peers: RwLock<HashMap<PeerId, Arc<Peer>>>,
     pub metrics: Metrics,
@@ -1114,17 +1114,21 @@ impl Shared {
 
     /// Fetches chunk `id` over a reliable stream from the best source,
     /// once however many callers ask at the same time.
-    pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+    pub async fn fetch(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, FetchError> {
         self.fetch_counted(id, true).await
     }
 
     /// Like [`Self::fetch`] for a chunk that may not be published yet: not
     /// finding it is expected, so it is not counted as a failed repair.
-    pub async fn fetch_if_published(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, String> {
+    pub async fn fetch_if_published(self: &Arc<Self>, id: ChunkId) -> Result<Chunk, FetchError> {
         self.fetch_counted(id, false).await
     }
 
-    async fn fetch_counted(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
+    async fn fetch_counted(
+        self: &Arc<Self>,
+        id: ChunkId,
+        count: bool,
+    ) -> Result<Chunk, FetchError> {
         if let Some(c) = self.store.get(&id, Instant::now()) {
             return Ok(c);
         }
@@ -1136,15 +1140,19 @@ impl Shared {
         match result {
             Ok(c) => Ok(c),
             Err(FlightError::Failed(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(FetchError::Unavailable(e.to_string())),
         }
     }
 
-    async fn fetch_uncached(self: &Arc<Self>, id: ChunkId, count: bool) -> Result<Chunk, String> {
+    async fn fetch_uncached(
+        self: &Arc<Self>,
+        id: ChunkId,
+        count: bool,
+    ) -> Result<Chunk, FetchError> {
         let mut last = String::new();
         let started = Instant::now();
         let mut round = 0;
-        loop {
+        let not_found = loop {
             let sources = self.sources_for(id);
             // Why no source brought it: a source that timed out may still
             // be pulling it over a lossy link (its pull lands in its store),
@@ -1173,12 +1181,16 @@ impl Shared {
                 tokio::time::sleep(SOURCE_GONE_POLL).await;
                 continue;
             }
-            break;
-        }
+            break !miss.other && !miss.unavailable;
+        };
         if count {
             self.metrics.repairs.with_label_values(&["failed"]).inc();
         }
-        Err(last)
+        Err(if not_found {
+            FetchError::NotFound(last)
+        } else {
+            FetchError::Unavailable(last)
+        })
     }
 
     /// One request for `id` to `peer`; `None` with `last` saying why when
@@ -1196,6 +1208,7 @@ impl Shared {
             self.settings.request_timeout,
         )
         .await;
+        miss.other |= !matches!(reply, Ok(Frame::NotFound { .. }));
         *last = match reply {
             Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
                 match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
@@ -1921,6 +1934,21 @@ enum ManifestAsk {
 struct Miss {
     timed_out: bool,
     unavailable: bool,
+    /// A source answered anything but "does not have" (or failed).
+    other: bool,
+}
+
+/// Why a chunk could not be fetched.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Every source asked answered that it does not have the chunk: a
+    /// client's 404, a downstream's `NotFound`.
+    #[error("{0}")]
+    NotFound(String),
+    /// No source could bring it now (none connected, timeouts, a source
+    /// that could not reach its own upstream, a bad reply): ask again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How many stall periods one request may take in all, however steadily
@@ -2045,8 +2073,8 @@ impl Content for EdgeContent {
         // whole, where a fixed deadline cut bodies short.
         match shared.fetch(id).await {
             Ok(c) => Ok(c),
-            Err(e) if e.contains("does not have") => Err(ContentError::NotFound(e)),
-            Err(e) => Err(ContentError::Unavailable(e)),
+            Err(FetchError::NotFound(e)) => Err(ContentError::NotFound(e)),
+            Err(FetchError::Unavailable(e)) => Err(ContentError::Unavailable(e)),
         }
     }
 
