@@ -546,6 +546,28 @@ mod tests {
         assert!(optimistic_turns < 30);
     }
 
+    /// The bucket being filled lives apart from the closed ones: a rate
+    /// still counts it, and drops it, and every closed one, once expired.
+    #[test]
+    fn a_rate_window_counts_its_buckets_until_each_expires() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(20);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = RateWindow::default();
+        w.record(100, at(0));
+        w.record(100, at(500));
+        w.record(50, at(1_500));
+        assert_eq!(w.rate(at(2_000), window), 250.0 / 20.0);
+        // The first bucket (from 0 ms) is past the window; the one from
+        // 1,500 ms, still being filled, is not.
+        assert_eq!(w.rate(at(21_000), window), 50.0 / 20.0);
+        assert_eq!(w.rate(at(22_000), window), 0.0);
+        w.record(10, at(22_000));
+        w.record(10, at(22_999));
+        assert_eq!(w.rate(at(23_000), window), 20.0 / 20.0);
+        assert_eq!(w.total, 270);
+    }
+
     #[test]
     fn a_peer_that_stops_giving_or_is_banned_loses_its_slot() {
         let mut c = choker(1, 0);
