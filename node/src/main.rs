@@ -358,6 +358,7 @@ fn sim(
     svg: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use dcdn_node::sim::{self, scenario::Scenario};
+    huge_pages_for_sim();
     let mut s = match scenario {
         Some(path) => Scenario::from_file(path)?,
         None => Scenario::default(),
@@ -374,6 +375,41 @@ fn sim(
         out!("{}", report.table())?;
     }
     Ok(())
+}
+
+/// A large run reads small records at random across hundreds of megabytes
+/// (pickers, chokers, queues of ten thousand edges): with 4 KiB pages
+/// nearly every such read also misses the TLB, and at 10,000 edges that
+/// was most of why a run cost more than ten times one of 1,000. glibc backs
+/// its heap with transparent huge pages only when told so at start-up (the
+/// `glibc.malloc.hugetlb` tunable; the kernel's default policy is
+/// `madvise`), so `dcdn sim` starts itself once more with it set. The
+/// variable being set is what stops a second restart; if the restart
+/// fails, the run goes on with small pages, only slower.
+#[cfg(feature = "sim")]
+fn huge_pages_for_sim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        const TUNABLE: &str = "glibc.malloc.hugetlb";
+        let old = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if old.contains(TUNABLE) {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let tunables = if old.is_empty() {
+            format!("{TUNABLE}=1")
+        } else {
+            format!("{old}:{TUNABLE}=1")
+        };
+        // Only returns on failure.
+        let _ = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("GLIBC_TUNABLES", tunables)
+            .exec();
+    }
 }
 
 fn main() -> ExitCode {

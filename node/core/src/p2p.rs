@@ -19,7 +19,7 @@ pub mod picker;
 
 use crate::chunk::PeerId;
 use rand::Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Choker settings (from the `p2p` config section).
@@ -65,9 +65,15 @@ pub struct ChokeChange {
 }
 
 /// Bytes per time bucket over a sliding window.
+///
+/// The bucket being filled is kept in the record itself: a piece sent or
+/// received touches only it, not a deque's buffer elsewhere on the heap (a
+/// 10,000-edge simulation records every piece, each record a cache miss).
 #[derive(Debug, Clone, Default)]
 struct RateWindow {
+    /// Closed buckets, oldest first, all older than `current`.
     buckets: VecDeque<(Instant, u64)>,
+    current: Option<(Instant, u64)>,
     total: u64,
 }
 
@@ -76,22 +82,99 @@ const BUCKET: Duration = Duration::from_secs(1);
 impl RateWindow {
     fn record(&mut self, bytes: u64, now: Instant) {
         self.total += bytes;
-        match self.buckets.back_mut() {
+        match &mut self.current {
             Some((start, n)) if now.saturating_duration_since(*start) < BUCKET => *n += bytes,
-            _ => self.buckets.push_back((now, bytes)),
+            cur => {
+                if let Some(closed) = cur.replace((now, bytes)) {
+                    self.buckets.push_back(closed);
+                }
+            }
         }
     }
 
     fn rate(&mut self, now: Instant, window: Duration) -> f64 {
-        while let Some(&(start, _)) = self.buckets.front() {
-            if now.saturating_duration_since(start) > window {
-                self.buckets.pop_front();
-            } else {
-                break;
+        let expired = |start: Instant| now.saturating_duration_since(start) > window;
+        while self
+            .buckets
+            .front()
+            .is_some_and(|&(start, _)| expired(start))
+        {
+            self.buckets.pop_front();
+        }
+        if self.buckets.is_empty() && self.current.is_some_and(|(start, _)| expired(start)) {
+            self.current = None;
+        }
+        let bytes: u64 = self
+            .buckets
+            .iter()
+            .chain(self.current.iter())
+            .map(|(_, n)| n)
+            .sum();
+        bytes as f64 / window.as_secs_f64().max(1e-3)
+    }
+}
+
+/// The choker's peers, sorted by id: a few dozen, so a binary search over
+/// a vector of ids beats walking a B-tree's nodes (a lookup on every piece
+/// sent or received), and iteration is in id order as a `BTreeMap`'s was.
+#[derive(Debug, Default)]
+struct PeerMap {
+    ids: Vec<PeerId>,
+    states: Vec<PeerState>,
+}
+
+impl PeerMap {
+    fn find(&self, id: &PeerId) -> Result<usize, usize> {
+        self.ids.binary_search(id)
+    }
+    fn contains_key(&self, id: &PeerId) -> bool {
+        self.find(id).is_ok()
+    }
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    fn insert(&mut self, id: PeerId, state: PeerState) {
+        match self.find(&id) {
+            Ok(i) => self.states[i] = state,
+            Err(i) => {
+                self.ids.insert(i, id);
+                self.states.insert(i, state);
             }
         }
-        let bytes: u64 = self.buckets.iter().map(|(_, n)| n).sum();
-        bytes as f64 / window.as_secs_f64().max(1e-3)
+    }
+    fn remove(&mut self, id: &PeerId) {
+        if let Ok(i) = self.find(id) {
+            self.ids.remove(i);
+            self.states.remove(i);
+        }
+    }
+    fn get(&self, id: &PeerId) -> Option<&PeerState> {
+        self.find(id).ok().map(|i| &self.states[i])
+    }
+    fn get_mut(&mut self, id: &PeerId) -> Option<&mut PeerState> {
+        self.find(id).ok().map(|i| &mut self.states[i])
+    }
+    fn keys(&self) -> impl Iterator<Item = &PeerId> {
+        self.ids.iter()
+    }
+    fn iter(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
+        self.ids.iter().zip(self.states.iter())
+    }
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&PeerId, &mut PeerState)> {
+        self.ids.iter().zip(self.states.iter_mut())
+    }
+}
+
+impl std::ops::Index<&PeerId> for PeerMap {
+    type Output = PeerState;
+    fn index(&self, id: &PeerId) -> &PeerState {
+        match self.get(id) {
+            Some(p) => p,
+            None => panic!("no peer {id:?}"),
+        }
     }
 }
 
@@ -129,7 +212,7 @@ pub struct Choker {
     /// (rates) and asked `is_unchoked`; ordered search costs less than
     /// SipHash here, and iteration is deterministic (every result was
     /// already sorted, so no outcome depends on it).
-    peers: BTreeMap<PeerId, PeerState>,
+    peers: PeerMap,
     seeding: bool,
     ticks: u64,
 }
@@ -138,7 +221,7 @@ impl Choker {
     pub fn new(config: ChokerConfig) -> Self {
         Self {
             config,
-            peers: BTreeMap::new(),
+            peers: PeerMap::default(),
             seeding: false,
             ticks: 0,
         }
@@ -461,6 +544,28 @@ mod tests {
             "the rider still gets a turn now and then"
         );
         assert!(optimistic_turns < 30);
+    }
+
+    /// The bucket being filled lives apart from the closed ones: a rate
+    /// still counts it, and drops it, and every closed one, once expired.
+    #[test]
+    fn a_rate_window_counts_its_buckets_until_each_expires() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(20);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = RateWindow::default();
+        w.record(100, at(0));
+        w.record(100, at(500));
+        w.record(50, at(1_500));
+        assert_eq!(w.rate(at(2_000), window), 250.0 / 20.0);
+        // The first bucket (from 0 ms) is past the window; the one from
+        // 1,500 ms, still being filled, is not.
+        assert_eq!(w.rate(at(21_000), window), 50.0 / 20.0);
+        assert_eq!(w.rate(at(22_000), window), 0.0);
+        w.record(10, at(22_000));
+        w.record(10, at(22_999));
+        assert_eq!(w.rate(at(23_000), window), 20.0 / 20.0);
+        assert_eq!(w.total, 270);
     }
 
     #[test]

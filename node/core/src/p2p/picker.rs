@@ -243,7 +243,7 @@ struct Outstanding {
 
 #[derive(Debug, Clone)]
 struct Peer {
-    has: Bitfield,
+    /// (What it has is a row of `PeerTable::has`.)
     /// A seed has everything and is not counted in availability.
     seed: bool,
     requests: Vec<Outstanding>,
@@ -266,13 +266,61 @@ struct Peer {
 /// every peer's record (a swarming edge of a 10,000-edge simulation takes
 /// ~32 `Have`s per piece it gets, each such a search in another edge's
 /// picker).
+///
+/// What each peer has is a row of one block, not a bit set of its own: a
+/// `Have` is then a search in `ids` and one word of the block, with no
+/// walk through the peer's record to a separate allocation first.
 #[derive(Debug, Default)]
 struct PeerTable {
     ids: Vec<PeerId>,
     peers: Vec<Peer>,
+    /// `words` words per peer, in `ids` order; bits at or past `len` are
+    /// never set.
+    has: Vec<u64>,
+    words: usize,
+    len: u32,
 }
 
 impl PeerTable {
+    fn new(len: u32) -> Self {
+        Self {
+            words: (len as usize).div_ceil(64),
+            len,
+            ..Self::default()
+        }
+    }
+
+    /// What the `i`th peer has.
+    fn row(&self, i: usize) -> &[u64] {
+        &self.has[i * self.words..(i + 1) * self.words]
+    }
+
+    fn has_get(&self, i: usize, piece: u32) -> bool {
+        piece < self.len && self.has[i * self.words + piece as usize / 64] >> (piece % 64) & 1 == 1
+    }
+
+    /// Sets a bit; whether it was clear (out of range: ignored).
+    fn has_set(&mut self, i: usize, piece: u32) -> bool {
+        if piece >= self.len {
+            return false;
+        }
+        let w = &mut self.has[i * self.words + piece as usize / 64];
+        let was = *w >> (piece % 64) & 1 == 1;
+        *w |= 1 << (piece % 64);
+        !was
+    }
+
+    /// Clears a bit; whether it was set.
+    fn has_clear(&mut self, i: usize, piece: u32) -> bool {
+        if piece >= self.len {
+            return false;
+        }
+        let w = &mut self.has[i * self.words + piece as usize / 64];
+        let was = *w >> (piece % 64) & 1 == 1;
+        *w &= !(1 << (piece % 64));
+        was
+    }
+
     fn find(&self, id: &PeerId) -> Result<usize, usize> {
         self.ids.binary_search(id)
     }
@@ -293,20 +341,31 @@ impl PeerTable {
         self.find(id).ok().map(|i| &mut self.peers[i])
     }
 
-    fn insert(&mut self, id: PeerId, peer: Peer) {
-        match self.find(&id) {
-            Ok(i) => self.peers[i] = peer,
+    /// `has` is of the object's length (the caller checks).
+    fn insert(&mut self, id: PeerId, peer: Peer, has: &Bitfield) {
+        let w = self.words;
+        let i = match self.find(&id) {
+            Ok(i) => {
+                self.peers[i] = peer;
+                i
+            }
             Err(i) => {
                 self.ids.insert(i, id);
                 self.peers.insert(i, peer);
+                self.has.splice(i * w..i * w, std::iter::repeat_n(0, w));
+                i
             }
-        }
+        };
+        self.has[i * w..(i + 1) * w].copy_from_slice(&has.words[..w]);
     }
 
-    fn remove(&mut self, id: &PeerId) -> Option<Peer> {
+    /// Removes a peer: its record and what it had.
+    fn remove(&mut self, id: &PeerId) -> Option<(Peer, Vec<u64>)> {
         let i = self.find(id).ok()?;
         self.ids.remove(i);
-        Some(self.peers.remove(i))
+        let w = self.words;
+        let has = self.has.drain(i * w..(i + 1) * w).collect();
+        Some((self.peers.remove(i), has))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
@@ -378,7 +437,7 @@ impl Picker {
             seen: Bitfield::new(n),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
-            peers: PeerTable::default(),
+            peers: PeerTable::new(n),
             sent: BTreeMap::new(),
             timed: Vec::new(),
         }
@@ -505,7 +564,6 @@ impl Picker {
         self.peers.insert(
             peer,
             Peer {
-                has,
                 seed,
                 requests: Vec::new(),
                 rate: self.config.initial_rate_bytes_per_sec as f64,
@@ -515,6 +573,7 @@ impl Picker {
                 busy_until: None,
                 busy_streak: 0,
             },
+            &has,
         );
         Ok(())
     }
@@ -522,12 +581,12 @@ impl Picker {
     /// A peer left: its announcements no longer count and its outstanding
     /// requests may be picked again.
     pub fn remove_peer(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.remove(&peer) else {
+        let Some((p, has)) = self.peers.remove(&peer) else {
             return;
         };
         if !p.seed {
             for i in 0..self.config.pieces {
-                if p.has.get(i) {
+                if has[i as usize / 64] >> (i % 64) & 1 == 1 {
                     self.dec_avail(i);
                 }
             }
@@ -549,8 +608,8 @@ impl Picker {
     /// may leave it out — as long as [`Picker::mark_lost`] is never used,
     /// since a lost piece would then not know who has it.
     pub fn handle_have(&mut self, peer: PeerId, piece: u32) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if p.has.set(piece) && !p.seed {
+        if let Ok(i) = self.peers.find(&peer) {
+            if self.peers.has_set(i, piece) && !self.peers.peers[i].seed {
                 self.inc_avail(piece);
             }
         }
@@ -630,10 +689,11 @@ impl Picker {
 
     /// `peer` has something this node lacks.
     pub fn is_interesting(&self, peer: PeerId) -> bool {
-        let Some(p) = self.peers.get(&peer) else {
+        let Ok(i) = self.peers.find(&peer) else {
             return false;
         };
-        (0..self.have.words.len()).any(|w| p.has.word(w) & !self.have.word(w) != 0)
+        let has = self.peers.row(i);
+        (0..self.have.words.len()).any(|w| has[w] & !self.have.word(w) != 0)
     }
 
     /// The next piece to ask `peer` for, if its pipeline has room. The
@@ -655,7 +715,7 @@ impl Picker {
         // 1. The streaming window, earliest deadline first.
         let mut pick = None;
         for &(deadline, piece) in &self.deadlines {
-            if !p.has.get(piece) || asked(piece) {
+            if !self.peers.has_get(i, piece) || asked(piece) {
                 continue;
             }
             let n = self.requested[piece as usize];
@@ -686,21 +746,23 @@ impl Picker {
             } else {
                 u16::MAX
             };
-            pick = self.pick_fresh(p, random, cap, rng).map(|i| {
-                (
-                    i,
-                    if random {
-                        PickReason::Random
-                    } else {
-                        PickReason::Rarest
-                    },
-                )
-            });
+            pick = self
+                .pick_fresh(self.peers.row(i), random, cap, rng)
+                .map(|i| {
+                    (
+                        i,
+                        if random {
+                            PickReason::Random
+                        } else {
+                            PickReason::Rarest
+                        },
+                    )
+                });
         }
         // 4. Endgame: every missing piece is already asked for somewhere.
         if pick.is_none() && self.all_missing_requested() {
             pick = self
-                .pick_duplicate(p, dup_limit, rng)
+                .pick_duplicate(p, self.peers.row(i), dup_limit, rng)
                 .map(|i| (i, PickReason::Endgame));
         }
         let (piece, reason) = pick?;
@@ -724,13 +786,13 @@ impl Picker {
     }
 
     /// Candidate pieces of `p` in word `w`: it has them, we lack them.
-    fn wanted_word(&self, p: &Peer, w: usize) -> u64 {
-        p.has.word(w) & !self.have.word(w)
+    fn wanted_word(&self, has: &[u64], w: usize) -> u64 {
+        has[w] & !self.have.word(w)
     }
 
     /// A missing, unrequested piece `p` has: random, or rarest with random
     /// ties (reservoir over the rarest seen), scanning from a random word.
-    fn pick_fresh<R: Rng>(&self, p: &Peer, random: bool, cap: u16, rng: &mut R) -> Option<u32> {
+    fn pick_fresh<R: Rng>(&self, has: &[u64], random: bool, cap: u16, rng: &mut R) -> Option<u32> {
         let words = self.have.words.len();
         if words == 0 {
             return None;
@@ -742,7 +804,7 @@ impl Picker {
             let w = (start + k) % words;
             // Unrequested (`asked` is exactly `requested > 0`), and (for a
             // seed capped at zero) seen by no neighbour.
-            let mut bits = self.wanted_word(p, w) & !self.asked.word(w);
+            let mut bits = self.wanted_word(has, w) & !self.asked.word(w);
             if cap == 0 {
                 bits &= !self.seen.word(w);
             }
@@ -788,11 +850,11 @@ impl Picker {
 
     /// A missing piece `p` has that others were asked for and this peer was
     /// not, with fewer than `limit` requests out: fewest requests first.
-    fn pick_duplicate<R: Rng>(&self, p: &Peer, limit: u8, rng: &mut R) -> Option<u32> {
+    fn pick_duplicate<R: Rng>(&self, p: &Peer, has: &[u64], limit: u8, rng: &mut R) -> Option<u32> {
         let mut best: Option<(u8, u32)> = None;
         let mut ties = 0u32;
         for w in 0..self.have.words.len() {
-            let mut bits = self.wanted_word(p, w);
+            let mut bits = self.wanted_word(has, w);
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
@@ -924,8 +986,8 @@ impl Picker {
     /// peer is not asked for it until it announces it anew.
     pub fn handle_failed(&mut self, peer: PeerId, piece: u32) {
         if self.take_request(peer, piece).is_some() {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                if !p.seed && p.has.clear(piece) {
+            if let Ok(i) = self.peers.find(&peer) {
+                if !self.peers.peers[i].seed && self.peers.has_clear(i, piece) {
                     self.dec_avail(piece);
                 }
             }
@@ -1435,7 +1497,7 @@ mod tests {
                         prop_assert!(room || got.is_none(), "a poll without room asked");
                         if let Some(r) = got {
                             prop_assert!(!p.have().get(r.piece));
-                            prop_assert!(p.peers[&peer].has.get(r.piece));
+                            prop_assert!(p.peers.has_get(p.peers.find(&peer).unwrap(), r.piece));
                             prop_assert!(!live.contains(&(peer, r.piece)));
                             prop_assert!(p.outstanding(peer) <= p.pipeline(peer) as usize);
                             live.push((peer, r.piece));
