@@ -648,10 +648,21 @@ async fn a_key_rotation_through_the_admin_api_during_a_live_stream_loses_nothing
             total += got.body.len() as u64;
         }
         assert_eq!(total, len, "{} delivered every byte", edge.name);
+        // The reasons, for a failure seen once in CI with none in reruns.
+        let reasons: Vec<String> = edge
+            .running()
+            .shared
+            .metrics
+            .render()
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("dcdn_chunks_rejected_total{"))
+            .map(str::to_owned)
+            .collect();
         assert_eq!(
             edge.metric("dcdn_chunks_rejected_total", &[]),
             0.0,
-            "{} rejected chunks",
+            "{} rejected chunks: {reasons:?}",
             edge.name
         );
     }
