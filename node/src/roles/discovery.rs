@@ -64,38 +64,96 @@ pub async fn resolve_once(config: &DiscoveryConfig) -> (Vec<SocketAddr>, Vec<Dis
     (addrs, errors)
 }
 
-/// Resolves every `interval` and publishes the current set; the task ends
-/// when every receiver is gone.
-pub fn spawn(config: DiscoveryConfig) -> watch::Receiver<Vec<SocketAddr>> {
+/// After a connection to a discovered peer is lost, names are resolved
+/// this often (not every `interval`) for [`FAST_FOR`]: a lost peer is
+/// usually a pod restarting under a new address, and a rollout moves on to
+/// the next pod as soon as that one is Ready. Resolving every 10 s left an
+/// edge with no relay when the second relay stopped before it had learnt
+/// the first one's new address.
+pub const FAST_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after the last lost connection names are resolved fast: about
+/// a slow pod restart.
+pub const FAST_FOR: Duration = Duration::from_secs(60);
+
+/// A running resolver: the current set, and a way to say that a connection
+/// to one of its peers was lost.
+#[derive(Debug)]
+pub struct Discovery {
+    pub addrs: watch::Receiver<Vec<SocketAddr>>,
+    lost: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Tells a resolver that a connection to one of its peers ended.
+#[derive(Debug, Clone)]
+pub struct LostPeer(std::sync::Arc<tokio::sync::Notify>);
+
+impl LostPeer {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl Discovery {
+    pub fn lost_peer(&self) -> LostPeer {
+        LostPeer(self.lost.clone())
+    }
+}
+
+/// Resolves every `interval` (every [`FAST_INTERVAL`] for a while after a
+/// lost peer) and publishes the current set; the task ends when every
+/// receiver is gone.
+pub fn spawn(config: DiscoveryConfig) -> Discovery {
+    spawn_with(config, |c| Box::pin(async move { resolve_once(&c).await }))
+}
+
+type Resolved = (Vec<SocketAddr>, Vec<DiscoveryError>);
+
+fn spawn_with<F>(config: DiscoveryConfig, resolve: F) -> Discovery
+where
+    F: Fn(DiscoveryConfig) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resolved> + Send>>
+        + Send
+        + 'static,
+{
     let (tx, rx) = watch::channel(Vec::new());
+    let lost = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notified = lost.clone();
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fast_until: Option<tokio::time::Instant> = None;
         loop {
-            ticker.tick().await;
-            let (addrs, errors) = resolve_once(&config).await;
+            let (addrs, errors) = resolve(config.clone()).await;
             for e in errors {
                 tracing::warn!(error = %e, "peer discovery");
             }
             // A failed round (DNS briefly down) keeps the last good set rather
             // than telling every caller that all peers vanished.
-            if addrs.is_empty() && !tx.borrow().is_empty() {
-                continue;
+            if !addrs.is_empty() || tx.borrow().is_empty() {
+                tx.send_if_modified(|current| {
+                    if *current == addrs {
+                        false
+                    } else {
+                        *current = addrs;
+                        true
+                    }
+                });
             }
-            tx.send_if_modified(|current| {
-                if *current == addrs {
-                    false
-                } else {
-                    *current = addrs;
-                    true
-                }
-            });
             if tx.is_closed() {
                 break;
             }
+            let now = tokio::time::Instant::now();
+            let wait = match fast_until {
+                Some(t) if now < t => FAST_INTERVAL.min(config.interval),
+                _ => config.interval,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = notified.notified() => {
+                    tracing::debug!("peer discovery: a peer was lost; resolving again now and often");
+                    fast_until = Some(tokio::time::Instant::now() + FAST_FOR);
+                }
+            }
         }
     });
-    rx
+    Discovery { addrs: rx, lost }
 }
 
 #[cfg(test)]
@@ -156,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn spawned_resolver_publishes_the_set() {
-        let mut rx = spawn(config(&["127.0.0.1:9005"]));
+        let mut rx = spawn(config(&["127.0.0.1:9005"])).addrs;
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .unwrap()
@@ -165,5 +223,46 @@ mod tests {
             *rx.borrow(),
             vec!["127.0.0.1:9005".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    /// A resolver that counts its rounds.
+    fn counting(
+        rounds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        interval: Duration,
+    ) -> Discovery {
+        let mut c = config(&["127.0.0.1:9006"]);
+        c.interval = interval;
+        spawn_with(c, move |c| {
+            rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { resolve_once(&c).await })
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_peer_makes_names_resolve_every_second_for_a_while_then_at_the_interval() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let rounds = std::sync::Arc::new(AtomicUsize::new(0));
+        let d = counting(rounds.clone(), Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rounds.load(SeqCst), 1, "one round at start");
+        // Quiet: one round per interval.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(rounds.load(SeqCst), 3);
+        // A lost peer: a round at once, then one a second.
+        d.lost_peer().notify();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rounds.load(SeqCst), 4, "a round as soon as a peer is lost");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(rounds.load(SeqCst), 9, "a round a second after a lost peer");
+        // Back to the interval once FAST_FOR has passed.
+        tokio::time::sleep(FAST_FOR).await;
+        let settled = rounds.load(SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let quiet = rounds.load(SeqCst) - settled;
+        assert!(
+            (2..=3).contains(&quiet),
+            "{quiet} rounds in 30 s: the interval again"
+        );
+        drop(d);
     }
 }

@@ -774,10 +774,12 @@ async fn answer(shared: &Arc<Shared>, peer: &Arc<Peer>, request: Frame) -> Frame
 /// Keeps a connection to every address in `wanted`, re-dialling with backoff.
 pub(crate) async fn dial_loop(
     shared: Arc<Shared>,
-    mut wanted: tokio::sync::watch::Receiver<Vec<std::net::SocketAddr>>,
+    discovery: crate::roles::discovery::Discovery,
     only_if_greater: bool,
 ) {
     use std::collections::HashMap;
+    let lost = discovery.lost_peer();
+    let mut wanted = discovery.addrs;
     let own = shared.settings.mesh_advertise;
     let mut attempts: HashMap<std::net::SocketAddr, (Instant, u32)> = HashMap::new();
     let connected: Arc<Mutex<HashMap<std::net::SocketAddr, PeerId>>> = Arc::default();
@@ -819,11 +821,14 @@ pub(crate) async fn dial_loop(
             attempts.insert(addr, (now + backoff, failures.saturating_add(1)));
             busy.lock().insert(addr);
             let (shared, connected, busy) = (shared.clone(), connected.clone(), busy.clone());
+            let lost = lost.clone();
             tokio::spawn(async move {
                 match shared.endpoint.connect(addr).await {
                     Ok(pc) => {
                         connected.lock().insert(addr, pc.peer_id);
                         run(shared, pc, true).await;
+                        // The peer may be back soon under a new address.
+                        lost.notify();
                     }
                     Err(e) => tracing::debug!(%addr, error = %e, "dial failed"),
                 }
