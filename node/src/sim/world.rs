@@ -1806,10 +1806,14 @@ impl World {
                 debug_assert!(picker.pipeline_full(PeerId(u64::from(peer))));
                 continue;
             }
+            let before = asks.len();
             while let Some(r) = picker.poll_request(PeerId(u64::from(peer)), t, &mut x.rng) {
                 asks.push((r.piece, peer));
             }
-            touched.push(peer);
+            // A poll that asked nothing left its pipeline as it was.
+            if asks.len() > before {
+                touched.push(peer);
+            }
         }
         // The node's loop looks again every 100 ms; here, a paced seed's
         // back-off end is an event of its own.
@@ -1892,7 +1896,10 @@ impl World {
                 asks.push((r.piece, peer));
             }
         }
-        self.note_pipe(e, peer);
+        // A poll that asked nothing left the pipeline as it was.
+        if !asks.is_empty() {
+            self.note_pipe(e, peer);
+        }
         self.send_swarm_requests(e, asks, now);
     }
 
