@@ -5,7 +5,9 @@
 //! node learns of pods that come and go. Static entries may be `host:port` or
 //! `ip:port`; each is resolved on every round too, so a name's new address is
 //! picked up. The result is deduplicated, sorted (stable across rounds, so
-//! callers can diff it), stripped of the node's own addresses and capped.
+//! callers can diff it), stripped of the node's own addresses and capped at
+//! `max_peers` by each node's own draw ([`select`]), so a thousand edges
+//! behind one Service do not all pick the same few.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -22,8 +24,12 @@ pub struct DiscoveryConfig {
     pub dns: Option<(String, u16)>,
     /// How often to resolve again.
     pub interval: Duration,
-    /// Never return more addresses than this.
+    /// Never return more addresses than this: which ones is this node's own
+    /// draw (see [`select`]).
     pub max_peers: usize,
+    /// What makes this node's draw its own: its name (a pod keeps its name
+    /// across restarts, so it keeps its peers).
+    pub key: String,
     /// The node's own addresses, left out of the result.
     pub exclude: Vec<SocketAddr>,
 }
@@ -56,12 +62,40 @@ pub async fn resolve_once(config: &DiscoveryConfig) -> (Vec<SocketAddr>, Vec<Dis
             }),
         }
     }
-    let addrs = found
+    let addrs: Vec<SocketAddr> = found
         .into_iter()
         .filter(|a| !config.exclude.contains(a))
-        .take(config.max_peers)
         .collect();
-    (addrs, errors)
+    (select(&config.key, addrs, config.max_peers), errors)
+}
+
+/// At most `max` of `addrs` (sorted, returned sorted): those ranking
+/// highest by a hash of `key` and the address, so each node draws its own
+/// spread of the list, and one address coming or going changes at most one
+/// of its picks (rendezvous hashing).
+///
+/// Not the first `max` in order: every edge of a headless Service gets the
+/// same sorted list, so every edge would pick the same lowest addresses, and
+/// as edges dial only addresses above their own, an edge above them all
+/// dialled no one and nobody dialled it. With more edges than `max_peers`
+/// most edges had no neighbour to trade with.
+pub fn select(key: &str, mut addrs: Vec<SocketAddr>, max: usize) -> Vec<SocketAddr> {
+    if addrs.len() <= max {
+        return addrs;
+    }
+    let rank = |a: &SocketAddr| {
+        let mut h = blake3::Hasher::new();
+        h.update(key.as_bytes());
+        h.update(&[0]);
+        h.update(a.to_string().as_bytes());
+        let d = h.finalize();
+        u64::from_le_bytes(d.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    };
+    let mut ranked: Vec<(u64, SocketAddr)> = addrs.iter().map(|a| (rank(a), *a)).collect();
+    ranked.sort_unstable_by(|x, y| y.cmp(x));
+    addrs = ranked.into_iter().take(max).map(|(_, a)| a).collect();
+    addrs.sort_unstable();
+    addrs
 }
 
 /// After a connection to a discovered peer is lost, names are resolved
@@ -166,6 +200,7 @@ mod tests {
             dns: None,
             interval: Duration::from_millis(20),
             max_peers: 3,
+            key: "test-node".into(),
             exclude: vec!["127.0.0.1:9000".parse().unwrap()],
         }
     }
@@ -182,11 +217,20 @@ mod tests {
         ]);
         let (addrs, errors) = resolve_once(&c).await;
         assert!(errors.is_empty());
-        let want: Vec<SocketAddr> = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(addrs, want);
+        // Three of the four others, this node's draw, sorted.
+        let others: Vec<SocketAddr> = [
+            "127.0.0.1:9001",
+            "127.0.0.1:9002",
+            "127.0.0.1:9003",
+            "127.0.0.1:9004",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(addrs, select("test-node", others.clone(), 3));
+        assert_eq!(addrs.len(), 3);
+        assert!(addrs.iter().all(|a| others.contains(a)));
+        assert!(addrs.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[tokio::test]
@@ -264,5 +308,62 @@ mod tests {
             "{quiet} rounds in 30 s: the interval again"
         );
         drop(d);
+    }
+
+    fn addrs(n: u32) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 7000)))
+            .collect()
+    }
+
+    /// A thousand edges behind one headless Service, 64 peers each, edges
+    /// dialling only addresses above their own (`mesh::dial_loop`): every
+    /// edge ends up with neighbours. Taking the first 64 of the sorted list
+    /// left 935 of them with none.
+    #[test]
+    fn a_thousand_edges_each_draw_their_own_peers_and_all_get_neighbours() {
+        let all = addrs(1000);
+        let mut degree = vec![0usize; all.len()];
+        for (i, me) in all.iter().enumerate() {
+            let others: Vec<SocketAddr> = all.iter().filter(|a| *a != me).copied().collect();
+            let picked = select(&format!("edge-{i}"), others, 64);
+            assert_eq!(picked.len(), 64);
+            assert!(
+                picked.windows(2).all(|w| w[0] < w[1]),
+                "sorted, no duplicates"
+            );
+            for a in picked.iter().filter(|a| *a > me) {
+                degree[i] += 1;
+                degree[all.iter().position(|x| x == a).unwrap()] += 1;
+            }
+        }
+        let lonely = degree.iter().filter(|&&d| d == 0).count();
+        let min = degree.iter().min().copied().unwrap_or(0);
+        let mean = degree.iter().sum::<usize>() as f64 / degree.len() as f64;
+        assert_eq!(lonely, 0, "{lonely} edges with no neighbour");
+        assert!(min >= 20, "an edge with only {min} neighbours");
+        assert!((50.0..=80.0).contains(&mean), "mean degree {mean}");
+    }
+
+    /// A node keeps its picks from round to round, and one address leaving
+    /// changes at most one of them.
+    #[test]
+    fn picks_are_stable_and_one_leaving_moves_at_most_one() {
+        let all = addrs(500);
+        let a = select("edge-7", all.clone(), 64);
+        assert_eq!(a, select("edge-7", all.clone(), 64));
+        assert_ne!(
+            a,
+            select("edge-8", all.clone(), 64),
+            "another node draws differently"
+        );
+        for gone in [a[0], all[499]] {
+            let rest: Vec<SocketAddr> = all.iter().filter(|x| **x != gone).copied().collect();
+            let b = select("edge-7", rest, 64);
+            let moved = a.iter().filter(|x| !b.contains(x)).count();
+            assert!(moved <= 1, "{moved} picks moved when one address left");
+        }
+        // Fewer than the cap: all of them.
+        assert_eq!(select("edge-7", all[..10].to_vec(), 64), all[..10].to_vec());
     }
 }

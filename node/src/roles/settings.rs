@@ -77,6 +77,14 @@ impl NodeSettings {
                 dns: dns.as_deref().and_then(|d| split_host_port(d).ok()),
                 interval: Duration::from_secs(c.discovery.resolve_interval_seconds.get()),
                 max_peers: c.discovery.max_peers.get() as usize,
+                // The host name too: the operator names every pod of a
+                // tier alike (`node.name` is the workload's name), a pod's
+                // host name is its own and survives its restarts.
+                key: format!(
+                    "{}/{}",
+                    c.node.name,
+                    rustix::system::uname().nodename().to_string_lossy()
+                ),
                 exclude: vec![],
             })
         };
