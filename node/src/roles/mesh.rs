@@ -827,8 +827,14 @@ pub(crate) async fn dial_loop(
                     Ok(pc) => {
                         connected.lock().insert(addr, pc.peer_id);
                         run(shared, pc, true).await;
-                        // The peer may be back soon under a new address.
-                        lost.notify();
+                        // An upstream may be back soon under a new address,
+                        // and without one nothing flows. Not for edge peers:
+                        // one neighbour of dozens is missed little, and in a
+                        // rollout of a large tier every edge would re-resolve
+                        // a name of a thousand addresses every second.
+                        if !only_if_greater {
+                            lost.notify();
+                        }
                     }
                     Err(e) => tracing::debug!(%addr, error = %e, "dial failed"),
                 }
