@@ -91,10 +91,13 @@ pub async fn get(
             .send_request(req)
             .await
             .map_err(|e| transport(&method, url, e))?;
-        stream
-            .finish()
-            .await
-            .map_err(|e| transport(&method, url, e))?;
+        // A server may answer without waiting for the end of the request
+        // and stop the request stream (RFC 9114 4.1): finishing it then
+        // fails, and the response must still be read. A connection that
+        // really broke fails the read below.
+        if let Err(e) = stream.finish().await {
+            tracing::debug!(url, error = %e, "HTTP/3: the server stopped the request stream early");
+        }
         let resp = stream
             .recv_response()
             .await

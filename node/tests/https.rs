@@ -224,6 +224,74 @@ fn swap_link(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).unwrap();
 }
 
+/// An edge answers a GET without reading the request to its end and stops
+/// the request stream (RFC 9114 4.1): it must say H3_NO_ERROR and still send
+/// the whole response. A client whose FIN was late got quinn's implicit
+/// code 0 instead, which h3 reports as "Remote reset: 0x0", and our client
+/// gave up on the response: a test failing once in CI was that race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_request_finished_late_is_stopped_with_no_error_and_still_answered() {
+    let (plan, dir) = TestCluster::plan_tls(
+        "h3-late-fin",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |_| {},
+    );
+    let ca = plan.https_ca.clone().unwrap();
+    let c = TestCluster::start_planned(plan, dir, |_| {}).await;
+    let client = Client::with_ca(Duration::from_secs(30), Some(&ca)).unwrap();
+    let data = payload(300_000);
+    publish(&client, &c, "tls/late.bin", &data).await;
+    let url = format!("{}/v1/objects/tls/late.bin", edge(&c).https());
+    get_eventually(&client, &url).await;
+
+    // A raw HTTP/3 client, to send the request's headers now and its end
+    // (FIN) only after the edge has answered.
+    let roots = dcdn_node::client::roots(Some(&ca)).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let addr = edge(&c).running().http_addr.unwrap();
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let req = hyper::Request::get(url.parse::<hyper::Uri>().unwrap())
+        .body(())
+        .unwrap();
+    let mut stream = send_request.send_request(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match stream.finish().await {
+        // It read the FIN after all, or stopped the stream with no error.
+        Ok(()) => {}
+        Err(h3::error::StreamError::RemoteTerminate { code, .. })
+            if code == h3::error::Code::H3_NO_ERROR => {}
+        Err(e) => panic!("the edge stopped the request stream with an error: {e}"),
+    }
+    let resp = stream.recv_response().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(mut piece) = stream.recv_data().await.unwrap() {
+        use bytes::Buf;
+        body.extend_from_slice(&piece.copy_to_bytes(piece.remaining()));
+    }
+    assert_eq!(body, data, "the whole response");
+    drive.abort();
+    c.stop().await;
+}
+
 async fn wait_metric(node: &TestNode, name: &str, labels: &[(&str, &str)], at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while node.metric(name, labels) < at_least {

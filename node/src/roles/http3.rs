@@ -230,14 +230,18 @@ async fn request(resolver: Resolved, router: axum::Router, limits: Limits, metri
     let idle = limits.idle_timeout;
     let (mut send, recv) = stream.split();
     let no_body = req.method() == hyper::Method::HEAD;
+    let recv = Unread(recv, false);
     let body = futures_util::stream::unfold(Some(recv), move |recv| async move {
         let mut recv = recv?;
-        match tokio::time::timeout(idle, recv.recv_data()).await {
+        match tokio::time::timeout(idle, recv.0.recv_data()).await {
             Ok(Ok(Some(mut piece))) => {
                 let bytes = piece.copy_to_bytes(piece.remaining());
                 Some((Ok(bytes), Some(recv)))
             }
-            Ok(Ok(None)) => None,
+            Ok(Ok(None)) => {
+                recv.1 = true;
+                None
+            }
             Ok(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), None)),
             Err(_) => Some((Err(stalled(idle)), None)),
         }
@@ -291,6 +295,21 @@ async fn request(resolver: Resolved, router: axum::Router, limits: Limits, metri
         // Reset, so the client sees an error rather than a short body.
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
         tracing::debug!(error = %e, "HTTP/3 response cut off");
+    }
+}
+
+/// A request's receive side, and whether it was read to its end. Dropped
+/// before then (the router answered without reading the body, as for every
+/// GET), it asks the client to stop sending with H3_NO_ERROR, as RFC 9114
+/// 4.1 says, instead of quinn's implicit code 0 on drop: a client still
+/// finishing its request took that for a failed request.
+struct Unread(h3::server::RequestStream<h3_quinn::RecvStream, Bytes>, bool);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.stop_sending(h3::error::Code::H3_NO_ERROR);
+        }
     }
 }
 
