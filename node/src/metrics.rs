@@ -40,6 +40,10 @@ pub struct Metrics {
     pub chunks_rejected: IntCounterVec,
     /// FEC groups by `outcome` (complete, rebuilt, failed, dropped).
     pub fec_groups: IntCounterVec,
+    /// Pushed FEC shards `expected` (every shard of each group whose first
+    /// shard arrived) and `received`: the push path's realized loss, what
+    /// the loss reports to the upstream say, summed since start.
+    pub push_shards: IntCounterVec,
     /// Parity shards per group currently sent, the most over peers of a
     /// `peer_class` (per peer: `dcdn admin peers`; a peer label would keep a
     /// series for every peer ever seen).
@@ -241,6 +245,12 @@ impl Metrics {
                 "dcdn_fec_groups_total",
                 "FEC groups by outcome: complete (no loss), rebuilt (parity used), failed, dropped.",
                 &["outcome"],
+            )?,
+            push_shards: counter(
+                r,
+                "dcdn_push_shards_total",
+                "Pushed FEC shards expected (all of each group seen) and received: 1 - received/expected is the push path's loss.",
+                &["count"],
             )?,
             fec_parity: gauge_vec(
                 r,

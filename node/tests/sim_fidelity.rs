@@ -51,6 +51,9 @@ struct Real {
     groups: f64,
     relay_done_s: f64,
     edge_done_p50_s: f64,
+    /// Shards pushed to the edges during the live stream that never
+    /// arrived, as a share of those expected (`dcdn_push_shards_total`).
+    shard_loss: f64,
 }
 
 async fn real_run(loss: f64) -> Real {
@@ -123,6 +126,13 @@ async fn real_run(loss: f64) -> Real {
         origin.mesh_bytes_out.load(Ordering::Relaxed),
         origin.ingested_bytes.load(Ordering::Relaxed),
     );
+    let shards = |count: &str| {
+        c.by_role(Role::Edge)
+            .into_iter()
+            .map(|e| c.nodes[e].metric("dcdn_push_shards_total", &[("count", count)]))
+            .sum::<f64>()
+    };
+    let (expected0, received0) = (shards("expected"), shards("received"));
     let pieces: Vec<Vec<u8>> = (0..LIVE_PIECES)
         .map(|i| payload(i as u64, LIVE_PIECE))
         .collect();
@@ -178,6 +188,8 @@ async fn real_run(loss: f64) -> Real {
         .sum();
     let live_offload = (origin.mesh_bytes_out.load(Ordering::Relaxed) - out0) as f64
         / (origin.ingested_bytes.load(Ordering::Relaxed) - in0) as f64;
+    let expected = shards("expected") - expected0;
+    let received = shards("received") - received0;
     let real = Real {
         object_offload,
         live_offload,
@@ -185,6 +197,7 @@ async fn real_run(loss: f64) -> Real {
         groups: groups(),
         relay_done_s,
         edge_done_p50_s: edge_done[EDGES / 2 - 1],
+        shard_loss: (1.0 - received / expected.max(1.0)).max(0.0),
     };
     println!(
         "real at {:.0}% loss: {real:?}; proxy dropped {}",
@@ -226,10 +239,20 @@ async fn the_simulator_agrees_with_a_real_cluster_on_offload_fec_and_tier_order(
         // timers against a 0.5 s stream, which moves its parity (and so
         // its offload) noticeably; compare it with the sim's mean over seeds.
         let seeds = 1..=8u64;
+        // The live stream's parity is compared at the loss the edges
+        // really saw: the proxy drops its share, but a machine under load
+        // loses more on the way (a starved relay's datagram queue, socket
+        // buffers), and that is the network the FEC model is given.
+        let live_loss = if loss > 0.0 { real.shard_loss } else { 0.0 };
+        assert!(
+            loss == 0.0 || real.shard_loss >= 0.8 * loss,
+            "the edges lost {:.3} of their shards through a proxy dropping {loss}",
+            real.shard_loss
+        );
         let lives: Vec<_> = seeds
             .clone()
             .map(|seed| {
-                let mut s = scenario("fidelity-live.toml", loss);
+                let mut s = scenario("fidelity-live.toml", live_loss);
                 s.seed = seed;
                 sim::run(&s).unwrap()
             })
@@ -254,8 +277,9 @@ async fn the_simulator_agrees_with_a_real_cluster_on_offload_fec_and_tier_order(
         };
         let (sim_relay, sim_edge) = (tier("relay").max, tier("edge").p50);
         println!(
-            "sim  at {:.0}% loss: object offload {:.3}, live offload {:.3}, rebuilt {:.1} of {} groups (mean of {} seeds), relay done {:.3}s, edge p50 {:.3}s",
+            "sim  at {:.0}% loss (live at the {:.2}% the edges saw): object offload {:.3}, live offload {:.3}, rebuilt {:.1} of {} groups (mean of {} seeds), relay done {:.3}s, edge p50 {:.3}s",
             loss * 100.0,
+            live_loss * 100.0,
             obj.bytes.origin_offload_ratio,
             live_offload,
             live_rebuilt,

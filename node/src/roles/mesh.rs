@@ -418,6 +418,11 @@ fn on_datagram(
         }
     };
     peer.shards_received.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .push_shards
+        .with_label_values(&["received"])
+        .inc();
     {
         // Count what each group promised once, when its first shard shows up.
         let group = ChunkId::new(
@@ -429,6 +434,11 @@ fn on_datagram(
             seen.insert(group);
             peer.shards_expected
                 .fetch_add(u64::from(shard.k) + u64::from(shard.m), Ordering::Relaxed);
+            shared
+                .metrics
+                .push_shards
+                .with_label_values(&["expected"])
+                .inc_by(u64::from(shard.k) + u64::from(shard.m));
         }
     }
     if shared.store.contains(&shard.chunk, Instant::now()) {
