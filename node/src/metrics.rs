@@ -40,10 +40,13 @@ pub struct Metrics {
     pub chunks_rejected: IntCounterVec,
     /// FEC groups by `outcome` (complete, rebuilt, failed, dropped).
     pub fec_groups: IntCounterVec,
-    /// Pushed FEC shards `expected` (every shard of each group whose first
-    /// shard arrived) and `received`: the push path's realized loss, what
-    /// the loss reports to the upstream say, summed since start.
-    pub push_shards: IntCounterVec,
+    /// `dcdn_push_shards_total`: pushed FEC shards `expected` (every shard
+    /// of each group whose first shard arrived) and `received`, the push
+    /// path's realized loss, what the loss reports to the upstream say,
+    /// summed since start. Both series resolved once: they count every
+    /// datagram.
+    pub push_shards_expected: IntCounter,
+    pub push_shards_received: IntCounter,
     /// Parity shards per group currently sent, the most over peers of a
     /// `peer_class` (per peer: `dcdn admin peers`; a peer label would keep a
     /// series for every peer ever seen).
@@ -174,7 +177,15 @@ impl Metrics {
             name: "process",
             source,
         })?;
+        let push_shards = counter(
+            r,
+            "dcdn_push_shards_total",
+            "Pushed FEC shards expected (all of each group seen) and received: 1 - received/expected is the push path's loss.",
+            &["count"],
+        )?;
         Ok(Self {
+            push_shards_expected: push_shards.with_label_values(&["expected"]),
+            push_shards_received: push_shards.with_label_values(&["received"]),
             swarm_bytes: counter(
                 r,
                 "dcdn_swarm_bytes_total",
@@ -245,12 +256,6 @@ impl Metrics {
                 "dcdn_fec_groups_total",
                 "FEC groups by outcome: complete (no loss), rebuilt (parity used), failed, dropped.",
                 &["outcome"],
-            )?,
-            push_shards: counter(
-                r,
-                "dcdn_push_shards_total",
-                "Pushed FEC shards expected (all of each group seen) and received: 1 - received/expected is the push path's loss.",
-                &["count"],
             )?,
             fec_parity: gauge_vec(
                 r,

@@ -418,11 +418,7 @@ fn on_datagram(
         }
     };
     peer.shards_received.fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .push_shards
-        .with_label_values(&["received"])
-        .inc();
+    shared.metrics.push_shards_received.inc();
     {
         // Count what each group promised once, when its first shard shows up.
         let group = ChunkId::new(
@@ -436,8 +432,7 @@ fn on_datagram(
                 .fetch_add(u64::from(shard.k) + u64::from(shard.m), Ordering::Relaxed);
             shared
                 .metrics
-                .push_shards
-                .with_label_values(&["expected"])
+                .push_shards_expected
                 .inc_by(u64::from(shard.k) + u64::from(shard.m));
         }
     }
@@ -788,8 +783,10 @@ pub(crate) async fn dial_loop(
     only_if_greater: bool,
 ) {
     use std::collections::HashMap;
-    let lost = discovery.lost_peer();
-    let mut wanted = discovery.addrs;
+    let crate::roles::discovery::Discovery {
+        addrs: mut wanted,
+        lost,
+    } = discovery;
     let own = shared.settings.mesh_advertise;
     let mut attempts: HashMap<std::net::SocketAddr, (Instant, u32)> = HashMap::new();
     let connected: Arc<Mutex<HashMap<std::net::SocketAddr, PeerId>>> = Arc::default();
