@@ -27,8 +27,8 @@ pub struct DiscoveryConfig {
     /// Never return more addresses than this: which ones is this node's own
     /// draw (see [`select`]).
     pub max_peers: usize,
-    /// What makes this node's draw its own: its name (a pod keeps its name
-    /// across restarts, so it keeps its peers).
+    /// What makes this node's draw its own: its name and host name (a pod
+    /// keeps both across restarts, so it keeps its peers).
     pub key: String,
     /// The node's own addresses, left out of the result.
     pub exclude: Vec<SocketAddr>,
@@ -114,7 +114,7 @@ pub const FAST_FOR: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Discovery {
     pub addrs: watch::Receiver<Vec<SocketAddr>>,
-    lost: std::sync::Arc<tokio::sync::Notify>,
+    pub lost: LostPeer,
 }
 
 /// Tells a resolver that a connection to one of its peers ended.
@@ -124,12 +124,6 @@ pub struct LostPeer(std::sync::Arc<tokio::sync::Notify>);
 impl LostPeer {
     pub fn notify(&self) {
         self.0.notify_one();
-    }
-}
-
-impl Discovery {
-    pub fn lost_peer(&self) -> LostPeer {
-        LostPeer(self.lost.clone())
     }
 }
 
@@ -187,7 +181,10 @@ where
             }
         }
     });
-    Discovery { addrs: rx, lost }
+    Discovery {
+        addrs: rx,
+        lost: LostPeer(lost),
+    }
 }
 
 #[cfg(test)]
@@ -293,7 +290,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(rounds.load(SeqCst), 3);
         // A lost peer: a round at once, then one a second.
-        d.lost_peer().notify();
+        d.lost.notify();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(rounds.load(SeqCst), 4, "a round as soon as a peer is lost");
         tokio::time::sleep(Duration::from_secs(5)).await;
