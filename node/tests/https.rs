@@ -55,10 +55,11 @@ async fn get_eventually(client: &Client, url: &str) -> dcdn_node::client::Respon
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_edge_and_origin_serve_h2_range_304_and_uploads_and_refuse_clear_text() {
+/// An origin, a relay and an edge with HTTPS, the CA their certificates
+/// chain to, and a client that trusts it.
+async fn tls_cluster(tag: &str) -> (TestCluster, PathBuf, Client) {
     let (plan, dir) = TestCluster::plan_tls(
-        "https",
+        tag,
         Counts {
             relays: 1,
             edges: 1,
@@ -68,6 +69,12 @@ async fn https_edge_and_origin_serve_h2_range_304_and_uploads_and_refuse_clear_t
     let ca = plan.https_ca.clone().unwrap();
     let c = TestCluster::start_planned(plan, dir, |_| {}).await;
     let client = Client::with_ca(Duration::from_secs(30), Some(&ca)).unwrap();
+    (c, ca, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_edge_and_origin_serve_h2_range_304_and_uploads_and_refuse_clear_text() {
+    let (c, ca, client) = tls_cluster("https").await;
     let data = payload(700_000);
     publish(&client, &c, "tls/a.bin", &data).await;
 
@@ -231,17 +238,7 @@ fn swap_link(link: &Path, target: &Path) {
 /// gave up on the response: a test failing once in CI was that race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http3_request_finished_late_is_stopped_with_no_error_and_still_answered() {
-    let (plan, dir) = TestCluster::plan_tls(
-        "h3-late-fin",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        |_| {},
-    );
-    let ca = plan.https_ca.clone().unwrap();
-    let c = TestCluster::start_planned(plan, dir, |_| {}).await;
-    let client = Client::with_ca(Duration::from_secs(30), Some(&ca)).unwrap();
+    let (c, ca, client) = tls_cluster("h3-late-fin").await;
     let data = payload(300_000);
     publish(&client, &c, "tls/late.bin", &data).await;
     let url = format!("{}/v1/objects/tls/late.bin", edge(&c).https());

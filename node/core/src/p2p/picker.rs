@@ -1148,6 +1148,23 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// `peer` did not bring `piece`: refused, busy or choked, as `kind % 3`
+    /// says (the tests that run two pickers side by side end requests so).
+    fn refuse(
+        p: &mut Picker,
+        rng: &mut ChaCha8Rng,
+        peer: PeerId,
+        piece: u32,
+        kind: usize,
+        now: Instant,
+    ) {
+        match kind % 3 {
+            0 => p.handle_failed(peer, piece),
+            1 => p.handle_busy(peer, piece, now, rng),
+            _ => p.handle_choked(peer, piece),
+        }
+    }
+
     fn bits(n: u32, set: &[u32]) -> Bitfield {
         let mut b = Bitfield::new(n);
         for &i in set {
@@ -1669,20 +1686,8 @@ mod tests {
                     Op::Fail(k) if !live.is_empty() => {
                         // Refused, busy or choked, by turns.
                         let (peer, piece) = live.swap_remove(k % live.len());
-                        match k % 3 {
-                            0 => {
-                                a.handle_failed(peer, piece);
-                                b.handle_failed(peer, piece);
-                            }
-                            1 => {
-                                a.handle_busy(peer, piece, now, &mut rng_a);
-                                b.handle_busy(peer, piece, now, &mut rng_b);
-                            }
-                            _ => {
-                                a.handle_choked(peer, piece);
-                                b.handle_choked(peer, piece);
-                            }
-                        }
+                        refuse(&mut a, &mut rng_a, peer, piece, k, now);
+                        refuse(&mut b, &mut rng_b, peer, piece, k, now);
                     }
                     Op::Deadline(i, d) => {
                         let at = now + Duration::from_millis(d);
@@ -1795,20 +1800,9 @@ mod tests {
                     }
                     85..91 if !live.is_empty() => {
                         let (peer, piece) = live.swap_remove(ops.gen_range(0..live.len()));
-                        match ops.gen_range(0..3) {
-                            0 => {
-                                a.handle_failed(peer, piece);
-                                b.handle_failed(peer, piece);
-                            }
-                            1 => {
-                                a.handle_busy(peer, piece, now, &mut rng_a);
-                                b.handle_busy(peer, piece, now, &mut rng_b);
-                            }
-                            _ => {
-                                a.handle_choked(peer, piece);
-                                b.handle_choked(peer, piece);
-                            }
-                        }
+                        let kind = ops.gen_range(0..3);
+                        refuse(&mut a, &mut rng_a, peer, piece, kind, now);
+                        refuse(&mut b, &mut rng_b, peer, piece, kind, now);
                     }
                     91..95 => {
                         now += Duration::from_millis(ops.gen_range(0..8000));
