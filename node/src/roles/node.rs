@@ -1149,7 +1149,7 @@ impl Shared {
         id: ChunkId,
         count: bool,
     ) -> Result<Chunk, FetchError> {
-        let mut last = String::new();
+        let mut answers = Answers::default();
         let started = Instant::now();
         let mut round = 0;
         let not_found = loop {
@@ -1163,21 +1163,22 @@ impl Shared {
             // not have" from every source is an answer.
             let mut miss = Miss::default();
             if sources.is_empty() {
-                last = format!("no upstream connected to fetch {id} from");
+                answers.none_left();
                 miss.unavailable = true;
             }
             for peer in sources {
-                if let Some(c) = self.fetch_from(&peer, id, &mut last, &mut miss).await {
-                    return Ok(c);
+                match self.fetch_from(&peer, id, &mut miss).await {
+                    Ok(c) => return Ok(c),
+                    Err(why) => answers.record(&peer.name, why),
                 }
             }
             if miss.timed_out && round + 1 < FETCH_ROUNDS {
                 round += 1;
-                tracing::debug!(%id, round, error = %last, "fetch: a source timed out; asking again");
+                tracing::debug!(%id, round, answers = %answers, "fetch: a source timed out; asking again");
                 continue;
             }
             if miss.unavailable && started.elapsed() < SOURCE_GONE_WAIT {
-                tracing::debug!(%id, error = %last, "fetch: no source can get it now; waiting for one");
+                tracing::debug!(%id, answers = %answers, "fetch: no source can get it now; waiting for one");
                 tokio::time::sleep(SOURCE_GONE_POLL).await;
                 continue;
             }
@@ -1187,21 +1188,22 @@ impl Shared {
             self.metrics.repairs.with_label_values(&["failed"]).inc();
         }
         Err(if not_found {
-            FetchError::NotFound(last)
+            FetchError::NotFound(answers.to_string())
         } else {
-            FetchError::Unavailable(last)
+            let why = answers.after(started.elapsed());
+            tracing::debug!(%id, answers = %why, "fetch failed");
+            FetchError::Unavailable(why)
         })
     }
 
-    /// One request for `id` to `peer`; `None` with `last` saying why when
-    /// it did not bring the chunk.
+    /// One request for `id` to `peer`: the chunk, or what the peer answered
+    /// instead (recording in `miss` what kind of miss it was).
     async fn fetch_from(
         self: &Arc<Self>,
         peer: &Arc<Peer>,
         id: ChunkId,
-        last: &mut String,
         miss: &mut Miss,
-    ) -> Option<Chunk> {
+    ) -> Result<Chunk, String> {
         let reply = request(
             &peer.conn,
             &Frame::Request { id },
@@ -1209,31 +1211,29 @@ impl Shared {
         )
         .await;
         miss.other |= !matches!(reply, Ok(Frame::NotFound { .. }));
-        *last = match reply {
+        Err(match reply {
             Ok(Frame::Chunk(chunk)) if chunk.id() == id => {
                 match self.accept_chunk(chunk, Some(peer.id), Path::Pull) {
                     Accepted::Stored | Accepted::Duplicate => {
                         self.metrics.repairs.with_label_values(&["ok"]).inc();
                         if let Some(c) = self.store.get(&id, Instant::now()) {
-                            return Some(c);
+                            return Ok(c);
                         }
                         format!("{id} was evicted as soon as it arrived")
                     }
-                    Accepted::Rejected(why) => format!("{} sent a bad {id}: {why}", peer.name),
+                    Accepted::Rejected(why) => format!("sent a bad {id}: {why}"),
                 }
             }
-            Ok(Frame::Chunk(other)) => {
-                format!("{} answered {id} with {}", peer.name, other.id())
-            }
-            Ok(Frame::NotFound { .. }) => format!("{} does not have {id}", peer.name),
+            Ok(Frame::Chunk(other)) => format!("answered {id} with {}", other.id()),
+            Ok(Frame::NotFound { .. }) => format!("does not have {id}"),
             Ok(Frame::Error { code, message }) => {
                 // "Busy" clears as the relay's queue drains: wait and ask
                 // again, as for a relay restarting.
                 miss.unavailable |= code == crate::roles::mesh::CODE_UNAVAILABLE
                     || code == crate::p2p::admission::CODE_BUSY;
-                format!("{}: {message}", peer.name)
+                message
             }
-            Ok(other) => format!("{} answered with {}", peer.name, other.kind()),
+            Ok(other) => format!("answered with {}", other.kind()),
             Err(e) => {
                 match e {
                     FramingError::Timeout(_) => miss.timed_out = true,
@@ -1244,10 +1244,9 @@ impl Shared {
                     }
                     _ => {}
                 }
-                format!("{}: {e}", peer.name)
+                e.to_string()
             }
-        };
-        None
+        })
     }
 
     /// The newest manifest of the object whose key is `object`. An origin
@@ -1341,14 +1340,15 @@ impl Shared {
                 // then the origin) is waited out for a bounded time, never
                 // turned into a client's 404 for an object that exists.
                 let started = Instant::now();
+                let mut answers = Answers::default();
                 loop {
-                    match shared.ask_manifest_once(object, &name).await {
+                    match shared.ask_manifest_once(object, &name, &mut answers).await {
                         ManifestAsk::Answer(result) => return result,
-                        ManifestAsk::Unavailable(why) => {
+                        ManifestAsk::Unavailable => {
                             if !wait || started.elapsed() >= SOURCE_GONE_WAIT {
-                                return Err(why);
+                                return Err(answers.after(started.elapsed()));
                             }
-                            tracing::debug!(%object, error = %why, "manifest: no upstream can answer now; waiting for one");
+                            tracing::debug!(%object, answers = %answers, "manifest: no upstream can answer now; waiting for one");
                             tokio::time::sleep(SOURCE_GONE_POLL).await;
                         }
                     }
@@ -1357,8 +1357,14 @@ impl Shared {
             .await
     }
 
-    /// One round of asking every upstream for `object`'s newest manifest.
-    async fn ask_manifest_once(self: &Arc<Self>, object: StreamId, name: &str) -> ManifestAsk {
+    /// One round of asking every upstream for `object`'s newest manifest;
+    /// what each that could not answer said goes to `answers`.
+    async fn ask_manifest_once(
+        self: &Arc<Self>,
+        object: StreamId,
+        name: &str,
+        answers: &mut Answers,
+    ) -> ManifestAsk {
         let shared = self;
         let upstream: Vec<Arc<Peer>> = shared
             .peers
@@ -1367,7 +1373,9 @@ impl Shared {
             .filter(|p| p.role.is_upstream_of(shared.settings.role))
             .cloned()
             .collect();
-        let mut unavailable = format!("no upstream connected to ask for manifest {object}");
+        if upstream.is_empty() {
+            answers.none_left();
+        }
         // An upstream's "no such name" stands however the others fail.
         let mut answer: Option<String> = None;
         for peer in upstream {
@@ -1430,18 +1438,14 @@ impl Shared {
                         },
                     );
                 }
-                Ok(Frame::Error { message, .. }) => {
-                    unavailable = format!("{}: {message}", peer.name);
-                }
-                Ok(other) => {
-                    unavailable = format!("{} answered with {}", peer.name, other.kind());
-                }
-                Err(e) => unavailable = format!("{}: {e}", peer.name),
+                Ok(Frame::Error { message, .. }) => answers.record(&peer.name, message),
+                Ok(other) => answers.record(&peer.name, format!("answered with {}", other.kind())),
+                Err(e) => answers.record(&peer.name, e.to_string()),
             }
         }
         match answer {
             Some(e) => ManifestAsk::Answer(Err(e)),
-            None => ManifestAsk::Unavailable(unavailable),
+            None => ManifestAsk::Unavailable,
         }
     }
 
@@ -1925,8 +1929,58 @@ const SOURCE_GONE_POLL: Duration = Duration::from_millis(200);
 enum ManifestAsk {
     /// A manifest, or an upstream's answer that there is none.
     Answer(Result<ManifestFrame, String>),
-    /// No upstream could answer now.
-    Unavailable(String),
+    /// No upstream could answer now (what each said is in the round's
+    /// `Answers`).
+    Unavailable,
+}
+
+/// What every source asked during one fetch answered, the latest answer of
+/// each in the order they were first asked: the error a client finally
+/// gets names them all. Only the last one's used to be kept, and a read
+/// that failed mid-rollout said only `kind-relay-0: writing a frame: closed
+/// by peer: shutting down`, not what the fetch had been waiting for before.
+/// Bounded by the peers a node holds: one entry per source.
+#[derive(Debug, Default)]
+struct Answers {
+    /// (source, what it answered), in the order first asked.
+    sources: Vec<(String, String)>,
+    /// The latest round found no source to ask.
+    none_left: bool,
+}
+
+impl Answers {
+    fn record(&mut self, source: &str, answer: String) {
+        self.none_left = false;
+        match self.sources.iter_mut().find(|(s, _)| s == source) {
+            Some((_, last)) => *last = answer,
+            None => self.sources.push((source.to_owned(), answer)),
+        }
+    }
+
+    fn none_left(&mut self) {
+        self.none_left = true;
+    }
+
+    /// The answers, and how long the fetch had been trying.
+    fn after(&self, tried: Duration) -> String {
+        format!("{self} (after {:.1} s)", tried.as_secs_f64())
+    }
+}
+
+impl std::fmt::Display for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (source, answer)) in self.sources.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{source}: {answer}")?;
+        }
+        match (self.none_left, self.sources.is_empty()) {
+            (true, true) => f.write_str("no upstream connected"),
+            (true, false) => f.write_str("; then no upstream connected"),
+            (false, _) => Ok(()),
+        }
+    }
 }
 
 /// Why the sources of one fetch round did not bring the chunk.
@@ -2206,5 +2260,28 @@ mod tests {
         // The check's answer (the same version) confirms it again.
         ms.insert(manifest("a", 1), t1 + Duration::from_millis(1));
         assert!(ms.claim_refresh(key, t1 + Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn a_failed_fetch_names_every_source_with_its_latest_answer() {
+        let mut a = Answers::default();
+        assert_eq!(a.to_string(), "");
+        a.none_left();
+        assert_eq!(a.to_string(), "no upstream connected");
+        a.record("relay-1", "busy".into());
+        a.record(
+            "relay-0",
+            "writing a frame: closed by peer: shutting down".into(),
+        );
+        a.record("relay-1", "does not have x".into());
+        assert_eq!(
+            a.after(Duration::from_millis(5_700)),
+            "relay-1: does not have x; relay-0: writing a frame: closed by peer: shutting down (after 5.7 s)"
+        );
+        a.none_left();
+        assert!(
+            a.to_string().ends_with("; then no upstream connected"),
+            "{a}"
+        );
     }
 }
