@@ -3,7 +3,9 @@
 //!
 //! A transfer of `n` bytes from A to B occupies A's upload pipe for
 //! `n / A.up`, in the order transfers were started, and B's download pipe
-//! for `n / B.down` in the first free stretch after its first byte arrives;
+//! for `n / B.down` in the first free stretch after its first byte arrives
+//! (a pull books it then, at B, in the order first bytes arrive: B's pipe
+//! is B's state, see `world::run_parts`; a push books both at once);
 //! the transfer ends when both are through and the last byte has crossed
 //! the link. A download is placed in a gap rather than after the last one
 //! booked: a reply queued for seconds at a busy sender books the receiver's
@@ -109,8 +111,53 @@ pub(crate) struct Transfer {
     pub(crate) done: Nanos,
 }
 
+/// The sender's half of a transfer: where it sat on the upload pipe, and
+/// when its first and last bytes reach the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    pub(crate) up: (Nanos, Nanos),
+    pub(crate) first_in: Nanos,
+    pub(crate) last_in: Nanos,
+}
+
+/// Books `bytes` on `from`'s upload pipe at `now`, over a link of one-way
+/// `latency`.
+pub(crate) fn send(from: &mut Pipes, now: Nanos, latency: Nanos, bytes: u64) -> Sent {
+    let start = now.max(from.up_free);
+    from.up_free = start + (bytes as f64 * from.up_ns_per_byte) as Nanos;
+    Sent {
+        up: (start, from.up_free),
+        first_in: start + latency,
+        last_in: from.up_free + latency,
+    }
+}
+
+impl Pipes {
+    /// The receiver's half of a transfer whose first byte arrives `now`:
+    /// books the download pipe; returns its stretch and when the transfer
+    /// is in (`last_in`: when the sender's last byte arrives).
+    pub(crate) fn receive(&mut self, now: Nanos, bytes: u64, last_in: Nanos) -> Received {
+        let len = (bytes as f64 * self.down_ns_per_byte) as Nanos;
+        let start = self.book_down(now, now, len);
+        Received {
+            down: (start, start + len),
+            done: last_in.max(start + len),
+        }
+    }
+}
+
+/// Where a transfer sat on the receiver's download pipe, and when its last
+/// byte was in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) down: (Nanos, Nanos),
+    pub(crate) done: Nanos,
+}
+
 /// Schedules `bytes` from `from` to `to` starting at `now` over a link of
-/// one-way `latency`.
+/// one-way `latency`, booking both pipes at once (pushes; a pull books the
+/// receiver's pipe when its first byte arrives, [`send`] then
+/// [`Pipes::receive`]).
 pub(crate) fn transfer(
     from: &mut Pipes,
     to: &mut Pipes,
@@ -118,16 +165,13 @@ pub(crate) fn transfer(
     latency: Nanos,
     bytes: u64,
 ) -> Transfer {
-    let b = bytes as f64;
-    let start = now.max(from.up_free);
-    from.up_free = start + (b * from.up_ns_per_byte) as Nanos;
-    let first_in = start + latency;
-    let len = (b * to.down_ns_per_byte) as Nanos;
-    let down_start = to.book_down(now, first_in, len);
+    let sent = send(from, now, latency, bytes);
+    let len = (bytes as f64 * to.down_ns_per_byte) as Nanos;
+    let down_start = to.book_down(now, sent.first_in, len);
     Transfer {
-        up: (start, from.up_free),
+        up: sent.up,
         down: (down_start, down_start + len),
-        done: (from.up_free + latency).max(down_start + len),
+        done: sent.last_in.max(down_start + len),
     }
 }
 

@@ -104,10 +104,13 @@ impl<E> EventQueue<E> {
         }
     }
 
-    /// The next event, advancing the clock to it.
-    pub(crate) fn pop(&mut self) -> Option<(Nanos, E)> {
+    /// Makes the next stretch the heap when the heap is empty; false when
+    /// no event is left.
+    fn fill(&mut self) -> bool {
         if self.current.is_empty() {
-            let (bucket, mut next) = self.later.pop_first()?;
+            let Some((bucket, mut next)) = self.later.pop_first() else {
+                return false;
+            };
             self.current_bucket = bucket;
             self.current.extend(next.drain(..).map(Reverse));
             // A few dozen kept: enough for the stretches alive at once
@@ -115,6 +118,22 @@ impl<E> EventQueue<E> {
             if self.spare.len() < 64 {
                 self.spare.push(next);
             }
+        }
+        true
+    }
+
+    /// When the next event is due, if there is one.
+    pub(crate) fn peek(&mut self) -> Option<Nanos> {
+        if !self.fill() {
+            return None;
+        }
+        self.current.peek().map(|Reverse(e)| e.at)
+    }
+
+    /// The next event, advancing the clock to it.
+    pub(crate) fn pop(&mut self) -> Option<(Nanos, E)> {
+        if !self.fill() {
+            return None;
         }
         let Reverse(e) = self.current.pop()?;
         self.now = e.at;

@@ -345,6 +345,12 @@ pub struct RunLimits {
     /// Virtual seconds after which the run stops, finished or not.
     pub max_time_s: f64,
     pub fec_exec: FecExec,
+    /// Partitions the cluster is split into, each run on its own thread
+    /// (edges dealt round; the origin and relays in the first). A run's
+    /// numbers depend on this, never on how many cores run it. More than
+    /// one needs an object swarmed without churn, over links whose
+    /// latency is never 0 (see [`Scenario::lookahead_ns`]).
+    pub partitions: u32,
 }
 
 impl Default for RunLimits {
@@ -352,6 +358,7 @@ impl Default for RunLimits {
         Self {
             max_time_s: 3600.0,
             fec_exec: FecExec::Auto,
+            partitions: 1,
         }
     }
 }
@@ -562,10 +569,56 @@ impl Scenario {
         if !above(self.run.max_time_s, 0.0) {
             return bad("run.max_time_s", "must be > 0");
         }
+        let parts = self.run.partitions;
+        if parts == 0 || parts > 64 || parts > self.tiers.edges {
+            return bad(
+                "run.partitions",
+                "must be in 1..=64 and at most tiers.edges",
+            );
+        }
+        if parts > 1 {
+            // Partitions learn of each other only through messages a link
+            // latency long: every way one node's state reaches another's
+            // must be one. Live pushes, churn and in-order readers read
+            // other nodes' state directly.
+            if self.content.is_live() {
+                return bad(
+                    "run.partitions",
+                    "more than 1 needs an object, not a live stream",
+                );
+            }
+            if !self.peers.swarm || !self.p2p.swarm {
+                return bad(
+                    "run.partitions",
+                    "more than 1 needs edges that swarm (peers.swarm and p2p.swarm)",
+                );
+            }
+            if self.churn.leave_per_hour > 0.0 || self.churn.crash_per_hour > 0.0 {
+                return bad("run.partitions", "more than 1 needs a run without churn");
+            }
+            if self.lookahead_ns() == 0 {
+                return bad(
+                    "run.partitions",
+                    "more than 1 needs relay_edge and edge_edge links whose latency_ms exceeds jitter_ms",
+                );
+            }
+        }
         if self.fec.min_parity.get() > self.fec.max_parity.get() {
             return bad("fec.min_parity", "must not exceed fec.max_parity");
         }
         Ok(())
+    }
+
+    /// The shortest latency any message between an edge and another node
+    /// can have, nanoseconds: a pair's base is at least `latency_ms -
+    /// jitter_ms`. Partitions run this far apart in virtual time.
+    pub fn lookahead_ns(&self) -> u64 {
+        let n = &self.network;
+        [n.relay_edge, n.edge_edge]
+            .iter()
+            .map(|l| ((l.latency_ms - l.jitter_ms).max(0.0) * 1e6) as u64)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Chunk payload size, bytes.

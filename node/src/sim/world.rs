@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 /// A node's tier.
@@ -186,9 +186,20 @@ struct EdgeState {
     wake_at: Nanos,
 }
 
+/// A fetch waiting at a relay for a chunk it is pulling upstream.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    fetch: u32,
+    req: u32,
+    /// The requester gave it up (`Ev::Cancel`): it was answered then, and
+    /// gets nothing when the chunk comes.
+    cancelled: bool,
+}
+
 struct RelayState {
-    /// Fetches waiting for a chunk this relay is pulling upstream (single flight).
-    waiting: HashMap<u32, Vec<u32>>,
+    /// Fetches waiting for a chunk this relay is pulling upstream (single
+    /// flight: the first one made the pull).
+    waiting: HashMap<u32, Vec<Waiting>>,
     /// Bytes of the replies those fetches will get: promised, so they
     /// count against the admission bound as the node's do.
     promised: u64,
@@ -260,9 +271,35 @@ enum Ev {
     ChokeTick(u32),
     LossReports,
     Publish(u32),
+    /// `req`'s request for chunk `seq` (its fetch `fetch`) reaches `to`.
     Request {
         fetch: u32,
         to: u32,
+        req: u32,
+        seq: u32,
+    },
+    /// The first byte of a reply reaches its requester `to`, which books
+    /// its download pipe for `bytes`; the reply is in by `last_in` or when
+    /// the pipe is through, whichever is later.
+    Arrive {
+        fetch: u32,
+        from: u32,
+        to: u32,
+        kind: ReplyKind,
+        last_in: Nanos,
+        bytes: u64,
+    },
+    /// Edge `from`'s "Have" of chunk `seq` reaches its neighbours.
+    Have {
+        from: u32,
+        seq: u32,
+    },
+    /// Edge `req` gave up its fetch `fetch` of chunk `seq` at relay `to`.
+    Cancel {
+        to: u32,
+        req: u32,
+        fetch: u32,
+        seq: u32,
     },
     Reply {
         fetch: u32,
@@ -446,6 +483,174 @@ pub(crate) struct Outcome {
     pub(crate) chunks_nowhere: u64,
 }
 
+impl Outcome {
+    /// Adds the counters a partition ran up.
+    fn absorb(&mut self, o: Outcome) {
+        let u = &mut self.util.buckets;
+        if u.len() < o.util.buckets.len() {
+            u.resize(o.util.buckets.len(), [0.0; U_SLOTS]);
+        }
+        for (a, b) in u.iter_mut().zip(&o.util.buckets) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self.edge_bytes_in += o.edge_bytes_in;
+        self.edge_bytes_from_edges += o.edge_bytes_from_edges;
+        for i in 0..3 {
+            self.fec_relays[i] += o.fec_relays[i];
+            self.fec_edges[i] += o.fec_edges[i];
+        }
+        self.repairs += o.repairs;
+        self.chunks_rejected += o.chunks_rejected;
+        self.peers_banned += o.peers_banned;
+        self.busy_replies += o.busy_replies;
+        self.swarm_timeouts += o.swarm_timeouts;
+        self.crashes += o.crashes;
+        self.leaves += o.leaves;
+        self.rejoins += o.rejoins;
+    }
+}
+
+/// Runs `s` split into `parts` partitions, each on its own thread: a
+/// conservative parallel simulation. Every event one node causes at
+/// another is at least one link latency (`lookahead`) later, so the
+/// partitions each handle the events of one window `[t, t + lookahead)`
+/// at once, then hand each other what they caused. The answers depend on
+/// `parts`, never on the threads' timing.
+pub(crate) fn run_parts(
+    s: &Scenario,
+    riders_honest: bool,
+    parts: u32,
+    lookahead: Nanos,
+) -> Result<Outcome, String> {
+    let mut worlds = (0..parts)
+        .map(|p| World::new_part(s, riders_honest, p, parts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for w in &mut worlds {
+        w.start();
+    }
+    let n = parts as usize;
+    let sync = Sync {
+        mail: (0..n * n).map(|_| Mutex::new(Vec::new())).collect(),
+        state: (0..n).map(|_| Mutex::new(PartState::default())).collect(),
+        barrier: Barrier::new(n),
+        limit: secs(s.run.max_time_s),
+        lookahead,
+    };
+    let (ends, worlds): (Vec<Ended>, Vec<World>) = std::thread::scope(|sc| {
+        let sync = &sync;
+        let mut rest = worlds.split_off(1);
+        let handles: Vec<_> = rest
+            .drain(..)
+            .map(|w| sc.spawn(move || drive(w, sync)))
+            .collect();
+        let mut done = Vec::with_capacity(n);
+        if let Some(w) = worlds.pop() {
+            done.push(drive(w, sync));
+        }
+        for h in handles {
+            match h.join() {
+                Ok(r) => done.push(r),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        done.into_iter().unzip()
+    });
+    let ended = ends
+        .into_iter()
+        .next()
+        .unwrap_or(Ended::Stalled("no event was left to handle"));
+    Ok(finish(worlds, ended))
+}
+
+/// What the partitions' threads share: a mailbox per (from, to) pair, what
+/// each partition reports after a window, and the barrier they meet at.
+struct Sync {
+    mail: Vec<Mutex<Vec<(Nanos, Ev)>>>,
+    state: Vec<Mutex<PartState>>,
+    barrier: Barrier,
+    limit: Nanos,
+    lookahead: Nanos,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PartState {
+    next: Option<Nanos>,
+    readers: u64,
+    readers_done: u64,
+    last_progress: Nanos,
+}
+
+/// One partition's thread: window after window, run its events, post what
+/// it sent the others, take what they sent it, and judge from every
+/// partition's report (the same judgement in each) whether and how far to
+/// go on.
+fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
+    let (me, n) = (w.part as usize, w.parts as usize);
+    let mut until = 0;
+    loop {
+        if until > 0 {
+            w.step(until);
+        }
+        for to in 0..n {
+            if to != me && !w.outbox[to].is_empty() {
+                let mut slot = lock(&sync.mail[me * n + to]);
+                std::mem::swap(&mut *slot, &mut w.outbox[to]);
+            }
+        }
+        sync.barrier.wait();
+        for from in 0..n {
+            if from == me {
+                continue;
+            }
+            let mut slot = lock(&sync.mail[from * n + me]);
+            for &(at, ev) in slot.iter() {
+                debug_assert!(at >= until, "an event reached a partition in its past");
+                w.q.push(at, ev);
+            }
+            slot.clear();
+        }
+        *lock(&sync.state[me]) = PartState {
+            next: w.q.peek(),
+            readers: w.readers,
+            readers_done: w.readers_done,
+            last_progress: w.last_progress,
+        };
+        sync.barrier.wait();
+        // Read before the next barrier, the first a partition passes
+        // before it writes its next report.
+        let all: Vec<PartState> = sync.state.iter().map(|s| *lock(s)).collect();
+        let readers: u64 = all.iter().map(|p| p.readers).sum();
+        if until > 0 && all.iter().map(|p| p.readers_done).sum::<u64>() >= readers {
+            return (Ended::Complete, w);
+        }
+        let Some(next) = all.iter().filter_map(|p| p.next).min() else {
+            return (Ended::Stalled("no event was left to handle"), w);
+        };
+        if next > sync.limit {
+            return (Ended::TimeLimit, w);
+        }
+        let progress = all.iter().map(|p| p.last_progress).max().unwrap_or(0);
+        if next.saturating_sub(progress) > STALL_AFTER {
+            return (
+                Ended::Stalled("no node received a chunk it lacked for 300 s"),
+                w,
+            );
+        }
+        until = next
+            .saturating_add(sync.lookahead)
+            .min(sync.limit.saturating_add(1))
+            .max(1);
+    }
+}
+
+/// A lock whose holder cannot have panicked mid-update (a panic ends the
+/// whole run), so a poisoned one is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A whole simulated cluster.
 pub(crate) struct World {
     s: Scenario,
@@ -510,8 +715,22 @@ pub(crate) struct World {
     /// one may be stale and the picker is asked as before, so no pick
     /// changes.
     pipe_full: Bits,
-    /// A delivery's neighbours (id, slot, we unchoke it), reused.
-    scratch: Vec<(u32, u32, bool)>,
+    /// Bit `server × slots + k` (as `pipe_full`): `server`'s `k`th
+    /// neighbour was told `server` unchokes it (`Ev::Choke`), so it asks
+    /// `server` for what a `Have` announces.
+    unchoked_by: Bits,
+    /// Edges swarm (have pickers), and when a `Have` reaches neighbours:
+    /// the edge links' latency.
+    swarm: bool,
+    have_latency: Nanos,
+    /// This world runs partition `part` of `parts`: the nodes [`World::owns`]
+    /// (every node is laid out in each, the same way). Events for another
+    /// partition's nodes wait in `outbox` until the driver hands them over.
+    part: u32,
+    parts: u32,
+    outbox: Vec<Vec<(Nanos, Ev)>>,
+    /// A `Have`'s receivers (id, slot), reused.
+    scratch: Vec<(u32, u32)>,
     /// A pump's peers to poll, peers whose pipeline it changed, and the
     /// requests it makes, reused (a taken one is simply allocated anew).
     scratch_peers: Vec<(u32, Option<u32>)>,
@@ -587,6 +806,13 @@ impl World {
     /// Lays out the cluster. With `riders_honest`, free-riders are chosen
     /// as usual but behave honestly (the baseline for their cost).
     pub(crate) fn new(s: &Scenario, riders_honest: bool) -> Result<Self, String> {
+        Self::new_part(s, riders_honest, 0, 1)
+    }
+
+    /// Lays out the cluster to run partition `part` of `parts` of it (see
+    /// [`run_parts`]): every partition lays out every node alike, and
+    /// connects only its own.
+    fn new_part(s: &Scenario, riders_honest: bool, part: u32, parts: u32) -> Result<Self, String> {
         let (ok, forged) = verdicts();
         ok.map_err(|e| format!("the verifier refused a genuine sample chunk: {e}"))?;
         let settings = NodeSettings::from_config(NodeConfig {
@@ -751,6 +977,7 @@ impl World {
             .filter_map(|n| n.edge.as_ref().map(|x| x.neighbours.len()))
             .max()
             .unwrap_or(0);
+        let swarm = s.peers.swarm && settings.swarm && !s.content.is_live();
         let mut w = Self {
             settings,
             nodes,
@@ -785,6 +1012,12 @@ impl World {
             have_batch: HAVE_BATCH,
             slots,
             pipe_full: Bits::new(nodes_len * slots),
+            unchoked_by: Bits::new(nodes_len * slots),
+            swarm,
+            have_latency: secs(s.network.edge_edge.latency_ms / 1000.0),
+            part,
+            parts,
+            outbox: vec![Vec::new(); parts as usize],
             scratch: Vec::new(),
             scratch_peers: Vec::new(),
             scratch_touched: Vec::new(),
@@ -796,7 +1029,9 @@ impl World {
         };
         w.measure_frames();
         for e in first_edge..first_edge + n_edges {
-            w.connect_edge(e);
+            if w.owns(e) {
+                w.connect_edge(e);
+            }
         }
         Ok(w)
     }
@@ -840,7 +1075,7 @@ impl World {
     fn connect_edge(&mut self, e: u32) {
         let now = self.instant(self.q.now());
         let reader = self.nodes[e as usize].behaviour != Behaviour::Malicious;
-        if reader && self.s.peers.swarm && self.settings.swarm && !self.s.content.is_live() {
+        if reader && self.swarm {
             let mut picker = Picker::new(
                 self.settings
                     .picker_config(self.chunks, self.s.chunk_bytes()),
@@ -899,6 +1134,7 @@ impl World {
                 nb.we_unchoke = false;
                 // A fresh picker has nothing outstanding anywhere.
                 self.pipe_full.unset(pipe_bit(self.slots, nb.id, nb.back));
+                self.unchoked_by.unset(pipe_bit(self.slots, nb.id, nb.back));
                 if x.choker.add_peer(PeerId(u64::from(nb.id)), now).is_ok() {
                     x.choker.set_interested(PeerId(u64::from(nb.id)), true);
                 }
@@ -912,6 +1148,31 @@ impl World {
 
     fn first_edge(&self) -> u32 {
         1 + self.relays
+    }
+
+    /// The partition that runs `node`: the origin and relays in the first,
+    /// edges dealt round.
+    fn owner(&self, node: u32) -> u32 {
+        let first = self.first_edge();
+        if self.parts <= 1 || node < first {
+            0
+        } else {
+            (node - first) % self.parts
+        }
+    }
+
+    fn owns(&self, node: u32) -> bool {
+        self.owner(node) == self.part
+    }
+
+    /// Schedules `ev`, an event of `node`'s, where `node` runs.
+    fn post(&mut self, node: u32, at: Nanos, ev: Ev) {
+        let to = self.owner(node);
+        if to == self.part {
+            self.q.push(at, ev);
+        } else {
+            self.outbox[to as usize].push((at, ev));
+        }
     }
 
     /// Whether `node` can serve chunk `seq` now: it received it and, with a
@@ -956,6 +1217,17 @@ impl World {
 
     /// Runs to the end; returns what happened.
     pub(crate) fn run(mut self) -> Outcome {
+        self.start();
+        let ended = self
+            .step(Nanos::MAX)
+            .unwrap_or(Ended::Stalled("no event was left to handle"));
+        finish(vec![self], ended)
+    }
+
+    /// The run's first events: the edges' readers and choker ticks, the
+    /// origin's publishing (live) and churn. Every partition draws every
+    /// edge's start alike and schedules its own.
+    fn start(&mut self) {
         let n_edges = self.s.tiers.edges;
         let first = self.first_edge();
         let live = self.s.content.is_live();
@@ -983,6 +1255,7 @@ impl World {
         let tick = self.settings.unchoke_interval.as_nanos() as Nanos;
         for e in first..first + n_edges {
             let beh = self.nodes[e as usize].behaviour;
+            let mine = self.owns(e);
             if beh == Behaviour::Malicious {
                 // A malicious edge unchokes everyone so it gets asked.
                 let nbs: Vec<u32> = self.nodes[e as usize]
@@ -992,14 +1265,14 @@ impl World {
                     .unwrap_or_default();
                 for nb in nbs {
                     let at = self.latency(e, nb);
-                    self.q.push(
-                        at,
-                        Ev::Choke {
+                    if mine {
+                        let ev = Ev::Choke {
                             from: e,
                             to: nb,
                             unchoked: true,
-                        },
-                    );
+                        };
+                        self.post(nb, at, ev);
+                    }
                 }
                 continue;
             }
@@ -1008,51 +1281,66 @@ impl World {
             } else {
                 0
             };
-            if !live {
+            if !live && mine {
                 self.readers += 1;
                 self.q.push(start, Ev::ClientStart(e));
             }
             if beh == Behaviour::Honest {
                 let phase = self.rng.gen_range(0..tick.max(1));
-                self.q.push(phase, Ev::ChokeTick(e));
+                if mine {
+                    self.q.push(phase, Ev::ChokeTick(e));
+                }
             }
         }
         if self.churn_rate > 0.0 {
             let at = self.exp_delay(self.churn_rate);
             self.q.push(at, Ev::Churn);
         }
+    }
+
+    /// Handles the events before `until`. Alone (one partition) it runs
+    /// to the end and says how that came; a partition stops at `until`
+    /// with `None` and the driver judges the end from all of them.
+    fn step(&mut self, until: Nanos) -> Option<Ended> {
+        let alone = self.parts == 1;
+        let live = self.s.content.is_live();
         let limit = secs(self.s.run.max_time_s);
         let live_end = if live {
             u64::from(self.chunks) * self.publish_interval + 30 * SEC
         } else {
             Nanos::MAX
         };
-        let mut ended = Ended::Stalled("no event was left to handle");
-        while let Some((now, ev)) = self.q.pop() {
-            if now > live_end {
-                ended = Ended::Complete;
+        while self.q.peek().is_some_and(|at| at < until) {
+            let Some((now, ev)) = self.q.pop() else {
                 break;
-            }
-            if now > limit {
-                ended = Ended::TimeLimit;
-                break;
-            }
-            if !live && now.saturating_sub(self.last_progress) > STALL_AFTER {
-                ended = Ended::Stalled("no node received a chunk it lacked for 300 s");
-                break;
+            };
+            if alone {
+                if now > live_end {
+                    return Some(Ended::Complete);
+                }
+                if now > limit {
+                    return Some(Ended::TimeLimit);
+                }
+                if !live && now.saturating_sub(self.last_progress) > STALL_AFTER {
+                    return Some(Ended::Stalled(
+                        "no node received a chunk it lacked for 300 s",
+                    ));
+                }
             }
             self.handle(now, ev);
-            if !live && self.all_done() {
-                ended = Ended::Complete;
-                break;
+            if alone && !live && self.all_done() {
+                return Some(Ended::Complete);
             }
         }
-        if live && ended != Ended::TimeLimit {
-            // A live run ends when its stream does, not when readers finish.
-            ended = Ended::Complete;
+        if !alone {
+            return None;
         }
-        self.out.ended = ended;
-        self.finish()
+        // A live run ends when its stream does, not when readers finish.
+        Some(if live {
+            Ended::Complete
+        } else {
+            Ended::Stalled("no event was left to handle")
+        })
     }
 
     fn exp_delay(&mut self, rate: f64) -> Nanos {
@@ -1081,7 +1369,27 @@ impl World {
             Ev::ChokeTick(e) => self.choke_tick(e, now),
             Ev::LossReports => self.loss_reports(now),
             Ev::Publish(seq) => self.publish(seq, now),
-            Ev::Request { fetch, to } => self.on_request(fetch, to, now),
+            Ev::Request {
+                fetch,
+                to,
+                req,
+                seq,
+            } => self.on_request(fetch, to, req, seq, now),
+            Ev::Arrive {
+                fetch,
+                from,
+                to,
+                kind,
+                last_in,
+                bytes,
+            } => self.on_arrive(fetch, from, to, kind, last_in, bytes, now),
+            Ev::Have { from, seq } => self.on_have(from, seq, now),
+            Ev::Cancel {
+                to,
+                req,
+                fetch,
+                seq,
+            } => self.on_cancel(to, req, fetch, seq, now),
             Ev::Reply { fetch, from, kind } => self.on_reply(fetch, from, kind, now),
             Ev::Push { from, to, seq, m } => self.on_push(from, to, seq, m, now),
             Ev::Choke { from, to, unchoked } => {
@@ -1089,6 +1397,12 @@ impl World {
                 if let Some(x) = self.nodes[to as usize].edge.as_mut() {
                     if let Some(nb) = x.neighbours.iter_mut().find(|n| n.id == from) {
                         nb.unchoked_us = unchoked;
+                        let bit = pipe_bit(self.slots, from, nb.back);
+                        if unchoked {
+                            self.unchoked_by.set(bit);
+                        } else {
+                            self.unchoked_by.unset(bit);
+                        }
                     }
                     ask = unchoked && x.started && x.picker.is_some();
                 }
@@ -1215,12 +1529,21 @@ impl World {
         let Some(Some(f)) = self.fetches.get_mut(fetch as usize) else {
             return;
         };
-        let req = f.requester;
+        let (req, seq) = (f.requester, f.seq);
         match f.order.get(f.next).copied() {
             Some(to) => {
                 f.next += 1;
                 let at = now + self.latency(req, to);
-                self.q.push(at, Ev::Request { fetch, to });
+                self.post(
+                    to,
+                    at,
+                    Ev::Request {
+                        fetch,
+                        to,
+                        req,
+                        seq,
+                    },
+                );
             }
             None => self.q.push(
                 now + self.settings.fetch_retry.as_nanos() as Nanos,
@@ -1262,7 +1585,8 @@ impl World {
         } else {
             now + self.latency(server, req)
         };
-        self.q.push(
+        self.post(
+            req,
             at,
             Ev::Reply {
                 fetch,
@@ -1272,15 +1596,11 @@ impl World {
         );
     }
 
-    fn on_request(&mut self, fetch: u32, to: u32, now: Nanos) {
-        let Some(Some(f)) = self.fetches.get(fetch as usize) else {
-            return;
-        };
-        if f.cancelled {
-            // The cancel overtook nothing: the server never starts sending.
-            return self.finish_fetch(fetch, now);
-        }
-        let (req, seq) = (f.requester, f.seq);
+    /// `req`'s request reaches `to`. A request its requester has since
+    /// given up is answered all the same (the cancel reaches a relay's
+    /// waiting list, `on_cancel`, and the answer is dropped on arrival):
+    /// the server knows only what reached it.
+    fn on_request(&mut self, fetch: u32, to: u32, req: u32, seq: u32, now: Nanos) {
         let server = &self.nodes[to as usize];
         if !server.online {
             return self.refuse(fetch, to, req, now);
@@ -1344,7 +1664,11 @@ impl World {
                                 r.promised += len;
                             }
                             let w = r.waiting.entry(seq).or_default();
-                            w.push(fetch);
+                            w.push(Waiting {
+                                fetch,
+                                req,
+                                cancelled: false,
+                            });
                             w.len() == 1
                         })
                         .unwrap_or(false);
@@ -1363,58 +1687,101 @@ impl World {
         }
     }
 
-    /// Schedules `bytes` from `from` to `to` on their pipes (see
-    /// [`net::transfer`]) and accounts it in the utilisation buckets.
+    /// Schedules `bytes` from `from` to `to` on both their pipes at once
+    /// (see [`net::transfer`]: pushes) and accounts it in the utilisation
+    /// buckets.
     fn transfer(&mut self, from: u32, to: u32, now: Nanos, lat: Nanos, bytes: u64) -> Nanos {
-        let limit = self.util_limit;
         let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
         let tr = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, bytes);
-        let ((up_start, up_end), (down_start, down_end)) = (tr.up, tr.down);
-        let done = tr.done;
         let (ta, tb) = (a.tier, b.tier);
+        self.account_up(ta, now, tr.up, bytes);
+        self.account_down(tb, tr.down, bytes);
+        tr.done
+    }
+
+    fn account_up(&mut self, tier: Tier, now: Nanos, (start, end): (Nanos, Nanos), bytes: u64) {
+        let limit = self.util_limit;
         let u = &mut self.out.util;
-        let wait = up_start.saturating_sub(now) as f64;
-        match ta {
-            Tier::Origin => u.spread(U_ORIGIN_UP, up_start, up_end, bytes as f64, limit),
+        let wait = start.saturating_sub(now) as f64;
+        match tier {
+            Tier::Origin => u.spread(U_ORIGIN_UP, start, end, bytes as f64, limit),
             Tier::Relay => {
-                u.spread(U_RELAYS_UP, up_start, up_end, bytes as f64, limit);
+                u.spread(U_RELAYS_UP, start, end, bytes as f64, limit);
                 u.add(U_RELAY_WAIT, now, wait, limit);
                 u.add(U_RELAY_REPLIES, now, 1.0, limit);
             }
             Tier::Edge => {
-                u.spread(U_EDGES_UP, up_start, up_end, bytes as f64, limit);
+                u.spread(U_EDGES_UP, start, end, bytes as f64, limit);
                 u.add(U_EDGE_WAIT, now, wait, limit);
                 u.add(U_EDGE_REPLIES, now, 1.0, limit);
             }
         }
-        if tb == Tier::Edge {
-            u.spread(U_EDGES_DOWN, down_start, down_end, bytes as f64, limit);
-        }
-        done
     }
 
-    /// A pulled chunk from `from` to `to` over a reliable stream.
+    fn account_down(&mut self, tier: Tier, (start, end): (Nanos, Nanos), bytes: u64) {
+        if tier == Tier::Edge {
+            let limit = self.util_limit;
+            self.out
+                .util
+                .spread(U_EDGES_DOWN, start, end, bytes as f64, limit);
+        }
+    }
+
+    /// A pulled chunk from `from` to `to` over a reliable stream: on the
+    /// sender's upload pipe now, on the receiver's download pipe when its
+    /// first byte arrives (`on_arrive`).
     fn send_chunk(&mut self, fetch: u32, from: u32, to: u32, seq: u32, now: Nanos, good: bool) {
         let payload = self.s.chunk_len(u64::from(seq));
         let (_, channel) = self.link_of(from, to);
         let wire = net::reliable_bytes(payload + self.chunk_frame_overhead, channel.loss());
         let lat = self.latency(from, to);
-        let done = self.transfer(from, to, now, lat, wire);
-        let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
+        let a = &mut self.nodes[from as usize];
+        let sent = net::send(&mut a.pipes, now, lat, wire);
         // As the node's `mesh_bytes_out` counts a pull: payload bytes.
         a.bytes_sent += payload;
-        if good && a.tier == Tier::Edge && b.tier == Tier::Edge {
+        let tier = a.tier;
+        if good && tier == Tier::Edge && self.nodes[to as usize].tier == Tier::Edge {
             let t = self.base + Duration::from_nanos(now);
-            if let Some(x) = a.edge.as_mut() {
+            if let Some(x) = self.nodes[from as usize].edge.as_mut() {
                 x.choker.record_uploaded(PeerId(u64::from(to)), payload, t);
             }
         }
+        self.account_up(tier, now, sent.up, wire);
         let kind = if good {
             ReplyKind::Good
         } else {
             ReplyKind::Bad
         };
-        self.q.push(done, Ev::Reply { fetch, from, kind });
+        self.post(
+            to,
+            sent.first_in,
+            Ev::Arrive {
+                fetch,
+                from,
+                to,
+                kind,
+                last_in: sent.last_in,
+                bytes: wire,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_arrive(
+        &mut self,
+        fetch: u32,
+        from: u32,
+        to: u32,
+        kind: ReplyKind,
+        last_in: Nanos,
+        bytes: u64,
+        now: Nanos,
+    ) {
+        let n = &mut self.nodes[to as usize];
+        let got = n.pipes.receive(now, bytes, last_in);
+        let tier = n.tier;
+        self.account_down(tier, got.down, bytes);
+        self.q.push(got.done, Ev::Reply { fetch, from, kind });
     }
 
     fn on_reply(&mut self, fetch: u32, from: u32, kind: ReplyKind, now: Nanos) {
@@ -1496,83 +1863,18 @@ impl World {
             if let Some(p) = n.edge.as_mut().and_then(|x| x.picker.as_mut()) {
                 p.mark_held(seq);
             }
-            if n.behaviour == Behaviour::Honest {
-                // "Have" to every neighbour, read at once (as the model says),
-                // except into the picker of a neighbour that holds the
-                // piece: a `Have` of a held piece changes none of its picks
-                // (the core's `haves_of_held_pieces_change_no_pick`; the sim
-                // never calls `mark_lost`). Half the neighbours hold a piece
-                // on average when it arrives, and each call is another
-                // edge's picker out of the cache. The others' `Have`s wait
-                // in `pending_haves` until their picker is next called.
-                let mut nbs = std::mem::take(&mut self.scratch);
-                nbs.clear();
-                if let Some(x) = n.edge.as_ref() {
-                    nbs.extend(
-                        x.neighbours
-                            .iter()
-                            .enumerate()
-                            .map(|(k, nb)| (nb.id, k as u32, nb.we_unchoke)),
-                    );
-                }
-                // Woken neighbours are moved to the front, in order.
-                let mut woken = 0;
-                for i in 0..nbs.len() {
-                    let nb = nbs[i].0;
-                    if !self.swarming.get(nb) {
-                        continue;
-                    }
-                    // An edge's picker holds exactly what `have` says: both
-                    // are set together here, and cleared together on rejoin.
-                    let holds = self.have.get(nb, seq);
-                    debug_assert_eq!(
-                        holds,
-                        self.nodes[nb as usize]
-                            .edge
-                            .as_ref()
-                            .and_then(|x| x.picker.as_ref())
-                            .is_some_and(|p| p.have().get(seq))
-                    );
-                    if !holds {
-                        self.pending_haves[nb as usize].push((node, seq));
-                    }
-                    // The node's swarm loop wakes on every `Have`, a held
-                    // piece's too, and asks whoever may now have something
-                    // for it.
-                    if self.started.get(nb) && !self.offline.get(nb) {
-                        nbs[woken] = nbs[i];
-                        woken += 1;
-                    } else if self.pending_haves[nb as usize].len() >= self.have_batch {
-                        self.flush_haves(nb);
+            if n.behaviour == Behaviour::Honest && self.swarm {
+                // "Have" to every neighbour, one link latency away: one
+                // event for each partition's share of them.
+                let at = now + self.have_latency;
+                for part in 0..self.parts {
+                    let ev = Ev::Have { from: node, seq };
+                    if part == self.part {
+                        self.q.push(at, ev);
+                    } else {
+                        self.outbox[part as usize].push((at, ev));
                     }
                 }
-                for &(nb, k, unchoked) in &nbs[..woken] {
-                    // Only a neighbour we unchoked may ask us: the choker's
-                    // state (the neighbour learns it one link latency later).
-                    debug_assert_eq!(
-                        unchoked,
-                        self.nodes[node as usize]
-                            .edge
-                            .as_ref()
-                            .is_some_and(|x| x.choker.is_unchoked(PeerId(u64::from(nb))))
-                    );
-                    if unchoked {
-                        // A full pipeline to us: `ask_peer` would return at
-                        // once (`pipe_full`).
-                        if !self.pipe_full.get(pipe_bit(self.slots, node, k)) {
-                            self.ask_peer(nb, node, now);
-                        } else {
-                            debug_assert!(self.nodes[nb as usize].edge.as_ref().is_some_and(|x| {
-                                x.picker
-                                    .as_ref()
-                                    .is_some_and(|p| p.pipeline_full(PeerId(u64::from(node))))
-                            }));
-                        }
-                    } else if self.pending_haves[nb as usize].len() >= self.have_batch {
-                        self.flush_haves(nb);
-                    }
-                }
-                self.scratch = nbs;
             }
         }
         let n = &mut self.nodes[node as usize];
@@ -1609,21 +1911,17 @@ impl World {
                 .as_mut()
                 .and_then(|r| r.waiting.remove(&seq))
                 .unwrap_or_default();
-            for fetch in waiting {
-                let Some(Some(f)) = self.fetches.get(fetch as usize) else {
+            for w in waiting {
+                // A cancelled one was answered and unpromised then.
+                if w.cancelled {
                     continue;
-                };
-                if self.nodes[f.requester as usize].tier == Tier::Edge {
+                }
+                if self.nodes[w.req as usize].tier == Tier::Edge {
                     if let Some(r) = self.nodes[node as usize].relay.as_mut() {
                         r.promised = r.promised.saturating_sub(payload);
                     }
                 }
-                if f.cancelled {
-                    self.finish_fetch(fetch, now);
-                    continue;
-                }
-                let req = f.requester;
-                self.send_chunk(fetch, node, req, seq, now, true);
+                self.send_chunk(w.fetch, node, w.req, seq, now, true);
             }
             if live && !again && pushed {
                 let subs = self.nodes[node as usize]
@@ -1644,6 +1942,98 @@ impl World {
                 n.done = Some(now);
             }
         }
+    }
+
+    /// Edge `from`'s "Have" of `seq` reaches the neighbours this partition
+    /// runs. Into the picker of a neighbour that holds the piece it goes
+    /// nowhere: it changes none of its picks (the core's
+    /// `haves_of_held_pieces_change_no_pick`; the sim never calls
+    /// `mark_lost`). The others' wait in `pending_haves` until their picker
+    /// is next called: half the neighbours hold a piece on average when it
+    /// arrives, and each call is another edge's picker out of the cache.
+    fn on_have(&mut self, from: u32, seq: u32, now: Nanos) {
+        let mut nbs = std::mem::take(&mut self.scratch);
+        nbs.clear();
+        if let Some(x) = self.nodes[from as usize].edge.as_ref() {
+            nbs.extend(
+                x.neighbours
+                    .iter()
+                    .enumerate()
+                    .map(|(k, nb)| (nb.id, k as u32)),
+            );
+        }
+        // Woken neighbours are moved to the front, in order.
+        let mut woken = 0;
+        for i in 0..nbs.len() {
+            let nb = nbs[i].0;
+            if !self.owns(nb) || !self.swarming.get(nb) {
+                continue;
+            }
+            // An edge's picker holds exactly what `have` says: both are set
+            // together, and cleared together on rejoin.
+            let holds = self.have.get(nb, seq);
+            debug_assert_eq!(
+                holds,
+                self.nodes[nb as usize]
+                    .edge
+                    .as_ref()
+                    .and_then(|x| x.picker.as_ref())
+                    .is_some_and(|p| p.have().get(seq))
+            );
+            if !holds {
+                self.pending_haves[nb as usize].push((from, seq));
+            }
+            // The node's swarm loop wakes on every `Have`, a held piece's
+            // too, and asks whoever may now have something for it.
+            if self.started.get(nb) && !self.offline.get(nb) {
+                nbs[woken] = nbs[i];
+                woken += 1;
+            } else if self.pending_haves[nb as usize].len() >= self.have_batch {
+                self.flush_haves(nb);
+            }
+        }
+        for &(nb, k) in &nbs[..woken] {
+            let bit = pipe_bit(self.slots, from, k);
+            // It asks only a neighbour that told it it is unchoked.
+            if self.unchoked_by.get(bit) {
+                // A full pipeline to `from`: `ask_peer` would return at
+                // once.
+                if !self.pipe_full.get(bit) {
+                    self.ask_peer(nb, from, now);
+                } else {
+                    debug_assert!(self.nodes[nb as usize].edge.as_ref().is_some_and(|x| {
+                        x.picker
+                            .as_ref()
+                            .is_some_and(|p| p.pipeline_full(PeerId(u64::from(from))))
+                    }));
+                }
+            } else if self.pending_haves[nb as usize].len() >= self.have_batch {
+                self.flush_haves(nb);
+            }
+        }
+        self.scratch = nbs;
+    }
+
+    /// Edge `req` gave up fetch `fetch` it made of relay `to`: a relay
+    /// still waiting for the chunk will not send it (the node's stream is
+    /// reset), and answers at once so the requester's record ends.
+    fn on_cancel(&mut self, to: u32, req: u32, fetch: u32, seq: u32, now: Nanos) {
+        let len = self.s.chunk_len(u64::from(seq));
+        let requester_is_edge = self.nodes[req as usize].tier == Tier::Edge;
+        let Some(r) = self.nodes[to as usize].relay.as_mut() else {
+            return;
+        };
+        let Some(w) = r.waiting.get_mut(&seq).and_then(|w| {
+            w.iter_mut()
+                .find(|w| w.fetch == fetch && w.req == req && !w.cancelled)
+        }) else {
+            return;
+        };
+        w.cancelled = true;
+        if requester_is_edge {
+            r.promised = r.promised.saturating_sub(len);
+        }
+        self.refuse(fetch, to, req, now);
     }
 
     /// A chunk of the right size for a store (a slice of the shared zero
@@ -1792,7 +2182,8 @@ impl World {
                     .iter()
                     .position(|&(s, to, _)| s == piece && u64::from(to) == peer.0)
                 {
-                    timed_out.push(x.swarm.swap_remove(i).2);
+                    let (seq, to, id) = x.swarm.swap_remove(i);
+                    timed_out.push((id, to, seq));
                 }
             }
         }
@@ -1833,11 +2224,7 @@ impl World {
         self.scratch_touched = touched;
         self.scratch_peers = peers;
         self.out.swarm_timeouts += timed_out.len() as u64;
-        for id in timed_out {
-            if let Some(Some(f)) = self.fetches.get_mut(id as usize) {
-                f.cancelled = true;
-            }
-        }
+        self.cancel(e, &timed_out, now);
         self.send_swarm_requests(e, asks, now);
     }
 
@@ -1958,6 +2345,30 @@ impl World {
         self.scratch_asks = asks;
     }
 
+    /// Edge `e` gives up its swarm fetches `(fetch, server, chunk)`: what
+    /// comes back for them is dropped, and a relay waiting upstream for
+    /// the chunk is told (the node resets the stream).
+    fn cancel(&mut self, e: u32, fetches: &[(u32, u32, u32)], now: Nanos) {
+        for &(fetch, to, seq) in fetches {
+            if let Some(Some(f)) = self.fetches.get_mut(fetch as usize) {
+                f.cancelled = true;
+            }
+            if self.nodes[to as usize].tier == Tier::Relay {
+                let at = now + self.latency(e, to);
+                self.post(
+                    to,
+                    at,
+                    Ev::Cancel {
+                        to,
+                        req: e,
+                        fetch,
+                        seq,
+                    },
+                );
+            }
+        }
+    }
+
     /// What came back for a picker's request: the picker learns it (and
     /// names endgame losers to cancel), then the edge asks for more.
     fn on_swarm_reply(
@@ -1987,16 +2398,13 @@ impl World {
                                 .iter()
                                 .position(|&(s, to, _)| s == seq && u64::from(to) == peer.0)
                             {
-                                losers.push(x.swarm.swap_remove(i).2);
+                                let (seq, to, id) = x.swarm.swap_remove(i);
+                                losers.push((id, to, seq));
                             }
                         }
                     }
                 }
-                for id in losers {
-                    if let Some(Some(f)) = self.fetches.get_mut(id as usize) {
-                        f.cancelled = true;
-                    }
-                }
+                self.cancel(req, &losers, now);
                 self.note_pipe(req, from);
                 for peer in cancelled {
                     self.note_pipe(req, peer);
@@ -2031,6 +2439,7 @@ impl World {
                     }
                     if let Some(nb) = x.neighbours.iter_mut().find(|n| n.id == from) {
                         nb.unchoked_us = false;
+                        self.unchoked_by.unset(pipe_bit(self.slots, from, nb.back));
                     }
                 }
             }
@@ -2074,7 +2483,8 @@ impl World {
         for c in changes {
             let to = c.peer.0 as u32;
             let at = now + self.latency(e, to);
-            self.q.push(
+            self.post(
+                to,
                 at,
                 Ev::Choke {
                     from: e,
@@ -2123,7 +2533,7 @@ impl World {
         let done = self.transfer(from, to, now, lat, bytes);
         // As the node's `mesh_bytes_out` counts a push: every shard frame.
         self.nodes[from as usize].bytes_sent += bytes;
-        self.q.push(done, Ev::Push { from, to, seq, m });
+        self.post(to, done, Ev::Push { from, to, seq, m });
     }
 
     /// Shards of a pushed chunk cross the receiver's lossy link; whatever
@@ -2292,59 +2702,70 @@ impl World {
             self.q.push(now, Ev::ClientStart(e));
         }
     }
+}
 
-    fn finish(mut self) -> Outcome {
-        let end = self.q.now();
-        let mut out = std::mem::take(&mut self.out);
-        out.virtual_end_s = end as f64 / SEC as f64;
-        out.events = self.q.handled();
-        out.fec_exec = if self.exec_shards { "shards" } else { "blocks" };
-        out.content_bytes = self.s.content_bytes();
-        out.chunks = u64::from(self.chunks);
-        for n in &self.nodes {
-            if let Some(st) = n.store.as_ref() {
-                let stats = st.stats();
-                out.store_evictions += stats.evictions + stats.expirations;
-            }
-            match n.tier {
-                Tier::Origin => out.bytes_origin += n.bytes_sent,
-                Tier::Relay => out.bytes_relays += n.bytes_sent,
-                Tier::Edge => out.bytes_edges += n.bytes_sent,
-            }
-        }
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.tier == Tier::Origin || n.behaviour == Behaviour::Malicious {
-                continue;
-            }
-            let took = n
-                .done
-                .map(|d| d.saturating_sub(n.start) as f64 / SEC as f64);
-            out.completions.push((tier_label(n), i as u32, took));
-            let label = tier_label(n);
-            match out.held.iter_mut().find(|(t, _)| *t == label) {
-                Some((_, h)) => *h += u64::from(n.held),
-                None => out.held.push((label, u64::from(n.held))),
-            }
-        }
-        out.unfinished = self.readers.saturating_sub(self.readers_done);
-        out.last_progress_s = self.last_progress as f64 / SEC as f64;
-        let mut anywhere = Bits::new(self.chunks as usize);
-        for (i, _) in self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.tier != Tier::Origin)
-        {
-            for (a, b) in anywhere.0.iter_mut().zip(self.have.row(i as u32)) {
-                *a |= b;
-            }
-        }
-        let held_somewhere: u64 = anywhere.0.iter().map(|w| u64::from(w.count_ones())).sum();
-        out.chunks_nowhere = u64::from(self.chunks).saturating_sub(held_somewhere);
-        let [relay, edge, rider] = std::mem::take(&mut self.latency);
-        out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
-        out
+/// What a run's worlds (one, or each partition's) end with: every node's
+/// record is read from the world that ran it, every counter summed.
+fn finish(mut worlds: Vec<World>, ended: Ended) -> Outcome {
+    let mut out = Outcome::default();
+    for w in &mut worlds {
+        out.absorb(std::mem::take(&mut w.out));
     }
+    out.ended = ended;
+    let Some(w0) = worlds.first() else {
+        return out;
+    };
+    let owner = |i: usize| &worlds[w0.owner(i as u32) as usize];
+    out.virtual_end_s = worlds.iter().map(|w| w.q.now()).max().unwrap_or(0) as f64 / SEC as f64;
+    out.events = worlds.iter().map(|w| w.q.handled()).sum();
+    out.fec_exec = if w0.exec_shards { "shards" } else { "blocks" };
+    out.content_bytes = w0.s.content_bytes();
+    out.chunks = u64::from(w0.chunks);
+    let mut anywhere = Bits::new(w0.chunks as usize);
+    for i in 0..w0.nodes.len() {
+        let w = owner(i);
+        let n = &w.nodes[i];
+        if let Some(st) = n.store.as_ref() {
+            let stats = st.stats();
+            out.store_evictions += stats.evictions + stats.expirations;
+        }
+        match n.tier {
+            Tier::Origin => out.bytes_origin += n.bytes_sent,
+            Tier::Relay => out.bytes_relays += n.bytes_sent,
+            Tier::Edge => out.bytes_edges += n.bytes_sent,
+        }
+        if n.tier == Tier::Origin {
+            continue;
+        }
+        for (a, b) in anywhere.0.iter_mut().zip(w.have.row(i as u32)) {
+            *a |= b;
+        }
+        if n.behaviour == Behaviour::Malicious {
+            continue;
+        }
+        let took = n
+            .done
+            .map(|d| d.saturating_sub(n.start) as f64 / SEC as f64);
+        out.completions.push((tier_label(n), i as u32, took));
+        let label = tier_label(n);
+        match out.held.iter_mut().find(|(t, _)| *t == label) {
+            Some((_, h)) => *h += u64::from(n.held),
+            None => out.held.push((label, u64::from(n.held))),
+        }
+    }
+    let readers: u64 = worlds.iter().map(|w| w.readers).sum();
+    let done: u64 = worlds.iter().map(|w| w.readers_done).sum();
+    out.unfinished = readers.saturating_sub(done);
+    out.last_progress_s =
+        worlds.iter().map(|w| w.last_progress).max().unwrap_or(0) as f64 / SEC as f64;
+    let held_somewhere: u64 = anywhere.0.iter().map(|w| u64::from(w.count_ones())).sum();
+    out.chunks_nowhere = u64::from(w0.chunks).saturating_sub(held_somewhere);
+    // Live runs (their latencies) are never split.
+    if let Some(w) = worlds.first_mut() {
+        let [relay, edge, rider] = std::mem::take(&mut w.latency);
+        out.latency_us = vec![("relay", relay), ("edge", edge), ("free-rider", rider)];
+    }
+    out
 }
 
 #[cfg(test)]
