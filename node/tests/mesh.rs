@@ -1159,3 +1159,248 @@ async fn a_name_asked_for_while_relay_and_origin_restart_is_never_404() {
     assert!(got.body[..] == object[..], "body differs");
     c.stop().await;
 }
+
+/// A relay played by the test: a cluster member with a relay certificate
+/// that dials `edge` (an edge asks every upstream connected to it, whoever
+/// dialled) and answers the `n`th request it gets (from 1) with what
+/// `answer` gives. Closing the returned connection with the node's reason
+/// is what a draining relay does when its mesh stops.
+async fn scripted_relay<F, Fut>(
+    c: &TestCluster,
+    name: &str,
+    edge: std::net::SocketAddr,
+    answer: F,
+) -> quinn::Connection
+where
+    F: Fn(Frame, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Frame> + Send + 'static,
+{
+    let ca = ClusterCa::load(&c.dir.join("ca.pem"), &c.dir.join("ca.key")).unwrap();
+    let id = ca.issue_node(name, Role::Relay).unwrap();
+    let ca_pem = std::fs::read_to_string(c.dir.join("ca.pem")).unwrap();
+    let ep = MeshEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &id,
+        &ca_pem,
+        MeshLimits::default(),
+    )
+    .unwrap();
+    let conn = ep.connect(edge).await.unwrap().connection;
+    let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello {
+        node_name: name.into(),
+        role: WireRole::Relay,
+        keyset_generation: 0,
+    };
+    framing::write_frame(&mut ctl_send, &hello).await.unwrap();
+    framing::read_frame(&mut ctl_recv, 65536, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let answer = std::sync::Arc::new(answer);
+    let serving = conn.clone();
+    tokio::spawn(async move {
+        // The endpoint and the control stream live as long as the
+        // connection serves.
+        let _keep = (ep, ctl_send, ctl_recv);
+        let mut n = 0;
+        while let Ok((mut send, mut recv)) = serving.accept_bi().await {
+            n += 1;
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(request) =
+                    framing::read_frame(&mut recv, 65536, Duration::from_secs(5)).await
+                else {
+                    return;
+                };
+                let reply = answer(request, n).await;
+                if framing::write_frame(&mut send, &reply).await.is_ok() {
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+                }
+            });
+        }
+    });
+    conn
+}
+
+/// What a relay waiting for its origin (restarting) answers once its own
+/// wait is over: the first request after 5.2 s (a relay waits 5 s from
+/// its own start), later ones at once.
+async fn origin_restarting(n: usize) -> Frame {
+    if n == 1 {
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+    }
+    Frame::Error {
+        code: 503,
+        message: "cannot get it upstream now: no upstream connected".into(),
+    }
+}
+
+/// The rollout's relays, played by the test around one edge whose real
+/// relay is stopped: one relay waits for its origin (restarting) and says
+/// so after 5.2 s; the other, the rollout's next pod, stops gracefully
+/// 1 s into the edge's fetch, closing with the node's shutdown reason; a
+/// relay back from its restart connects 6 s in and answers with what
+/// `serve` makes from the cluster's signing key. `ask` is the edge's
+/// fetch; it must succeed from the relay that is back. Before, an edge
+/// stopped waiting for a source 5 s after its fetch began, the time spent
+/// asking included: after the waiting relay's answer it gave up at once,
+/// naming only the last relay asked (in CI, a client's 503 saying
+/// `kind-relay-0: writing a frame: closed by peer: shutting down`).
+async fn a_relay_stops_under_a_fetch<T, A, AFut, M, S, SFut>(tag: &str, ask: A, serve: M) -> T
+where
+    A: FnOnce(std::sync::Arc<dcdn_node::roles::node::Shared>) -> AFut,
+    AFut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    T: Send + 'static,
+    M: FnOnce(Signer) -> S,
+    S: Fn(Frame, usize) -> SFut + Send + Sync + 'static,
+    SFut: std::future::Future<Output = Frame> + Send + 'static,
+{
+    let mut c = TestCluster::start(
+        tag,
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            small(cfg);
+            cfg.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let relay = c.by_role(Role::Relay)[0];
+    c.nodes[relay].stop().await;
+    let edge_at = c.by_role(Role::Edge)[0];
+    let (edge, edge_mesh) = (
+        c.nodes[edge_at].running().shared.clone(),
+        c.nodes[edge_at].mesh(),
+    );
+    let _waiting =
+        scripted_relay(&c, "relay-waiting", edge_mesh, |_, n| origin_restarting(n)).await;
+    let stopping = scripted_relay(&c, "relay-stopping", edge_mesh, |_, _| {
+        std::future::pending()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.peer_list_len() != 2 {
+        assert!(Instant::now() < deadline, "the edge never took both relays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let serve = serve(Signer::load(&c.dir.join("signing.key")).unwrap());
+    let t = Instant::now();
+    let fetch = tokio::spawn(ask(edge.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stopping.close(0u32.into(), b"shutting down");
+    tokio::time::sleep_until((t + Duration::from_secs(6)).into()).await;
+    let _back = scripted_relay(&c, "relay-back", edge_mesh, serve).await;
+    let got = fetch.await.unwrap();
+    let took = t.elapsed();
+    println!("the fetch ended after {took:?}");
+    let got = got.unwrap_or_else(|e| panic!("the fetch failed after {took:?}: {e}"));
+    assert!(took < Duration::from_secs(9), "took {took:?}");
+    c.stop().await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_fetch_whose_relay_shuts_down_waits_for_a_relay_to_come_back() {
+    let id = ChunkId::new(StreamId::object("rollout/obj.bin", 1), 0);
+    let data = Bytes::from(payload(3, 4096));
+    let chunk = a_relay_stops_under_a_fetch(
+        "relay-stops-chunk",
+        |edge| async move { edge.fetch(id).await.map_err(|e| e.to_string()) },
+        |signer| {
+            let chunk = signer.sign_chunk(id, data.clone(), dcdn_node::roles::node::unix_ms());
+            move |_, _| std::future::ready(Frame::Chunk(chunk.clone()))
+        },
+    )
+    .await;
+    assert_eq!(chunk.id(), id);
+    assert_eq!(chunk.payload, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_fetch_whose_relay_shuts_down_waits_for_a_relay_to_come_back() {
+    let name = "rollout/new.bin";
+    let object = StreamId::object_key(name);
+    let manifest = a_relay_stops_under_a_fetch(
+        "relay-stops-manifest",
+        move |edge| async move { edge.fetch_manifest(object, name).await },
+        |signer| {
+            let mut m = dcdn_node::chunk::wire::ManifestFrame {
+                name: name.into(),
+                stream: StreamId::object(name, 7),
+                version: 7,
+                cache_control: String::new(),
+                object_len: 4096,
+                chunk_size: 65536,
+                chunk_count: 1,
+                digest: *blake3::hash(&payload(3, 4096)).as_bytes(),
+                key_id: signer.key_id(),
+                timestamp_ms: dcdn_node::roles::node::unix_ms(),
+                signature: [0; 64],
+            };
+            m.signature = signer.sign(&m.signing_bytes());
+            move |_, _| std::future::ready(Frame::Manifest(m.clone()))
+        },
+    )
+    .await;
+    assert_eq!((manifest.name.as_str(), manifest.version), (name, 7));
+}
+
+/// The origin stays down longer than anyone waits: the edge's relay
+/// answers each request "cannot get it upstream" after its own 5 s. The
+/// edge waits its 8 s for a relay that can, then answers (a 503 naming the
+/// relay) by 9 s, before a client that waits 10 s: what it asks while
+/// waiting is cut at the end of its wait, not given the relay's whole 5 s
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_whose_relay_cannot_reach_the_origin_answers_before_its_client_gives_up() {
+    use dcdn_node::roles::node::FetchError;
+    let mut c = TestCluster::start(
+        "relay-waits",
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            small(cfg);
+            cfg.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let relay = c.by_role(Role::Relay)[0];
+    c.nodes[relay].stop().await;
+    let edge_at = c.by_role(Role::Edge)[0];
+    let edge = c.nodes[edge_at].running().shared.clone();
+    let _waiting = scripted_relay(&c, "relay-waiting", c.nodes[edge_at].mesh(), |_, _| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Frame::Error {
+            code: 503,
+            message: "cannot get it upstream now: no upstream connected".into(),
+        }
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.peer_list_len() != 1 {
+        assert!(Instant::now() < deadline, "the edge never took the relay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    let got = edge
+        .fetch(ChunkId::new(StreamId::object("outage/obj.bin", 1), 0))
+        .await;
+    let took = t.elapsed();
+    println!("the fetch ended after {took:?}: {got:?}");
+    match got {
+        Err(FetchError::Unavailable(why)) => assert!(why.contains("relay-waiting: "), "{why}"),
+        other => panic!("with the origin down: {other:?}"),
+    }
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_millis(9600),
+        "answered after {took:?}"
+    );
+    c.stop().await;
+}

@@ -1151,34 +1151,54 @@ impl Shared {
     ) -> Result<Chunk, FetchError> {
         let mut answers = Answers::default();
         let started = Instant::now();
+        let wait = source_wait(self.settings.role);
+        // Set once the fetch waits: what it asks then must answer in time.
+        let mut until = None;
         let mut round = 0;
         let not_found = loop {
             let sources = self.sources_for(id);
             // Why no source brought it: a source that timed out may still
             // be pulling it over a lossy link (its pull lands in its store),
             // so it is asked again a bounded number of times; a source that
-            // could not reach its own upstream, or no source at all, is a
-            // restart in progress (a rollout restarts relays, then the
-            // origin), so it is waited out for a bounded time. Only "does
-            // not have" from every source is an answer.
+            // could not reach its own upstream, one whose connection closed
+            // (it is shutting down: a rollout restarts relays, then the
+            // origin), or no source at all, is a restart in progress, so it
+            // is waited out for a bounded time, asking whoever (re)connects.
+            // Only "does not have" from every source is an answer.
             let mut miss = Miss::default();
-            if sources.is_empty() {
+            let mut asked = 0;
+            for peer in sources {
+                // The list is taken once a round: a source asked later in
+                // it may have closed meanwhile. It is a restart, not an
+                // answer: skipped at once for the others, and its
+                // replacement is a new connection.
+                if let Some(closed) = peer.conn.close_reason() {
+                    answers.record(&peer.name, closed.to_string());
+                    miss.unavailable = true;
+                    continue;
+                }
+                asked += 1;
+                match within(until, self.fetch_from(&peer, id, &mut miss)).await {
+                    Some(Ok(c)) => return Ok(c),
+                    Some(Err(why)) => answers.record(&peer.name, why),
+                    None => {
+                        miss.unavailable = true;
+                        answers.record(&peer.name, WAIT_ENDED.into());
+                    }
+                }
+            }
+            if asked == 0 {
                 answers.none_left();
                 miss.unavailable = true;
-            }
-            for peer in sources {
-                match self.fetch_from(&peer, id, &mut miss).await {
-                    Ok(c) => return Ok(c),
-                    Err(why) => answers.record(&peer.name, why),
-                }
             }
             if miss.timed_out && round + 1 < FETCH_ROUNDS {
                 round += 1;
                 tracing::debug!(%id, round, answers = %answers, "fetch: a source timed out; asking again");
                 continue;
             }
-            if miss.unavailable && started.elapsed() < SOURCE_GONE_WAIT {
+            if miss.unavailable && started.elapsed() < wait {
                 tracing::debug!(%id, answers = %answers, "fetch: no source can get it now; waiting for one");
+                until = Some(started + wait + WAIT_OVERRUN);
                 tokio::time::sleep(SOURCE_GONE_POLL).await;
                 continue;
             }
@@ -1340,15 +1360,21 @@ impl Shared {
                 // then the origin) is waited out for a bounded time, never
                 // turned into a client's 404 for an object that exists.
                 let started = Instant::now();
+                let budget = source_wait(shared.settings.role);
                 let mut answers = Answers::default();
+                let mut until = None;
                 loop {
-                    match shared.ask_manifest_once(object, &name, &mut answers).await {
+                    match shared
+                        .ask_manifest_once(object, &name, &mut answers, until)
+                        .await
+                    {
                         ManifestAsk::Answer(result) => return result,
                         ManifestAsk::Unavailable => {
-                            if !wait || started.elapsed() >= SOURCE_GONE_WAIT {
+                            if !wait || started.elapsed() >= budget {
                                 return Err(answers.after(started.elapsed()));
                             }
                             tracing::debug!(%object, answers = %answers, "manifest: no upstream can answer now; waiting for one");
+                            until = Some(started + budget + WAIT_OVERRUN);
                             tokio::time::sleep(SOURCE_GONE_POLL).await;
                         }
                     }
@@ -1358,12 +1384,14 @@ impl Shared {
     }
 
     /// One round of asking every upstream for `object`'s newest manifest;
-    /// what each that could not answer said goes to `answers`.
+    /// what each that could not answer said goes to `answers`. A request
+    /// not answered by `until` is given up.
     async fn ask_manifest_once(
         self: &Arc<Self>,
         object: StreamId,
         name: &str,
         answers: &mut Answers,
+        until: Option<Instant>,
     ) -> ManifestAsk {
         let shared = self;
         let upstream: Vec<Arc<Peer>> = shared
@@ -1373,22 +1401,27 @@ impl Shared {
             .filter(|p| p.role.is_upstream_of(shared.settings.role))
             .cloned()
             .collect();
-        if upstream.is_empty() {
-            answers.none_left();
-        }
         // An upstream's "no such name" stands however the others fail.
         let mut answer: Option<String> = None;
+        let mut asked = 0;
         for peer in upstream {
-            match request(
-                &peer.conn,
-                &Frame::ManifestRequest {
-                    object,
-                    name: name.to_owned(),
-                },
-                shared.settings.request_timeout,
-            )
-            .await
-            {
+            // As in `fetch_uncached`: a closed connection (its node is
+            // shutting down) is a restart, not an answer.
+            if let Some(closed) = peer.conn.close_reason() {
+                answers.record(&peer.name, closed.to_string());
+                continue;
+            }
+            asked += 1;
+            let frame = Frame::ManifestRequest {
+                object,
+                name: name.to_owned(),
+            };
+            let ask = request(&peer.conn, &frame, shared.settings.request_timeout);
+            let Some(reply) = within(until, ask).await else {
+                answers.record(&peer.name, WAIT_ENDED.into());
+                continue;
+            };
+            match reply {
                 Ok(Frame::Manifest(m)) if StreamId::object_key(&m.name) == object => {
                     if let Err(e) = shared.accept_manifest(m.clone(), Some(peer.id)) {
                         return ManifestAsk::Answer(Err(e));
@@ -1442,6 +1475,9 @@ impl Shared {
                 Ok(other) => answers.record(&peer.name, format!("answered with {}", other.kind())),
                 Err(e) => answers.record(&peer.name, e.to_string()),
             }
+        }
+        if asked == 0 {
+            answers.none_left();
         }
         match answer {
             Some(e) => ManifestAsk::Answer(Err(e)),
@@ -1917,13 +1953,43 @@ const MAX_CATCH_UP_TASKS: usize = 64;
 /// out (see `fetch_uncached`).
 const FETCH_ROUNDS: usize = 3;
 
-/// How long a fetch waits for a source that can get a chunk when none can
-/// now (no upstream connected, or the upstream cannot reach its own): about
-/// a node restart, so a rollout is a slower read, not a 404. Below the
-/// stall period (`request_timeout`), so a relay waiting this long for its
-/// origin still answers its edge before the edge gives up on it.
-const SOURCE_GONE_WAIT: Duration = Duration::from_secs(5);
+/// How long, from its start, a fetch (of a chunk or a manifest) waits for a
+/// source that can get it when none can now: no upstream connected, every
+/// one it had closed (shutting down in a rollout), or they cannot reach
+/// their own. About a node restart, so a rollout is a slower read, not a
+/// 404 or 503. Each tier stops waiting before the one below gives up on it
+/// and leaves it time to ask again: a relay waits [`RELAY_SOURCE_WAIT`],
+/// well inside the stall period (`request_timeout`, 10 s) of the edge
+/// whose request it answers, so the edge then asks the other relay or a
+/// relay back from its restart; an edge, whose client is the last to give
+/// up, waits [`EDGE_SOURCE_WAIT`]. When an edge waited 5 s like its relays,
+/// one whose fetch had spent that long on a relay that answered 503 or
+/// stalled, and found the other relay stopped (the rollout's next pod),
+/// gave its client a 503 at once instead of waiting for a relay to be back.
+fn source_wait(role: Role) -> Duration {
+    match role {
+        Role::Edge => EDGE_SOURCE_WAIT,
+        Role::Relay | Role::Origin => RELAY_SOURCE_WAIT,
+    }
+}
+const RELAY_SOURCE_WAIT: Duration = Duration::from_secs(5);
+const EDGE_SOURCE_WAIT: Duration = Duration::from_secs(8);
 const SOURCE_GONE_POLL: Duration = Duration::from_millis(200);
+/// Once a fetch waits for a source, a request it makes may end at most this
+/// long after the wait: a relay asked then is often waiting for its own
+/// origin, and the fetch's caller (a relay's edge, an edge's client) must
+/// have its answer in time: an edge that asked a relay just before its
+/// 8 s were up would otherwise answer after the relay's 5 s more.
+const WAIT_OVERRUN: Duration = Duration::from_secs(1);
+const WAIT_ENDED: &str = "no answer before the wait for a source ended";
+
+/// `ask`'s output, or `None` if `until` passes first (no bound without one).
+async fn within<F: std::future::Future>(until: Option<Instant>, ask: F) -> Option<F::Output> {
+    match until {
+        None => Some(ask.await),
+        Some(t) => tokio::time::timeout_at(t.into(), ask).await.ok(),
+    }
+}
 
 /// What one round of asking the upstreams for a manifest came to.
 enum ManifestAsk {
@@ -1934,26 +2000,37 @@ enum ManifestAsk {
     Unavailable,
 }
 
-/// What every source asked during one fetch answered, the latest answer of
-/// each in the order they were first asked: the error a client finally
-/// gets names them all. Only the last one's used to be kept, and a read
-/// that failed mid-rollout said only `kind-relay-0: writing a frame: closed
-/// by peer: shutting down`, not what the fetch had been waiting for before.
-/// Bounded by the peers a node holds: one entry per source.
+/// What every source asked during one fetch answered, in the order they
+/// were first asked — each one's first answer and, if it differs, its
+/// latest — for the error a client finally gets. Only the last source's
+/// answer used to be kept, and a read that failed mid-rollout said only
+/// `kind-relay-0: writing a frame: closed by peer: shutting down`, not what
+/// the fetch had spent its time on before. Bounded by the peers a node
+/// holds: one entry per source.
 #[derive(Debug, Default)]
 struct Answers {
-    /// (source, what it answered), in the order first asked.
-    sources: Vec<(String, String)>,
+    sources: Vec<Answer>,
     /// The latest round found no source to ask.
     none_left: bool,
+}
+
+#[derive(Debug)]
+struct Answer {
+    source: String,
+    first: String,
+    latest: Option<String>,
 }
 
 impl Answers {
     fn record(&mut self, source: &str, answer: String) {
         self.none_left = false;
-        match self.sources.iter_mut().find(|(s, _)| s == source) {
-            Some((_, last)) => *last = answer,
-            None => self.sources.push((source.to_owned(), answer)),
+        match self.sources.iter_mut().find(|a| a.source == source) {
+            Some(a) => a.latest = (answer != a.first).then_some(answer),
+            None => self.sources.push(Answer {
+                source: source.to_owned(),
+                first: answer,
+                latest: None,
+            }),
         }
     }
 
@@ -1969,11 +2046,14 @@ impl Answers {
 
 impl std::fmt::Display for Answers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (source, answer)) in self.sources.iter().enumerate() {
+        for (i, a) in self.sources.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{source}: {answer}")?;
+            write!(f, "{}: {}", a.source, a.first)?;
+            if let Some(latest) = &a.latest {
+                write!(f, ", then {latest}")?;
+            }
         }
         match (self.none_left, self.sources.is_empty()) {
             (true, true) => f.write_str("no upstream connected"),
@@ -2263,25 +2343,40 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_fetch_names_every_source_with_its_latest_answer() {
+    fn a_failed_fetch_names_every_source_with_its_first_and_latest_answer() {
         let mut a = Answers::default();
         assert_eq!(a.to_string(), "");
         a.none_left();
         assert_eq!(a.to_string(), "no upstream connected");
         a.record("relay-1", "busy".into());
-        a.record(
-            "relay-0",
-            "writing a frame: closed by peer: shutting down".into(),
-        );
+        let closed = "writing a frame: closed by peer: shutting down";
+        a.record("relay-0", closed.into());
+        a.record("relay-1", "busy".into());
+        assert_eq!(a.to_string(), format!("relay-1: busy; relay-0: {closed}"));
+        a.record("relay-1", "timed out".into());
         a.record("relay-1", "does not have x".into());
         assert_eq!(
             a.after(Duration::from_millis(5_700)),
-            "relay-1: does not have x; relay-0: writing a frame: closed by peer: shutting down (after 5.7 s)"
+            format!("relay-1: busy, then does not have x; relay-0: {closed} (after 5.7 s)")
         );
         a.none_left();
         assert!(
             a.to_string().ends_with("; then no upstream connected"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn each_tier_stops_waiting_for_a_source_before_the_tier_below_gives_up_on_it() {
+        let settings = NodeSettings::from_config(crate::config::NodeConfig::default());
+        // A relay answers (a 503) well inside the edge's stall period,
+        // leaving the edge time to ask again...
+        let answers_by = |role| source_wait(role) + WAIT_OVERRUN;
+        assert!(answers_by(Role::Relay) * 3 / 2 <= settings.request_timeout);
+        assert!(source_wait(Role::Origin) <= source_wait(Role::Relay));
+        assert!(answers_by(Role::Relay) + Duration::from_secs(1) < source_wait(Role::Edge));
+        // ... and the edge answers its client before an HTTP client that
+        // waits as long as a mesh request would.
+        assert!(answers_by(Role::Edge) < settings.request_timeout);
     }
 }
