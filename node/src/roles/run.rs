@@ -52,6 +52,10 @@ pub struct Running {
     tasks: tokio::task::JoinSet<()>,
 }
 
+/// The longest a stop waits, after `grace`, for its close frames to reach
+/// its peers (`wait_idle`: about three round trips each on a sound link).
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
 /// The longest a drain waits for the mesh to go quiet before it closes
 /// the peer sessions anyway.
 const MAX_LINGER: Duration = Duration::from_secs(5);
@@ -67,7 +71,9 @@ impl Running {
     ///    answered) for the time downstream takes to notice a chunk FEC
     ///    could not rebuild and pull it: what was acknowledged to a
     ///    publisher is held downstream before this node goes;
-    /// 3. the peer sessions close and every task stops.
+    /// 3. the peer sessions close and every task stops;
+    /// 4. for at most [`CLOSE_FLUSH`] more, the peers are told: the close
+    ///    frames are sent before the process exits.
     pub async fn shutdown(mut self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         // Requests that do not end (a live upload that goes on) must not
@@ -131,6 +137,13 @@ impl Running {
         .await;
         self.tasks.abort_all();
         self.shared.endpoint.close();
+        // The close frames must leave before the process does: a peer that
+        // never hears them keeps this node as a source, its requests
+        // stalling, until a stateless reset from the process that takes
+        // the address next or its idle timeout (in the pods' rollout, 2 of
+        // 4 edges kept a relay gone for 6 s). Waiting also answers, while
+        // the connections drain, a peer whose close frame was lost.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.shared.endpoint.wait_idle()).await;
     }
 }
 
