@@ -4,8 +4,9 @@
 //! A transfer of `n` bytes from A to B occupies A's upload pipe for
 //! `n / A.up`, in the order transfers were started, and B's download pipe
 //! for `n / B.down` in the first free stretch after its first byte arrives
-//! (a pull books it then, at B, in the order first bytes arrive: B's pipe
-//! is B's state, see `world::run_parts`; a push books both at once);
+//! (both booked when the transfer starts; when A and B run in different
+//! partitions, `world::run_parts`, B's when B is handed the message, within
+//! one window of it);
 //! the transfer ends when both are through and the last byte has crossed
 //! the link. A download is placed in a gap rather than after the last one
 //! booked: a reply queued for seconds at a busy sender books the receiver's
@@ -133,12 +134,19 @@ pub(crate) fn send(from: &mut Pipes, now: Nanos, latency: Nanos, bytes: u64) -> 
 }
 
 impl Pipes {
-    /// The receiver's half of a transfer whose first byte arrives `now`:
-    /// books the download pipe; returns its stretch and when the transfer
-    /// is in (`last_in`: when the sender's last byte arrives).
-    pub(crate) fn receive(&mut self, now: Nanos, bytes: u64, last_in: Nanos) -> Received {
+    /// The receiver's half of a transfer whose first byte arrives at
+    /// `first_in`, booked at `now`: the download pipe's first free stretch
+    /// from then; returns it and when the transfer is in (`last_in`: when
+    /// the sender's last byte arrives).
+    pub(crate) fn receive(
+        &mut self,
+        now: Nanos,
+        first_in: Nanos,
+        bytes: u64,
+        last_in: Nanos,
+    ) -> Received {
         let len = (bytes as f64 * self.down_ns_per_byte) as Nanos;
-        let start = self.book_down(now, now, len);
+        let start = self.book_down(now, first_in, len);
         Received {
             down: (start, start + len),
             done: last_in.max(start + len),

@@ -28,7 +28,8 @@ use parking_lot::RwLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A node's tier.
@@ -278,9 +279,10 @@ enum Ev {
         req: u32,
         seq: u32,
     },
-    /// The first byte of a reply reaches its requester `to`, which books
-    /// its download pipe for `bytes`; the reply is in by `last_in` or when
-    /// the pipe is through, whichever is later.
+    /// A reply from another partition (sent at once there, its first byte
+    /// arriving at the event's time) for requester `to`, which books its
+    /// download pipe for `bytes` when handed it; the reply is in by
+    /// `last_in` or when the pipe is through, whichever is later.
     Arrive {
         fetch: u32,
         from: u32,
@@ -289,7 +291,8 @@ enum Ev {
         last_in: Nanos,
         bytes: u64,
     },
-    /// Edge `from`'s "Have" of chunk `seq` reaches its neighbours.
+    /// Edge `from`'s "Have" of chunk `seq` reaches its neighbours in
+    /// another partition.
     Have {
         from: u32,
         seq: u32,
@@ -534,7 +537,7 @@ pub(crate) fn run_parts(
     let sync = Sync {
         mail: (0..n * n).map(|_| Mutex::new(Vec::new())).collect(),
         state: (0..n).map(|_| Mutex::new(PartState::default())).collect(),
-        barrier: Barrier::new(n),
+        gate: Gate::new(n),
         limit: secs(s.run.max_time_s),
         lookahead,
     };
@@ -569,7 +572,7 @@ pub(crate) fn run_parts(
 struct Sync {
     mail: Vec<Mutex<Vec<(Nanos, Ev)>>>,
     state: Vec<Mutex<PartState>>,
-    barrier: Barrier,
+    gate: Gate,
     limit: Nanos,
     lookahead: Nanos,
 }
@@ -588,6 +591,8 @@ struct PartState {
 /// go on.
 fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
     let (me, n) = (w.part as usize, w.parts as usize);
+    let _guard = BreakOnPanic(&sync.gate);
+    let failed = Ended::Stalled("another partition failed");
     let mut until = 0;
     loop {
         if until > 0 {
@@ -599,7 +604,9 @@ fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
                 std::mem::swap(&mut *slot, &mut w.outbox[to]);
             }
         }
-        sync.barrier.wait();
+        if !sync.gate.wait() {
+            return (failed, w);
+        }
         for from in 0..n {
             if from == me {
                 continue;
@@ -607,7 +614,19 @@ fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
             let mut slot = lock(&sync.mail[from * n + me]);
             for &(at, ev) in slot.iter() {
                 debug_assert!(at >= until, "an event reached a partition in its past");
-                w.q.push(at, ev);
+                match ev {
+                    // Booked now, as a sender in this partition books when
+                    // it sends: not one more event per reply.
+                    Ev::Arrive {
+                        fetch,
+                        from,
+                        to,
+                        kind,
+                        last_in,
+                        bytes,
+                    } => w.on_arrive(fetch, from, to, kind, at, last_in, bytes, until),
+                    _ => w.q.push(at, ev),
+                }
             }
             slot.clear();
         }
@@ -617,7 +636,9 @@ fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
             readers_done: w.readers_done,
             last_progress: w.last_progress,
         };
-        sync.barrier.wait();
+        if !sync.gate.wait() {
+            return (failed, w);
+        }
         // Read before the next barrier, the first a partition passes
         // before it writes its next report.
         let all: Vec<PartState> = sync.state.iter().map(|s| *lock(s)).collect();
@@ -642,6 +663,95 @@ fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
             .saturating_add(sync.lookahead)
             .min(sync.limit.saturating_add(1))
             .max(1);
+    }
+}
+
+/// A barrier that a panicking partition breaks, so the others return
+/// instead of waiting for it forever (the panic is then raised again). A
+/// window is a few milliseconds of work: a waiter spins a little (yielding
+/// now and then, for a busy machine) before it sleeps, as waking a
+/// sleeping thread costs about as long as the spin.
+struct Gate {
+    arrived: AtomicUsize,
+    generation: AtomicU64,
+    broken: AtomicBool,
+    n: usize,
+    sleep: Mutex<()>,
+    cv: Condvar,
+}
+
+/// Checks a spinning waiter makes before it sleeps.
+const GATE_SPINS: u32 = 20_000;
+
+impl Gate {
+    fn new(n: usize) -> Self {
+        Self {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+            n,
+            sleep: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits for all `n`; false when the gate is broken.
+    fn wait(&self) -> bool {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.broken.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.arrived.store(0, Ordering::Relaxed);
+            {
+                // Under the lock: a waiter checks, then sleeps, under it.
+                let _g = lock(&self.sleep);
+                self.generation.fetch_add(1, Ordering::Release);
+            }
+            self.cv.notify_all();
+            return !self.broken.load(Ordering::Acquire);
+        }
+        let passed = || {
+            self.generation.load(Ordering::Acquire) != generation
+                || self.broken.load(Ordering::Acquire)
+        };
+        for i in 0..GATE_SPINS {
+            if passed() {
+                return !self.broken.load(Ordering::Acquire);
+            }
+            // On a busy machine the one it waits for may need this core.
+            if i % 64 == 63 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let mut g = lock(&self.sleep);
+        while !passed() {
+            g = self
+                .cv
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        !self.broken.load(Ordering::Acquire)
+    }
+
+    fn break_open(&self) {
+        {
+            let _g = lock(&self.sleep);
+            self.broken.store(true, Ordering::Release);
+        }
+        self.cv.notify_all();
+    }
+}
+
+struct BreakOnPanic<'a>(&'a Gate);
+
+impl Drop for BreakOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.break_open();
+        }
     }
 }
 
@@ -729,8 +839,11 @@ pub(crate) struct World {
     part: u32,
     parts: u32,
     outbox: Vec<Vec<(Nanos, Ev)>>,
-    /// A `Have`'s receivers (id, slot), reused.
-    scratch: Vec<(u32, u32)>,
+    /// Each node's neighbours this partition runs, (id, slot in the
+    /// node's list), node `i`'s at `mine[mine_at[i]..mine_at[i + 1]]`: who
+    /// a `Have` of its reaches here.
+    mine: Vec<(u32, u32)>,
+    mine_at: Vec<u32>,
     /// A pump's peers to poll, peers whose pipeline it changed, and the
     /// requests it makes, reused (a taken one is simply allocated anew).
     scratch_peers: Vec<(u32, Option<u32>)>,
@@ -1018,7 +1131,8 @@ impl World {
             part,
             parts,
             outbox: vec![Vec::new(); parts as usize],
-            scratch: Vec::new(),
+            mine: Vec::new(),
+            mine_at: Vec::new(),
             scratch_peers: Vec::new(),
             scratch_touched: Vec::new(),
             scratch_asks: Vec::new(),
@@ -1028,6 +1142,20 @@ impl World {
             s: s.clone(),
         };
         w.measure_frames();
+        let mut mine = Vec::new();
+        let mut mine_at = Vec::with_capacity(w.nodes.len() + 1);
+        for n in &w.nodes {
+            mine_at.push(mine.len() as u32);
+            if let Some(x) = n.edge.as_ref() {
+                for (k, nb) in x.neighbours.iter().enumerate() {
+                    if w.owns(nb.id) {
+                        mine.push((nb.id, k as u32));
+                    }
+                }
+            }
+        }
+        mine_at.push(mine.len() as u32);
+        (w.mine, w.mine_at) = (mine, mine_at);
         for e in first_edge..first_edge + n_edges {
             if w.owns(e) {
                 w.connect_edge(e);
@@ -1382,7 +1510,7 @@ impl World {
                 kind,
                 last_in,
                 bytes,
-            } => self.on_arrive(fetch, from, to, kind, last_in, bytes, now),
+            } => self.on_arrive(fetch, from, to, kind, now, last_in, bytes, now),
             Ev::Have { from, seq } => self.on_have(from, seq, now),
             Ev::Cancel {
                 to,
@@ -1688,8 +1816,7 @@ impl World {
     }
 
     /// Schedules `bytes` from `from` to `to` on both their pipes at once
-    /// (see [`net::transfer`]: pushes) and accounts it in the utilisation
-    /// buckets.
+    /// (see [`net::transfer`]) and accounts it in the utilisation buckets.
     fn transfer(&mut self, from: u32, to: u32, now: Nanos, lat: Nanos, bytes: u64) -> Nanos {
         let (a, b) = two_mut(&mut self.nodes, from as usize, to as usize);
         let tr = net::transfer(&mut a.pipes, &mut b.pipes, now, lat, bytes);
@@ -1727,16 +1854,15 @@ impl World {
         }
     }
 
-    /// A pulled chunk from `from` to `to` over a reliable stream: on the
-    /// sender's upload pipe now, on the receiver's download pipe when its
-    /// first byte arrives (`on_arrive`).
+    /// A pulled chunk from `from` to `to` over a reliable stream: on both
+    /// pipes now, or, for a receiver in another partition, on the sender's
+    /// now and the receiver's when it is handed the reply (`on_arrive`).
     fn send_chunk(&mut self, fetch: u32, from: u32, to: u32, seq: u32, now: Nanos, good: bool) {
         let payload = self.s.chunk_len(u64::from(seq));
         let (_, channel) = self.link_of(from, to);
         let wire = net::reliable_bytes(payload + self.chunk_frame_overhead, channel.loss());
         let lat = self.latency(from, to);
         let a = &mut self.nodes[from as usize];
-        let sent = net::send(&mut a.pipes, now, lat, wire);
         // As the node's `mesh_bytes_out` counts a pull: payload bytes.
         a.bytes_sent += payload;
         let tier = a.tier;
@@ -1746,12 +1872,18 @@ impl World {
                 x.choker.record_uploaded(PeerId(u64::from(to)), payload, t);
             }
         }
-        self.account_up(tier, now, sent.up, wire);
         let kind = if good {
             ReplyKind::Good
         } else {
             ReplyKind::Bad
         };
+        if self.owns(to) {
+            let done = self.transfer(from, to, now, lat, wire);
+            self.q.push(done, Ev::Reply { fetch, from, kind });
+            return;
+        }
+        let sent = net::send(&mut self.nodes[from as usize].pipes, now, lat, wire);
+        self.account_up(tier, now, sent.up, wire);
         self.post(
             to,
             sent.first_in,
@@ -1766,6 +1898,9 @@ impl World {
         );
     }
 
+    /// A reply from another partition is handed over (`now`, before its
+    /// first byte arrives at `first_in`): the receiver books its download
+    /// pipe, as a sender in its own partition does when it sends.
     #[allow(clippy::too_many_arguments)]
     fn on_arrive(
         &mut self,
@@ -1773,12 +1908,13 @@ impl World {
         from: u32,
         to: u32,
         kind: ReplyKind,
+        first_in: Nanos,
         last_in: Nanos,
         bytes: u64,
         now: Nanos,
     ) {
         let n = &mut self.nodes[to as usize];
-        let got = n.pipes.receive(now, bytes, last_in);
+        let got = n.pipes.receive(now, first_in, bytes, last_in);
         let tier = n.tier;
         self.account_down(tier, got.down, bytes);
         self.q.push(got.done, Ev::Reply { fetch, from, kind });
@@ -1864,15 +2000,14 @@ impl World {
                 p.mark_held(seq);
             }
             if n.behaviour == Behaviour::Honest && self.swarm {
-                // "Have" to every neighbour, one link latency away: one
-                // event for each partition's share of them.
+                // "Have" to every neighbour: read at once by those in this
+                // partition (as the model always had it), one link latency
+                // later by each other partition's share (one event each).
+                self.on_have(node, seq, now);
                 let at = now + self.have_latency;
                 for part in 0..self.parts {
-                    let ev = Ev::Have { from: node, seq };
-                    if part == self.part {
-                        self.q.push(at, ev);
-                    } else {
-                        self.outbox[part as usize].push((at, ev));
+                    if part != self.part {
+                        self.outbox[part as usize].push((at, Ev::Have { from: node, seq }));
                     }
                 }
             }
@@ -1952,21 +2087,15 @@ impl World {
     /// is next called: half the neighbours hold a piece on average when it
     /// arrives, and each call is another edge's picker out of the cache.
     fn on_have(&mut self, from: u32, seq: u32, now: Nanos) {
-        let mut nbs = std::mem::take(&mut self.scratch);
-        nbs.clear();
-        if let Some(x) = self.nodes[from as usize].edge.as_ref() {
-            nbs.extend(
-                x.neighbours
-                    .iter()
-                    .enumerate()
-                    .map(|(k, nb)| (nb.id, k as u32)),
-            );
-        }
-        // Woken neighbours are moved to the front, in order.
-        let mut woken = 0;
-        for i in 0..nbs.len() {
-            let nb = nbs[i].0;
-            if !self.owns(nb) || !self.swarming.get(nb) {
+        let at = from as usize;
+        let (Some(&lo), Some(&hi)) = (self.mine_at.get(at), self.mine_at.get(at + 1)) else {
+            return;
+        };
+        for i in lo as usize..hi as usize {
+            let Some(&(nb, k)) = self.mine.get(i) else {
+                break;
+            };
+            if !self.swarming.get(nb) {
                 continue;
             }
             // An edge's picker holds exactly what `have` says: both are set
@@ -1984,20 +2113,10 @@ impl World {
                 self.pending_haves[nb as usize].push((from, seq));
             }
             // The node's swarm loop wakes on every `Have`, a held piece's
-            // too, and asks whoever may now have something for it.
-            if self.started.get(nb) && !self.offline.get(nb) {
-                nbs[woken] = nbs[i];
-                woken += 1;
-            } else if self.pending_haves[nb as usize].len() >= self.have_batch {
-                self.flush_haves(nb);
-            }
-        }
-        for &(nb, k) in &nbs[..woken] {
+            // too, and asks `from` if it was told `from` unchokes it.
             let bit = pipe_bit(self.slots, from, k);
-            // It asks only a neighbour that told it it is unchoked.
-            if self.unchoked_by.get(bit) {
-                // A full pipeline to `from`: `ask_peer` would return at
-                // once.
+            if self.started.get(nb) && !self.offline.get(nb) && self.unchoked_by.get(bit) {
+                // A full pipeline to `from`: `ask_peer` would return at once.
                 if !self.pipe_full.get(bit) {
                     self.ask_peer(nb, from, now);
                 } else {
@@ -2011,7 +2130,6 @@ impl World {
                 self.flush_haves(nb);
             }
         }
-        self.scratch = nbs;
     }
 
     /// Edge `req` gave up fetch `fetch` it made of relay `to`: a relay
@@ -2783,6 +2901,29 @@ mod tests {
         assert_eq!(s.kept.len(), MAX_LATENCY_SAMPLES);
         assert_eq!(s.seen, n + 1);
         assert_eq!(s.max, 5_000_000);
+    }
+
+    /// Without it a partition that panics leaves the others waiting for
+    /// it forever: a test that fails would hang instead.
+    #[test]
+    fn a_partition_that_panics_frees_the_others_at_the_gate() {
+        let gate = Gate::new(2);
+        std::thread::scope(|sc| {
+            let g = &gate;
+            let failing = sc.spawn(move || {
+                let _guard = BreakOnPanic(g);
+                panic!("a partition failed");
+            });
+            assert!(!gate.wait());
+            assert!(failing.join().is_err());
+        });
+        let whole = Gate::new(2);
+        std::thread::scope(|sc| {
+            let g = &whole;
+            let other = sc.spawn(move || g.wait());
+            assert!(whole.wait());
+            assert!(matches!(other.join(), Ok(true)));
+        });
     }
 
     #[test]
