@@ -621,7 +621,6 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/sim/burst-1000-edges.toml");
         let mut s = Scenario::from_file(&path).unwrap();
-        assert_eq!(s.run.partitions, 2);
         s.tiers.edges = 120;
         s.content.object_mb = 96.0;
         s.peers.start_spread_s = 0.06;
