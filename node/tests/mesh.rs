@@ -1236,6 +1236,28 @@ async fn origin_restarting(n: usize) -> Frame {
     }
 }
 
+/// One relay and one edge, not swarming, the relay stopped: the edge's
+/// upstreams are what the test scripts (`scripted_relay`).
+async fn an_edge_whose_relay_is_stopped(tag: &str) -> (TestCluster, usize) {
+    let mut c = TestCluster::start(
+        tag,
+        Counts {
+            relays: 1,
+            edges: 1,
+        },
+        |cfg| {
+            small(cfg);
+            cfg.p2p.swarm = false;
+        },
+        |_| {},
+    )
+    .await;
+    let relay = c.by_role(Role::Relay)[0];
+    c.nodes[relay].stop().await;
+    let edge_at = c.by_role(Role::Edge)[0];
+    (c, edge_at)
+}
+
 /// The rollout's relays, played by the test around one edge whose real
 /// relay is stopped: one relay waits for its origin (restarting) and says
 /// so after 5.2 s; the other, the rollout's next pod, stops gracefully
@@ -1256,22 +1278,7 @@ where
     S: Fn(Frame, usize) -> SFut + Send + Sync + 'static,
     SFut: std::future::Future<Output = Frame> + Send + 'static,
 {
-    let mut c = TestCluster::start(
-        tag,
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        |cfg| {
-            small(cfg);
-            cfg.p2p.swarm = false;
-        },
-        |_| {},
-    )
-    .await;
-    let relay = c.by_role(Role::Relay)[0];
-    c.nodes[relay].stop().await;
-    let edge_at = c.by_role(Role::Edge)[0];
+    let (c, edge_at) = an_edge_whose_relay_is_stopped(tag).await;
     let (edge, edge_mesh) = (
         c.nodes[edge_at].running().shared.clone(),
         c.nodes[edge_at].mesh(),
@@ -1358,22 +1365,7 @@ async fn a_manifest_fetch_whose_relay_shuts_down_waits_for_a_relay_to_come_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edge_whose_relay_cannot_reach_the_origin_answers_before_its_client_gives_up() {
     use dcdn_node::roles::node::FetchError;
-    let mut c = TestCluster::start(
-        "relay-waits",
-        Counts {
-            relays: 1,
-            edges: 1,
-        },
-        |cfg| {
-            small(cfg);
-            cfg.p2p.swarm = false;
-        },
-        |_| {},
-    )
-    .await;
-    let relay = c.by_role(Role::Relay)[0];
-    c.nodes[relay].stop().await;
-    let edge_at = c.by_role(Role::Edge)[0];
+    let (c, edge_at) = an_edge_whose_relay_is_stopped("relay-waits").await;
     let edge = c.nodes[edge_at].running().shared.clone();
     let _waiting = scripted_relay(&c, "relay-waiting", c.nodes[edge_at].mesh(), |_, _| async {
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -34,7 +34,7 @@ use std::time::Instant;
 fn run_world(scenario: &Scenario, riders_honest: bool) -> Result<world::Outcome, String> {
     match scenario.run.partitions {
         0 | 1 => Ok(world::World::new(scenario, riders_honest)?.run()),
-        parts => world::run_parts(scenario, riders_honest, parts, scenario.lookahead_ns()),
+        parts => world::run_parts(scenario, riders_honest, parts),
     }
 }
 
@@ -328,6 +328,13 @@ mod tests {
         s
     }
 
+    /// The shipped 1,000-edge burst, for tests to scale down.
+    fn shipped_burst() -> Scenario {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/sim/burst-1000-edges.toml");
+        Scenario::from_file(&path).unwrap()
+    }
+
     fn small_live(loss: f64, burst: f64) -> Scenario {
         let mut s = Scenario::default();
         s.tiers.relays = 1;
@@ -498,9 +505,7 @@ mod tests {
     fn a_burst_completes_near_the_floor_because_relays_admit_only_what_they_can_send() {
         // The shipped burst (4 relays, 1 Gbit/s everywhere, everyone asking
         // at once), scaled down: 200 edges, 128 MiB, asking within 60 ms.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/sim/burst-1000-edges.toml");
-        let mut s = Scenario::from_file(&path).unwrap();
+        let mut s = shipped_burst();
         s.tiers.edges = 200;
         s.content.object_mb = 128.0;
         s.peers.start_spread_s = 0.06;
@@ -579,9 +584,7 @@ mod tests {
     /// give the same numbers, event for event.
     #[test]
     fn queued_haves_give_the_run_that_haves_applied_at_once_give() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/sim/burst-1000-edges.toml");
-        let mut burst = Scenario::from_file(&path).unwrap();
+        let mut burst = shipped_burst();
         burst.tiers.edges = 60;
         burst.content.object_mb = 48.0;
         let mut churn = small_object();
@@ -618,9 +621,7 @@ mod tests {
     /// took the p50 from 1.0 to 1.5 times one partition's.
     #[test]
     fn partitions_run_the_same_burst_and_reproducibly() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/sim/burst-1000-edges.toml");
-        let mut s = Scenario::from_file(&path).unwrap();
+        let mut s = shipped_burst();
         s.tiers.edges = 120;
         s.content.object_mb = 96.0;
         s.peers.start_spread_s = 0.06;

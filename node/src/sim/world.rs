@@ -517,16 +517,11 @@ impl Outcome {
 
 /// Runs `s` split into `parts` partitions, each on its own thread: a
 /// conservative parallel simulation. Every event one node causes at
-/// another is at least one link latency (`lookahead`) later, so the
+/// another is at least one link latency ([`Scenario::lookahead_ns`]) later, so the
 /// partitions each handle the events of one window `[t, t + lookahead)`
 /// at once, then hand each other what they caused. The answers depend on
 /// `parts`, never on the threads' timing.
-pub(crate) fn run_parts(
-    s: &Scenario,
-    riders_honest: bool,
-    parts: u32,
-    lookahead: Nanos,
-) -> Result<Outcome, String> {
+pub(crate) fn run_parts(s: &Scenario, riders_honest: bool, parts: u32) -> Result<Outcome, String> {
     let mut worlds = (0..parts)
         .map(|p| World::new_part(s, riders_honest, p, parts))
         .collect::<Result<Vec<_>, _>>()?;
@@ -539,7 +534,7 @@ pub(crate) fn run_parts(
         state: (0..n).map(|_| Mutex::new(PartState::default())).collect(),
         gate: Gate::new(n),
         limit: secs(s.run.max_time_s),
-        lookahead,
+        lookahead: s.lookahead_ns(),
     };
     let (ends, worlds): (Vec<Ended>, Vec<World>) = std::thread::scope(|sc| {
         let sync = &sync;
@@ -614,18 +609,12 @@ fn drive(mut w: World, sync: &Sync) -> (Ended, World) {
             let mut slot = lock(&sync.mail[from * n + me]);
             for &(at, ev) in slot.iter() {
                 debug_assert!(at >= until, "an event reached a partition in its past");
-                match ev {
-                    // Booked now, as a sender in this partition books when
-                    // it sends: not one more event per reply.
-                    Ev::Arrive {
-                        fetch,
-                        from,
-                        to,
-                        kind,
-                        last_in,
-                        bytes,
-                    } => w.on_arrive(fetch, from, to, kind, at, last_in, bytes, until),
-                    _ => w.q.push(at, ev),
+                // A reply is booked now, as a sender in this partition
+                // books when it sends: not one more event per reply.
+                if matches!(ev, Ev::Arrive { .. }) {
+                    w.on_arrive(ev, at, until);
+                } else {
+                    w.q.push(at, ev);
                 }
             }
             slot.clear();
@@ -1503,14 +1492,7 @@ impl World {
                 req,
                 seq,
             } => self.on_request(fetch, to, req, seq, now),
-            Ev::Arrive {
-                fetch,
-                from,
-                to,
-                kind,
-                last_in,
-                bytes,
-            } => self.on_arrive(fetch, from, to, kind, now, last_in, bytes, now),
+            Ev::Arrive { .. } => self.on_arrive(ev, now, now),
             Ev::Have { from, seq } => self.on_have(from, seq, now),
             Ev::Cancel {
                 to,
@@ -1901,18 +1883,18 @@ impl World {
     /// A reply from another partition is handed over (`now`, before its
     /// first byte arrives at `first_in`): the receiver books its download
     /// pipe, as a sender in its own partition does when it sends.
-    #[allow(clippy::too_many_arguments)]
-    fn on_arrive(
-        &mut self,
-        fetch: u32,
-        from: u32,
-        to: u32,
-        kind: ReplyKind,
-        first_in: Nanos,
-        last_in: Nanos,
-        bytes: u64,
-        now: Nanos,
-    ) {
+    fn on_arrive(&mut self, ev: Ev, first_in: Nanos, now: Nanos) {
+        let Ev::Arrive {
+            fetch,
+            from,
+            to,
+            kind,
+            last_in,
+            bytes,
+        } = ev
+        else {
+            return;
+        };
         let n = &mut self.nodes[to as usize];
         let got = n.pipes.receive(now, first_in, bytes, last_in);
         let tier = n.tier;
